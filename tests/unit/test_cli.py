@@ -1,0 +1,48 @@
+"""The flask commands deployment scripts rely on."""
+
+from webapp.extensions import db
+from webapp.models import User
+
+
+def test_create_user_takes_the_password_from_the_environment(app, runner, monkeypatch):
+    monkeypatch.setenv("OPTIDECK_PASSWORD", "a-long-enough-password")
+    result = runner.invoke(args=["create-user", "Carol", "--role", "operator"])
+    assert result.exit_code == 0, result.output
+    user = db.session.query(User).filter_by(username="carol").one()
+    assert user.role == "operator"
+
+
+def test_create_user_prompts_when_no_password_is_set(app, runner, monkeypatch):
+    monkeypatch.delenv("OPTIDECK_PASSWORD", raising=False)
+    result = runner.invoke(args=["create-user", "dave", "--role", "viewer"],
+                           input="typed-password-1\ntyped-password-1\n")
+    assert result.exit_code == 0, result.output
+    assert "typed-password-1" not in result.output
+
+
+def test_create_user_explains_what_is_wrong(app, runner, monkeypatch):
+    monkeypatch.setenv("OPTIDECK_PASSWORD", "short")
+    result = runner.invoke(args=["create-user", "erin", "--role", "viewer"])
+    assert result.exit_code != 0
+    assert "password" in result.output
+    bad_role = runner.invoke(args=["create-user", "erin", "--role", "god"])
+    assert bad_role.exit_code != 0
+    assert db.session.query(User).filter_by(username="erin").count() == 0
+
+
+def test_demo_creates_the_first_admin_and_demo_accounts_once(app, runner, monkeypatch):
+    monkeypatch.delenv("OPTIDECK_PASSWORD", raising=False)
+    first = runner.invoke(args=["demo"])
+    assert first.exit_code == 0, first.output
+    assert "Created administrator 'admin' with password: " in first.output
+    roles = {u.username: u.role for u in db.session.query(User)}
+    assert roles == {"admin": "admin", "demo-operator": "operator", "demo-viewer": "viewer"}
+    again = runner.invoke(args=["demo"])
+    assert again.exit_code == 0
+    assert "password:" not in again.output
+    assert db.session.query(User).count() == 3
+
+
+def test_init_db_is_repeatable(app, runner):
+    assert runner.invoke(args=["init-db"]).exit_code == 0
+    assert runner.invoke(args=["init-db"]).exit_code == 0

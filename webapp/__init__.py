@@ -1,0 +1,69 @@
+"""Optideck: a console for model optimization sessions."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from .config import ROOT, ensure_secret_key, load_config, masked
+
+log = logging.getLogger("optideck")
+
+
+def create_app(config: dict[str, dict[str, Any]] | None = None) -> Flask:
+    """The app factory. `config` overrides settings: {"section": {"key": value}}."""
+    settings = load_config(overrides=config)
+    app = Flask(
+        __name__,
+        template_folder=str(ROOT / "templates"),
+        static_folder=str(ROOT / "static"),
+        instance_path=settings["app"]["instance_dir"],
+    )
+    _configure(app, settings)
+
+    from . import errors, health, requestlog
+    from .extensions import csrf, db, limiter, migrate
+
+    requestlog.configure_logging(settings["logging"]["level"], settings["logging"]["json"])
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(ROOT / "migrations"), render_as_batch=True)
+    csrf.init_app(app)
+    limiter.init_app(app)
+    requestlog.init_app(app)
+    errors.init_app(app)
+    health.init_app(app)
+
+    from . import api, auth, cli, web
+
+    auth.init_app(app)
+    web.init_app(app)
+    api.init_app(app)
+    cli.init_app(app)
+
+    log.info("effective configuration: %s", json.dumps(masked(settings), sort_keys=True))
+    return app
+
+
+def _configure(app: Flask, settings: dict[str, dict[str, Any]]) -> None:
+    # SQLite, the default, cannot create the folder its file lives in.
+    Path(settings["app"]["instance_dir"]).mkdir(parents=True, exist_ok=True)
+    redis_url = settings["redis"]["url"]
+    app.config.update(
+        OPTIDECK=settings,
+        SECRET_KEY=ensure_secret_key(settings),
+        SQLALCHEMY_DATABASE_URI=settings["database"]["url"],
+        SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True},
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings["security"]["session_cookie_secure"],
+        REMEMBER_COOKIE_SECURE=settings["security"]["session_cookie_secure"],
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
+        WTF_CSRF_TIME_LIMIT=None,  # tied to the session instead, which expires itself
+        RATELIMIT_STORAGE_URI=redis_url or "memory://",
+        RATELIMIT_HEADERS_ENABLED=True,
+    )

@@ -1,0 +1,92 @@
+"""Accounts: creation, roles, activation, password checks."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from ..extensions import db
+from ..models import Role, User, utcnow
+from . import audit
+
+# Checked against when the username is unknown, so a wrong name and a wrong
+# password take the same time and cannot be told apart.
+_DUMMY_HASH = generate_password_hash("optideck-timing-equaliser")
+
+
+class UserError(ValueError):
+    """A rule about accounts was broken; the message says which."""
+
+
+def find(username: str) -> User | None:
+    return db.session.scalar(select(User).where(User.username == username.lower()))
+
+
+def authenticate(username: str, password: str) -> User | None:
+    """The active user with these credentials, or None (whatever the reason)."""
+    user = find(username)
+    if user is None:
+        check_password_hash(_DUMMY_HASH, password)
+        return None
+    if not check_password_hash(user.password_hash, password) or not user.active:
+        return None
+    return user
+
+
+def create(username: str, password: str, role: str, *, by: User | None = None) -> User:
+    if find(username) is not None:
+        raise UserError(f"A user named {username!r} already exists.")
+    user = User(username=username.lower(), password_hash=generate_password_hash(password),
+                role=Role(role).value)
+    db.session.add(user)
+    db.session.flush()
+    audit.record("user.create", user=by, username=None if by else "cli",
+                 resource=f"user:{user.username}", detail=f"role={user.role}", commit=False)
+    db.session.commit()
+    return user
+
+
+def set_role(user: User, role: str, *, by: User) -> None:
+    role = Role(role).value
+    if user.role == Role.ADMIN and role != Role.ADMIN:
+        _keep_one_admin(user)
+    old, user.role = user.role, role
+    audit.record("user.role", user=by, resource=f"user:{user.username}",
+                 detail=f"{old} -> {role}", commit=False)
+    db.session.commit()
+
+
+def set_active(user: User, active: bool, *, by: User) -> None:
+    if not active and user.is_admin:
+        _keep_one_admin(user)
+    user.active = active
+    if not active:
+        # A deactivated account's tokens stop working at once, and stay revoked.
+        for token in user.tokens:
+            if token.revoked_at is None:
+                token.revoked_at = utcnow()
+    audit.record("user.activate" if active else "user.deactivate", user=by,
+                 resource=f"user:{user.username}", commit=False)
+    db.session.commit()
+
+
+def _keep_one_admin(user: User) -> None:
+    others = db.session.scalar(
+        select(func.count()).select_from(User).where(
+            User.role == Role.ADMIN, User.active.is_(True), User.id != user.id
+        )
+    )
+    if not others:
+        raise UserError("This is the last active administrator; make another one first.")
+
+
+def count() -> int:
+    return db.session.scalar(select(func.count()).select_from(User)) or 0
+
+
+def list_all() -> list[User]:
+    return list(db.session.scalars(select(User).order_by(User.username)))
+
+
+def get(user_id: int) -> User | None:
+    return db.session.get(User, user_id)

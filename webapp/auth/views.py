@@ -1,0 +1,65 @@
+"""Login and logout pages."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask_login import current_user, login_required, login_user, logout_user
+
+from ..extensions import db, limiter
+from ..models import utcnow
+from . import audit, users
+from .schemas import LoginSchema, load_form
+
+bp = Blueprint("auth", __name__)
+
+WRONG_CREDENTIALS = "Wrong username or password."
+
+
+def login_limit() -> str:
+    return current_app.config["OPTIDECK"]["security"]["login_rate_limit"]
+
+
+def _safe_next(target: str | None) -> str:
+    """Follow ?next= only to a path on this site, never to another host."""
+    if target:
+        parts = urlsplit(target)
+        if not parts.scheme and not parts.netloc and target.startswith("/") \
+                and not target.startswith("//") and "\\" not in target:
+            return target
+    return url_for("dashboard.index")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@limiter.limit(login_limit, methods=["POST"])
+def login():
+    if current_user.is_authenticated:
+        return redirect(url_for("dashboard.index"))
+    errors: dict[str, list[str]] = {}
+    username = ""
+    if request.method == "POST":
+        data, errors = load_form(LoginSchema(), request.form)
+        username = request.form.get("username", "")[:64]
+        user = users.authenticate(data["username"], data["password"]) if data else None
+        if user is not None:
+            user.last_login_at = utcnow()
+            login_user(user)
+            audit.record("login", user=user, commit=False)
+            db.session.commit()
+            return redirect(_safe_next(request.args.get("next")))
+        # One message whatever was wrong, so the page never tells whether a name exists.
+        audit.record("login", username=data.get("username") if data else None,
+                     allowed=False, detail="wrong credentials")
+        errors = {"form": [WRONG_CREDENTIALS]}
+    status = 200 if not errors else 400
+    return render_template("auth/login.html", errors=errors, username=username), status
+
+
+@bp.post("/logout")
+@login_required
+def logout():
+    audit.record("logout", user=current_user._get_current_object())
+    logout_user()
+    flash("You are logged out.", "info")
+    return redirect(url_for("auth.login"))

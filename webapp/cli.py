@@ -1,0 +1,119 @@
+"""`flask --app webapp ...` commands: init-db, create-user, demo, serve."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+
+import click
+from flask import Flask, current_app
+from flask_migrate import upgrade
+from marshmallow import ValidationError
+
+from .auth import users
+from .auth.schemas import NewUserSchema
+from .config import ROOT
+from .health import log_checks, run_checks
+from .models import Role
+
+DEMO_ACCOUNTS = (("demo-operator", Role.OPERATOR), ("demo-viewer", Role.VIEWER))
+
+
+def _create_user(username: str, password: str, role: str):
+    try:
+        data = NewUserSchema().load({"username": username, "password": password, "role": role})
+    except ValidationError as exc:
+        problems = "; ".join(f"{field}: {' '.join(msgs)}"
+                             for field, msgs in exc.normalized_messages().items())
+        raise click.ClickException(problems) from exc
+    try:
+        return users.create(data["username"], data["password"], data["role"])
+    except users.UserError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def ensure_first_admin() -> None:
+    """With no users at all, create the administrator named in [admin]."""
+    if users.count():
+        return
+    settings = current_app.config["OPTIDECK"]["admin"]
+    password = settings["password"] or secrets.token_urlsafe(12)
+    user = _create_user(settings["username"], password, Role.ADMIN.value)
+    if settings["password"]:
+        click.echo(f"Created administrator {user.username!r} with the configured password.")
+    else:
+        # Printed once, on the console only: it is never logged or stored in clear.
+        click.echo(f"Created administrator {user.username!r} with password: {password}")
+
+
+@click.command("init-db")
+def init_db_command():
+    """Create or upgrade the database schema (runs the migrations)."""
+    upgrade()
+    click.echo("Database is at the newest schema.")
+
+
+@click.command("create-user")
+@click.argument("username")
+@click.option("--role", type=click.Choice([r.value for r in Role]), required=True)
+def create_user_command(username: str, role: str):
+    """Create a user; the password comes from OPTIDECK_PASSWORD or a prompt."""
+    password = os.environ.get("OPTIDECK_PASSWORD") or click.prompt(
+        "Password", hide_input=True, confirmation_prompt=True
+    )
+    user = _create_user(username, password, role)
+    click.echo(f"Created {user.role} {user.username!r}.")
+
+
+@click.command("demo")
+def demo_command():
+    """Fill a fresh install with demo accounts (idempotent)."""
+    upgrade()
+    ensure_first_admin()
+    password = os.environ.get("OPTIDECK_PASSWORD")
+    for username, role in DEMO_ACCOUNTS:
+        if users.find(username):
+            click.echo(f"Demo user {username!r} already exists (password unchanged).")
+            continue
+        chosen = password or secrets.token_urlsafe(12)
+        _create_user(username, chosen, role.value)
+        shown = "the password in OPTIDECK_PASSWORD" if password else f"password: {chosen}"
+        click.echo(f"Created demo {role.value} {username!r} with {shown}")
+
+
+@click.command("serve")
+@click.option("--demo", is_flag=True, help="Also create the demo data before serving.")
+def serve_command(demo: bool):
+    """Migrate, create the first admin, then serve with gunicorn (gthread workers)."""
+    ctx = click.get_current_context()
+    if demo:
+        ctx.invoke(demo_command)
+    else:
+        upgrade()
+        ensure_first_admin()
+    if not log_checks(run_checks()):
+        raise click.ClickException("start-up checks failed; see the log lines above")
+    server = current_app.config["OPTIDECK"]["server"]
+    click.echo(f"Serving Optideck on http://{server['host']}:{server['port']}")
+    sys.stdout.flush()
+    # Replace this process: gunicorn's workers each build their own app from wsgi.py.
+    args = [
+        sys.executable, "-m", "gunicorn",
+        "--chdir", str(ROOT),
+        "--bind", f"{server['host']}:{server['port']}",
+        "--workers", str(server["workers"]),
+        "--worker-class", "gthread",
+        "--threads", str(server["threads"]),
+        "--timeout", str(server["timeout"]),
+        "--graceful-timeout", "10",
+        # Its shared default path would collide between two servers on one host.
+        "--no-control-socket",
+        "wsgi:app",
+    ]
+    os.execv(sys.executable, args)  # noqa: S606 - fixed argv, no shell
+
+
+def init_app(app: Flask) -> None:
+    for command in (init_db_command, create_user_command, demo_command, serve_command):
+        app.cli.add_command(command)

@@ -1,0 +1,247 @@
+"""Settings: the shipped config.toml, then OPTIDECK_CONFIG, then OPTIDECK_* variables.
+
+The shipped config.toml is both the documentation and the schema: every key it
+holds is a setting, and the type of its default is the type a setting must have.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import secrets
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import limits
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULTS_FILE = ROOT / "config.toml"
+ENV_PREFIX = "OPTIDECK_"
+
+# Short names that deployment scripts already use (DESIGN.md, "Operating it").
+ENV_ALIASES = {
+    "SECRET_KEY": ("app", "secret_key"),
+    "DATABASE_URL": ("database", "url"),
+    "STORAGE_DIR": ("storage", "dir"),
+    "REDIS_URL": ("redis", "url"),
+}
+# OPTIDECK_* variables that are not settings: the config file's path, the CLI's
+# password input, and the test suite's own switches.
+ENV_NOT_SETTINGS = {"CONFIG", "PASSWORD"}
+ENV_NOT_SETTINGS_PREFIXES = ("TEST_",)
+
+SECRET_KEYS = {"secret_key", "password"}
+LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
+
+
+class ConfigError(SystemExit):
+    """A setting is missing its mark.
+
+    A SystemExit, so that `flask`, gunicorn and wsgi.py stop with this message
+    alone instead of a traceback: the message names the key to fix.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(f"Optideck configuration error: {message}")
+        self.message = message
+
+
+def load_config(
+    overrides: dict[str, dict[str, Any]] | None = None,
+    environ: dict[str, str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Return the effective settings as {section: {key: value}}, validated."""
+    environ = os.environ if environ is None else environ
+    defaults = _read_toml(DEFAULTS_FILE)
+    settings = copy.deepcopy(defaults)
+    source_dir = ROOT
+
+    user_file = environ.get(ENV_PREFIX + "CONFIG")
+    if user_file:
+        path = Path(user_file).expanduser().resolve()
+        _merge(settings, defaults, _read_toml(path), origin=str(path))
+        source_dir = path.parent
+
+    _merge(settings, defaults, _from_environ(environ, defaults), origin="environment")
+    if overrides:
+        _merge(settings, defaults, overrides, origin="overrides")
+
+    _check_values(settings)
+    _resolve_paths(settings, source_dir)
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def _merge(settings, defaults, given: dict[str, Any], origin: str) -> None:
+    for section, values in given.items():
+        if section not in defaults:
+            raise ConfigError(f"unknown section [{section}] in {origin}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] in {origin} must be a table of settings")
+        for key, value in values.items():
+            if key not in defaults[section]:
+                raise ConfigError(f"unknown setting {section}.{key} in {origin}")
+            settings[section][key] = _typed(section, key, value, defaults[section][key], origin)
+
+
+def _typed(section: str, key: str, value: Any, default: Any, origin: str) -> Any:
+    name = f"{section}.{key}"
+    expected = type(default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    # bool is an int to Python; a port of `true` is still a mistake.
+    if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
+        raise ConfigError(
+            f"{name} in {origin} must be {_type_word(expected)}, got {value!r}"
+        )
+    if expected is list and not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{name} in {origin} must be a list of strings, got {value!r}")
+    return value
+
+
+def _type_word(kind: type) -> str:
+    return {
+        bool: "true or false",
+        int: "a whole number",
+        float: "a number",
+        str: "a string",
+        list: "a list of strings",
+    }[kind]
+
+
+def _from_environ(environ, defaults) -> dict[str, dict[str, Any]]:
+    """Parse OPTIDECK_* variables into typed values, by the default's type."""
+    found: dict[str, dict[str, Any]] = {}
+    for var, raw in environ.items():
+        if not var.startswith(ENV_PREFIX):
+            continue
+        name = var[len(ENV_PREFIX):]
+        if name in ENV_NOT_SETTINGS or name.startswith(ENV_NOT_SETTINGS_PREFIXES):
+            continue
+        if name in ENV_ALIASES:
+            section, key = ENV_ALIASES[name]
+        else:
+            section, _, key = name.lower().partition("_")
+            if section not in defaults or key not in defaults[section]:
+                raise ConfigError(f"{var} does not name a setting")
+        found.setdefault(section, {})[key] = _parse_env(var, raw, defaults[section][key])
+    return found
+
+
+def _parse_env(var: str, raw: str, default: Any) -> Any:
+    kind = type(default)
+    text = raw.strip()
+    try:
+        if kind is bool:
+            lowered = text.lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+        if kind is list:
+            return [item.strip() for item in text.split(",") if item.strip()]
+    except ValueError as exc:
+        raise ConfigError(f"{var} must be {_type_word(kind)}, got {raw!r}") from exc
+    return raw
+
+
+def _check_values(settings) -> None:
+    """Rules a type alone cannot say."""
+    server = settings["server"]
+    if not 1 <= server["port"] <= 65535:
+        raise ConfigError(f"server.port must be between 1 and 65535, got {server['port']}")
+    for key in ("workers", "threads", "timeout"):
+        if server[key] < 1:
+            raise ConfigError(f"server.{key} must be at least 1, got {server[key]}")
+    security = settings["security"]
+    for key in ("access_token_minutes", "refresh_token_days", "personal_token_max_days"):
+        if security[key] < 1:
+            raise ConfigError(f"security.{key} must be at least 1, got {security[key]}")
+    try:
+        limits.parse(security["login_rate_limit"])
+    except ValueError as exc:
+        raise ConfigError(
+            "security.login_rate_limit must read like '10 per minute', "
+            f"got {security['login_rate_limit']!r}"
+        ) from exc
+    level = settings["logging"]["level"].upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"logging.level must be one of {sorted(LOG_LEVELS)}, got {level!r}")
+    settings["logging"]["level"] = level
+    for origin in settings["cors"]["origins"]:
+        parts = urlsplit(origin)
+        if origin == "*" or parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ConfigError(
+                f"cors.origins must list origins like 'https://host:port', got {origin!r}"
+            )
+
+
+def _resolve_paths(settings, source_dir: Path) -> None:
+    instance = Path(settings["app"]["instance_dir"]).expanduser()
+    if not instance.is_absolute():
+        instance = (source_dir / instance).resolve()
+    settings["app"]["instance_dir"] = str(instance)
+    if not settings["database"]["url"]:
+        settings["database"]["url"] = f"sqlite:///{instance / 'optideck.db'}"
+    storage = settings["storage"]["dir"] or str(instance / "storage")
+    settings["storage"]["dir"] = str(Path(storage).expanduser().resolve())
+
+
+def ensure_secret_key(settings) -> str:
+    """The configured key, else the one kept in the instance folder (made once)."""
+    if settings["app"]["secret_key"]:
+        return settings["app"]["secret_key"]
+    instance = Path(settings["app"]["instance_dir"])
+    instance.mkdir(parents=True, exist_ok=True)
+    path = instance / "secret_key"
+    try:
+        # O_EXCL: when several processes start at once, one writes and the others read.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = path.read_text().strip()
+    else:
+        key = secrets.token_hex(32)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key)
+    if len(key) < 32:
+        raise ConfigError(f"{path} holds no usable secret key; delete it to make a new one")
+    return key
+
+
+def masked(settings) -> dict[str, dict[str, Any]]:
+    """A copy fit for logs and the configuration page: no secret survives it."""
+    shown = copy.deepcopy(settings)
+    for values in shown.values():
+        for key, value in values.items():
+            if key in SECRET_KEYS and value:
+                values[key] = "********"
+            elif isinstance(value, str) and "://" in value:
+                values[key] = _mask_url(value)
+    return shown
+
+
+def _mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:********@{host}"))

@@ -1,0 +1,97 @@
+"""Administration: users and the audit trail."""
+
+from __future__ import annotations
+
+from flask import abort, flash, redirect, render_template, request, url_for
+from flask_login import current_user
+
+from ..auth import audit, users
+from ..auth.guards import roles_required
+from ..auth.schemas import NewUserSchema, RoleChangeSchema, load_form
+from ..models import Role
+from . import page_blueprint
+
+bp = page_blueprint("admin", __name__, url_prefix="/admin")
+
+
+@bp.before_request
+@roles_required(Role.ADMIN)
+def require_admin():
+    return None
+
+
+def _users_page(errors=None, form=None, status=200):
+    return render_template(
+        "admin/users.html", users=users.list_all(), roles=[r.value for r in Role],
+        role_options=[(r.value, r.value) for r in Role],
+        errors=errors or {}, form=form or {},
+    ), status
+
+
+def _target(user_id: int):
+    user = users.get(user_id)
+    if user is None:
+        abort(404)
+    return user
+
+
+@bp.get("/users")
+def user_list():
+    return _users_page()
+
+
+@bp.post("/users")
+def user_create():
+    data, errors = load_form(NewUserSchema(), request.form)
+    if not errors:
+        try:
+            users.create(data["username"], data["password"], data["role"],
+                         by=current_user._get_current_object())
+        except users.UserError as exc:
+            errors = {"username": [str(exc)]}
+    if errors:
+        return _users_page(errors=errors, form=request.form, status=400)
+    flash(f"User {data['username']} created as {data['role']}.", "success")
+    return redirect(url_for("admin.user_list"))
+
+
+@bp.post("/users/<int:user_id>/role")
+def user_role(user_id: int):
+    user = _target(user_id)
+    data, errors = load_form(RoleChangeSchema(), request.form)
+    if errors:
+        flash("Pick one of the listed roles.", "error")
+        return redirect(url_for("admin.user_list"))
+    try:
+        users.set_role(user, data["role"], by=current_user._get_current_object())
+        flash(f"{user.username} is now {user.role}.", "success")
+    except users.UserError as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("admin.user_list"))
+
+
+@bp.post("/users/<int:user_id>/active")
+def user_active(user_id: int):
+    user = _target(user_id)
+    active = request.form.get("active") == "1"
+    try:
+        users.set_active(user, active, by=current_user._get_current_object())
+        flash(f"{user.username} {'activated' if active else 'deactivated'}.", "success")
+    except users.UserError as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("admin.user_list"))
+
+
+@bp.get("/audit")
+def audit_trail():
+    filters = audit.AuditFilters.from_args(request.args)
+    page = audit.search(filters)
+    # htmx asks for the table alone; a reload, a shared link or a history
+    # restore asks for the whole page.
+    partial = request.headers.get("HX-Request") and not request.headers.get(
+        "HX-History-Restore-Request"
+    )
+    template = "admin/_audit_table.html" if partial else "admin/audit.html"
+    response = render_template(template, page=page, filters=filters,
+                               actions=audit.known_actions())
+    return response, 200, {"Vary": "HX-Request"}

@@ -1,0 +1,20 @@
+"""The WSGI entry point: `gunicorn wsgi:app`, or any WSGI server."""
+
+import sys
+
+from webapp import create_app
+from webapp.config import ConfigError
+from webapp.health import log_checks, run_checks
+
+# gunicorn's "app failed to load" exit code: it stops instead of respawning a
+# worker that can never start.
+APP_LOAD_ERROR = 4
+
+try:
+    app = create_app()
+except ConfigError as exc:
+    print(exc.code, file=sys.stderr)
+    raise SystemExit(APP_LOAD_ERROR) from None
+
+with app.app_context():
+    log_checks(run_checks())

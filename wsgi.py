@@ -1,5 +1,6 @@
 """The WSGI entry point: `gunicorn wsgi:app`, or any WSGI server."""
 
+import atexit
 import sys
 
 from webapp import create_app
@@ -18,3 +19,9 @@ except ConfigError as exc:
 
 with app.app_context():
     log_checks(run_checks())
+
+# Queued sessions (from before a restart, too) start running now; sessions a
+# dead server left "running" are failed as worker_lost once their heartbeat is stale.
+executor = app.extensions["optideck.executor"]
+executor.start()
+atexit.register(executor.shutdown)

@@ -21,8 +21,9 @@ TEST_SECRET = "test-secret-key-" + "x" * 32
 
 
 def settings_for(instance_dir, **sections) -> dict:
-    """Test overrides: a private instance folder, a fixed key, plus `sections`."""
-    config = {"app": {"instance_dir": str(instance_dir), "secret_key": TEST_SECRET}}
+    """Test overrides: a private instance folder, a fixed key, a brisk executor, plus `sections`."""
+    config = {"app": {"instance_dir": str(instance_dir), "secret_key": TEST_SECRET},
+              "executor": {"poll_seconds": 0.1}}
     for section, values in sections.items():
         config.setdefault(section, {}).update(values)
     return config
@@ -98,11 +99,29 @@ def make_app(test_database_url, tmp_path):
         return app
 
     yield build
-    # Close every pooled connection before the test's database is dropped.
+    # Stop background workers, then close every pooled connection before the
+    # test's database is dropped.
     for app in built:
+        app.extensions["optideck.executor"].shutdown()
         with app.app_context():
             db.session.remove()
             db.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def demo_files(tmp_path_factory):
+    """Real models trained on the digits data, in every format, with evaluation data."""
+    from webapp.engine import demo_models
+
+    folder = tmp_path_factory.mktemp("demo-models")
+    data = demo_models.digits(image=False)
+    mlp = demo_models.mlp(hidden=256)
+    accuracy = demo_models.train(mlp, data, epochs=6)
+    files = demo_models.save(mlp, data.x_test, folder, "mlp")
+    files["eval"] = demo_models.save_eval_data(data, folder / "mlp_eval.npz")
+    files["eval_unlabelled"] = demo_models.save_eval_data(data, folder / "mlp_x.npz", labels=False)
+    files["accuracy"] = accuracy
+    return files
 
 
 @pytest.fixture

@@ -6,17 +6,20 @@ import json
 import logging
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
-
-from flask import Flask
+from typing import TYPE_CHECKING, Any
 
 from .config import ROOT, ensure_secret_key, load_config, masked
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 log = logging.getLogger("optideck")
 
 
 def create_app(config: dict[str, dict[str, Any]] | None = None) -> Flask:
     """The app factory. `config` overrides settings: {"section": {"key": value}}."""
+    from flask import Flask
+
     settings = load_config(overrides=config)
     app = Flask(
         __name__,
@@ -30,16 +33,18 @@ def create_app(config: dict[str, dict[str, Any]] | None = None) -> Flask:
     from .extensions import csrf, db, limiter, migrate
 
     requestlog.configure_logging(settings["logging"]["level"], settings["logging"]["json"])
+    requestlog.init_app(app)  # first: its before_request resets per-request state
     db.init_app(app)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"), render_as_batch=True)
     csrf.init_app(app)
     limiter.init_app(app)
-    requestlog.init_app(app)
     errors.init_app(app)
     health.init_app(app)
 
-    from . import api, auth, cli, web
+    from . import api, auth, cli, services, web
 
+    _tune_sqlite(app)
+    services.init_app(app)
     auth.init_app(app)
     web.init_app(app)
     api.init_app(app)
@@ -47,6 +52,29 @@ def create_app(config: dict[str, dict[str, Any]] | None = None) -> Flask:
 
     log.info("effective configuration: %s", json.dumps(masked(settings), sort_keys=True))
     return app
+
+
+def _tune_sqlite(app: Flask) -> None:
+    """WAL and a busy timeout let the executor thread and request threads write
+    at once without "database is locked"."""
+    from sqlalchemy import event
+
+    from .extensions import db
+
+    if not app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        return
+    with app.app_context():
+        engine = db.engine
+
+    @event.listens_for(engine, "connect")
+    def on_connect(connection, _record):
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        # In WAL mode NORMAL stays consistent after a crash (the last commits
+        # may roll back on power loss) and saves an fsync per commit.
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
 
 
 def _configure(app: Flask, settings: dict[str, dict[str, Any]]) -> None:
@@ -64,6 +92,7 @@ def _configure(app: Flask, settings: dict[str, dict[str, Any]]) -> None:
         REMEMBER_COOKIE_SECURE=settings["security"]["session_cookie_secure"],
         PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
         WTF_CSRF_TIME_LIMIT=None,  # tied to the session instead, which expires itself
+        MAX_CONTENT_LENGTH=settings["uploads"]["max_bytes"],
         RATELIMIT_STORAGE_URI=redis_url or "memory://",
         RATELIMIT_HEADERS_ENABLED=True,
     )

@@ -68,7 +68,9 @@ def create_user_command(username: str, role: str):
 
 @click.command("demo")
 def demo_command():
-    """Fill a fresh install with demo accounts (idempotent)."""
+    """Fill a fresh install with demo accounts, models and finished sessions (idempotent)."""
+    from .demo import create_demo_models, wait_for
+
     upgrade()
     ensure_first_admin()
     password = os.environ.get("OPTIDECK_PASSWORD")
@@ -80,6 +82,9 @@ def demo_command():
         _create_user(username, chosen, role.value)
         shown = "the password in OPTIDECK_PASSWORD" if password else f"password: {chosen}"
         click.echo(f"Created demo {role.value} {username!r} with {shown}")
+    sessions = create_demo_models(DEMO_ACCOUNTS[0][0])
+    if sessions:
+        wait_for(sessions)
 
 
 @click.command("serve")

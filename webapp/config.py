@@ -180,6 +180,7 @@ def _check_values(settings) -> None:
             "security.login_rate_limit must read like '10 per minute', "
             f"got {security['login_rate_limit']!r}"
         ) from exc
+    _check_ranges(settings)
     level = settings["logging"]["level"].upper()
     if level not in LOG_LEVELS:
         raise ConfigError(f"logging.level must be one of {sorted(LOG_LEVELS)}, got {level!r}")
@@ -190,6 +191,33 @@ def _check_values(settings) -> None:
             raise ConfigError(
                 f"cors.origins must list origins like 'https://host:port', got {origin!r}"
             )
+
+
+# (section, key, lowest, highest): inclusive bounds of numeric settings.
+RANGES = (
+    ("uploads", "max_bytes", 1, None),
+    ("uploads", "analysis_timeout_seconds", 1, None),
+    ("executor", "max_workers", 1, 64),
+    ("executor", "poll_seconds", 0.05, 60),
+    ("executor", "cancel_grace_seconds", 0.1, 600),
+    ("executor", "heartbeat_timeout_seconds", 5, None),
+    ("criteria", "pruning_sparsity", 0.05, 0.95),
+    ("criteria", "compression_energy", 0.5, 0.9999),
+    ("criteria", "min_accuracy_retention_percent", 0, 100),
+    ("criteria", "max_inference_time_ms", 0, None),
+    ("criteria", "latency_batch_size", 1, 4096),
+    ("criteria", "threads", 1, 256),
+    ("criteria", "latency_tolerance_percent", 0, 1000),
+    ("criteria", "max_optimization_time_minutes", 1, 24 * 60),
+)
+
+
+def _check_ranges(settings) -> None:
+    for section, key, low, high in RANGES:
+        value = settings[section][key]
+        if value != value or (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+            raise ConfigError(f"{section}.{key} must be {bounds}, got {value}")
 
 
 def _resolve_paths(settings, source_dir: Path) -> None:

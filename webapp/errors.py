@@ -119,6 +119,14 @@ def handle_unexpected(exc: Exception):
     return handle_http_exception(InternalServerError())
 
 
+def handle_service_error(exc):
+    """A service's refusal, answered like any HTTP error of that status."""
+    return handle_http_exception(ApiError(exc.status, exc.error, exc.message, exc.details))
+
+
 def init_app(app: Flask) -> None:
+    from .services.errors import ServiceError
+
+    app.register_error_handler(ServiceError, handle_service_error)
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(Exception, handle_unexpected)

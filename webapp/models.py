@@ -123,3 +123,105 @@ class AuditEntry(db.Model):
     request_id: Mapped[str | None] = mapped_column(String(64))
     remote_addr: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+class SessionStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_STATUSES = (SessionStatus.QUEUED.value, SessionStatus.RUNNING.value)
+FINISHED_STATUSES = (SessionStatus.COMPLETED.value, SessionStatus.FAILED.value,
+                     SessionStatus.CANCELLED.value)
+
+
+class ModelMetadata(db.Model):
+    """An uploaded model. The file lives in the content-addressed store under `sha256`."""
+
+    __tablename__ = "models"
+    __table_args__ = (Index("ix_models_owner_created", "owner_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(default=1)
+    format: Mapped[str] = mapped_column(String(32))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(types.BigInteger)
+    parameter_count: Mapped[int] = mapped_column(types.BigInteger)
+    input_spec: Mapped[list] = mapped_column(types.JSON)
+    analysis: Mapped[dict] = mapped_column(types.JSON)
+    eval_data_sha256: Mapped[str | None] = mapped_column(String(64))
+    eval_data_summary: Mapped[dict | None] = mapped_column(types.JSON)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Deleting keeps the row (sessions still name their model) but drops the file.
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    owner: Mapped[User | None] = relationship()
+
+
+class OptimizationSession(db.Model):
+    __tablename__ = "optimization_sessions"
+    __table_args__ = (
+        Index("ix_sessions_status_created", "status", "created_at"),
+        Index("ix_sessions_model_created", "model_id", "created_at"),
+        Index("ix_sessions_owner_created", "owner_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    status: Mapped[str] = mapped_column(String(16), default=SessionStatus.QUEUED.value)
+    progress: Mapped[float] = mapped_column(default=0.0)
+    current_step: Mapped[str | None] = mapped_column(String(64))
+    techniques: Mapped[list] = mapped_column(types.JSON)
+    parameters: Mapped[dict] = mapped_column(types.JSON)
+    criteria: Mapped[dict] = mapped_column(types.JSON)  # frozen copy at start
+    plan: Mapped[list] = mapped_column(types.JSON)
+    results: Mapped[dict | None] = mapped_column(types.JSON)
+    # Copied out of `results` so lists can sort and dashboards average in SQL.
+    size_reduction_percent: Mapped[float | None]
+    speed_improvement_percent: Mapped[float | None]
+    error_type: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    artifact_sha256: Mapped[str | None] = mapped_column(String(64))
+    artifact_size_bytes: Mapped[int | None] = mapped_column(types.BigInteger)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    estimated_completion_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    model: Mapped[ModelMetadata] = relationship()
+    owner: Mapped[User | None] = relationship()
+    events: Mapped[list[SessionEvent]] = relationship(
+        back_populates="session", order_by="SessionEvent.id", cascade="all, delete-orphan"
+    )
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+
+class SessionEvent(db.Model):
+    """One line of a session's timeline."""
+
+    __tablename__ = "session_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[int] = mapped_column(
+        ForeignKey("optimization_sessions.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    step: Mapped[str | None] = mapped_column(String(64))
+    progress: Mapped[float] = mapped_column(default=0.0)
+    message: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[dict | None] = mapped_column(types.JSON)
+
+    session: Mapped[OptimizationSession] = relationship(back_populates="events")

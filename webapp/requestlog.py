@@ -17,7 +17,6 @@ log = logging.getLogger("optideck.request")
 # forge log lines or headers, so it is replaced by one of ours.
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 HANDLER_MARK = "_optideck_handler"
-REQUEST_STATE = ("request_id", "started", "api_user", "api_token")
 
 
 def request_id() -> str:
@@ -50,9 +49,9 @@ def init_app(app: Flask) -> None:
     @app.before_request
     def start_request():
         # g outlives a request when an app context was already pushed (a CLI
-        # command, a test): start each request from a clean slate.
-        for name in REQUEST_STATE:
-            g.pop(name, None)
+        # command, a test), and extensions cache identity and CSRF tokens in it:
+        # start each request from a clean slate. Registered before every other hook.
+        g.__dict__.clear()
         g.started = time.perf_counter()
         request_id()
 

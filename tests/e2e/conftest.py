@@ -43,7 +43,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_until_up(url: str, process: subprocess.Popen, log: Path, seconds: float = 60) -> None:
+def _wait_until_up(url: str, process: subprocess.Popen, log: Path, seconds: float = 240) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -59,7 +59,8 @@ def _wait_until_up(url: str, process: subprocess.Popen, log: Path, seconds: floa
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    """The base URL of a real Optideck server with demo data."""
+    """The base URL of a real Optideck server with demo data (trained and optimized
+    on start, which takes a while)."""
     if os.environ.get("OPTIDECK_TEST_DATABASE_URL"):
         pytest.skip("e2e runs once, on the embedded default (SQLite)")
     folder = tmp_path_factory.mktemp("e2e-server")

@@ -52,3 +52,25 @@ def test_admin_filters_the_audit_trail_without_a_reload(page):
     expect(page.locator("#audit-table .badge.denied")).to_have_count(0)
     page.go_back()
     expect(page).to_have_url("/admin/audit")
+
+
+def test_an_operator_uploads_a_model_and_reads_its_analysis(page, demo_files):
+    log_in(page, "demo-operator", DEMO_PASSWORD)
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Models").click()
+    page.get_by_label("Model file").set_input_files(str(demo_files["onnx"]))
+    page.get_by_label("Evaluation data").set_input_files(str(demo_files["eval"]))
+    page.get_by_label("Name").fill("uploaded-in-a-browser")
+    page.get_by_role("button", name="Upload and analyse").click()
+    expect(page.get_by_role("heading", name="uploaded-in-a-browser")).to_be_visible()
+    expect(page.get_by_text("analysed as onnx")).to_be_visible()
+    expect(page.get_by_role("cell", name="Gemm")).to_be_visible()
+
+
+def test_a_pickle_upload_is_refused_with_the_reason(page, tmp_path):
+    log_in(page, "demo-operator", DEMO_PASSWORD)
+    page.goto("/models")
+    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint.write_bytes(b"\x80\x04K\x01.")
+    page.get_by_label("Model file").set_input_files(str(checkpoint))
+    page.get_by_role("button", name="Upload and analyse").click()
+    expect(page.locator("#file-error")).to_contain_text("pickle")

@@ -1,7 +1,7 @@
 """The flask commands deployment scripts rely on."""
 
 from webapp.extensions import db
-from webapp.models import User
+from webapp.models import ModelMetadata, OptimizationSession, User
 
 
 def test_create_user_takes_the_password_from_the_environment(app, runner, monkeypatch):
@@ -30,17 +30,28 @@ def test_create_user_explains_what_is_wrong(app, runner, monkeypatch):
     assert db.session.query(User).filter_by(username="erin").count() == 0
 
 
-def test_demo_creates_the_first_admin_and_demo_accounts_once(app, runner, monkeypatch):
+def test_demo_fills_a_fresh_install_once(app, runner, monkeypatch):
+    """Accounts, real models in every format, and sessions run to completion."""
     monkeypatch.delenv("OPTIDECK_PASSWORD", raising=False)
     first = runner.invoke(args=["demo"])
     assert first.exit_code == 0, first.output
     assert "Created administrator 'admin' with password: " in first.output
     roles = {u.username: u.role for u in db.session.query(User)}
     assert roles == {"admin": "admin", "demo-operator": "operator", "demo-viewer": "viewer"}
+    db.session.expire_all()
+    formats = sorted(m.format for m in db.session.query(ModelMetadata))
+    assert formats == ["exported_program", "onnx", "onnx", "torchscript"]
+    sessions = db.session.query(OptimizationSession).all()
+    assert [s.status for s in sessions] == ["completed"] * 4
+    assert all(s.results["accuracy_kind"] == "accuracy" for s in sessions)
+    assert all(s.size_reduction_percent > 50 for s in sessions)
+
     again = runner.invoke(args=["demo"])
     assert again.exit_code == 0
     assert "password:" not in again.output
+    assert "Demo models already exist." in again.output
     assert db.session.query(User).count() == 3
+    assert db.session.query(OptimizationSession).count() == 4
 
 
 def test_init_db_is_repeatable(app, runner):

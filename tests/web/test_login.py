@@ -119,6 +119,6 @@ def test_login_page_is_rate_limited(make_app):
 def test_session_cookie_is_httponly_and_samesite(app, client, auth):
     make_user("ada")
     response = auth.login("ada")
-    cookie = response.headers["Set-Cookie"]
+    cookie = next(c for c in response.headers.getlist("Set-Cookie") if c.startswith("session="))
     assert "HttpOnly" in cookie
     assert "SameSite=Lax" in cookie

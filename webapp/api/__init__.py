@@ -47,9 +47,10 @@ def init_app(app: Flask) -> None:
     )
     api.spec.options["security"] = [{"bearerAuth": []}]
 
-    from . import auth
+    from . import auth, models, sessions
 
-    api.register_blueprint(auth.blp, url_prefix=PREFIX)
+    for module in (auth, models, sessions):
+        api.register_blueprint(module.blp, url_prefix=PREFIX)
 
     origins = app.config["OPTIDECK"]["cors"]["origins"]
     if origins:

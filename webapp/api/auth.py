@@ -14,7 +14,7 @@ from ..models import utcnow
 from . import ApiBlueprint
 from .schemas import ErrorSchema, TokenSchema
 
-blp = ApiBlueprint("tokens", __name__, description="Obtain, refresh and revoke bearer tokens.")
+blp = ApiBlueprint("Tokens", __name__, description="Obtain, refresh and revoke bearer tokens.")
 
 
 def _token_body(issued: tokens.IssuedToken) -> dict:

@@ -1,6 +1,6 @@
 """Marshmallow schemas of the API's shared shapes."""
 
-from marshmallow import Schema, fields
+from marshmallow import Schema, fields, validate
 
 
 class ErrorSchema(Schema):
@@ -21,3 +21,93 @@ class TokenSchema(Schema):
     token_type = fields.String(required=True, metadata={"example": "bearer"})
     expires_in = fields.Integer(required=True, metadata={"description": "Seconds."})
     refresh_token = fields.String(required=True)
+
+
+class InputSpecSchema(Schema):
+    name = fields.String()
+    shape = fields.List(fields.Integer(allow_none=True),
+                        metadata={"description": "null marks a free dimension (the batch)"})
+    dtype = fields.String()
+
+
+class ModelSchema(Schema):
+    model_id = fields.Integer(attribute="id")
+    name = fields.String()
+    version = fields.Integer()
+    format = fields.String(metadata={"description": "onnx, torchscript or exported_program"})
+    sha256 = fields.String()
+    size_bytes = fields.Integer()
+    parameter_count = fields.Integer()
+    input_spec = fields.List(fields.Nested(InputSpecSchema))
+    analysis = fields.Dict(metadata={"description": "Layer types, baseline latency and more"})
+    eval_data = fields.Dict(attribute="eval_data_summary", allow_none=True,
+                            metadata={"description": "Samples and whether labels came with them"})
+    owner = fields.Function(lambda m: m.owner.username if m.owner else None)
+    created_at = fields.DateTime()
+
+
+class ModelListSchema(Schema):
+    models = fields.List(fields.Nested(ModelSchema))
+    total = fields.Integer()
+
+
+class ModelUploadSchema(Schema):
+    """multipart/form-data fields of POST /models (the files are documented alongside)."""
+
+    name = fields.String(validate=validate.Length(max=200))
+    input_shape = fields.String(metadata={
+        "description": "JSON, when the file does not carry it: [1, 64] or {\"input\": [1, 64]}"})
+
+
+class SessionStartSchema(Schema):
+    model_id = fields.Integer(required=True, strict=True)
+    techniques = fields.List(fields.String(), load_default=list, metadata={
+        "description": "quantization, pruning, compression; empty: the criteria's choice"})
+    parameters = fields.Dict(keys=fields.String(), values=fields.Dict(), load_default=dict,
+                             metadata={"example": {"quantization": {"mode": "int8_dynamic"},
+                                                   "pruning": {"sparsity": 0.5}}})
+
+
+class SessionSchema(Schema):
+    session_id = fields.Integer()
+    model_id = fields.Integer()
+    model_name = fields.String(allow_none=True)
+    model_deleted = fields.Boolean()
+    owner = fields.String(allow_none=True)
+    status = fields.String(metadata={"description": "queued, running, completed, failed, cancelled"})
+    progress_percentage = fields.Float()
+    current_step = fields.String(allow_none=True)
+    techniques = fields.List(fields.String())
+    size_reduction_percent = fields.Float(allow_none=True)
+    speed_improvement_percent = fields.Float(
+        allow_none=True, metadata={"description": "(original latency / optimized latency - 1) x 100"})
+    accuracy_retention_percent = fields.Float(allow_none=True)
+    criteria_met = fields.Boolean(allow_none=True)
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    completed_at = fields.DateTime(allow_none=True)
+    estimated_completion_at = fields.DateTime(allow_none=True)
+    error_type = fields.String(allow_none=True)
+    error_message = fields.String(allow_none=True)
+
+
+class SessionDetailSchema(SessionSchema):
+    parameters = fields.Dict()
+    criteria = fields.Dict(metadata={"description": "The criteria frozen when it started"})
+    plan = fields.List(fields.Dict())
+    results = fields.Dict(allow_none=True)
+
+
+class SessionEventSchema(Schema):
+    time = fields.DateTime(attribute="created_at")
+    kind = fields.String()
+    step = fields.String(allow_none=True)
+    progress = fields.Float()
+    message = fields.String()
+    data = fields.Dict(allow_none=True)
+
+
+class SessionEventListSchema(Schema):
+    session_id = fields.Integer()
+    events = fields.List(fields.Nested(SessionEventSchema))

@@ -16,7 +16,24 @@ def page_blueprint(name: str, import_name: str, **kwargs) -> Blueprint:
     return bp
 
 
+def filesize(value: int | None) -> str:
+    if value is None:
+        return "—"
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:,.0f} {unit}" if unit == "bytes" else f"{value:,.2f} {unit}"
+        value /= 1000
+    return str(value)
+
+
+def when(value) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value else "—"
+
+
 def init_app(app: Flask) -> None:
+    app.add_template_filter(filesize)
+    app.add_template_filter(when)
+
     from . import account, admin, config, dashboard, models, sessions
 
     for module in (dashboard, sessions, models, config, account, admin):

@@ -1,0 +1,62 @@
+"""Upload, list, get and delete models."""
+
+from __future__ import annotations
+
+from flask import g
+from flask.views import MethodView
+from flask_smorest.fields import Upload
+from marshmallow import Schema
+
+from ..auth.guards import roles_required
+from ..models import Role
+from ..services import model_store
+from . import ApiBlueprint
+from .schemas import ErrorSchema, ModelListSchema, ModelSchema, ModelUploadSchema
+
+blp = ApiBlueprint("Models", __name__, description="The model store: upload and inspect models.")
+
+
+class ModelFilesSchema(Schema):
+    file = Upload(required=True, metadata={"description": "ONNX, TorchScript or .pt2 program"})
+    eval_data = Upload(metadata={"description": ".npz with x (inputs) and optional y (labels)"})
+
+
+@blp.route("/models")
+class Models(MethodView):
+    @blp.response(200, ModelListSchema)
+    def get(self):
+        """List the models you may see."""
+        models = model_store.list_for(g.api_user)
+        return {"models": models, "total": len(models)}
+
+    @roles_required(Role.ADMIN, Role.OPERATOR)
+    @blp.arguments(ModelUploadSchema, location="form")
+    @blp.arguments(ModelFilesSchema, location="files")
+    @blp.response(201, ModelSchema)
+    @blp.alt_response(413, schema=ErrorSchema, description="Larger than uploads.max_bytes.")
+    @blp.alt_response(422, schema=ErrorSchema, description="Not a model we accept, or data "
+                      "that does not fit it; `details` names the field.")
+    def post(self, form, files):
+        """Upload a model (multipart); it is analysed before this returns."""
+        eval_data = files.get("eval_data")
+        return model_store.add(
+            g.api_user, files["file"].stream, files["file"].filename, form.get("name"),
+            eval_data.stream if eval_data else None,
+            model_store.parse_input_shape(form.get("input_shape")),
+        )
+
+
+@blp.route("/models/<int:model_id>")
+class ModelItem(MethodView):
+    @blp.response(200, ModelSchema)
+    @blp.alt_response(404, schema=ErrorSchema)
+    def get(self, model_id):
+        """One model with its analysis."""
+        return model_store.get_for(g.api_user, model_id)
+
+    @roles_required(Role.ADMIN, Role.OPERATOR)
+    @blp.response(204)
+    @blp.alt_response(409, schema=ErrorSchema, description="A session still uses the model.")
+    def delete(self, model_id):
+        """Delete a model (refused while a queued or running session uses it)."""
+        model_store.delete(model_store.get_for(g.api_user, model_id), g.api_user)

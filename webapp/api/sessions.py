@@ -1,0 +1,79 @@
+"""Start, follow and cancel optimization sessions; download their models."""
+
+from __future__ import annotations
+
+from flask import g, send_file
+from flask.views import MethodView
+
+from ..auth.guards import roles_required
+from ..models import Role
+from ..services import optimization
+from . import ApiBlueprint
+from .schemas import (
+    ErrorSchema,
+    SessionDetailSchema,
+    SessionEventListSchema,
+    SessionStartSchema,
+)
+
+blp = ApiBlueprint("Sessions", __name__, description="Optimization sessions.")
+
+
+def _detail(session) -> dict:
+    return {**optimization.summary(session), "parameters": session.parameters,
+            "criteria": session.criteria, "plan": session.plan, "results": session.results}
+
+
+@blp.route("/optimization/sessions", methods=["POST"])
+@roles_required(Role.ADMIN, Role.OPERATOR)
+@blp.arguments(SessionStartSchema)
+@blp.response(202, SessionDetailSchema)
+@blp.alt_response(404, schema=ErrorSchema, description="No such model.")
+@blp.alt_response(409, schema=ErrorSchema, description="The model was deleted.")
+@blp.alt_response(422, schema=ErrorSchema, description="The techniques do not fit this model.")
+def start_session(body):
+    """Start a session: it is queued and runs in a background worker."""
+    session = optimization.start(g.api_user, body["model_id"], body["techniques"],
+                                 body["parameters"])
+    return _detail(session)
+
+
+@blp.route("/optimization/sessions/<int:session_id>")
+class SessionItem(MethodView):
+    @blp.response(200, SessionDetailSchema)
+    @blp.alt_response(404, schema=ErrorSchema)
+    def get(self, session_id):
+        """One session: status, progress, plan, criteria and results."""
+        return _detail(optimization.get_for(g.api_user, session_id))
+
+
+@blp.route("/optimization/sessions/<int:session_id>/cancel", methods=["POST"])
+@roles_required(Role.ADMIN, Role.OPERATOR)
+@blp.response(202, SessionDetailSchema)
+@blp.alt_response(409, schema=ErrorSchema, description="The session already finished.")
+def cancel_session(session_id):
+    """Cancel a queued or running session (a running one stops within seconds)."""
+    session = optimization.get_for(g.api_user, session_id)
+    return _detail(optimization.cancel(session, g.api_user))
+
+
+@blp.route("/optimization/sessions/<int:session_id>/events")
+@blp.response(200, SessionEventListSchema)
+@blp.alt_response(404, schema=ErrorSchema)
+def session_events(session_id):
+    """The session's timeline: steps started, kept, rolled back, and the outcome."""
+    session = optimization.get_for(g.api_user, session_id)
+    return {"session_id": session.id, "events": optimization.events(session)}
+
+
+@blp.route("/optimization/sessions/<int:session_id>/artifact")
+@blp.response(200, description="The optimized model (ONNX).",
+              content_type="application/octet-stream")
+@blp.alt_response(404, schema=ErrorSchema, description="Not completed, or no such session.")
+def session_artifact(session_id):
+    """Download the optimized model of a completed session."""
+    session = optimization.get_for(g.api_user, session_id)
+    path = optimization.artifact_path(session)
+    name = f"{session.model.name}-session{session.id}-optimized.onnx"
+    return send_file(path, mimetype="application/octet-stream", as_attachment=True,
+                     download_name=name)

@@ -1,0 +1,80 @@
+"""Inspect an uploaded model: format, inputs, parameters, layer types, baseline latency."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import formats, loading
+from .datasets import generate, load_npz
+from .errors import DatasetRejected, ModelRejected
+from .evaluation import latency_ms
+from .loading import InputSpec
+
+DEFAULT_INPUT_NAME = "input"
+
+
+def _given_specs(input_shape) -> list[InputSpec] | None:
+    """input_shape as sent by the user: [1, 64] for one input, or {name: shape}."""
+    if input_shape is None:
+        return None
+    named = input_shape if isinstance(input_shape, dict) else {DEFAULT_INPUT_NAME: input_shape}
+    specs = []
+    for name, shape in named.items():
+        if not isinstance(shape, list) or not shape or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape
+        ):
+            raise ModelRejected(f"input_shape for {name!r} must be a list of positive whole "
+                                f"numbers such as [1, 64], got {shape!r}.")
+        # The first dimension counts samples: leave it free so any batch fits.
+        specs.append(InputSpec(str(name), [None, *shape[1:]]))
+    return specs
+
+
+def _specs_from_data(eval_path: Path) -> list[InputSpec]:
+    with np.load(eval_path, allow_pickle=False) as archive:
+        if "x" not in archive.files:
+            raise DatasetRejected("The evaluation .npz needs an array named 'x' (the inputs).")
+        x = archive["x"]
+    return [InputSpec(DEFAULT_INPUT_NAME, [None, *x.shape[1:]])]
+
+
+def analyse(path: Path, threads: int, input_shape=None, eval_path: Path | None = None) -> dict:
+    model_format = formats.detect_format(path)
+    specs = _given_specs(input_shape)
+    if specs is None and eval_path is not None and model_format == formats.TORCHSCRIPT:
+        specs = _specs_from_data(eval_path)
+    model = loading.load(path, model_format, threads, specs)
+    if model_format == formats.ONNX and specs:
+        # The file's own names win; the user's shape fills dimensions it leaves open.
+        for spec, given in zip(model.inputs, specs, strict=False):
+            spec.shape = [d if d is not None else g for d, g in zip(spec.shape, given.shape,
+                                                                      strict=False)]
+    if any(d is None for spec in model.inputs for d in spec.shape[1:]):
+        raise ModelRejected("The model leaves input dimensions other than the batch open; "
+                            "send input_shape to fix them, e.g. [1, 3, 224, 224].")
+    eval_summary = None
+    if eval_path is not None:
+        data = load_npz(eval_path, model.inputs)
+        outputs = model.run({k: v[: model.inputs[0].fixed_batch or 1] for k, v in data.inputs.items()})
+        if data.labels is not None and not (outputs[0].ndim == 2 and outputs[0].shape[1] > 1):
+            raise DatasetRejected("Labels 'y' need a classifier: the model's first output "
+                                  "must be [samples, classes].")
+        if data.labels is not None and data.labels.max(initial=0) >= outputs[0].shape[1]:
+            raise DatasetRejected(f"'y' has class {int(data.labels.max())} but the model "
+                                  f"outputs {outputs[0].shape[1]} classes.")
+        eval_summary = {"samples": data.count, "labels": data.labels is not None}
+    sample = generate(model.inputs, count=model.inputs[0].fixed_batch or 1)
+    baseline = latency_ms(model, sample, model.inputs[0].fixed_batch or 1, lambda: None)
+    return {
+        "format": model_format,
+        "size_bytes": path.stat().st_size,
+        "parameter_count": model.parameter_count,
+        "inputs": [spec.as_dict() for spec in model.inputs],
+        "op_histogram": dict(sorted(model.op_histogram.items(), key=lambda kv: -kv[1])),
+        "baseline_latency_ms": round(baseline, 4),
+        "baseline_latency_batch": model.inputs[0].fixed_batch or 1,
+        "threads": threads,
+        "eval_data": eval_summary,
+    }

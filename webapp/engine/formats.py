@@ -1,0 +1,116 @@
+"""Tell a model's format from its bytes, and refuse what we must never load.
+
+Nothing here unpickles anything. Plain `torch.save` checkpoints (a pickle, or
+a zip holding `data.pkl` without TorchScript code) are refused before any
+loader sees them: unpickling runs arbitrary code chosen by whoever made the file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+from .errors import ModelRejected
+
+ONNX = "onnx"
+TORCHSCRIPT = "torchscript"
+EXPORTED_PROGRAM = "exported_program"
+FORMATS = (ONNX, TORCHSCRIPT, EXPORTED_PROGRAM)
+
+# Protocol 2+ pickles start with PROTO (0x80) and the protocol number.
+PICKLE_MAGIC = {bytes([0x80, n]) for n in range(2, 6)}
+
+PICKLE_REFUSAL = (
+    "This file is a Python pickle (a plain torch.save checkpoint). Pickles can run "
+    "arbitrary code when loaded, so Optideck never opens them. Export the model "
+    "instead: torch.jit.save(torch.jit.script(model), 'model.pt'), "
+    "torch.export.save(torch.export.export(model, example_inputs), 'model.pt2'), "
+    "or torch.onnx.export(model, example_inputs, 'model.onnx')."
+)
+
+
+def detect_format(path: Path) -> str:
+    """One of FORMATS, judged from the content; raises ModelRejected otherwise."""
+    with path.open("rb") as fh:
+        head = fh.read(8)
+    if not head:
+        raise ModelRejected("The file is empty.")
+    if head[:2] in PICKLE_MAGIC:
+        raise ModelRejected(PICKLE_REFUSAL)
+    if zipfile.is_zipfile(path):
+        return _zip_format(path)
+    # ONNX files are bare protobuf messages with no magic number; the ONNX
+    # loader decides (and refuses random bytes) in loading.py.
+    return ONNX
+
+
+def _zip_format(path: Path) -> str:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            archive_format = _read_member(archive, names, "archive_format")
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelRejected(f"The file is a damaged zip archive: {exc}") from exc
+    if archive_format is not None:
+        if archive_format.strip() == b"pt2":
+            return EXPORTED_PROGRAM
+        raise ModelRejected("The archive is not a torch.export program (.pt2).")
+    has_code = any("/code/" in name for name in names)
+    has_constants = any(name.endswith("/constants.pkl") for name in names)
+    if has_code and has_constants:
+        return TORCHSCRIPT
+    if any(name.endswith("data.pkl") for name in names):
+        raise ModelRejected(PICKLE_REFUSAL)
+    raise ModelRejected("The zip archive is neither a TorchScript nor a torch.export model.")
+
+
+def _read_member(archive: zipfile.ZipFile, names: list[str], suffix: str) -> bytes | None:
+    for name in names:
+        if name.count("/") == 1 and name.endswith("/" + suffix):
+            return archive.read(name)
+    return None
+
+
+def safe_exported_program_copy(path: Path, target: Path) -> Path:
+    """Copy a .pt2 archive with every pickle-bearing part refused or removed.
+
+    torch.export.load unpickles weights and constants marked `use_pickle`,
+    custom and opaque objects, and, if its restricted loader fails on them, the
+    sample inputs (falling back to a full unpickle). We refuse archives with
+    the former and drop the sample inputs, which a loaded program does not need.
+    """
+    try:
+        with zipfile.ZipFile(path) as source:
+            names = source.namelist()
+            models = [n for n in names if "/models/" in n and n.endswith(".json")]
+            if len(models) != 1:
+                raise ModelRejected("The .pt2 archive must hold exactly one exported program.")
+            for name in names:
+                if name.endswith(("weights_config.json", "constants_config.json")):
+                    _check_payload_config(json.loads(source.read(name)))
+                if "/data/constants/" in name and name.endswith(".pt"):
+                    raise ModelRejected("The .pt2 archive stores constants in the old "
+                                        "pickled format; re-save it with torch.export.save.")
+            with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as copy:
+                for info in source.infolist():
+                    if "/data/sample_inputs/" in info.filename:
+                        copy.writestr(info, b"")
+                        continue
+                    with source.open(info) as src, copy.open(info, "w") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+    except (zipfile.BadZipFile, json.JSONDecodeError, KeyError) as exc:
+        raise ModelRejected(f"The .pt2 archive is damaged: {exc}") from exc
+    return target
+
+
+def _check_payload_config(config: dict) -> None:
+    for fqn, meta in config.get("config", {}).items():
+        if meta.get("use_pickle"):
+            raise ModelRejected(f"The .pt2 archive stores {fqn!r} as a pickle; Optideck "
+                                "accepts only plain tensor payloads.")
+        path_name = str(meta.get("path_name", ""))
+        if path_name.startswith(("custom_obj", "opaque_obj")):
+            raise ModelRejected(f"The .pt2 archive holds a custom object ({fqn!r}); "
+                                "Optideck accepts only tensors.")

@@ -1,0 +1,213 @@
+"""Load a model of any accepted format behind one small interface.
+
+Loaders run only in worker processes (see worker.py). ONNX files are parsed by
+the ONNX protobuf reader; TorchScript by TorchScript's own deserializer, whose
+unpickler resolves only TorchScript types and cannot call Python code; .pt2
+programs only after formats.safe_exported_program_copy removed every pickle.
+"""
+
+from __future__ import annotations
+
+import collections
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import formats
+from .errors import ModelRejected
+
+ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16",
+              "tensor(double)": "float64", "tensor(int32)": "int32", "tensor(int64)": "int64",
+              "tensor(bool)": "bool"}
+# ONNX TensorProto element types we can feed, as numpy dtypes.
+ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 6: "int32", 7: "int64", 9: "bool"}
+
+
+@dataclass
+class InputSpec:
+    name: str
+    shape: list[int | None]  # None: dynamic (the batch dimension, usually)
+    dtype: str = "float32"
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "shape": self.shape, "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> InputSpec:
+        return cls(data["name"], list(data["shape"]), data.get("dtype", "float32"))
+
+    @property
+    def fixed_batch(self) -> int | None:
+        return self.shape[0] if self.shape and self.shape[0] is not None else None
+
+
+@dataclass
+class LoadedModel:
+    """A runnable model: feed numpy arrays by input name, get numpy outputs."""
+
+    format: str
+    inputs: list[InputSpec]
+    output_names: list[str]
+    parameter_count: int
+    op_histogram: dict[str, int]
+    runner: object = field(repr=False)
+    torch_module: object = field(default=None, repr=False)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.runner(feeds)
+
+
+def load(path: Path, model_format: str, threads: int,
+         input_specs: list[InputSpec] | None = None, inspect: bool = True) -> LoadedModel:
+    if model_format == formats.ONNX:
+        return load_onnx(path, threads) if inspect else run_onnx(path, threads)
+    if model_format == formats.TORCHSCRIPT:
+        return _load_torchscript(path, threads, input_specs)
+    if model_format == formats.EXPORTED_PROGRAM:
+        return _load_exported_program(path, threads, input_specs)
+    raise ModelRejected(f"Unknown model format {model_format!r}.")
+
+
+def load_onnx(path: Path, threads: int) -> LoadedModel:
+    """Parse, check and inspect an ONNX file, then make it runnable."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+            raise ModelRejected("The ONNX model keeps its weights in external files; "
+                                "save it as one file (onnx.save(..., save_as_external_data=False)).")
+        onnx.checker.check_model(model)
+    except ModelRejected:
+        raise
+    except Exception as exc:  # the protobuf and checker errors have no common base
+        raise ModelRejected(f"The file is not a valid ONNX model: {_first_line(exc)}") from exc
+    initializer_names = {t.name for t in model.graph.initializer}
+    inputs = [_onnx_input(value) for value in model.graph.input if value.name not in initializer_names]
+    if not inputs:
+        raise ModelRejected("The ONNX model has no inputs.")
+    params = int(sum(np.prod(t.dims, dtype=np.int64) for t in model.graph.initializer))
+    ops = collections.Counter(node.op_type for node in model.graph.node)
+    loaded = run_onnx(path, threads)
+    loaded.inputs, loaded.parameter_count, loaded.op_histogram = inputs, params, dict(ops)
+    return loaded
+
+
+def run_onnx(path: Path, threads: int) -> LoadedModel:
+    """An ONNX model ready to run, without the checker and the inspection.
+
+    For files already checked (an analysed upload) or written by the engine
+    itself: parsing and checking a model twice is most of a short session's time.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        raise ModelRejected(f"ONNX Runtime cannot run this model: {_first_line(exc)}") from exc
+    output_names = [o.name for o in session.get_outputs()]
+    inputs = [InputSpec(i.name, [d if isinstance(d, int) else None for d in i.shape],
+                        ORT_DTYPES.get(i.type, "float32")) for i in session.get_inputs()]
+
+    def run(feeds):
+        return session.run(output_names, feeds)
+
+    return LoadedModel(formats.ONNX, inputs, output_names, 0, {}, run)
+
+
+def _onnx_input(value) -> InputSpec:
+    tensor = value.type.tensor_type
+    dtype = ONNX_DTYPES.get(tensor.elem_type)
+    if dtype is None:
+        raise ModelRejected(f"Input {value.name!r} has an element type Optideck cannot feed.")
+    shape = [dim.dim_value if dim.HasField("dim_value") else None for dim in tensor.shape.dim]
+    return InputSpec(value.name, shape, dtype)
+
+
+def _torch_runner(module, specs: list[InputSpec]):
+    import torch
+
+    def run(feeds):
+        with torch.inference_mode():
+            args = [torch.from_numpy(np.ascontiguousarray(feeds[s.name])) for s in specs]
+            out = module(*args)
+        if isinstance(out, dict):
+            out = list(out.values())
+        if not isinstance(out, list | tuple):
+            out = [out]
+        return [o.detach().numpy() for o in out]
+
+    return run
+
+
+def _load_torchscript(path: Path, threads: int, specs: list[InputSpec] | None) -> LoadedModel:
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # TorchScript raises RuntimeError and friends
+        raise ModelRejected(f"The TorchScript file cannot be loaded: {_first_line(exc)}") from exc
+    module.eval()
+    if not specs:
+        raise ModelRejected("TorchScript files do not record their input shapes: send "
+                            "input_shape (for example [1, 64]) or evaluation data.")
+    params = sum(p.numel() for p in module.parameters())
+    ops = collections.Counter(
+        node.kind().split("::", 1)[1] for node in module.inlined_graph.nodes()
+        if node.kind().startswith("aten::")
+    )
+    return LoadedModel(formats.TORCHSCRIPT, specs, [], int(params), dict(ops),
+                       _torch_runner(module, specs), torch_module=module)
+
+
+def _load_exported_program(path: Path, threads: int, specs: list[InputSpec] | None) -> LoadedModel:
+    import torch
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        safe = formats.safe_exported_program_copy(path, Path(tmp) / "program.pt2")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = torch.export.load(str(safe))
+        except Exception as exc:  # deserialization errors vary by torch version
+            raise ModelRejected(f"The .pt2 program cannot be loaded: {_first_line(exc)}") from exc
+    found = _exported_inputs(program)
+    specs = specs or found
+    params = sum(t.numel() for t in program.state_dict.values())
+    ops = collections.Counter(
+        str(node.target).split(".")[1] if str(node.target).startswith("aten.") else str(node.target)
+        for node in program.graph.nodes if node.op == "call_function"
+    )
+    module = program.module()
+    return LoadedModel(formats.EXPORTED_PROGRAM, specs, [], int(params), dict(ops),
+                       _torch_runner(module, specs), torch_module=program)
+
+
+def _exported_inputs(program) -> list[InputSpec]:
+    import torch
+
+    user_inputs = set(program.graph_signature.user_inputs)
+    specs = []
+    for node in program.graph.nodes:
+        if node.op != "placeholder" or node.name not in user_inputs:
+            continue
+        value = node.meta.get("val")
+        if not isinstance(value, torch.Tensor):
+            raise ModelRejected(f"Input {node.name!r} is not a tensor; Optideck feeds tensors only.")
+        shape = [int(d) if isinstance(d, int) else None for d in value.shape]
+        specs.append(InputSpec(node.name, shape, str(value.dtype).removeprefix("torch.")))
+    return specs
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

@@ -1,0 +1,74 @@
+"""Turn the techniques a user asked for, and the criteria, into ordered steps."""
+
+from __future__ import annotations
+
+from marshmallow import ValidationError
+
+from .techniques import TECHNIQUES
+
+
+class PlanError(ValueError):
+    """The request cannot become a plan. `unprocessable` marks a request that is
+    well-formed but does not fit this model (422), as opposed to bad values (400)."""
+
+    def __init__(self, message: str, details: dict, unprocessable: bool = False):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.unprocessable = unprocessable
+
+
+def criteria_defaults(criteria: dict) -> dict[str, dict]:
+    """Each technique's parameters as the criteria set them."""
+    return {
+        "quantization": {"mode": criteria["quantization_mode"]},
+        "pruning": {"sparsity": criteria["pruning_sparsity"]},
+        "compression": {"energy": criteria["compression_energy"]},
+    }
+
+
+def build_plan(model_format: str, techniques: list[str], parameters: dict,
+               criteria: dict, has_eval_data: bool) -> list[dict]:
+    chosen = list(dict.fromkeys(techniques or criteria["enabled_techniques"]))
+    unknown = [t for t in chosen if t not in TECHNIQUES]
+    if unknown:
+        raise PlanError("Unknown technique.", {"techniques": [
+            f"{t!r} is not a technique Optideck has; choose from {sorted(TECHNIQUES)}."
+            for t in unknown]})
+    if not chosen:
+        raise PlanError("Choose at least one technique.", {"techniques": ["Empty."]})
+    extra = sorted(set(parameters) - set(chosen))
+    if extra:
+        raise PlanError("Parameters for techniques not chosen.", {"parameters": [
+            f"{name!r} is not among the chosen techniques." for name in extra]})
+    defaults = criteria_defaults(criteria)
+    steps, errors = [], {}
+    for technique_id in sorted(chosen, key=lambda t: TECHNIQUES[t].order):
+        technique = TECHNIQUES[technique_id]
+        given = parameters.get(technique_id) or {}
+        if not isinstance(given, dict):
+            errors[f"parameters.{technique_id}"] = ["Must be an object of parameters."]
+            continue
+        # Explicit compression settings replace the default energy, not add to it.
+        base = {} if technique_id == "compression" and given else defaults[technique_id]
+        try:
+            params = technique.params().load({**base, **given})
+        except ValidationError as exc:
+            for field, messages in exc.normalized_messages().items():
+                errors[f"parameters.{technique_id}.{field}"] = messages
+            continue
+        if model_format not in technique.formats:
+            raise PlanError(f"{technique.label} does not support {model_format} models.",
+                            {"techniques": [f"{technique_id!r} does not support {model_format}."]},
+                            unprocessable=True)
+        if technique_id == "quantization" and params["mode"] == "int8_static" and not has_eval_data:
+            raise PlanError(
+                "int8 static quantization calibrates on evaluation data; attach an .npz "
+                "to the model or choose int8_dynamic.",
+                {"parameters.quantization.mode": ["int8_static needs evaluation data."]},
+                unprocessable=True,
+            )
+        steps.append({"technique": technique_id, "params": params})
+    if errors:
+        raise PlanError("Invalid technique parameters.", errors)
+    return steps

@@ -1,0 +1,246 @@
+"""Run one optimization session: baseline, export, each step measured, kept or rolled back."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import formats, loading
+from .datasets import EvalData, generate, load_npz
+from .errors import Cancelled, TechniqueFailed, TimeLimitExceeded
+from .evaluation import Measurement, measure
+from .loading import InputSpec, LoadedModel
+from .techniques import TECHNIQUES
+from .techniques.export import to_onnx
+
+Progress = Callable[[float, str], None]
+Event = Callable[[str, str, str, dict], None]
+
+
+@dataclass
+class SessionJob:
+    """Everything a worker needs, as plain data (it crosses a process boundary)."""
+
+    session_id: int
+    model_path: str
+    model_format: str
+    input_specs: list[dict]
+    steps: list[dict]  # [{"technique": id, "params": {...}}] in plan order
+    criteria: dict
+    work_dir: str
+    eval_data_path: str | None = None
+    deadline: float | None = None  # time.time() after which the session stops
+
+
+@dataclass
+class SessionOutcome:
+    results: dict
+    artifact_path: str
+    steps: list[dict] = field(default_factory=list)
+
+
+class _Session:
+    def __init__(self, job: SessionJob, progress: Progress, event: Event,
+                 cancelled: Callable[[], bool]):
+        self.job = job
+        self.criteria = job.criteria
+        self.work = Path(job.work_dir)
+        self.threads = int(self.criteria.get("threads", 1))
+        self.batch_wanted = int(self.criteria.get("latency_batch_size", 32))
+        # Compressed sizes tell what pruning's zeros are worth; other plans skip the cost.
+        self.compressed = any(step["technique"] == "pruning" for step in job.steps)
+        self._progress, self._event, self._cancelled = progress, event, cancelled
+        self._pct = 0.0
+
+    def check(self) -> None:
+        if self._cancelled():
+            raise Cancelled()
+        if self.job.deadline is not None and time.time() > self.job.deadline:
+            raise TimeLimitExceeded("The session ran past its time limit "
+                                    f"({self.criteria.get('max_optimization_time_minutes')} min).")
+
+    def progress(self, pct: float, step: str) -> None:
+        self._pct = max(self._pct, min(pct, 100.0))
+        self._progress(round(self._pct, 1), step)
+
+    def batch_for(self, model: LoadedModel) -> int:
+        return model.inputs[0].fixed_batch or self.batch_wanted
+
+    def run(self) -> SessionOutcome:
+        job = self.job
+        self.work.mkdir(parents=True, exist_ok=True)
+        specs = [InputSpec.from_dict(s) for s in job.input_specs]
+        self.progress(1, "analysis")
+        # The upload was checked and inspected when it was analysed.
+        original = loading.load(Path(job.model_path), job.model_format, self.threads, specs,
+                                inspect=False)
+        if job.model_format == formats.ONNX:
+            original.inputs = specs
+        data = load_npz(Path(job.eval_data_path), specs) if job.eval_data_path else generate(specs)
+        self.check()
+        self.progress(5, "baseline")
+        baseline, reference = measure(Path(job.model_path), original, data,
+                                      self.batch_for(original), None, self.check, self.compressed)
+        self._event("baseline", "baseline", self._describe(baseline, None),
+                    {"measurement": baseline.as_dict(), "inputs": data.source})
+        self.progress(15, "baseline")
+
+        best_path, best = Path(job.model_path), baseline
+        if job.model_format != formats.ONNX:
+            best_path, best, data = self._export(original, data, reference, baseline)
+        steps = []
+        span = (95 - 25) / max(len(job.steps), 1)
+        for index, step in enumerate(job.steps):
+            start = 25 + index * span
+            kept, info, measurement = self._step(step, best_path, best, baseline, data, reference,
+                                                 start, span, index)
+            steps.append(info)
+            if kept:
+                best_path, best = kept, measurement
+        self.progress(97, "report")
+        artifact = self.work / "optimized.onnx"
+        if best_path != artifact:
+            shutil.copyfile(best_path, artifact)
+        results = self._results(baseline, best, data)
+        self.progress(100, "done")
+        return SessionOutcome(results, str(artifact), steps)
+
+    def _export(self, original, data, reference, baseline):
+        self.progress(16, "export_onnx")
+        self._event("step_started", "export_onnx", "Exporting to ONNX", {})
+        target = self.work / "exported.onnx"
+        info = to_onnx(original, target)
+        self.check()
+        exported = loading.run_onnx(target, self.threads)
+        # The exporter may rename inputs; the data follows them by position.
+        data = EvalData({spec.name: array for spec, array in
+                         zip(exported.inputs, data.inputs.values(), strict=True)},
+                        data.labels, data.source)
+        measurement, _ = measure(target, exported, data, self.batch_for(exported), reference,
+                                 self.check, self.compressed)
+        retention = _retention(baseline, measurement)
+        if retention < 99.0:
+            raise TechniqueFailed(f"The ONNX export changed the model's outputs "
+                                  f"(retention {retention:.1f} %); the session stops here.")
+        self._event("step_completed", "export_onnx", self._describe(measurement, baseline),
+                    {"measurement": measurement.as_dict(), **info})
+        self.progress(25, "export_onnx")
+        return target, measurement, data
+
+    def _step(self, step, best_path, best, baseline, data, reference, start, span, index):
+        technique = TECHNIQUES[step["technique"]]
+        name = step["technique"]
+        self.progress(start, name)
+        self._event("step_started", name, f"{technique.label} {step['params']}", {})
+        candidate = self.work / f"step{index + 1}_{name}.onnx"
+        try:
+            details = technique.apply(best_path, candidate, step["params"], data,
+                                      best.latency_batch, self.check)
+        except TechniqueFailed as exc:
+            self._event("step_skipped", name, exc.message, {"params": step["params"]})
+            return None, {"technique": name, "outcome": "skipped", "reason": exc.message}, None
+        self.check()
+        self.progress(start + span * 0.6, name)
+        model = loading.run_onnx(candidate, self.threads)
+        measurement, _ = measure(candidate, model, data, self.batch_for(model), reference,
+                                 self.check, self.compressed)
+        self.progress(start + span, name)
+        reason = self._violation(baseline, best, measurement)
+        info = {"technique": name, "params": step["params"], "details": details,
+                "measurement": measurement.as_dict()}
+        if reason and self.criteria.get("rollback_on_violation", True):
+            candidate.unlink(missing_ok=True)
+            self._event("step_rolled_back", name, f"Rolled back: {reason}", info)
+            return None, {**info, "outcome": "rolled_back", "reason": reason}, None
+        outcome = "kept_despite_violation" if reason else "kept"
+        self._event("step_completed", name, self._describe(measurement, best), info)
+        return candidate, {**info, "outcome": outcome, "reason": reason}, measurement
+
+    def _violation(self, baseline: Measurement, best: Measurement, candidate: Measurement):
+        minimum = float(self.criteria.get("min_accuracy_retention_percent", 99.0))
+        retention = _retention(baseline, candidate)
+        if retention < minimum:
+            return f"accuracy retention {retention:.2f} % is below the minimum {minimum:g} %"
+        tolerance = float(self.criteria.get("latency_tolerance_percent", 5.0))
+        if candidate.latency_ms > best.latency_ms * (1 + tolerance / 100):
+            return (f"slower than before: {candidate.latency_ms:.3f} ms against "
+                    f"{best.latency_ms:.3f} ms")
+        return None
+
+    def _describe(self, m: Measurement, before: Measurement | None) -> str:
+        text = (f"{m.size_bytes / 1e6:.2f} MB, {m.latency_ms:.3f} ms per batch of "
+                f"{m.latency_batch}, {m.score_kind.replace('_', ' ')} {m.score * 100:.2f} %")
+        if before is not None:
+            text += (f" (size {_reduction(before.size_bytes, m.size_bytes):+.1f} % smaller, "
+                     f"{_speedup(before.latency_ms, m.latency_ms):.2f}x speed)")
+        return text
+
+    def _results(self, baseline: Measurement, best: Measurement, data: EvalData) -> dict:
+        retention = _retention(baseline, best)
+        max_ms = float(self.criteria.get("max_inference_time_ms", 0) or 0)
+        minimum = float(self.criteria.get("min_accuracy_retention_percent", 99.0))
+        met = retention >= minimum and (max_ms <= 0 or best.latency_ms <= max_ms)
+        return {
+            "original_size_bytes": baseline.size_bytes,
+            "optimized_size_bytes": best.size_bytes,
+            "original_compressed_size_bytes": baseline.compressed_size_bytes,
+            "optimized_compressed_size_bytes": best.compressed_size_bytes,
+            "original_latency_ms": round(baseline.latency_ms, 4),
+            "optimized_latency_ms": round(best.latency_ms, 4),
+            "latency_batch_size": best.latency_batch,
+            "accuracy_before": round(baseline.score, 6),
+            "accuracy_after": round(best.score, 6),
+            "accuracy_kind": best.score_kind,
+            "evaluation_inputs": data.source,
+            "size_reduction_percent": round(_reduction(baseline.size_bytes, best.size_bytes), 2),
+            "speed_improvement_percent": round(
+                (_speedup(baseline.latency_ms, best.latency_ms) - 1) * 100, 2),
+            "speedup": round(_speedup(baseline.latency_ms, best.latency_ms), 3),
+            "accuracy_retention_percent": round(retention, 2),
+            "criteria_met": met,
+        }
+
+
+def _retention(baseline: Measurement, m: Measurement) -> float:
+    if baseline.score_kind == "accuracy":
+        return 100.0 * m.score / baseline.score if baseline.score > 0 else 0.0
+    # Agreement is measured against the original, which agrees with itself fully.
+    return 100.0 * m.score
+
+
+def _reduction(before: float, after: float) -> float:
+    return 100.0 * (before - after) / before if before else 0.0
+
+
+def _speedup(before: float, after: float) -> float:
+    return before / after if after > 0 else 0.0
+
+
+def warm_up() -> None:
+    """Load what every session needs before a session waits for it: the
+    libraries, and ONNX Runtime's one-time set-up, primed with a tiny model."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import onnxruntime.quantization  # noqa: F401
+    from onnx import helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "warm-up",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2])],
+        [onnx.numpy_helper.from_array(np.eye(2, dtype=np.float32), "w")])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(helper.make_model(graph).SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    session.run(None, {"x": np.ones((1, 2), dtype=np.float32)})
+
+
+def run_session(job: SessionJob, progress: Progress, event: Event,
+                cancelled: Callable[[], bool]) -> SessionOutcome:
+    """Run `job`; raises Cancelled, TimeLimitExceeded or another EngineError to stop."""
+    return _Session(job, progress, event, cancelled).run()

@@ -1,0 +1,64 @@
+"""Small helpers to find and replace weight initializers in an ONNX graph."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+# Operators whose second input is a weight matrix (or kernel) worth touching.
+WEIGHT_OPS = {"MatMul", "Gemm", "Conv"}
+
+
+@dataclass
+class WeightUse:
+    node: onnx.NodeProto
+    initializer: onnx.TensorProto
+
+
+def weight_uses(model: onnx.ModelProto, ops=WEIGHT_OPS) -> list[WeightUse]:
+    """Float initializers fed as the weight input of `ops`, each used by one node only."""
+    initializers = {t.name: t for t in model.graph.initializer}
+    graph_inputs = {i.name for i in model.graph.input}
+    uses = Counter(name for node in model.graph.node for name in node.input)
+    found = []
+    for node in model.graph.node:
+        if node.op_type not in ops or len(node.input) < 2:
+            continue
+        name = node.input[1]
+        tensor = initializers.get(name)
+        if tensor is None or name in graph_inputs or uses[name] != 1:
+            continue
+        if tensor.data_type != onnx.TensorProto.FLOAT or len(tensor.dims) < 2:
+            continue
+        found.append(WeightUse(node, tensor))
+    return found
+
+
+def replace_initializer(model: onnx.ModelProto, old: onnx.TensorProto, array: np.ndarray,
+                        name: str | None = None) -> str:
+    """Put `array` in place of `old` (under `name`, or the old name)."""
+    new = numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), name or old.name)
+    model.graph.initializer.remove(old)
+    model.graph.initializer.append(new)
+    return new.name
+
+
+def add_initializer(model: onnx.ModelProto, array: np.ndarray, name: str) -> str:
+    model.graph.initializer.append(
+        numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), name)
+    )
+    return name
+
+
+def unique_name(model: onnx.ModelProto, base: str) -> str:
+    taken = {t.name for t in model.graph.initializer}
+    taken |= {name for node in model.graph.node for name in (*node.input, *node.output)}
+    candidate, n = base, 0
+    while candidate in taken:
+        n += 1
+        candidate = f"{base}_{n}"
+    return candidate

@@ -1,0 +1,358 @@
+"""OptimizationManager: start, follow, cancel and finish optimization sessions."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+from flask import current_app
+from sqlalchemy import select, update
+
+from ..auth import audit
+from ..engine.planner import PlanError, build_plan
+from ..extensions import db
+from ..models import (
+    ModelMetadata,
+    OptimizationSession,
+    SessionEvent,
+    SessionStatus,
+    User,
+    utcnow,
+)
+from . import get, model_store, visibility
+from .errors import ServiceError
+
+log = logging.getLogger("optideck.sessions")
+
+HEARTBEAT_WRITE_SECONDS = 5
+
+
+def current_criteria() -> dict:
+    """The optimization criteria new sessions start with (a copy: sessions freeze it)."""
+    return copy.deepcopy(current_app.config["OPTIDECK"]["criteria"])
+
+
+def summary(session: OptimizationSession) -> dict:
+    """The session as DESIGN.md names it: the API, the pages and live events all use this."""
+    results = session.results or {}
+    model = session.model
+    return {
+        "session_id": session.id,
+        "model_id": session.model_id,
+        "model_name": model.name if model is not None else None,
+        "model_deleted": model is None or model.deleted_at is not None,
+        "owner": session.owner.username if session.owner else None,
+        "status": session.status,
+        "progress_percentage": round(session.progress, 1),
+        "current_step": session.current_step,
+        "techniques": session.techniques,
+        "size_reduction_percent": results.get("size_reduction_percent"),
+        "speed_improvement_percent": results.get("speed_improvement_percent"),
+        "accuracy_retention_percent": results.get("accuracy_retention_percent"),
+        "criteria_met": results.get("criteria_met"),
+        "created_at": session.created_at,
+        "updated_at": session.updated_at,
+        "started_at": session.started_at,
+        "completed_at": session.completed_at,
+        "estimated_completion_at": session.estimated_completion_at,
+        "error_type": session.error_type,
+        "error_message": session.error_message,
+    }
+
+
+def start(user: User, model_id: int, techniques: list[str], parameters: dict) -> OptimizationSession:
+    model = db.session.get(ModelMetadata, model_id)
+    if model is None or not visibility.can_see(user, model.owner_id):
+        raise ServiceError(404, "not_found", f"No model {model_id}.",
+                           {"model_id": [f"No model {model_id}."]})
+    if model.deleted_at is not None:
+        raise ServiceError(409, "model_deleted", f"Model {model_id} was deleted.",
+                           {"model_id": ["The model was deleted."]})
+    if not visibility.can_change(user, model.owner_id):
+        audit.deny("session.start", user, resource=f"model:{model.id}")
+    criteria = current_criteria()
+    try:
+        plan = build_plan(model.format, techniques, parameters, criteria,
+                          has_eval_data=model.eval_data_sha256 is not None)
+    except PlanError as exc:
+        raise ServiceError(422 if exc.unprocessable else 400,
+                           "unprocessable" if exc.unprocessable else "validation_error",
+                           exc.message, exc.details) from exc
+    session = OptimizationSession(
+        model_id=model.id, owner_id=user.id, status=SessionStatus.QUEUED.value,
+        techniques=[step["technique"] for step in plan],
+        parameters={step["technique"]: step["params"] for step in plan},
+        criteria=criteria, plan=plan,
+    )
+    db.session.add(session)
+    db.session.flush()
+    _event(session, "queued", None, f"Queued with plan: {_plan_text(plan)}")
+    audit.record("session.start", user=user, resource=f"session:{session.id}",
+                 detail=f"model:{model.id} {session.techniques}", commit=False)
+    db.session.commit()
+    get("executor").wake()
+    return session
+
+
+def _plan_text(plan: list[dict]) -> str:
+    return ", then ".join(f"{s['technique']} {s['params']}" for s in plan)
+
+
+def query_for(user: User):
+    query = select(OptimizationSession)
+    if not visibility.sees_everything(user):
+        query = query.where(OptimizationSession.owner_id == user.id)
+    return query
+
+
+def recent(user: User, limit: int = 50) -> list[OptimizationSession]:
+    return list(db.session.scalars(
+        query_for(user).order_by(OptimizationSession.created_at.desc(),
+                                 OptimizationSession.id.desc()).limit(limit)))
+
+
+def for_model(user: User, model_id: int, limit: int = 50) -> list[OptimizationSession]:
+    query = query_for(user).where(OptimizationSession.model_id == model_id)
+    return list(db.session.scalars(
+        query.order_by(OptimizationSession.created_at.desc(), OptimizationSession.id.desc())
+        .limit(limit)))
+
+
+def get_for(user: User, session_id: int) -> OptimizationSession:
+    """The session if this user may see it; 404 alike for missing and not theirs."""
+    session = db.session.get(OptimizationSession, session_id)
+    if session is None or not visibility.can_see(user, session.owner_id):
+        raise ServiceError(404, "not_found", f"No session {session_id}.")
+    return session
+
+
+def cancel(session: OptimizationSession, by: User) -> OptimizationSession:
+    if not visibility.can_change(by, session.owner_id):
+        audit.deny("session.cancel", by, resource=f"session:{session.id}")
+    if session.is_finished:
+        raise ServiceError(409, "conflict",
+                           f"Session {session.id} is already {session.status}; nothing to cancel.")
+    now = utcnow()
+    # Queued: cancelled here and now, unless a worker claimed it meanwhile.
+    claimed = db.session.execute(
+        update(OptimizationSession)
+        .where(OptimizationSession.id == session.id,
+               OptimizationSession.status == SessionStatus.QUEUED.value)
+        .values(status=SessionStatus.CANCELLED.value, completed_at=now, updated_at=now,
+                cancel_requested_at=now)
+    ).rowcount
+    if not claimed:
+        # Running: the executor stops the worker within its grace period.
+        session.cancel_requested_at = now
+    audit.record("session.cancel", user=by, resource=f"session:{session.id}", commit=False)
+    db.session.commit()
+    db.session.refresh(session)
+    if claimed:
+        _event(session, "cancelled", None, f"Cancelled by {by.username} before it started.")
+        db.session.commit()
+        _publish("session_cancelled", session)
+    else:
+        get("executor").wake()
+    return session
+
+
+def events(session: OptimizationSession) -> list[SessionEvent]:
+    return list(session.events)
+
+
+def artifact_path(session: OptimizationSession) -> Path:
+    if session.status != SessionStatus.COMPLETED.value or not session.artifact_sha256:
+        raise ServiceError(404, "not_found", f"Session {session.id} has no optimized model "
+                           f"({session.status}).")
+    path = get("blobs").path_for(session.artifact_sha256)
+    if not path.is_file():
+        raise ServiceError(404, "not_found", "The optimized model file is missing from storage.")
+    return path
+
+
+# The executor reports what its workers say through the functions below.
+
+def claim_next() -> OptimizationSession | None:
+    """Take the oldest queued session; several dispatchers never take the same one."""
+    while True:
+        candidate = db.session.scalar(
+            select(OptimizationSession.id)
+            .where(OptimizationSession.status == SessionStatus.QUEUED.value)
+            .order_by(OptimizationSession.created_at, OptimizationSession.id).limit(1)
+        )
+        if candidate is None:
+            return None
+        now = utcnow()
+        won = db.session.execute(
+            update(OptimizationSession)
+            .where(OptimizationSession.id == candidate,
+                   OptimizationSession.status == SessionStatus.QUEUED.value)
+            .values(status=SessionStatus.RUNNING.value, started_at=now, updated_at=now,
+                    heartbeat_at=now, current_step="starting")
+        ).rowcount
+        db.session.commit()
+        if won:
+            session = db.session.get(OptimizationSession, candidate)
+            db.session.refresh(session)
+            _event(session, "started", None, "A worker took the session.")
+            db.session.commit()
+            _publish("session_started", session)
+            return session
+
+
+def job_for(session: OptimizationSession) -> dict:
+    model = session.model
+    criteria = session.criteria
+    eval_path = model_store.eval_path(model)
+    return {
+        "session_id": session.id,
+        "model_path": str(model_store.file_path(model)),
+        "model_format": model.format,
+        "input_specs": model.input_spec,
+        "steps": session.plan,
+        "criteria": criteria,
+        "work_dir": str(work_dir(session.id)),
+        "eval_data_path": str(eval_path) if eval_path else None,
+        "deadline": (session.started_at + timedelta(
+            minutes=criteria["max_optimization_time_minutes"])).timestamp(),
+    }
+
+
+def work_dir(session_id: int) -> Path:
+    return get("blobs").work_dir(f"session-{session_id}")
+
+
+def _running(session_id: int) -> OptimizationSession | None:
+    session = db.session.get(OptimizationSession, session_id)
+    if session is None or session.status != SessionStatus.RUNNING.value:
+        return None
+    return session
+
+
+def record_progress(session_id: int, pct: float, step: str) -> None:
+    session = _running(session_id)
+    if session is None:
+        return
+    now = utcnow()
+    # Progress only moves forward, whatever order messages arrive in.
+    session.progress = max(session.progress, min(float(pct), 100.0))
+    session.current_step = step
+    session.updated_at = session.heartbeat_at = now
+    if session.started_at and session.progress >= 5:
+        elapsed = now - session.started_at
+        session.estimated_completion_at = now + elapsed * ((100 - session.progress) / session.progress)
+    db.session.commit()
+    _publish("session_progress", session)
+
+
+def record_event(session_id: int, kind: str, step: str | None, message: str, data: dict) -> None:
+    session = _running(session_id)
+    if session is None:
+        return
+    _event(session, kind, step, message, data)
+    session.updated_at = utcnow()
+    db.session.commit()
+
+
+def record_heartbeat(session_id: int) -> None:
+    session = _running(session_id)
+    now = utcnow()
+    if session is not None and (session.heartbeat_at is None or
+                                now - session.heartbeat_at > timedelta(seconds=HEARTBEAT_WRITE_SECONDS)):
+        session.heartbeat_at = now
+        db.session.commit()
+
+
+def record_completed(session_id: int, outcome: dict) -> None:
+    session = _running(session_id)
+    if session is None:
+        return
+    sha, size = get("blobs").add_file(Path(outcome["artifact_path"]))
+    now = utcnow()
+    session.results = {**outcome["results"], "steps": outcome["steps"]}
+    session.size_reduction_percent = outcome["results"]["size_reduction_percent"]
+    session.speed_improvement_percent = outcome["results"]["speed_improvement_percent"]
+    session.artifact_sha256, session.artifact_size_bytes = sha, size
+    _finish(session, SessionStatus.COMPLETED, now)
+    met = "criteria met" if outcome["results"]["criteria_met"] else "criteria NOT met"
+    _event(session, "completed", None, (
+        f"Done: {outcome['results']['size_reduction_percent']:.1f} % smaller, "
+        f"{outcome['results']['speedup']:.2f}x speed, "
+        f"{outcome['results']['accuracy_retention_percent']:.2f} % accuracy retention; {met}."))
+    db.session.commit()
+    _publish("session_completed", session)
+
+
+def record_failed(session_id: int, error_type: str, message: str) -> None:
+    session = db.session.get(OptimizationSession, session_id)
+    if session is None or session.is_finished:
+        return
+    session.error_type, session.error_message = error_type, message
+    _finish(session, SessionStatus.FAILED, utcnow())
+    _event(session, "failed", session.current_step, f"Failed ({error_type}): {message}")
+    db.session.commit()
+    _publish("session_failed", session)
+
+
+def record_cancelled(session_id: int) -> None:
+    session = db.session.get(OptimizationSession, session_id)
+    if session is None or session.is_finished:
+        return
+    _finish(session, SessionStatus.CANCELLED, utcnow())
+    _event(session, "cancelled", session.current_step, "Cancelled; the worker stopped.")
+    db.session.commit()
+    _publish("session_cancelled", session)
+
+
+def fail_stale(heartbeat_timeout: float, except_ids: set[int] = frozenset()) -> list[int]:
+    """Fail running sessions whose worker stopped reporting (a crash, a restart)."""
+    cutoff = utcnow() - timedelta(seconds=heartbeat_timeout)
+    stale = db.session.scalars(
+        select(OptimizationSession.id).where(
+            OptimizationSession.status == SessionStatus.RUNNING.value,
+            (OptimizationSession.heartbeat_at.is_(None)) | (OptimizationSession.heartbeat_at < cutoff))
+    ).all()
+    lost = [sid for sid in stale if sid not in except_ids]
+    for session_id in lost:
+        record_failed(session_id, "worker_lost",
+                      f"The worker stopped reporting for more than {heartbeat_timeout:g} s.")
+    return lost
+
+
+def cancel_requests(session_ids: list[int]) -> set[int]:
+    if not session_ids:
+        return set()
+    return set(db.session.scalars(
+        select(OptimizationSession.id).where(
+            OptimizationSession.id.in_(session_ids),
+            OptimizationSession.cancel_requested_at.is_not(None))
+    ))
+
+
+def clean_work_dir(session_id: int) -> None:
+    shutil.rmtree(work_dir(session_id), ignore_errors=True)
+
+
+def _finish(session: OptimizationSession, status: SessionStatus, now) -> None:
+    session.status = status.value
+    session.completed_at = session.updated_at = now
+    session.estimated_completion_at = None
+    if status == SessionStatus.COMPLETED:
+        session.progress = 100.0
+        session.current_step = "done"
+
+
+def _event(session, kind: str, step: str | None, message: str, data: dict | None = None) -> None:
+    db.session.add(SessionEvent(session_id=session.id, kind=kind, step=step,
+                                progress=session.progress, message=message, data=data))
+
+
+def _publish(event: str, session: OptimizationSession) -> None:
+    get("notifications").publish(event, _jsonable(summary(session)), session.owner_id)
+
+
+def _jsonable(data: dict) -> dict:
+    return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in data.items()}

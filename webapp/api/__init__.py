@@ -47,9 +47,9 @@ def init_app(app: Flask) -> None:
     )
     api.spec.options["security"] = [{"bearerAuth": []}]
 
-    from . import auth, models, sessions
+    from . import auth, dashboard, models, sessions
 
-    for module in (auth, models, sessions):
+    for module in (auth, dashboard, models, sessions):
         api.register_blueprint(module.blp, url_prefix=PREFIX)
 
     origins = app.config["OPTIDECK"]["cors"]["origins"]

@@ -92,6 +92,24 @@ class SessionSchema(Schema):
     error_message = fields.String(allow_none=True)
 
 
+class SessionListSchema(Schema):
+    sessions = fields.List(fields.Nested(SessionSchema))
+    total = fields.Integer(metadata={"description": "Matching sessions, over all pages"})
+    skip = fields.Integer()
+    limit = fields.Integer()
+
+
+class DashboardStatsSchema(Schema):
+    total_models = fields.Integer()
+    active_optimizations = fields.Integer()
+    completed_optimizations = fields.Integer()
+    failed_optimizations = fields.Integer()
+    average_size_reduction = fields.Float(metadata={"description": "Percent, over completed"})
+    average_speed_improvement = fields.Float(metadata={"description": "Percent, over completed"})
+    total_sessions = fields.Integer()
+    last_updated = fields.DateTime()
+
+
 class SessionDetailSchema(SessionSchema):
     parameters = fields.Dict()
     criteria = fields.Dict(metadata={"description": "The criteria frozen when it started"})

@@ -7,12 +7,13 @@ from flask.views import MethodView
 
 from ..auth.guards import roles_required
 from ..models import Role
-from ..services import optimization
+from ..services import optimization, session_query
 from . import ApiBlueprint
 from .schemas import (
     ErrorSchema,
     SessionDetailSchema,
     SessionEventListSchema,
+    SessionListSchema,
     SessionStartSchema,
 )
 
@@ -22,6 +23,16 @@ blp = ApiBlueprint("Sessions", __name__, description="Optimization sessions.")
 def _detail(session) -> dict:
     return {**optimization.summary(session), "parameters": session.parameters,
             "criteria": session.criteria, "plan": session.plan, "results": session.results}
+
+
+@blp.route("/optimization/sessions", methods=["GET"])
+@blp.arguments(session_query.SessionQuerySchema, location="query")
+@blp.response(200, SessionListSchema)
+@blp.alt_response(400, schema=ErrorSchema, description="A parameter is invalid; `details` names it.")
+def list_sessions(filters):
+    """List the sessions you may see: filter by status, model, owner and creation date;
+    sort by created, updated, size or speed; page with skip and limit (at most 100)."""
+    return session_query.search(g.api_user, filters)
 
 
 @blp.route("/optimization/sessions", methods=["POST"])

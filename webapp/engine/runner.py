@@ -134,7 +134,7 @@ class _Session:
         technique = TECHNIQUES[step["technique"]]
         name = step["technique"]
         self.progress(start, name)
-        self._event("step_started", name, f"{technique.label} {step['params']}", {})
+        self._event("step_started", name, f"{technique.label}: {params_text(step['params'])}", {})
         candidate = self.work / f"step{index + 1}_{name}.onnx"
         try:
             details = technique.apply(best_path, candidate, step["params"], data,
@@ -174,7 +174,7 @@ class _Session:
         text = (f"{m.size_bytes / 1e6:.2f} MB, {m.latency_ms:.3f} ms per batch of "
                 f"{m.latency_batch}, {m.score_kind.replace('_', ' ')} {m.score * 100:.2f} %")
         if before is not None:
-            text += (f" (size {_reduction(before.size_bytes, m.size_bytes):+.1f} % smaller, "
+            text += (f" ({_reduction(before.size_bytes, m.size_bytes):.1f} % smaller, "
                      f"{_speedup(before.latency_ms, m.latency_ms):.2f}x speed)")
         return text
 
@@ -202,6 +202,11 @@ class _Session:
             "accuracy_retention_percent": round(retention, 2),
             "criteria_met": met,
         }
+
+
+def params_text(params: dict) -> str:
+    """{'mode': 'int8_dynamic'} as "mode int8_dynamic", for timelines people read."""
+    return ", ".join(f"{key} {value}" for key, value in params.items()) or "defaults"
 
 
 def _retention(baseline: Measurement, m: Measurement) -> float:

@@ -13,6 +13,7 @@ from sqlalchemy import select, update
 
 from ..auth import audit
 from ..engine.planner import PlanError, build_plan
+from ..engine.runner import params_text
 from ..extensions import db
 from ..models import (
     ModelMetadata,
@@ -98,7 +99,7 @@ def start(user: User, model_id: int, techniques: list[str], parameters: dict) ->
 
 
 def _plan_text(plan: list[dict]) -> str:
-    return ", then ".join(f"{s['technique']} {s['params']}" for s in plan)
+    return ", then ".join(f"{s['technique']} ({params_text(s['params'])})" for s in plan)
 
 
 def query_for(user: User):

@@ -1,18 +1,147 @@
-"""The optimization sessions page."""
+"""Session pages: the filtered list, starting one, the detail with its timeline."""
 
-from flask import render_template
+from __future__ import annotations
+
+from flask import flash, redirect, render_template, request, send_file, url_for
 from flask_login import current_user
+from werkzeug.datastructures import MultiDict
 
-from ..services import optimization
+from ..auth.guards import roles_required
+from ..models import Role, SessionStatus
+from ..services import model_store, optimization, session_query, visibility
+from ..services.errors import ServiceError
 from . import page_blueprint
 
 bp = page_blueprint("sessions", __name__)
 
-RECENT = 50
+
+def _user():
+    return current_user._get_current_object()
+
+
+def _is_partial() -> bool:
+    """htmx asks for the table alone; a reload, a link or a history restore for the page."""
+    return bool(request.headers.get("HX-Request")) and not request.headers.get(
+        "HX-History-Restore-Request")
+
+
+def list_query_args(filters: dict, **changes) -> MultiDict:
+    """The filters as URL arguments (defaults left out), so links keep them."""
+    values = {**filters, **changes}
+    args = MultiDict()
+    for status in values.get("status") or []:
+        args.add("status", status)
+    for key in ("model_id", "owner", "sort", "order", "skip", "limit"):
+        value = values.get(key)
+        default = {"sort": "created", "order": "desc", "skip": 0,
+                   "limit": session_query.DEFAULT_LIMIT}.get(key)
+        if value not in (None, "", default):
+            args[key] = value
+    for key in ("created_from", "created_to"):
+        if request.args.get(key) and key not in changes:
+            args[key] = request.args[key]
+    return args
+
+
+def _list_context(user, args) -> dict:
+    """The list page's data; invalid filters give an empty page and their errors."""
+    errors = {}
+    try:
+        filters = session_query.parse(args)
+        page = session_query.search(user, filters)
+    except ServiceError as exc:
+        errors = exc.details
+        filters = session_query.parse(MultiDict())
+        page = {"sessions": [], "total": 0, "skip": 0, "limit": filters["limit"]}
+    return {
+        "page": page, "filters": filters, "errors": errors, "args": args,
+        "statuses": [s.value for s in SessionStatus], "list_query_args": list_query_args,
+        "models": model_store.list_for(user), "sees_everyone": visibility.sees_everything(user),
+    }
 
 
 @bp.get("/sessions")
 def index():
-    sessions = optimization.recent(current_user._get_current_object(), RECENT)
-    return render_template("sessions/index.html", recent=RECENT,
-                           sessions=[optimization.summary(s) for s in sessions])
+    user = _user()
+    context = _list_context(user, request.args)
+    status = 400 if context["errors"] else 200
+    if _is_partial():
+        return render_template("sessions/_list.html", **context), status, {"Vary": "HX-Request"}
+    context.update(_start_form_context(user))
+    return render_template("sessions/index.html", **context), status, {"Vary": "HX-Request"}
+
+
+def _form_errors(details: dict) -> dict:
+    """Service error keys (parameters.pruning.sparsity) as form field names (pruning_sparsity)."""
+    errors = {}
+    for key, messages in details.items():
+        parts = key.split(".")
+        errors["_".join(parts[1:]) if len(parts) == 3 else key] = messages
+    return errors
+
+
+def _start_form_context(user, form=None, errors=None) -> dict:
+    criteria = optimization.current_criteria()
+    can_start = user.role in (Role.ADMIN, Role.OPERATOR)
+    models = [m for m in model_store.list_for(user) if visibility.can_change(user, m.owner_id)]
+    return {"can_start": can_start, "startable_models": models, "criteria": criteria,
+            "start_form": form or {}, "start_errors": errors or {}}
+
+
+@bp.post("/sessions")
+@roles_required(Role.ADMIN, Role.OPERATOR)
+def start():
+    user = _user()
+    form = request.form
+    techniques = form.getlist("techniques")
+    parameters = {}
+    if "quantization" in techniques:
+        parameters["quantization"] = {"mode": form.get("quantization_mode", "")}
+    if "pruning" in techniques:
+        parameters["pruning"] = {"sparsity": form.get("pruning_sparsity", "")}
+    if "compression" in techniques:
+        parameters["compression"] = {"energy": form.get("compression_energy", "")}
+    model_id = form.get("model_id", "")
+    try:
+        if not model_id.isdigit():
+            raise ServiceError(400, "validation_error", "Choose a model.",
+                               {"model_id": ["Choose a model."]})
+        session = optimization.start(user, int(model_id), techniques, parameters)
+    except ServiceError as exc:
+        errors = {"form": [exc.message], **_form_errors(exc.details)}
+        context = {**_list_context(user, MultiDict()), **_start_form_context(user, form, errors)}
+        return render_template("sessions/index.html", **context), exc.status
+    flash(f"Session #{session.id} queued.", "success")
+    return redirect(url_for("sessions.detail", session_id=session.id))
+
+
+@bp.get("/sessions/<int:session_id>")
+def detail(session_id: int):
+    user = _user()
+    session = optimization.get_for(user, session_id)
+    return render_template(
+        "sessions/detail.html", session=session, s=optimization.summary(session),
+        events=optimization.events(session), results=session.results or {},
+        can_change=visibility.can_change(user, session.owner_id),
+    )
+
+
+@bp.post("/sessions/<int:session_id>/cancel")
+@roles_required(Role.ADMIN, Role.OPERATOR)
+def cancel(session_id: int):
+    user = _user()
+    session = optimization.get_for(user, session_id)
+    try:
+        optimization.cancel(session, user)
+        flash(f"Cancelling session #{session.id}.", "info")
+    except ServiceError as exc:
+        flash(exc.message, "error")
+    return redirect(url_for("sessions.detail", session_id=session_id))
+
+
+@bp.get("/sessions/<int:session_id>/artifact")
+def artifact(session_id: int):
+    session = optimization.get_for(_user(), session_id)
+    path = optimization.artifact_path(session)
+    return send_file(path, mimetype="application/octet-stream", as_attachment=True,
+                     download_name=f"{session.model.name}-session{session.id}-optimized.onnx")

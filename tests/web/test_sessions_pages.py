@@ -1,0 +1,138 @@
+"""The Sessions pages: filtering with htmx, starting, following and cancelling."""
+
+import io
+import time
+
+from tests.conftest import csrf_from
+from tests.factories import gen_model, gen_session
+from webapp.extensions import db
+from webapp.models import OptimizationSession
+
+
+def test_filters_answer_htmx_with_the_list_and_links_with_the_page(operator):
+    model = gen_model(operator.user, "m")
+    gen_session(model, operator.user, "completed")
+    gen_session(model, operator.user, "failed")
+    full = operator.client.get("/sessions?status=failed")
+    assert full.status_code == 200
+    text = full.get_data(as_text=True)
+    assert "<html" in text and "1–1 of 1" in text and 'value="failed" checked' in text
+    partial = operator.client.get("/sessions?status=failed", headers={"HX-Request": "true"})
+    body = partial.get_data(as_text=True)
+    assert body.lstrip().startswith('<div id="session-list">')
+    assert "badge failed" in body and "badge completed" not in body
+    assert "HX-Request" in partial.headers["Vary"]
+
+
+def test_invalid_filters_show_an_inline_message_naming_them(operator):
+    response = operator.client.get("/sessions?limit=500&created_from=soon")
+    assert response.status_code == 400
+    text = response.get_data(as_text=True)
+    assert "The filters could not be applied" in text
+    assert "<strong>limit</strong>" in text and "<strong>created_from</strong>" in text
+
+
+def test_pagination_links_keep_the_filters(operator):
+    model = gen_model(operator.user, "m")
+    for _ in range(3):
+        gen_session(model, operator.user, "completed")
+    text = operator.client.get("/sessions?status=completed&limit=2").get_data(as_text=True)
+    assert "status=completed&amp;skip=2&amp;limit=2" in text
+
+
+def test_empty_states(operator):
+    assert "No sessions yet" in operator.client.get("/sessions").get_data(as_text=True)
+    text = operator.client.get("/sessions?status=failed").get_data(as_text=True)
+    assert "No session matches these filters" in text
+
+
+def test_a_row_whose_model_was_deleted_says_so(operator):
+    from webapp.models import utcnow
+
+    model = gen_model(operator.user, "gone")
+    gen_session(model, operator.user, "completed")
+    model.deleted_at = utcnow()
+    db.session.commit()
+    assert "gone (deleted)" in operator.client.get("/sessions").get_data(as_text=True)
+
+
+def _upload(role_client, demo_files):
+    token = csrf_from(role_client.client, "/models")
+    response = role_client.client.post(
+        "/models", content_type="multipart/form-data",
+        data={"csrf_token": token, "file": (io.BytesIO(demo_files["onnx"].read_bytes()), "m.onnx"),
+              "eval_data": (io.BytesIO(demo_files["eval"].read_bytes()), "e.npz")})
+    return int(response.headers["Location"].rsplit("/", 1)[1])
+
+
+def _wait(session_id, statuses=("completed", "failed", "cancelled"), seconds=120):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        db.session.expire_all()
+        session = db.session.get(OptimizationSession, session_id)
+        if session.status in statuses:
+            return session
+        time.sleep(0.2)
+    raise AssertionError(f"session {session_id} is still {session.status}")
+
+
+def test_start_follow_and_download_from_the_pages(operator, demo_files):
+    model_id = _upload(operator, demo_files)
+    response = operator.auth.post("/sessions", {
+        "model_id": str(model_id), "techniques": ["pruning", "quantization"],
+        "pruning_sparsity": "0.4", "quantization_mode": "int8_dynamic"}, page="/sessions")
+    assert response.status_code == 302
+    location = response.headers["Location"]
+    session_id = int(location.rsplit("/", 1)[1])
+    session = _wait(session_id)
+    assert session.plan[0] == {"technique": "pruning", "params": {"sparsity": 0.4}}
+    page = operator.client.get(location).get_data(as_text=True)
+    assert "Before and after" in page and "% retained" in page
+    assert "Compressed (deflate)" in page  # pruning was in the plan
+    download = operator.client.get(f"/sessions/{session_id}/artifact")
+    assert download.status_code == 200
+    assert len(download.data) == session.results["optimized_size_bytes"]
+    download.close()
+
+
+def test_bad_start_values_show_beside_their_fields(operator, demo_files):
+    model_id = _upload(operator, demo_files)
+    response = operator.auth.post("/sessions", {
+        "model_id": str(model_id), "techniques": ["pruning"], "pruning_sparsity": "2"},
+        page="/sessions")
+    assert response.status_code == 400
+    text = response.get_data(as_text=True)
+    assert 'id="pruning_sparsity-error"' in text
+    assert db.session.query(OptimizationSession).count() == 0
+
+
+def test_cancel_from_the_page(operator):
+    session = gen_session(gen_model(operator.user, "m"), operator.user, "queued")
+    response = operator.auth.post(f"/sessions/{session.id}/cancel", {},
+                                  page=f"/sessions/{session.id}")
+    assert response.status_code == 302
+    db.session.refresh(session)
+    assert session.status == "cancelled"
+    page = operator.client.get(f"/sessions/{session.id}").get_data(as_text=True)
+    assert "Cancel session" not in page
+
+
+def test_viewers_see_but_cannot_start_or_cancel(viewer, operator):
+    model = gen_model(operator.user, "m")
+    session = gen_session(model, operator.user, "queued")
+    assert viewer.client.get(f"/sessions/{session.id}").status_code == 200
+    assert "Start a session" not in viewer.client.get("/sessions").get_data(as_text=True)
+    response = viewer.auth.post(f"/sessions/{session.id}/cancel", {}, page="/sessions")
+    assert response.status_code == 403
+
+
+def test_another_operators_session_page_is_404(app, operator):
+    from tests.conftest import AuthActions, make_user
+
+    model = gen_model(operator.user, "m")
+    session = gen_session(model, operator.user, "completed")
+    other = app.test_client()
+    make_user("eve", "operator")
+    AuthActions(other).login("eve")
+    assert other.get(f"/sessions/{session.id}").status_code == 404
+    assert other.get(f"/sessions/{session.id}/artifact").status_code == 404

@@ -1,0 +1,111 @@
+"""Filtering, sorting and paging of session lists: one set of rules for pages and API."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from sqlalchemy import func, select
+from sqlalchemy.orm import joinedload
+
+from ..extensions import db
+from ..models import OptimizationSession, SessionStatus, User
+from . import optimization, visibility
+from .errors import ServiceError
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 100
+SORTS = {
+    "created": OptimizationSession.created_at,
+    "updated": OptimizationSession.updated_at,
+    "size": OptimizationSession.size_reduction_percent,
+    "speed": OptimizationSession.speed_improvement_percent,
+}
+
+
+class _When(fields.Field):
+    """An ISO date or date-time; a bare date or naive time is taken as UTC."""
+
+    default_error_messages = {"invalid": "Not a date: use 2026-11-27 or 2026-11-27T13:00:00Z."}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str):
+            raise self.make_error("invalid")
+        try:
+            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise self.make_error("invalid") from exc
+        parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        if self.end_of_day and len(value.strip()) == 10:
+            parsed += timedelta(days=1)  # "to 2026-11-27" includes that day
+        return parsed
+
+    def __init__(self, end_of_day: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.end_of_day = end_of_day
+
+
+class SessionQuerySchema(Schema):
+    status = fields.List(fields.String(validate=validate.OneOf([s.value for s in SessionStatus])),
+                         metadata={"description": "Repeat for several: status=queued&status=running"})
+    model_id = fields.Integer(validate=validate.Range(min=1))
+    owner = fields.String(validate=validate.Length(max=64),
+                          metadata={"description": "Username; for those who see every session"})
+    created_from = _When(metadata={"description": "Created at or after (ISO date or date-time)"})
+    created_to = _When(end_of_day=True, metadata={"description": "Created before (a bare date includes that day)"})
+    sort = fields.String(load_default="created", validate=validate.OneOf(list(SORTS)))
+    order = fields.String(load_default="desc", validate=validate.OneOf(["asc", "desc"]))
+    skip = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    limit = fields.Integer(load_default=DEFAULT_LIMIT,
+                           validate=validate.Range(min=1, max=MAX_LIMIT))
+
+    @validates_schema
+    def _dates_in_order(self, data, **kwargs):
+        if "created_from" in data and "created_to" in data and \
+                data["created_from"] >= data["created_to"]:
+            raise ValidationError("Must be after created_from.", "created_to")
+
+
+def parse(args) -> dict:
+    """Read the filters from a query string (a MultiDict); 400 naming each bad parameter."""
+    raw = {}
+    for key in SessionQuerySchema().fields:
+        values = [v for v in args.getlist(key) if v != ""]
+        if not values:
+            continue
+        raw[key] = values if key == "status" else values[-1]
+    try:
+        return SessionQuerySchema().load(raw)
+    except ValidationError as exc:
+        raise ServiceError(400, "validation_error", "Invalid list parameters; see details.",
+                           exc.normalized_messages()) from exc
+
+
+def search(user: User, filters: dict) -> dict:
+    """{sessions, total, skip, limit}: the page of sessions this user may see."""
+    query = optimization.query_for(user)
+    if filters.get("status"):
+        query = query.where(OptimizationSession.status.in_(filters["status"]))
+    if "model_id" in filters:
+        query = query.where(OptimizationSession.model_id == filters["model_id"])
+    if filters.get("owner"):
+        if not visibility.sees_everything(user):
+            raise ServiceError(400, "validation_error", "Only you own your sessions.",
+                               {"owner": ["Filtering by owner needs a role that sees everyone."]})
+        owner_id = db.session.scalar(select(User.id).where(User.username == filters["owner"].lower()))
+        query = query.where(OptimizationSession.owner_id == owner_id)
+    if "created_from" in filters:
+        query = query.where(OptimizationSession.created_at >= filters["created_from"])
+    if "created_to" in filters:
+        query = query.where(OptimizationSession.created_at < filters["created_to"])
+    total = db.session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    column = SORTS[filters["sort"]]
+    ordering = column.asc() if filters["order"] == "asc" else column.desc()
+    tiebreak = OptimizationSession.id.asc() if filters["order"] == "asc" else OptimizationSession.id.desc()
+    rows = db.session.scalars(
+        query.options(joinedload(OptimizationSession.model), joinedload(OptimizationSession.owner))
+        .order_by(column.is_(None), ordering, tiebreak)
+        .offset(filters["skip"]).limit(filters["limit"])
+    ).all()
+    return {"sessions": [optimization.summary(s) for s in rows], "total": total,
+            "skip": filters["skip"], "limit": filters["limit"]}

@@ -52,7 +52,8 @@ class SessionQuerySchema(Schema):
     owner = fields.String(validate=validate.Length(max=64),
                           metadata={"description": "Username; for those who see every session"})
     created_from = _When(metadata={"description": "Created at or after (ISO date or date-time)"})
-    created_to = _When(end_of_day=True, metadata={"description": "Created before (a bare date includes that day)"})
+    created_to = _When(end_of_day=True, metadata={
+        "description": "Created before (a bare date includes that day)"})
     sort = fields.String(load_default="created", validate=validate.OneOf(list(SORTS)))
     order = fields.String(load_default="desc", validate=validate.OneOf(["asc", "desc"]))
     skip = fields.Integer(load_default=0, validate=validate.Range(min=0))

@@ -30,7 +30,7 @@ def create_app(config: dict[str, dict[str, Any]] | None = None) -> Flask:
     _configure(app, settings)
 
     from . import errors, health, requestlog
-    from .extensions import csrf, db, limiter, migrate
+    from .extensions import cache, csrf, db, limiter, migrate
 
     requestlog.configure_logging(settings["logging"]["level"], settings["logging"]["json"])
     requestlog.init_app(app)  # first: its before_request resets per-request state
@@ -38,6 +38,7 @@ def create_app(config: dict[str, dict[str, Any]] | None = None) -> Flask:
     migrate.init_app(app, db, directory=str(ROOT / "migrations"), render_as_batch=True)
     csrf.init_app(app)
     limiter.init_app(app)
+    cache.init_app(app)
     errors.init_app(app)
     health.init_app(app)
 
@@ -94,5 +95,10 @@ def _configure(app: Flask, settings: dict[str, dict[str, Any]]) -> None:
         WTF_CSRF_TIME_LIMIT=None,  # tied to the session instead, which expires itself
         MAX_CONTENT_LENGTH=settings["uploads"]["max_bytes"],
         RATELIMIT_STORAGE_URI=redis_url or "memory://",
+        # In-memory per process by default; shared (and invalidated everywhere) with Redis.
+        CACHE_TYPE="RedisCache" if redis_url else "SimpleCache",
+        CACHE_REDIS_URL=redis_url or None,
+        CACHE_KEY_PREFIX="optideck:",
+        CACHE_DEFAULT_TIMEOUT=settings["dashboard"]["stats_cache_seconds"],
         RATELIMIT_HEADERS_ENABLED=True,
     )

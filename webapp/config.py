@@ -201,6 +201,7 @@ RANGES = (
     ("executor", "poll_seconds", 0.05, 60),
     ("executor", "cancel_grace_seconds", 0.1, 600),
     ("executor", "heartbeat_timeout_seconds", 5, None),
+    ("dashboard", "stats_cache_seconds", 0, 3600),
     ("criteria", "pruning_sparsity", 0.05, 0.95),
     ("criteria", "compression_energy", 0.5, 0.9999),
     ("criteria", "min_accuracy_retention_percent", 0, 100),

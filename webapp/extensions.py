@@ -1,5 +1,6 @@
 """Extension objects, created here and bound to an app in create_app()."""
 
+from flask_caching import Cache
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_login import LoginManager
@@ -41,3 +42,4 @@ login_manager = LoginManager()
 csrf = CSRFProtect()
 limiter = Limiter(key_func=get_remote_address)
 api = JsonErrorApi()
+cache = Cache()

@@ -100,14 +100,19 @@ class SessionListSchema(Schema):
 
 
 class DashboardStatsSchema(Schema):
-    total_models = fields.Integer()
-    active_optimizations = fields.Integer()
-    completed_optimizations = fields.Integer()
-    failed_optimizations = fields.Integer()
-    average_size_reduction = fields.Float(metadata={"description": "Percent, over completed"})
-    average_speed_improvement = fields.Float(metadata={"description": "Percent, over completed"})
-    total_sessions = fields.Integer()
+    total_models = fields.Integer(allow_none=True)
+    active_optimizations = fields.Integer(allow_none=True)
+    completed_optimizations = fields.Integer(allow_none=True)
+    failed_optimizations = fields.Integer(allow_none=True)
+    average_size_reduction = fields.Float(allow_none=True,
+                                          metadata={"description": "Percent, over completed"})
+    average_speed_improvement = fields.Float(allow_none=True,
+                                             metadata={"description": "Percent, over completed"})
+    total_sessions = fields.Integer(allow_none=True)
     last_updated = fields.DateTime()
+    unavailable = fields.List(fields.String(), metadata={
+        "description": "Parts that could not be computed (their fields are null): "
+                       "total_models, session_counts, averages"})
 
 
 class SessionDetailSchema(SessionSchema):

@@ -1,39 +1,170 @@
-"""Dashboard statistics, scoped to what the user may see."""
+"""Dashboard statistics, scoped to what the user may see, cached briefly.
+
+Each part is computed on its own: if one fails, the others still show and the
+failed part is named in `unavailable`.
+"""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
 from sqlalchemy import case, func, select
+from sqlalchemy.exc import SQLAlchemyError
 
-from ..extensions import db
-from ..models import ACTIVE_STATUSES, ModelMetadata, OptimizationSession, SessionStatus, User
-from . import visibility
+from ..extensions import cache, db
+from ..models import (
+    ACTIVE_STATUSES,
+    FINISHED_STATUSES,
+    ModelMetadata,
+    OptimizationSession,
+    SessionStatus,
+    User,
+)
+from . import optimization, visibility
+
+log = logging.getLogger("optideck.dashboard")
+
+GENERATION_KEY = "dashboard:generation"
+CHART_POINTS = 60
 
 
-def stats(user: User) -> dict:
-    sessions = select(OptimizationSession)
-    models = select(ModelMetadata).where(ModelMetadata.deleted_at.is_(None))
+def invalidate() -> None:
+    """Forget every cached figure (a session changed state, a model came or went)."""
+    try:
+        cache.set(GENERATION_KEY, (cache.get(GENERATION_KEY) or 0) + 1, timeout=0)
+    except Exception:  # a cache outage must not fail the action that changed the data
+        log.warning("could not invalidate dashboard statistics", exc_info=True)
+
+
+def _scope_key(user: User) -> str:
+    return "all" if visibility.sees_everything(user) else f"user:{user.id}"
+
+
+def cached_stats(user: User) -> dict:
+    key = f"dashboard:stats:{cache.get(GENERATION_KEY) or 0}:{_scope_key(user)}"
+    found = cache.get(key)
+    if found is not None:
+        return found
+    fresh = stats(user)
+    if not fresh["unavailable"]:
+        cache.set(key, fresh)
+    return fresh
+
+
+def _sessions(user: User):
+    query = select(OptimizationSession)
     if not visibility.sees_everything(user):
-        sessions = sessions.where(OptimizationSession.owner_id == user.id)
-        models = models.where(ModelMetadata.owner_id == user.id)
-    scoped = sessions.subquery()
-    completed = scoped.c.status == SessionStatus.COMPLETED.value
+        query = query.where(OptimizationSession.owner_id == user.id)
+    return query.subquery()
+
+
+def _model_count(user: User) -> dict:
+    query = select(func.count()).select_from(ModelMetadata).where(ModelMetadata.deleted_at.is_(None))
+    if not visibility.sees_everything(user):
+        query = query.where(ModelMetadata.owner_id == user.id)
+    return {"total_models": db.session.scalar(query) or 0}
+
+
+def _session_counts(user: User) -> dict:
+    scoped = _sessions(user)
     row = db.session.execute(select(
         func.count(),
         func.sum(case((scoped.c.status.in_(ACTIVE_STATUSES), 1), else_=0)),
-        func.sum(case((completed, 1), else_=0)),
+        func.sum(case((scoped.c.status == SessionStatus.COMPLETED.value, 1), else_=0)),
         func.sum(case((scoped.c.status == SessionStatus.FAILED.value, 1), else_=0)),
-        func.avg(case((completed, scoped.c.size_reduction_percent))),
-        func.avg(case((completed, scoped.c.speed_improvement_percent))),
     ).select_from(scoped)).one()
+    return {"total_sessions": int(row[0] or 0), "active_optimizations": int(row[1] or 0),
+            "completed_optimizations": int(row[2] or 0), "failed_optimizations": int(row[3] or 0)}
+
+
+def _averages(user: User) -> dict:
+    scoped = _sessions(user)
+    row = db.session.execute(
+        select(func.avg(scoped.c.size_reduction_percent), func.avg(scoped.c.speed_improvement_percent))
+        .where(scoped.c.status == SessionStatus.COMPLETED.value)
+    ).one()
+    return {"average_size_reduction": round(float(row[0] or 0.0), 2),
+            "average_speed_improvement": round(float(row[1] or 0.0), 2)}
+
+
+PARTS = {
+    "total_models": _model_count,
+    "session_counts": _session_counts,
+    "averages": _averages,
+}
+PART_FIELDS = {
+    "total_models": ("total_models",),
+    "session_counts": ("total_sessions", "active_optimizations", "completed_optimizations",
+                       "failed_optimizations"),
+    "averages": ("average_size_reduction", "average_speed_improvement"),
+}
+
+
+def stats(user: User) -> dict:
+    """DESIGN.md's dashboard fields; a part that fails is None and named in `unavailable`."""
+    result: dict = {"unavailable": []}
+    for name, compute in PARTS.items():
+        try:
+            result.update(compute(user))
+        except SQLAlchemyError:
+            db.session.rollback()
+            log.exception("dashboard part %s failed", name)
+            result["unavailable"].append(name)
+            result.update(dict.fromkeys(PART_FIELDS[name]))
+    result["last_updated"] = datetime.now(UTC)
+    return result
+
+
+def safely(compute, *args, **kwargs):
+    """A dashboard panel's data, or None when it cannot be computed (the page says so)."""
+    try:
+        return compute(*args, **kwargs)
+    except SQLAlchemyError:
+        db.session.rollback()
+        log.exception("dashboard panel %s failed", compute.__name__)
+        return None
+
+
+def active_and_recent(user: User, recent: int = 8) -> tuple[list[dict], list[dict]]:
+    base = optimization.query_for(user)
+    active = db.session.scalars(
+        base.where(OptimizationSession.status.in_(ACTIVE_STATUSES))
+        .order_by(OptimizationSession.created_at.desc()).limit(20))
+    finished = db.session.scalars(
+        base.where(OptimizationSession.status.in_(FINISHED_STATUSES))
+        .order_by(OptimizationSession.completed_at.desc()).limit(recent))
+    return ([optimization.summary(s) for s in active], [optimization.summary(s) for s in finished])
+
+
+def chart(user: User, width: int = 640, height: int = 200) -> dict | None:
+    """Size reduction and speed-up of the latest completed sessions, as SVG coordinates."""
+    rows = db.session.execute(
+        optimization.query_for(user).with_only_columns(
+            OptimizationSession.id, OptimizationSession.completed_at,
+            OptimizationSession.size_reduction_percent, OptimizationSession.speed_improvement_percent)
+        .where(OptimizationSession.status == SessionStatus.COMPLETED.value,
+               OptimizationSession.size_reduction_percent.is_not(None))
+        .order_by(OptimizationSession.completed_at.desc()).limit(CHART_POINTS)
+    ).all()[::-1]
+    if len(rows) < 2:
+        return None
+    pad, span = 36, len(rows) - 1
+    max_speedup = max(1 + r.speed_improvement_percent / 100 for r in rows)
+    top = float(max(4, -(-max_speedup // 4) * 4))  # a multiple of 4: ticks at quarters
+
+    def x(i):
+        return round(pad + i * (width - 2 * pad) / span, 1)
+
+    def y(fraction):  # 0 at the bottom axis, 1 at the top
+        return round(height - pad - fraction * (height - 2 * pad), 1)
+
+    size_points = [(x(i), y(max(0.0, r.size_reduction_percent) / 100)) for i, r in enumerate(rows)]
+    speed_points = [(x(i), y((1 + r.speed_improvement_percent / 100) / top))
+                    for i, r in enumerate(rows)]
     return {
-        "total_models": db.session.scalar(select(func.count()).select_from(models.subquery())) or 0,
-        "active_optimizations": int(row[1] or 0),
-        "completed_optimizations": int(row[2] or 0),
-        "failed_optimizations": int(row[3] or 0),
-        "average_size_reduction": round(float(row[4] or 0.0), 2),
-        "average_speed_improvement": round(float(row[5] or 0.0), 2),
-        "total_sessions": int(row[0] or 0),
-        "last_updated": datetime.now(UTC),
+        "width": width, "height": height, "pad": pad, "top_speedup": top,
+        "size": " ".join(f"{a},{b}" for a, b in size_points),
+        "speed": " ".join(f"{a},{b}" for a, b in speed_points),
+        "first": rows[0].completed_at, "last": rows[-1].completed_at, "count": len(rows),
     }

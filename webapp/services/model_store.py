@@ -14,7 +14,7 @@ from ..auth import audit
 from ..engine import worker
 from ..extensions import db
 from ..models import ACTIVE_STATUSES, ModelMetadata, OptimizationSession, User, utcnow
-from . import get, visibility
+from . import dashboard, get, visibility
 from .errors import ServiceError
 from .isolation import IsolatedFailure, run_isolated
 from .storage import TooLarge
@@ -88,6 +88,7 @@ def add(owner: User, stream: BinaryIO, filename: str, name: str | None,
         if eval_tmp is not None:
             blobs.adopt(eval_tmp, eval_sha)
         db.session.commit()
+        dashboard.invalidate()
         return model
     except BaseException:
         db.session.rollback()
@@ -145,6 +146,7 @@ def delete(model: ModelMetadata, by: User) -> None:
     model.deleted_at = utcnow()
     audit.record("model.delete", user=by, resource=f"model:{model.id}", commit=False)
     db.session.commit()
+    dashboard.invalidate()
     for sha in (model.sha256, model.eval_data_sha256):
         if sha and not _still_used(sha):
             get("blobs").remove(sha)

@@ -23,7 +23,7 @@ from ..models import (
     User,
     utcnow,
 )
-from . import get, model_store, visibility
+from . import dashboard, get, model_store, visibility
 from .errors import ServiceError
 
 log = logging.getLogger("optideck.sessions")
@@ -94,6 +94,7 @@ def start(user: User, model_id: int, techniques: list[str], parameters: dict) ->
     audit.record("session.start", user=user, resource=f"session:{session.id}",
                  detail=f"model:{model.id} {session.techniques}", commit=False)
     db.session.commit()
+    dashboard.invalidate()
     get("executor").wake()
     return session
 
@@ -352,6 +353,8 @@ def _event(session, kind: str, step: str | None, message: str, data: dict | None
 
 
 def _publish(event: str, session: OptimizationSession) -> None:
+    if event != "session_progress":  # progress changes no count or average
+        dashboard.invalidate()
     get("notifications").publish(event, _jsonable(summary(session)), session.owner_id)
 
 

@@ -10,6 +10,7 @@ from webargs.flaskparser import FlaskParser
 from ..auth.guards import authenticate_api_request
 from ..extensions import api, csrf
 from .schemas import ErrorSchema
+from .spec import AuthErrorsPlugin
 
 PREFIX = "/api/v1"
 
@@ -36,11 +37,22 @@ def init_app(app: Flask) -> None:
         API_TITLE="Optideck API",
         API_VERSION="v1",
         OPENAPI_VERSION="3.0.3",
-        OPENAPI_URL_PREFIX=PREFIX,
-        OPENAPI_JSON_PATH="openapi.json",
+        # /api/v1/openapi.json and Swagger UI at /api/docs, from vendored files (no CDN).
+        OPENAPI_URL_PREFIX="/api",
+        OPENAPI_JSON_PATH="v1/openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="/static/vendor/swagger-ui/",
+        OPENAPI_SWAGGER_UI_CONFIG={"tryItOutEnabled": True, "persistAuthorization": False},
+        API_SPEC_OPTIONS={"info": {"description": (
+            "The JSON face of Optideck: models, optimization sessions, dashboard statistics. "
+            "Authenticate with `Authorization: Bearer <token>`: get one from "
+            "POST /api/v1/auth/token or the API tokens page, then press Authorize. "
+            "How to obtain, refresh and revoke tokens, and what each 401 and 403 means: "
+            "/docs/api-tokens. Every error has the body {error, message, details, "
+            "timestamp, request_id}.")}},
     )
     api.ERROR_SCHEMA = ErrorSchema
-    api.init_app(app)
+    api.init_app(app, spec_kwargs={"extra_plugins": [AuthErrorsPlugin()]})
     api.spec.components.security_scheme(
         "bearerAuth", {"type": "http", "scheme": "bearer",
                        "description": "A token from POST /api/v1/auth/token or /account/tokens."}

@@ -30,6 +30,7 @@ def _token_body(issued: tokens.IssuedToken) -> dict:
 @blp.route("/auth/token", methods=["POST"])
 @limiter.limit(login_limit)
 @public
+@blp.doc(security=[])
 @blp.arguments(LoginSchema)
 @blp.response(200, TokenSchema)
 @blp.alt_response(401, schema=ErrorSchema, description="Wrong username or password.")
@@ -47,6 +48,7 @@ def issue_token(credentials):
 @blp.route("/auth/refresh", methods=["POST"])
 @limiter.limit(login_limit)
 @public
+@blp.doc(security=[])
 @blp.arguments(RefreshSchema)
 @blp.response(200, TokenSchema)
 @blp.alt_response(401, schema=ErrorSchema, description="Refresh token invalid or expired.")

@@ -34,9 +34,9 @@ def init_app(app: Flask) -> None:
     app.add_template_filter(filesize)
     app.add_template_filter(when)
 
-    from . import account, admin, config, dashboard, models, sessions
+    from . import account, admin, config, dashboard, docs, models, sessions
 
-    for module in (dashboard, sessions, models, config, account, admin):
+    for module in (dashboard, sessions, models, config, account, admin, docs):
         app.register_blueprint(module.bp)
 
     @app.get("/")

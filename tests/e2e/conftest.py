@@ -72,6 +72,8 @@ def server(tmp_path_factory):
         "OPTIDECK_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "OPTIDECK_PASSWORD": DEMO_PASSWORD,
         "OPTIDECK_SERVER_THREADS": "8",
+        # One worker: sessions started together queue, so a test can catch one queued.
+        "OPTIDECK_EXECUTOR_MAX_WORKERS": "1",
     }
     log = folder / "server.log"
     with log.open("wb") as out:

@@ -169,6 +169,15 @@ class OptimizationSession(db.Model):
         Index("ix_sessions_status_created", "status", "created_at"),
         Index("ix_sessions_model_created", "model_id", "created_at"),
         Index("ix_sessions_owner_created", "owner_id", "created_at"),
+        # The list's sort orders, for everyone who sees all sessions.
+        Index("ix_sessions_created", "created_at", "id"),
+        Index("ix_sessions_updated", "updated_at", "id"),
+        Index("ix_sessions_size", "size_reduction_percent", "id"),
+        Index("ix_sessions_speed", "speed_improvement_percent", "id"),
+        # Dashboard averages read from the index alone.
+        Index("ix_sessions_status_results", "status", "size_reduction_percent",
+              "speed_improvement_percent"),
+        Index("ix_sessions_owner_status", "owner_id", "status"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -183,8 +192,8 @@ class OptimizationSession(db.Model):
     plan: Mapped[list] = mapped_column(types.JSON)
     results: Mapped[dict | None] = mapped_column(types.JSON)
     # Copied out of `results` so lists can sort and dashboards average in SQL.
-    size_reduction_percent: Mapped[float | None]
-    speed_improvement_percent: Mapped[float | None]
+    size_reduction_percent: Mapped[float | None] = mapped_column(types.Float)
+    speed_improvement_percent: Mapped[float | None] = mapped_column(types.Float)
     error_type: Mapped[str | None] = mapped_column(String(32))
     error_message: Mapped[str | None] = mapped_column(Text)
     artifact_sha256: Mapped[str | None] = mapped_column(String(64))

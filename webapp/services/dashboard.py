@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from sqlalchemy import case, func, select
+from flask import current_app
+from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..extensions import cache, db
@@ -42,6 +43,8 @@ def _scope_key(user: User) -> str:
 
 
 def cached_stats(user: User) -> dict:
+    if not current_app.config["OPTIDECK"]["dashboard"]["stats_cache_seconds"]:
+        return stats(user)  # caching turned off
     key = f"dashboard:stats:{cache.get(GENERATION_KEY) or 0}:{_scope_key(user)}"
     found = cache.get(key)
     if found is not None:
@@ -52,11 +55,10 @@ def cached_stats(user: User) -> dict:
     return fresh
 
 
-def _sessions(user: User):
-    query = select(OptimizationSession)
+def _scoped(query, user: User):
     if not visibility.sees_everything(user):
         query = query.where(OptimizationSession.owner_id == user.id)
-    return query.subquery()
+    return query
 
 
 def _model_count(user: User) -> dict:
@@ -67,22 +69,24 @@ def _model_count(user: User) -> dict:
 
 
 def _session_counts(user: User) -> dict:
-    scoped = _sessions(user)
-    row = db.session.execute(select(
-        func.count(),
-        func.sum(case((scoped.c.status.in_(ACTIVE_STATUSES), 1), else_=0)),
-        func.sum(case((scoped.c.status == SessionStatus.COMPLETED.value, 1), else_=0)),
-        func.sum(case((scoped.c.status == SessionStatus.FAILED.value, 1), else_=0)),
-    ).select_from(scoped)).one()
-    return {"total_sessions": int(row[0] or 0), "active_optimizations": int(row[1] or 0),
-            "completed_optimizations": int(row[2] or 0), "failed_optimizations": int(row[3] or 0)}
+    # GROUP BY status reads only the status index, not the rows.
+    by_status = dict(db.session.execute(_scoped(
+        select(OptimizationSession.status, func.count()).group_by(OptimizationSession.status), user)
+    ).all())
+    return {
+        "total_sessions": sum(by_status.values()),
+        "active_optimizations": sum(by_status.get(s, 0) for s in ACTIVE_STATUSES),
+        "completed_optimizations": by_status.get(SessionStatus.COMPLETED.value, 0),
+        "failed_optimizations": by_status.get(SessionStatus.FAILED.value, 0),
+    }
 
 
 def _averages(user: User) -> dict:
-    scoped = _sessions(user)
-    row = db.session.execute(
-        select(func.avg(scoped.c.size_reduction_percent), func.avg(scoped.c.speed_improvement_percent))
-        .where(scoped.c.status == SessionStatus.COMPLETED.value)
+    # Served by ix_sessions_status_results without touching the rows.
+    row = db.session.execute(_scoped(
+        select(func.avg(OptimizationSession.size_reduction_percent),
+               func.avg(OptimizationSession.speed_improvement_percent))
+        .where(OptimizationSession.status == SessionStatus.COMPLETED.value), user)
     ).one()
     return {"average_size_reduction": round(float(row[0] or 0.0), 2),
             "average_speed_improvement": round(float(row[1] or 0.0), 2)}

@@ -101,11 +101,12 @@ def search(user: User, filters: dict) -> dict:
         query = query.where(OptimizationSession.created_at < filters["created_to"])
     total = db.session.scalar(select(func.count()).select_from(query.subquery())) or 0
     column = SORTS[filters["sort"]]
-    ordering = column.asc() if filters["order"] == "asc" else column.desc()
+    # Sessions without results sort last either way (NULLS LAST is portable here).
+    ordering = (column.asc() if filters["order"] == "asc" else column.desc()).nulls_last()
     tiebreak = OptimizationSession.id.asc() if filters["order"] == "asc" else OptimizationSession.id.desc()
     rows = db.session.scalars(
         query.options(joinedload(OptimizationSession.model), joinedload(OptimizationSession.owner))
-        .order_by(column.is_(None), ordering, tiebreak)
+        .order_by(ordering, tiebreak)
         .offset(filters["skip"]).limit(filters["limit"])
     ).all()
     return {"sessions": [optimization.summary(s) for s in rows], "total": total,

@@ -59,11 +59,11 @@ def seed(instance: Path, database_url: str | None, count: int) -> str:
             db.session.add(model)
             models.append(model)
         db.session.commit()
-        rng = random.Random(0)
+        rng = random.Random(0)  # noqa: S311 - reproducible test data, not secrets
         now = utcnow()
         statuses = ["completed"] * 7 + ["failed", "cancelled", "queued"]
         batch = []
-        for n in range(count):
+        for _ in range(count):
             model = models[rng.randrange(len(models))]
             status = statuses[rng.randrange(len(statuses))]
             created = now - timedelta(seconds=rng.randrange(90 * 86400))

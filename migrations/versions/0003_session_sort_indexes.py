@@ -6,8 +6,6 @@ Create Date: 2026-11-27 02:20:54.206232
 
 """
 from alembic import op
-import sqlalchemy as sa
-
 
 # revision identifiers, used by Alembic.
 revision = 'afc1453c9480'

@@ -63,3 +63,54 @@ def test_other_operators_get_404_on_the_page(app, operator, demo_files):
     make_user("mallory", "operator")
     AuthActions(other).login("mallory")
     assert other.get(location).status_code == 404
+
+
+def test_search_answers_htmx_with_the_table(operator, demo_files):
+    from tests.factories import gen_model
+
+    gen_model(operator.user, "resnet-small")
+    gen_model(operator.user, "bert_tiny")
+    partial = operator.client.get("/models?q=RESNET", headers={"HX-Request": "true"})
+    text = partial.get_data(as_text=True)
+    assert text.lstrip().startswith('<div id="model-table">')
+    assert "resnet-small" in text and "bert_tiny" not in text
+    # Wildcards are literal: "t_s" would match "resnet-small" as a LIKE pattern.
+    assert "No model matches" in operator.client.get("/models?q=t_s").get_data(as_text=True)
+    assert "bert_tiny" in operator.client.get("/models?q=t_t").get_data(as_text=True)
+
+
+def test_upload_through_htmx_redirects_with_a_header(operator, demo_files):
+    token = csrf_from(operator.client, "/models")
+    response = operator.client.post(
+        "/models", headers={"HX-Request": "true"}, content_type="multipart/form-data",
+        data={"csrf_token": token, "file": (io.BytesIO(demo_files["onnx"].read_bytes()), "m.onnx")})
+    assert response.status_code == 204
+    assert response.headers["HX-Redirect"].startswith("/models/")
+
+
+def test_a_refused_htmx_upload_returns_the_panel_with_the_reason(operator):
+    token = csrf_from(operator.client, "/models")
+    response = operator.client.post(
+        "/models", headers={"HX-Request": "true"}, content_type="multipart/form-data",
+        data={"csrf_token": token, "file": (io.BytesIO(b"not a model at all"), "m.onnx"),
+              "name": "kept-name"})
+    assert response.status_code == 422
+    text = response.get_data(as_text=True)
+    assert text.lstrip().startswith('<section class="panel" id="upload-panel">')
+    assert 'id="file-error"' in text and 'value="kept-name"' in text
+
+
+def test_an_upload_over_the_limit_explains_itself_on_the_page(make_app):
+    from tests.conftest import AuthActions, make_user
+
+    app = make_app(uploads={"max_bytes": 2048})
+    client = app.test_client()
+    with app.app_context():
+        make_user("big-uploader", "operator")
+        AuthActions(client).login("big-uploader")
+        token = csrf_from(client, "/models")
+        response = client.post(
+            "/models", headers={"HX-Request": "true"}, content_type="multipart/form-data",
+            data={"csrf_token": token, "file": (io.BytesIO(b"x" * 10_000), "m.onnx")})
+        assert response.status_code == 413
+        assert "larger than this server accepts" in response.get_data(as_text=True)

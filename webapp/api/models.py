@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import g
 from flask.views import MethodView
 from flask_smorest.fields import Upload
-from marshmallow import Schema
+from marshmallow import Schema, fields, validate
 
 from ..auth.guards import roles_required
 from ..models import Role
@@ -16,6 +16,11 @@ from .schemas import ErrorSchema, ModelListSchema, ModelSchema, ModelUploadSchem
 blp = ApiBlueprint("Models", __name__, description="The model store: upload and inspect models.")
 
 
+class ModelQuerySchema(Schema):
+    q = fields.String(load_default="", validate=validate.Length(max=200),
+                      metadata={"description": "Part of the name or format, any case"})
+
+
 class ModelFilesSchema(Schema):
     file = Upload(required=True, metadata={"description": "ONNX, TorchScript or .pt2 program"})
     eval_data = Upload(metadata={"description": ".npz with x (inputs) and optional y (labels)"})
@@ -23,10 +28,11 @@ class ModelFilesSchema(Schema):
 
 @blp.route("/models")
 class Models(MethodView):
+    @blp.arguments(ModelQuerySchema, location="query")
     @blp.response(200, ModelListSchema)
-    def get(self):
-        """List the models you may see."""
-        models = model_store.list_for(g.api_user)
+    def get(self, query):
+        """List the models you may see, newest first; `q` searches names and formats."""
+        models = model_store.list_for(g.api_user, query["q"])
         return {"models": models, "total": len(models)}
 
     @roles_required(Role.ADMIN, Role.OPERATOR)

@@ -118,9 +118,15 @@ def query_for(user: User):
     return query
 
 
-def list_for(user: User) -> list[ModelMetadata]:
-    return list(db.session.scalars(query_for(user).order_by(ModelMetadata.created_at.desc(),
-                                                            ModelMetadata.id.desc())))
+def list_for(user: User, search: str = "") -> list[ModelMetadata]:
+    """The models this user may see, newest first; `search` matches name or format."""
+    query = query_for(user)
+    if search.strip():
+        text = search.strip()[:200]
+        query = query.where(ModelMetadata.name.icontains(text, autoescape=True)
+                            | ModelMetadata.format.icontains(text, autoescape=True))
+    return list(db.session.scalars(query.order_by(ModelMetadata.created_at.desc(),
+                                                  ModelMetadata.id.desc())))
 
 
 def get_for(user: User, model_id: int) -> ModelMetadata:

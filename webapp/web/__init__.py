@@ -1,7 +1,13 @@
 """HTML blueprints. Every page needs a login; admin pages need the admin role."""
 
-from flask import Blueprint, Flask, redirect, url_for
+from flask import Blueprint, Flask, redirect, request, url_for
 from flask_login import login_required
+
+
+def is_partial() -> bool:
+    """htmx asks for a fragment; a reload, a shared link or a history restore for the page."""
+    return bool(request.headers.get("HX-Request")) and not request.headers.get(
+        "HX-History-Restore-Request")
 
 
 def page_blueprint(name: str, import_name: str, **kwargs) -> Blueprint:

@@ -9,7 +9,7 @@ from ..auth import audit, users
 from ..auth.guards import roles_required
 from ..auth.schemas import NewUserSchema, RoleChangeSchema, load_form
 from ..models import Role
-from . import page_blueprint
+from . import is_partial, page_blueprint
 
 bp = page_blueprint("admin", __name__, url_prefix="/admin")
 
@@ -86,12 +86,7 @@ def user_active(user_id: int):
 def audit_trail():
     filters = audit.AuditFilters.from_args(request.args)
     page = audit.search(filters)
-    # htmx asks for the table alone; a reload, a shared link or a history
-    # restore asks for the whole page.
-    partial = request.headers.get("HX-Request") and not request.headers.get(
-        "HX-History-Restore-Request"
-    )
-    template = "admin/_audit_table.html" if partial else "admin/audit.html"
+    template = "admin/_audit_table.html" if is_partial() else "admin/audit.html"
     response = render_template(template, page=page, filters=filters,
                                actions=audit.known_actions())
     return response, 200, {"Vary": "HX-Request"}

@@ -1,9 +1,10 @@
-"""The model store pages: the list with an upload form, and each model's analysis."""
+"""The model store pages: the list with search and upload, and each model's analysis."""
 
 from __future__ import annotations
 
 from flask import flash, redirect, render_template, request, url_for
 from flask_login import current_user
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..api.schemas import ModelUploadSchema
 from ..auth.guards import roles_required
@@ -11,7 +12,7 @@ from ..auth.schemas import load_form
 from ..models import Role
 from ..services import model_store, optimization, visibility
 from ..services.errors import ServiceError
-from . import page_blueprint
+from . import is_partial, page_blueprint
 
 bp = page_blueprint("models", __name__)
 
@@ -20,28 +21,42 @@ def _user():
     return current_user._get_current_object()
 
 
-def _list_page(errors=None, form=None, status=200):
-    user = _user()
-    return render_template(
-        "models/index.html", models=model_store.list_for(user), errors=errors or {},
-        form=form or {}, can_upload=user.role in (Role.ADMIN, Role.OPERATOR),
-    ), status
+def _can_upload(user) -> bool:
+    return user.role in (Role.ADMIN, Role.OPERATOR)
 
 
 @bp.get("/models")
 def index():
-    return _list_page()
+    user = _user()
+    q = request.args.get("q", "").strip()[:200]
+    context = {"models": model_store.list_for(user, q), "q": q, "can_upload": _can_upload(user),
+               "errors": {}, "form": {}}
+    template = "models/_table.html" if is_partial() else "models/index.html"
+    return render_template(template, **context), 200, {"Vary": "HX-Request"}
+
+
+def _upload_failed(errors: dict, status: int):
+    """The upload panel again, with the reasons beside their fields (form values kept)."""
+    user = _user()
+    form = request.form if request.content_length and status != 413 else {}
+    if is_partial():
+        return render_template("models/_upload.html", errors=errors, form=form), status
+    return render_template("models/index.html", models=model_store.list_for(user), q="",
+                           can_upload=True, errors=errors, form=form), status
 
 
 @bp.post("/models")
 @roles_required(Role.ADMIN, Role.OPERATOR)
 def upload():
-    data, errors = load_form(ModelUploadSchema(), request.form)
-    upload_file = request.files.get("file")
+    try:
+        data, errors = load_form(ModelUploadSchema(), request.form)
+        upload_file = request.files.get("file")
+    except RequestEntityTooLarge:
+        return _upload_failed({"file": ["The upload is larger than this server accepts."]}, 413)
     if upload_file is None or not upload_file.filename:
         errors["file"] = ["Choose a model file."]
     if errors:
-        return _list_page(errors, request.form, 400)
+        return _upload_failed(errors, 400)
     eval_file = request.files.get("eval_data")
     try:
         model = model_store.add(
@@ -50,10 +65,13 @@ def upload():
             model_store.parse_input_shape(data.get("input_shape")),
         )
     except ServiceError as exc:
-        return _list_page(exc.details or {"file": [exc.message]}, request.form, exc.status)
+        return _upload_failed(exc.details or {"file": [exc.message]}, exc.status)
     flash(f"Uploaded {model.name} (version {model.version}), analysed as {model.format}.",
           "success")
-    return redirect(url_for("models.detail", model_id=model.id))
+    target = url_for("models.detail", model_id=model.id)
+    if is_partial():
+        return "", 204, {"HX-Redirect": target}
+    return redirect(target)
 
 
 @bp.get("/models/<int:model_id>")

@@ -10,19 +10,13 @@ from ..auth.guards import roles_required
 from ..models import Role, SessionStatus
 from ..services import model_store, optimization, session_query, visibility
 from ..services.errors import ServiceError
-from . import page_blueprint
+from . import is_partial, page_blueprint
 
 bp = page_blueprint("sessions", __name__)
 
 
 def _user():
     return current_user._get_current_object()
-
-
-def _is_partial() -> bool:
-    """htmx asks for the table alone; a reload, a link or a history restore for the page."""
-    return bool(request.headers.get("HX-Request")) and not request.headers.get(
-        "HX-History-Restore-Request")
 
 
 def list_query_args(filters: dict, **changes) -> MultiDict:
@@ -65,7 +59,7 @@ def index():
     user = _user()
     context = _list_context(user, request.args)
     status = 400 if context["errors"] else 200
-    if _is_partial():
+    if is_partial():
         return render_template("sessions/_list.html", **context), status, {"Vary": "HX-Request"}
     context.update(_start_form_context(user))
     return render_template("sessions/index.html", **context), status, {"Vary": "HX-Request"}

@@ -1,0 +1,11 @@
+// Optideck's only script: upload progress for the model form (htmx does the rest).
+document.addEventListener("htmx:xhr:progress", (event) => {
+  const form = event.target.closest("#upload-form");
+  if (!form || !event.detail.lengthComputable) return;
+  const bar = document.getElementById("upload-progress");
+  const status = document.getElementById("upload-status");
+  const percent = Math.round((100 * event.detail.loaded) / event.detail.total);
+  bar.hidden = false;
+  bar.value = percent;
+  status.textContent = percent < 100 ? `Uploading… ${percent} %` : "Uploaded; analysing the model…";
+});

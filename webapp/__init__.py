@@ -43,7 +43,9 @@ def create_app(config: dict[str, dict[str, Any]] | None = None) -> Flask:
     health.init_app(app)
 
     from . import api, auth, cli, services, web
+    from .services.criteria import check_defaults
 
+    check_defaults(settings)
     _tune_sqlite(app)
     services.init_app(app)
     auth.init_app(app)

@@ -194,6 +194,7 @@ def _check_values(settings) -> None:
 
 
 # (section, key, lowest, highest): inclusive bounds of numeric settings.
+# [criteria] is checked by the criteria's own schema (services/criteria.py).
 RANGES = (
     ("uploads", "max_bytes", 1, None),
     ("uploads", "analysis_timeout_seconds", 1, None),
@@ -202,14 +203,6 @@ RANGES = (
     ("executor", "cancel_grace_seconds", 0.1, 600),
     ("executor", "heartbeat_timeout_seconds", 5, None),
     ("dashboard", "stats_cache_seconds", 0, 3600),
-    ("criteria", "pruning_sparsity", 0.05, 0.95),
-    ("criteria", "compression_energy", 0.5, 0.9999),
-    ("criteria", "min_accuracy_retention_percent", 0, 100),
-    ("criteria", "max_inference_time_ms", 0, None),
-    ("criteria", "latency_batch_size", 1, 4096),
-    ("criteria", "threads", 1, 256),
-    ("criteria", "latency_tolerance_percent", 0, 1000),
-    ("criteria", "max_optimization_time_minutes", 1, 24 * 60),
 )
 
 

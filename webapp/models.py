@@ -234,3 +234,21 @@ class SessionEvent(db.Model):
     data: Mapped[dict | None] = mapped_column(types.JSON)
 
     session: Mapped[OptimizationSession] = relationship(back_populates="events")
+
+
+class CriteriaVersion(db.Model):
+    """One saved version of the optimization criteria; the highest number is current.
+
+    `version` is unique: two saves based on the same version race for the next
+    number, and the database lets exactly one of them have it.
+    """
+
+    __tablename__ = "criteria_versions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[int] = mapped_column(unique=True)
+    document: Mapped[dict] = mapped_column(types.JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_by_name: Mapped[str | None] = mapped_column(String(64))
+    reverted_from: Mapped[int | None]  # the version this one restored, if it is a revert

@@ -9,3 +9,10 @@ document.addEventListener("htmx:xhr:progress", (event) => {
   bar.value = percent;
   status.textContent = percent < 100 ? `Uploading… ${percent} %` : "Uploaded; analysing the model…";
 });
+
+// The criteria form says "Unsaved changes" from the first edit until it is saved.
+document.addEventListener("input", (event) => {
+  const form = event.target.closest("#criteria-form");
+  const marker = form && form.querySelector(".unsaved");
+  if (marker) marker.hidden = false;
+});

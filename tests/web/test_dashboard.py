@@ -39,8 +39,9 @@ def test_stats_are_cached_until_a_session_changes_state(app, operator, api_clien
 def test_a_failing_part_is_named_and_the_rest_still_shows(app, api_client, operator):
     caller = api_client("admin")
     gen_session(gen_model(caller.user, "m"), caller.user, "completed")
+    cascade = " CASCADE" if db.engine.dialect.name == "postgresql" else ""
     with db.engine.begin() as conn:
-        conn.execute(text("DROP TABLE models"))
+        conn.execute(text("DROP TABLE models" + cascade))
     body = caller.get("/api/v1/dashboard/stats").get_json()
     assert body["unavailable"] == ["total_models"]
     assert body["total_models"] is None

@@ -59,9 +59,9 @@ def init_app(app: Flask) -> None:
     )
     api.spec.options["security"] = [{"bearerAuth": []}]
 
-    from . import auth, dashboard, models, sessions
+    from . import auth, config, dashboard, models, sessions
 
-    for module in (auth, dashboard, models, sessions):
+    for module in (auth, dashboard, models, sessions, config):
         api.register_blueprint(module.blp, url_prefix=PREFIX)
 
     origins = app.config["OPTIDECK"]["cors"]["origins"]

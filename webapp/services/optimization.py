@@ -8,7 +8,6 @@ import shutil
 from datetime import timedelta
 from pathlib import Path
 
-from flask import current_app
 from sqlalchemy import select, update
 
 from ..auth import audit
@@ -23,6 +22,7 @@ from ..models import (
     User,
     utcnow,
 )
+from . import criteria as criteria_service
 from . import dashboard, get, model_store, visibility
 from .errors import ServiceError
 
@@ -33,7 +33,8 @@ HEARTBEAT_WRITE_SECONDS = 5
 
 def current_criteria() -> dict:
     """The optimization criteria new sessions start with (a copy: sessions freeze it)."""
-    return copy.deepcopy(current_app.config["OPTIDECK"]["criteria"])
+    in_force = criteria_service.current()
+    return {**copy.deepcopy(in_force.document), "version": in_force.version}
 
 
 def summary(session: OptimizationSession) -> dict:

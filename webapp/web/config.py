@@ -1,13 +1,116 @@
-"""The configuration page: the server's effective settings, secrets masked."""
+"""The Configuration page: the optimization criteria, their versions, and the server settings."""
 
-from flask import current_app, render_template
+from __future__ import annotations
 
+from flask import current_app, flash, redirect, render_template, request, url_for
+from flask_login import current_user
+from marshmallow import fields
+
+from ..auth.guards import roles_required
 from ..config import masked
-from . import page_blueprint
+from ..engine.techniques import QUANTIZATION_MODES, TECHNIQUES
+from ..models import Role
+from ..services import criteria
+from ..services.errors import ServiceError
+from . import is_partial, page_blueprint
 
 bp = page_blueprint("config", __name__)
 
 
+def form_to_document(form) -> dict:
+    """An HTML form as the JSON document the schema checks: numbers parsed where they parse."""
+    document = {}
+    for name, field in criteria.CriteriaSchema().fields.items():
+        if isinstance(field, fields.List):
+            document[name] = form.getlist(name)
+        elif isinstance(field, fields.Boolean):
+            document[name] = name in form
+        elif name in form:
+            raw = form[name].strip()
+            try:
+                document[name] = (int(raw) if isinstance(field, fields.Integer)
+                                  else float(raw) if isinstance(field, fields.Float) else raw)
+            except ValueError:
+                document[name] = raw  # left as typed; the schema names the field
+    return document
+
+
+def _based_on(form) -> int | None:
+    raw = form.get("version", "")
+    return int(raw) if raw.isdigit() else None
+
+
+def _page(document=None, errors=None, stale=None, status=200, dirty=False):
+    in_force = criteria.current()
+    user = current_user._get_current_object()
+    context = {
+        "in_force": in_force, "document": document or in_force.document,
+        "version": in_force.version if stale is None else stale["based_on"],
+        "errors": errors or {}, "stale": stale, "dirty": dirty,
+        "can_edit": user.role == Role.ADMIN,
+        "techniques": list(TECHNIQUES), "modes": QUANTIZATION_MODES,
+        "deployments": criteria.DEPLOYMENTS, "runtimes": criteria.RUNTIMES,
+    }
+    if is_partial():
+        return render_template("config/_criteria_form.html", **context), status
+    context.update(versions=[*criteria.versions(), criteria.get_version(0)],
+                   settings=masked(current_app.config["OPTIDECK"]))
+    return render_template("config/index.html", **context), status
+
+
 @bp.get("/config")
 def index():
-    return render_template("config/index.html", settings=masked(current_app.config["OPTIDECK"]))
+    return _page()
+
+
+@bp.post("/config/validate")
+@roles_required(Role.ADMIN)
+def validate_form():
+    """Checks the form as it is edited (htmx), without saving anything."""
+    document = form_to_document(request.form)
+    errors = {}
+    try:
+        loaded = criteria.validate_document(document)
+        errors = criteria.conflicts(loaded)
+    except ServiceError as exc:
+        errors = exc.details
+    return _page(document, errors, dirty=True)
+
+
+@bp.post("/config")
+@roles_required(Role.ADMIN)
+def save():
+    document = form_to_document(request.form)
+    based_on = _based_on(request.form)
+    try:
+        saved = criteria.save(document, based_on, current_user._get_current_object())
+    except ServiceError as exc:
+        if exc.error == "stale_version":
+            theirs = exc.details["current"]
+            stale = {"based_on": based_on, "current_version": exc.details["current_version"],
+                     "changes": criteria.diff(criteria.get_version(based_on).document, theirs)}
+            return _page(document, {}, stale, 409, dirty=True)
+        return _page(document, exc.details, status=exc.status, dirty=True)
+    flash(f"Saved the criteria as version {saved.version}.", "success")
+    return redirect(url_for("config.index"))
+
+
+@bp.get("/config/versions/<int:number>")
+def version(number: int):
+    old = criteria.get_version(number)
+    in_force = criteria.current()
+    return render_template("config/version.html", old=old, in_force=in_force,
+                           changes=criteria.diff(old.document, in_force.document),
+                           can_edit=current_user.role == Role.ADMIN)
+
+
+@bp.post("/config/versions/<int:number>/revert")
+@roles_required(Role.ADMIN)
+def revert(number: int):
+    try:
+        saved = criteria.revert(number, _based_on(request.form), current_user._get_current_object())
+    except ServiceError as exc:
+        flash(exc.message, "error")
+        return redirect(url_for("config.version", number=number))
+    flash(f"Version {number} restored as version {saved.version}.", "success")
+    return redirect(url_for("config.index"))

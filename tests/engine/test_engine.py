@@ -171,3 +171,12 @@ def test_random_bytes_are_not_onnx(tmp_path):
     path.write_bytes(np.random.default_rng(1).bytes(2048))
     with pytest.raises(ModelRejected):
         load_onnx(path, 1)
+
+
+def test_an_unreached_size_target_means_criteria_not_met(demo_files, tmp_path):
+    steps = [{"technique": "pruning", "params": {"sparsity": 0.3}}]
+    criteria = {**CRITERIA, "max_size_reduction_percent": 50.0}
+    outcome = run_session(_job(demo_files, tmp_path, steps, criteria=criteria),
+                          progress=lambda *a: None, event=lambda *a: None, cancelled=lambda: False)
+    assert outcome.results["size_reduction_percent"] < 50
+    assert outcome.results["criteria_met"] is False

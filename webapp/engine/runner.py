@@ -182,7 +182,10 @@ class _Session:
         retention = _retention(baseline, best)
         max_ms = float(self.criteria.get("max_inference_time_ms", 0) or 0)
         minimum = float(self.criteria.get("min_accuracy_retention_percent", 99.0))
-        met = retention >= minimum and (max_ms <= 0 or best.latency_ms <= max_ms)
+        size_target = float(self.criteria.get("max_size_reduction_percent", 0) or 0)
+        reduction = _reduction(baseline.size_bytes, best.size_bytes)
+        met = (retention >= minimum and (max_ms <= 0 or best.latency_ms <= max_ms)
+               and (size_target <= 0 or reduction >= size_target))
         return {
             "original_size_bytes": baseline.size_bytes,
             "optimized_size_bytes": best.size_bytes,

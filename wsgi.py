@@ -6,6 +6,7 @@ import sys
 from webapp import create_app
 from webapp.config import ConfigError
 from webapp.health import log_checks, run_checks
+from webapp.live.connection import begin_shutdown
 
 # gunicorn's "app failed to load" exit code: it stops instead of respawning a
 # worker that can never start.
@@ -25,3 +26,5 @@ with app.app_context():
 executor = app.extensions["optideck.executor"]
 executor.start()
 atexit.register(executor.shutdown)
+# Open WebSockets close with 1012 ("service restart") so browsers reconnect by themselves.
+atexit.register(begin_shutdown)

@@ -42,7 +42,7 @@ def create_app(config: dict[str, dict[str, Any]] | None = None) -> Flask:
     errors.init_app(app)
     health.init_app(app)
 
-    from . import api, auth, cli, services, web
+    from . import api, auth, cli, live, services, web
     from .services.criteria import check_defaults
 
     check_defaults(settings)
@@ -51,6 +51,7 @@ def create_app(config: dict[str, dict[str, Any]] | None = None) -> Flask:
     auth.init_app(app)
     web.init_app(app)
     api.init_app(app)
+    live.init_app(app)
     cli.init_app(app)
 
     log.info("effective configuration: %s", json.dumps(masked(settings), sort_keys=True))

@@ -6,6 +6,7 @@ from flask_limiter.util import get_remote_address
 from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_smorest import Api
+from flask_sock import Sock
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import MetaData
@@ -43,3 +44,4 @@ csrf = CSRFProtect()
 limiter = Limiter(key_func=get_remote_address)
 api = JsonErrorApi()
 cache = Cache()
+sock = Sock()

@@ -16,3 +16,15 @@ document.addEventListener("input", (event) => {
   const marker = form && form.querySelector(".unsaved");
   if (marker) marker.hidden = false;
 });
+
+// The header's connection indicator follows the htmx ws extension's events.
+function showLive(state, text) {
+  const badge = document.getElementById("live-status");
+  if (!badge) return;
+  badge.className = `live-status ${state}`;
+  badge.textContent = text;
+}
+document.addEventListener("htmx:wsConnecting", () => showLive("reconnecting", "● connecting…"));
+document.addEventListener("htmx:wsOpen", () => showLive("connected", "● live"));
+document.addEventListener("htmx:wsClose", () => showLive("offline", "● offline, reconnecting…"));
+document.addEventListener("htmx:wsError", () => showLive("offline", "● offline, reconnecting…"));

@@ -74,6 +74,8 @@ def server(tmp_path_factory):
         "OPTIDECK_SERVER_THREADS": "8",
         # One worker: sessions started together queue, so a test can catch one queued.
         "OPTIDECK_EXECUTOR_MAX_WORKERS": "1",
+        # Every browser test logs in; the limit itself is tested in tests/web and tests/api.
+        "OPTIDECK_SECURITY_LOGIN_RATE_LIMIT": "1000 per minute",
     }
     log = folder / "server.log"
     with log.open("wb") as out:

@@ -356,8 +356,8 @@ def _event(session, kind: str, step: str | None, message: str, data: dict | None
 def _publish(event: str, session: OptimizationSession) -> None:
     if event != "session_progress":  # progress changes no count or average
         dashboard.invalidate()
-    get("notifications").publish(event, _jsonable(summary(session)), session.owner_id)
+    get("notifications").publish(event, jsonable(summary(session)), session.owner_id)
 
 
-def _jsonable(data: dict) -> dict:
+def jsonable(data: dict) -> dict:
     return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in data.items()}

@@ -1,5 +1,7 @@
 """HTML blueprints. Every page needs a login; admin pages need the admin role."""
 
+from urllib.parse import urlencode
+
 from flask import Blueprint, Flask, redirect, request, url_for
 from flask_login import login_required
 
@@ -36,9 +38,26 @@ def when(value) -> str:
     return value.strftime("%Y-%m-%d %H:%M") if value else "—"
 
 
+LIVE_PAGES = {"sessions.index": "sessions", "dashboard.index": "dashboard",
+              "sessions.detail": "session"}
+
+
+def live_url() -> str:
+    """Where this page's WebSocket connects: its kind, its session, and when it was rendered
+    (a reconnect then catches up on everything changed since)."""
+    from datetime import UTC, datetime
+
+    args = {"page": LIVE_PAGES.get(request.endpoint or "", "other"),
+            "since": datetime.now(UTC).isoformat()}
+    if args["page"] == "session":
+        args["session"] = request.view_args.get("session_id")
+    return "/ws?" + urlencode(args)
+
+
 def init_app(app: Flask) -> None:
     app.add_template_filter(filesize)
     app.add_template_filter(when)
+    app.add_template_global(live_url)
 
     from . import account, admin, config, dashboard, docs, models, sessions
 

@@ -1,0 +1,177 @@
+"""Both WebSocket endpoints, with real clients against a real (werkzeug) server."""
+
+import io
+import json
+import threading
+import time
+
+import pytest
+from simple_websocket import Client, ConnectionClosed
+from werkzeug.serving import make_server
+
+from tests.conftest import AuthActions, make_user
+from webapp.auth import tokens
+
+TERMINAL = {"session_completed", "session_failed", "session_cancelled"}
+
+
+@pytest.fixture
+def live(app):
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def token_for(username, role="operator"):
+    user = make_user(username, role)
+    return user, tokens.create_personal(user, "ws", 1, False).access_token
+
+
+def connect(live, token=None, **headers):
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return Client.connect(f"ws://{live}/api/v1/ws", headers=headers)
+
+
+def receive_json(ws, timeout=10):
+    message = ws.receive(timeout=timeout)
+    assert message is not None, "no message in time"
+    return json.loads(message)
+
+
+def start_session(app, token, demo_files):
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {token}"}
+    model = client.post("/api/v1/models", headers=headers, content_type="multipart/form-data",
+                        data={"file": (io.BytesIO(demo_files["onnx"].read_bytes()), "m.onnx")})
+    session = client.post("/api/v1/optimization/sessions", headers=headers,
+                          json={"model_id": model.get_json()["model_id"],
+                                "techniques": ["pruning", "quantization"]})
+    return session.get_json()["session_id"]
+
+
+def events_until_done(ws, session_id, seconds=120):
+    seen = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        message = ws.receive(timeout=1)
+        if message is None:
+            continue
+        event = json.loads(message)
+        if event["data"].get("session_id") == session_id:
+            seen.append(event)
+            if event["event"] in TERMINAL:
+                return seen
+    raise AssertionError(f"no end event; saw {[e['event'] for e in seen]}")
+
+
+def test_a_connection_starts_with_a_snapshot(app, live):
+    _, token = token_for("alice")
+    ws = connect(live, token)
+    first = receive_json(ws)
+    assert first["event"] == "system_status"
+    assert {"busy", "capacity", "queued"} <= set(first["data"])
+    assert first["timestamp"].endswith("Z")
+    ws.close()
+
+
+def test_a_token_in_the_first_message_also_works(app, live):
+    _, token = token_for("alice")
+    ws = connect(live)
+    ws.send(json.dumps({"action": "auth", "token": token}))
+    assert receive_json(ws)["event"] == "system_status"
+    ws.close()
+
+
+def test_a_bad_token_is_told_why_and_closed(app, live):
+    ws = connect(live, "odk_not-a-real-token")
+    error = receive_json(ws)
+    assert error["event"] == "error" and error["data"]["error"] == "token_invalid"
+    with pytest.raises(ConnectionClosed):
+        ws.receive(timeout=5)
+        ws.receive(timeout=5)
+
+
+def test_a_foreign_origin_is_refused(app, live):
+    _, token = token_for("alice")
+    ws = connect(live, token, Origin="https://evil.example")
+    with pytest.raises(ConnectionClosed):
+        ws.receive(timeout=5)
+
+
+def test_a_full_session_arrives_in_order_and_only_to_those_who_may_see_it(app, live, demo_files):
+    _, alice_token = token_for("alice")
+    _, bob_token = token_for("bob")
+    _, admin_token = token_for("root", "admin")
+    alice, bob, admin = (connect(live, t) for t in (alice_token, bob_token, admin_token))
+    for ws in (alice, bob, admin):
+        assert receive_json(ws)["event"] == "system_status"
+    session_id = start_session(app, alice_token, demo_files)
+    seen = events_until_done(alice, session_id)
+    names = [e["event"] for e in seen]
+    assert names[0] == "session_started" and names[-1] == "session_completed"
+    assert "session_progress" in names
+    progress = [e["data"]["progress_percentage"] for e in seen]
+    assert progress == sorted(progress)
+    assert [e["event"] for e in events_until_done(admin, session_id)][-1] == "session_completed"
+    # Bob may not see Alice's session: nothing of it reaches him.
+    leaked = []
+    while (message := bob.receive(timeout=1)) is not None:
+        leaked.append(json.loads(message))
+    assert all(m["data"].get("session_id") != session_id for m in leaked)
+    for ws in (alice, bob, admin):
+        ws.close()
+
+
+def test_subscribe_narrows_to_chosen_sessions(app, live, demo_files):
+    _, token = token_for("alice")
+    ws = connect(live, token)
+    receive_json(ws)
+    ws.send(json.dumps({"action": "subscribe", "session_id": 999999}))
+    time.sleep(0.5)
+    hidden = start_session(app, token, demo_files)
+    seen = []
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        message = ws.receive(timeout=0.5)
+        if message is not None:
+            seen.append(json.loads(message))
+    assert all(m["data"].get("session_id") != hidden for m in seen)
+    # Leaving the only room widens the stream to everything visible again.
+    ws.send(json.dumps({"action": "unsubscribe", "session_id": 999999}))
+    time.sleep(0.5)
+    shown = start_session(app, token, demo_files)
+    assert events_until_done(ws, shown)[-1]["event"] == "session_completed"
+    ws.close()
+
+
+def test_the_browser_socket_sends_the_session_pages_fragment(app, live, demo_files):
+    user, token = token_for("carol")
+    session_id = start_session(app, token, demo_files)
+    browser = app.test_client()
+    AuthActions(browser).login("carol")
+    cookie = browser.get_cookie("session")
+    # Same cookie, same user agent: flask-login's strong session protection checks both.
+    # (simple-websocket sends Host without the port, so the page's origin has none either.)
+    from importlib.metadata import version
+
+    ws = Client.connect(f"ws://{live}/ws?page=session&session={session_id}",
+                        headers={"Cookie": f"session={cookie.value}", "Origin": "http://127.0.0.1",
+                                 "User-Agent": f"Werkzeug/{version('werkzeug')}"})
+    first = ws.receive(timeout=10)
+    assert '<div id="session-live" hx-swap-oob="true">' in first
+    deadline = time.monotonic() + 120
+    last = first
+    while time.monotonic() < deadline and "Before and after" not in last:
+        message = ws.receive(timeout=1)
+        last = message or last
+    assert "Before and after" in last
+    ws.close()
+
+
+def test_the_browser_socket_needs_a_login(app, live):
+    ws = Client.connect(f"ws://{live}/ws?page=other")
+    with pytest.raises(ConnectionClosed):
+        ws.receive(timeout=5)

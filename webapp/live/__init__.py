@@ -1,0 +1,54 @@
+"""Live updates: NotificationService events to WebSockets.
+
+`/ws` serves browsers (session cookie): out-of-band HTML fragments rendered
+from the same partials the pages use. `/api/v1/ws` serves scripts (bearer
+token): JSON events. Both check the Origin header, send a snapshot from the
+database on every (re)connect, and filter every event by what the user may see.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from ..extensions import api, sock
+
+
+def init_app(app: Flask) -> None:
+    # The routes join flask-sock's blueprint when their modules load: before it is registered.
+    from . import browser, scripts  # noqa: F401
+
+    app.config.setdefault("SOCK_SERVER_OPTIONS", {"ping_interval": 25})
+    sock.init_app(app)
+    ws_rule = next(rule for rule in app.url_map.iter_rules() if rule.rule == "/api/v1/ws")
+    api.spec.path(rule=ws_rule, operations={"get": {
+        "tags": ["Live events"],
+        "summary": "WebSocket of JSON events (upgrade with a WebSocket client)",
+        "description": WS_DOC,
+        "responses": {"101": {"description": "Switching to the WebSocket protocol."},
+                      "default": {"$ref": "#/components/responses/DEFAULT_ERROR"}},
+    }})
+
+
+WS_DOC = """Connect with a WebSocket client; authenticate with `Authorization: Bearer <token>`
+on the upgrade request, or send `{"action": "auth", "token": "..."}` first. Each message is
+`{"event": NAME, "data": {...}, "timestamp": ISO-8601}` with NAME one of session_started,
+session_progress, session_completed, session_failed, session_cancelled, system_status,
+alert, plus `resync` (you fell behind; the current state follows) and `error`. On connect you
+get system_status and the state of every active session you may see. Narrow the stream with
+`{"action": "subscribe", "session_id": 7}` and widen it again with `unsubscribe`.
+
+```python
+import json
+from simple_websocket import Client  # pip install simple-websocket
+
+ws = Client.connect("ws://127.0.0.1:5000/api/v1/ws",
+                    headers={"Authorization": "Bearer odk_..."})
+ws.send(json.dumps({"action": "subscribe", "session_id": 7}))
+while True:
+    message = json.loads(ws.receive())
+    print(message["event"], message["data"].get("progress_percentage"))
+    if message["event"] in ("session_completed", "session_failed", "session_cancelled"):
+        break
+ws.close()
+```
+"""

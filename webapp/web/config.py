@@ -12,7 +12,7 @@ from ..engine.techniques import QUANTIZATION_MODES, TECHNIQUES
 from ..models import Role
 from ..services import criteria
 from ..services.errors import ServiceError
-from . import is_partial, page_blueprint
+from . import page_blueprint
 
 bp = page_blueprint("config", __name__)
 
@@ -51,8 +51,6 @@ def _page(document=None, errors=None, stale=None, status=200, dirty=False):
         "techniques": list(TECHNIQUES), "modes": QUANTIZATION_MODES,
         "deployments": criteria.DEPLOYMENTS, "runtimes": criteria.RUNTIMES,
     }
-    if is_partial():
-        return render_template("config/_criteria_form.html", **context), status
     context.update(versions=[*criteria.versions(), criteria.get_version(0)],
                    settings=masked(current_app.config["OPTIDECK"]))
     return render_template("config/index.html", **context), status
@@ -74,7 +72,8 @@ def validate_form():
         errors = criteria.conflicts(loaded)
     except ServiceError as exc:
         errors = exc.details
-    return _page(document, errors, dirty=True)
+    return render_template("config/_validation.html", errors=errors,
+                           fields=list(criteria.CriteriaSchema().fields))
 
 
 @bp.post("/config")

@@ -67,6 +67,8 @@ def wait_for(sessions: list[OptimizationSession]) -> None:
     try:
         pending = {s.id for s in sessions}
         while pending and time.monotonic() < deadline:
+            # The database is the truth about a session's state; check it twice a second
+            # (the executor thread does the work meanwhile).
             time.sleep(0.5)
             db.session.expire_all()
             for session_id in list(pending):

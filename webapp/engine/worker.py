@@ -20,11 +20,6 @@ def limit_threads(threads: int) -> None:
         os.environ[name] = str(threads)
 
 
-def analysis_worker_init(threads: int) -> None:
-    """ProcessPoolExecutor initializer for upload analysis."""
-    limit_threads(threads)
-
-
 def analyse_upload(path: str, threads: int, input_shape=None, eval_path: str | None = None) -> dict:
     """Runs in the analysis pool; raises EngineError subclasses for the caller to show."""
     from pathlib import Path

@@ -91,9 +91,6 @@ class LocalExecutor:
         self.start()
         self._wake.set()
 
-    def running_ids(self) -> list[int]:
-        return list(self._running)
-
     def worker_pid(self, session_id: int) -> int | None:
         running = self._running.get(session_id)
         return running.process.pid if running else None
@@ -166,6 +163,8 @@ class LocalExecutor:
                 except Exception:  # the dispatcher must outlive any one bad tick
                     log.exception("executor tick failed")
                     db.session.rollback()
+                    # Back off one poll period so a persistent fault (a database
+                    # outage) is retried, not spun on.
                     time.sleep(self.poll)
                 finally:
                     db.session.remove()

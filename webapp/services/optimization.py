@@ -111,12 +111,6 @@ def query_for(user: User):
     return query
 
 
-def recent(user: User, limit: int = 50) -> list[OptimizationSession]:
-    return list(db.session.scalars(
-        query_for(user).order_by(OptimizationSession.created_at.desc(),
-                                 OptimizationSession.id.desc()).limit(limit)))
-
-
 def for_model(user: User, model_id: int, limit: int = 50) -> list[OptimizationSession]:
     query = query_for(user).where(OptimizationSession.model_id == model_id)
     return list(db.session.scalars(

@@ -33,9 +33,6 @@ class BlobStore:
     def path_for(self, sha256: str) -> Path:
         return self.root / "objects" / sha256[:2] / sha256
 
-    def exists(self, sha256: str) -> bool:
-        return self.path_for(sha256).is_file()
-
     def spool(self, stream: BinaryIO, limit: int, suffix: str = "") -> tuple[Path, str, int]:
         """Copy a stream to a temporary file in chunks: (path, sha256, size)."""
         digest = hashlib.sha256()

@@ -48,7 +48,8 @@ def test_int8_dynamic_session_runs_to_a_smaller_faster_model(app, operator, demo
     response = start(operator, model_id, parameters={"quantization": {"mode": "int8_dynamic"}})
     assert response.status_code == 202
     queued = response.get_json()
-    assert queued["status"] == "queued"
+    # A free worker may claim it before the answer is written: either state is honest.
+    assert queued["status"] in {"queued", "running"}
     assert queued["plan"] == [{"technique": "quantization", "params": {"mode": "int8_dynamic"}}]
     assert queued["criteria"]["min_accuracy_retention_percent"] == 99.0
 

@@ -110,10 +110,13 @@ def serve_command(demo: bool):
         "--workers", str(server["workers"]),
         "--worker-class", "gthread",
         "--threads", str(server["threads"]),
+        # gthread counts open connections against this (default 1000); WebSockets stay open.
+        "--worker-connections", str(max(1000, 2 * server["threads"])),
         "--timeout", str(server["timeout"]),
         "--graceful-timeout", "10",
         # Its shared default path would collide between two servers on one host.
         "--no-control-socket",
+        "--config", "python:webapp.gunicorn_conf",
         "wsgi:app",
     ]
     os.execv(sys.executable, args)  # noqa: S606 - fixed argv, no shell

@@ -17,14 +17,30 @@ document.addEventListener("input", (event) => {
   if (marker) marker.hidden = false;
 });
 
-// The header's connection indicator follows the htmx ws extension's events.
+// Reconnect with exponential backoff and jitter, capped at 10 s: the extension's own
+// default can leave a page waiting a minute after a restart.
+htmx.config.wsReconnectDelay = (retry) =>
+  Math.min(500 * 2 ** retry, 10000) * (0.5 + Math.random() / 2);
+
+// The header's connection indicator follows the htmx ws extension's events:
+// live, reconnecting after a drop, offline once several attempts have failed.
+let failedAttempts = 0;
 function showLive(state, text) {
   const badge = document.getElementById("live-status");
   if (!badge) return;
   badge.className = `live-status ${state}`;
+  badge.dataset.state = state;
   badge.textContent = text;
 }
-document.addEventListener("htmx:wsConnecting", () => showLive("reconnecting", "● connecting…"));
-document.addEventListener("htmx:wsOpen", () => showLive("connected", "● live"));
-document.addEventListener("htmx:wsClose", () => showLive("offline", "● offline, reconnecting…"));
-document.addEventListener("htmx:wsError", () => showLive("offline", "● offline, reconnecting…"));
+document.addEventListener("htmx:wsConnecting", () => {
+  if (failedAttempts === 0) showLive("reconnecting", "● connecting…");
+});
+document.addEventListener("htmx:wsOpen", () => {
+  failedAttempts = 0;
+  showLive("connected", "● live");
+});
+document.addEventListener("htmx:wsClose", () => {
+  failedAttempts += 1;
+  if (failedAttempts >= 3 || !navigator.onLine) showLive("offline", "● offline, retrying…");
+  else showLive("reconnecting", "● reconnecting…");
+});

@@ -8,15 +8,10 @@ the browser builds Playwright would download cannot be fetched here.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
+from tests.servers import Server
 from webapp.config import ROOT
 
 CHROMIUM = os.environ.get("OPTIDECK_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -37,26 +32,6 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.e2e)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_until_up(url: str, process: subprocess.Popen, log: Path, seconds: float = 240) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - localhost
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"server not up after {seconds}s:\n{log.read_text()}")
-
-
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     """The base URL of a real Optideck server with demo data (trained and optimized
@@ -64,36 +39,19 @@ def server(tmp_path_factory):
     if os.environ.get("OPTIDECK_TEST_DATABASE_URL"):
         pytest.skip("e2e runs once, on the embedded default (SQLite)")
     folder = tmp_path_factory.mktemp("e2e-server")
-    port = _free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("OPTIDECK_")},
-        "OPTIDECK_APP_INSTANCE_DIR": str(folder),
-        "OPTIDECK_SERVER_PORT": str(port),
+    server = Server(folder, {
         "OPTIDECK_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "OPTIDECK_PASSWORD": DEMO_PASSWORD,
-        "OPTIDECK_SERVER_THREADS": "8",
+        "OPTIDECK_SERVER_THREADS": "16",
         # One worker: sessions started together queue, so a test can catch one queued.
         "OPTIDECK_EXECUTOR_MAX_WORKERS": "1",
         # Every browser test logs in; the limit itself is tested in tests/web and tests/api.
         "OPTIDECK_SECURITY_LOGIN_RATE_LIMIT": "1000 per minute",
-    }
-    log = folder / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "flask", "--app", "webapp", "serve", "--demo"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
-    base_url = f"http://127.0.0.1:{port}"
+    }, demo=True).start()
     try:
-        _wait_until_up(base_url + "/healthz", process, log)
-        yield base_url
+        yield server.url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        server.stop()
 
 
 @pytest.fixture(scope="session")

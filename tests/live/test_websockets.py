@@ -1,70 +1,20 @@
 """Both WebSocket endpoints, with real clients against a real (werkzeug) server."""
 
-import io
 import json
-import threading
 import time
 
 import pytest
-from simple_websocket import Client, ConnectionClosed
-from werkzeug.serving import make_server
+from simple_websocket import ConnectionClosed
 
-from tests.conftest import AuthActions, make_user
-from webapp.auth import tokens
-
-TERMINAL = {"session_completed", "session_failed", "session_cancelled"}
-
-
-@pytest.fixture
-def live(app):
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{server.server_port}"
-    server.shutdown()
-
-
-def token_for(username, role="operator"):
-    user = make_user(username, role)
-    return user, tokens.create_personal(user, "ws", 1, False).access_token
-
-
-def connect(live, token=None, **headers):
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    return Client.connect(f"ws://{live}/api/v1/ws", headers=headers)
-
-
-def receive_json(ws, timeout=10):
-    message = ws.receive(timeout=timeout)
-    assert message is not None, "no message in time"
-    return json.loads(message)
-
-
-def start_session(app, token, demo_files):
-    client = app.test_client()
-    headers = {"Authorization": f"Bearer {token}"}
-    model = client.post("/api/v1/models", headers=headers, content_type="multipart/form-data",
-                        data={"file": (io.BytesIO(demo_files["onnx"].read_bytes()), "m.onnx")})
-    session = client.post("/api/v1/optimization/sessions", headers=headers,
-                          json={"model_id": model.get_json()["model_id"],
-                                "techniques": ["pruning", "quantization"]})
-    return session.get_json()["session_id"]
-
-
-def events_until_done(ws, session_id, seconds=120):
-    seen = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        message = ws.receive(timeout=1)
-        if message is None:
-            continue
-        event = json.loads(message)
-        if event["data"].get("session_id") == session_id:
-            seen.append(event)
-            if event["event"] in TERMINAL:
-                return seen
-    raise AssertionError(f"no end event; saw {[e['event'] for e in seen]}")
+from tests.conftest import AuthActions
+from tests.live.wsclient import (
+    connect,
+    events_until_done,
+    open_socket,
+    receive_json,
+    start_session,
+    token_for,
+)
 
 
 def test_a_connection_starts_with_a_snapshot(app, live):
@@ -157,9 +107,9 @@ def test_the_browser_socket_sends_the_session_pages_fragment(app, live, demo_fil
     # (simple-websocket sends Host without the port, so the page's origin has none either.)
     from importlib.metadata import version
 
-    ws = Client.connect(f"ws://{live}/ws?page=session&session={session_id}",
-                        headers={"Cookie": f"session={cookie.value}", "Origin": "http://127.0.0.1",
-                                 "User-Agent": f"Werkzeug/{version('werkzeug')}"})
+    ws = open_socket(f"ws://{live}/ws?page=session&session={session_id}",
+                     headers={"Cookie": f"session={cookie.value}", "Origin": "http://127.0.0.1",
+                              "User-Agent": f"Werkzeug/{version('werkzeug')}"})
     first = ws.receive(timeout=10)
     assert '<div id="session-live" hx-swap-oob="true">' in first
     deadline = time.monotonic() + 120
@@ -172,6 +122,6 @@ def test_the_browser_socket_sends_the_session_pages_fragment(app, live, demo_fil
 
 
 def test_the_browser_socket_needs_a_login(app, live):
-    ws = Client.connect(f"ws://{live}/ws?page=other")
+    ws = open_socket(f"ws://{live}/ws?page=other")
     with pytest.raises(ConnectionClosed):
         ws.receive(timeout=5)

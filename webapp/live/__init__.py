@@ -17,7 +17,8 @@ def init_app(app: Flask) -> None:
     # The routes join flask-sock's blueprint when their modules load: before it is registered.
     from . import browser, scripts  # noqa: F401
 
-    app.config.setdefault("SOCK_SERVER_OPTIONS", {"ping_interval": 25})
+    app.config.setdefault("SOCK_SERVER_OPTIONS",
+                          {"ping_interval": app.config["OPTIDECK"]["live"]["ping_seconds"]})
     sock.init_app(app)
     ws_rule = next(rule for rule in app.url_map.iter_rules() if rule.rule == "/api/v1/ws")
     api.spec.path(rule=ws_rule, operations={"get": {

@@ -6,25 +6,15 @@ live is the row a reload would show.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from flask import render_template, request
 from flask_login import current_user
 
 from ..extensions import db, sock
 from ..models import OptimizationSession, User
-from ..services import dashboard, optimization, visibility
+from ..services import dashboard, optimization, system_status, visibility
 from ..services.errors import ServiceError
-from .connection import (
-    POLICY_VIOLATION,
-    RECEIVE_SECONDS,
-    SERVICE_RESTART,
-    drain_latest,
-    may_see,
-    origin_allowed,
-    shutting_down,
-    subscribe,
-)
+from ..services.notifications import Notification
+from .connection import LiveStream, changed_sessions, may_see, origin_allowed, refuse, since_param
 
 PAGES = ("session", "sessions", "dashboard", "other")
 TOAST_EVENTS = {"session_completed": "completed", "session_failed": "failed"}
@@ -37,11 +27,22 @@ def _session_fragment(user: User, session: OptimizationSession) -> str:
         can_change=visibility.can_change(user, session.owner_id))
 
 
-def _row_fragment(user: User, session: OptimizationSession) -> str:
-    # A bare <tr> outside a table is dropped by the HTML parser; <template> keeps it.
-    row = render_template("sessions/_row.html", oob=True, s=optimization.summary(session),
-                          show_owner=visibility.sees_everything(user))
-    return f"<template>{row}</template>"
+class Row(str):
+    """A table row fragment. htmx parses a message inside a <template>, where bare rows
+    survive as long as the message holds only rows; the ws extension swaps only the
+    message's top-level elements, so a <template> wrapper would hide them. Rows therefore
+    travel in a message of their own."""
+
+
+def _row_fragment(user: User, session: OptimizationSession) -> Row:
+    return Row(render_template("sessions/_row.html", oob=True, s=optimization.summary(session),
+                               show_owner=visibility.sees_everything(user)))
+
+
+def _messages(fragments: list[str]) -> list[str]:
+    rows = "".join(f for f in fragments if isinstance(f, Row))
+    others = "".join(f for f in fragments if not isinstance(f, Row))
+    return [m for m in (rows, others) if m]
 
 
 def _dashboard_fragment(user: User) -> str:
@@ -50,55 +51,73 @@ def _dashboard_fragment(user: User) -> str:
                            active=lists[0] if lists else [])
 
 
+def _status_fragment(status: dict) -> str:
+    return render_template("dashboard/_status.html", oob=True, status=status)
+
+
 def _toast(session: OptimizationSession, event: str) -> str:
-    outcome = TOAST_EVENTS[event]
-    return render_template("_toast.html", session_id=session.id, outcome=outcome,
+    return render_template("_toast.html", session_id=session.id, outcome=TOAST_EVENTS[event],
                            model=session.model.name if session.model else "a model")
 
 
-def fragments(user: User, page: str, room: int | None, session_ids: list[int],
-              events: list[str]) -> str:
-    parts = []
-    for session_id, event in zip(session_ids, events, strict=True):
-        session = db.session.get(OptimizationSession, session_id)
-        if session is None or not visibility.can_see(user, session.owner_id):
-            continue
-        if page == "session" and session.id == room:
-            parts.append(_session_fragment(user, session))
-        elif page == "sessions":
-            parts.append(_row_fragment(user, session))
-        if event in TOAST_EVENTS and session.owner_id == user.id:
-            parts.append(_toast(session, event))
-    if page == "dashboard" and session_ids:
-        parts.append(_dashboard_fragment(user))
-    db.session.remove()
-    return "".join(parts)
+def _alert(alert: dict) -> str:
+    return render_template("_alert.html", alert=alert)
 
 
-def _since() -> datetime | None:
-    try:
-        return datetime.fromisoformat(request.args.get("since", ""))
-    except ValueError:
-        return None
+class FragmentStream(LiveStream):
+    endpoint = "browser"
 
+    def __init__(self, ws, user, since, page: str, room: int | None):
+        super().__init__(ws, user, since)
+        self.page, self.room = page, room
 
-def _snapshot(user: User, page: str, room: int | None) -> str:
-    """Everything that changed since the page was rendered (or, for a session page, its state)."""
-    if page == "session" and room is not None:
-        ids = [room]
-    else:
-        since = _since()
-        if since is None:
-            return ""
-        ids = list(db.session.scalars(optimization.query_for(user).with_only_columns(
-            OptimizationSession.id).where(OptimizationSession.updated_at >= since)))
-    return fragments(user, page, room, ids, ["snapshot"] * len(ids))
+    def _sessions(self, session_ids: list[int], events: list[str]) -> list[str]:
+        out = []
+        for session_id, event in zip(session_ids, events, strict=True):
+            session = db.session.get(OptimizationSession, session_id)
+            if session is None or not visibility.can_see(self.user, session.owner_id):
+                continue
+            if self.page == "session" and session.id == self.room:
+                out.append(_session_fragment(self.user, session))
+            elif self.page == "sessions":
+                out.append(_row_fragment(self.user, session))
+            if event in TOAST_EVENTS and session.owner_id == self.user.id:
+                out.append(_toast(session, event))
+        if self.page == "dashboard" and session_ids:
+            out.append(_dashboard_fragment(self.user))
+        return out
+
+    def snapshot(self) -> list[str]:
+        """What changed since the page was rendered (a session page: its state)."""
+        if self.page == "session":
+            ids = [self.room]
+        else:
+            ids = [s.id for s in changed_sessions(self.user, self.since)]
+        out = self._sessions(ids, ["snapshot"] * len(ids))
+        if self.page == "dashboard":
+            out.append(_status_fragment(system_status.current()))
+        return _messages(out)
+
+    def deliver(self, batch: list[Notification]) -> list[str]:
+        visible = [n for n in batch if may_see(self.user, n, None)]
+        sessions = [n for n in visible if n.event.startswith("session_")]
+        out = self._sessions([n.data["session_id"] for n in sessions],
+                             [n.event for n in sessions])
+        for notification in visible:
+            if notification.event == "alert":
+                out.append(_alert(notification.data))
+            elif notification.event == "system_status" and self.page == "dashboard":
+                out.append(_status_fragment(notification.data))
+        return _messages(out)
 
 
 @sock.route("/ws")
 def browser_updates(ws):
-    if not origin_allowed() or not current_user.is_authenticated:
-        ws.close(POLICY_VIOLATION, "not allowed")
+    if not origin_allowed():
+        refuse(ws, "browser", "origin not allowed")
+        return
+    if not current_user.is_authenticated:
+        refuse(ws, "browser", "not signed in")
         return
     user = current_user._get_current_object()
     page = request.args.get("page", "other")
@@ -108,28 +127,8 @@ def browser_updates(ws):
         try:
             room = optimization.get_for(user, int(request.args.get("session", ""))).id
         except (ValueError, ServiceError):
-            ws.close(POLICY_VIOLATION, "no such session")
+            refuse(ws, "browser", "no such session")
             return
-    with subscribe() as subscription:
-        first_state = _snapshot(user, page, room)
-        if first_state:
-            ws.send(first_state)
-        while not shutting_down():
-            ws.receive(timeout=0)  # browsers send nothing we act on; this notices a close
-            first = subscription.get(timeout=RECEIVE_SECONDS)
-            if subscription.dropped:
-                # Fell behind and lost events: send the state again from the database.
-                subscription.dropped = 0
-                resync = _snapshot(user, page, room)
-                if resync:
-                    ws.send(resync)
-                continue
-            if first is None:
-                continue
-            batch = [n for n in drain_latest(subscription, first)
-                     if n.data.get("session_id") is not None and may_see(user, n, None)]
-            html = fragments(user, page, room, [n.data["session_id"] for n in batch],
-                             [n.event for n in batch])
-            if html:
-                ws.send(html)
-        ws.close(SERVICE_RESTART, "server restarting")
+        finally:
+            db.session.remove()
+    FragmentStream(ws, user, since_param(), page, room).run()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from flask import current_app, request
 
-from ..models import User
-from ..services import get, visibility
+from ..extensions import db
+from ..models import OptimizationSession, Role, SessionStatus, User, utcnow
+from ..services import get, metrics, optimization, visibility
 from ..services.notifications import Notification
 
 log = logging.getLogger("optideck.live")
@@ -18,7 +20,17 @@ log = logging.getLogger("optideck.live")
 # going away says 1012 ("service restart") so pages come back by themselves.
 SERVICE_RESTART = 1012
 POLICY_VIOLATION = 1008
+# How often an idle handler wakes to notice a closed client or a shutdown.
 RECEIVE_SECONDS = 0.5
+
+# What a session's current status looks like as an event, for snapshots.
+EVENT_FOR_STATUS = {
+    SessionStatus.QUEUED.value: "session_progress",
+    SessionStatus.RUNNING.value: "session_progress",
+    SessionStatus.COMPLETED.value: "session_completed",
+    SessionStatus.FAILED.value: "session_failed",
+    SessionStatus.CANCELLED.value: "session_cancelled",
+}
 
 _shutting_down = threading.Event()
 
@@ -28,6 +40,7 @@ def shutting_down() -> bool:
 
 
 def begin_shutdown() -> None:
+    """Every handler closes with 1012 within RECEIVE_SECONDS (gunicorn's SIGTERM calls this)."""
     _shutting_down.set()
 
 
@@ -41,9 +54,28 @@ def origin_allowed() -> bool:
     return f"{parts.scheme}://{parts.netloc}" in allowed
 
 
+def since_param() -> datetime | None:
+    """`?since=` (ISO 8601): the client was up to date at that time, e.g. when the page was
+    rendered or its last message arrived; the snapshot adds what changed after it."""
+    raw = request.args.get("since", "").replace("Z", "+00:00")
+    try:
+        since = datetime.fromisoformat(raw)
+    except ValueError:
+        return None
+    return since if since.tzinfo else since.replace(tzinfo=UTC)
+
+
+def refuse(ws, endpoint: str, reason: str) -> None:
+    metrics.CONNECTIONS_REFUSED.labels(endpoint, reason).inc()
+    log.debug("refused %s connection: %s", endpoint, reason)
+    ws.close(POLICY_VIOLATION, reason)
+
+
 def may_see(user: User, notification: Notification, rooms: set[int] | None) -> bool:
-    """Session events go to those who may see the session (and joined its room, if any);
-    platform-wide events (no owner) to everyone."""
+    """Alerts go to admins; session events to those who may see the session (and joined
+    its room, if any); platform-wide events (no owner) to everyone."""
+    if notification.admins_only:
+        return user.role == Role.ADMIN
     session_id = notification.data.get("session_id")
     if rooms is not None and session_id is not None and session_id not in rooms:
         return False
@@ -52,8 +84,21 @@ def may_see(user: User, notification: Notification, rooms: set[int] | None) -> b
     return visibility.can_see(user, notification.owner_id)
 
 
-def subscribe():
-    return get("notifications").subscribe()
+def changed_sessions(user: User, since: datetime | None, active: bool = False):
+    """Sessions this user may see that changed since `since` (and, with active, every
+    queued or running one), oldest change first: what a reconnecting client missed."""
+    query = optimization.query_for(user)
+    condition = None
+    if since is not None:
+        condition = OptimizationSession.updated_at >= since
+    if active:
+        running = OptimizationSession.status.in_(
+            (SessionStatus.QUEUED.value, SessionStatus.RUNNING.value))
+        condition = running if condition is None else condition | running
+    if condition is None:
+        return []
+    return list(db.session.scalars(query.where(condition).order_by(
+        OptimizationSession.updated_at, OptimizationSession.id)))
 
 
 def drain_latest(subscription, first: Notification) -> list[Notification]:
@@ -72,3 +117,75 @@ def drain_latest(subscription, first: Notification) -> list[Notification]:
     return [item for index, item in enumerate(batch)
             if item.event != "session_progress"
             or latest_progress.get(item.data.get("session_id")) == index]
+
+
+class LiveStream:
+    """One connection: a snapshot from the database, then live events, until the client
+    leaves or the server stops. Subclasses say what each of those looks like on the wire."""
+
+    endpoint = ""
+
+    def __init__(self, ws, user: User, since: datetime | None):
+        self.ws, self.user = ws, user
+        self.since = since  # the last time this client was brought up to date
+
+    def snapshot(self) -> list[str]:
+        raise NotImplementedError
+
+    def deliver(self, batch: list[Notification]) -> list[str]:
+        raise NotImplementedError
+
+    def on_message(self, text: str) -> list[str]:
+        return []  # browsers send nothing we act on
+
+    def resync(self) -> list[str]:
+        return self.snapshot()
+
+    def _catch_up(self, messages) -> None:
+        started = utcnow()
+        self.send(messages)
+        self.since = started
+
+    def send(self, messages) -> None:
+        """Send what messages() makes; a connection lives long, so it gives back the
+        database connection it may have used at once."""
+        try:
+            made = messages()
+        finally:
+            db.session.remove()
+        for message in made:
+            self.ws.send(message)
+        metrics.MESSAGES_SENT.labels(self.endpoint).inc(len(made))
+
+    def run(self) -> None:
+        metrics.CONNECTIONS.labels(self.endpoint).inc()
+        metrics.CONNECTIONS_OPEN.labels(self.endpoint).inc()
+        log.debug("%s connection opened for user %s", self.endpoint, self.user.id)
+        try:
+            with get("notifications").subscribe() as subscription:
+                self._catch_up(self.snapshot)
+                self._loop(subscription)
+        finally:
+            metrics.CONNECTIONS_OPEN.labels(self.endpoint).dec()
+            log.debug("%s connection closed for user %s", self.endpoint, self.user.id)
+
+    def _loop(self, subscription) -> None:
+        while not shutting_down():
+            text = self.ws.receive(timeout=0)  # also how a closed client is noticed
+            if text is not None:
+                self.send(lambda: self.on_message(text))  # noqa: B023 - called at once
+                continue
+            first = subscription.get(timeout=RECEIVE_SECONDS)
+            if subscription.dropped:
+                # Fell behind and lost events: start again from the database.
+                subscription.dropped = 0
+                while subscription.get(timeout=0) is not None:
+                    pass  # older than the state about to be read
+                metrics.RESYNCS.labels(self.endpoint).inc()
+                log.debug("%s client of user %s resynced", self.endpoint, self.user.id)
+                self._catch_up(self.resync)
+                continue
+            if first is not None:
+                batch = drain_latest(subscription, first)
+                self.send(lambda: self.deliver(batch))  # noqa: B023 - called at once
+        self.ws.close(SERVICE_RESTART, "server restarting")

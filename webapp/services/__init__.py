@@ -10,13 +10,18 @@ from flask import Flask, current_app
 
 
 def init_app(app: Flask) -> None:
+    from . import alerts
     from .executor import LocalExecutor
     from .notifications import NotificationService
     from .storage import BlobStore
+    from .system_status import StatusWatch
 
-    app.extensions["optideck.notifications"] = NotificationService()
-    app.extensions["optideck.blobs"] = BlobStore(app.config["OPTIDECK"]["storage"]["dir"])
+    config = app.config["OPTIDECK"]
+    app.extensions["optideck.notifications"] = NotificationService(config["live"]["queue_size"])
+    app.extensions["optideck.blobs"] = BlobStore(config["storage"]["dir"])
     app.extensions["optideck.executor"] = LocalExecutor(app)
+    app.extensions["optideck.status"] = StatusWatch()
+    alerts.init_app(app)
 
 
 def get(name: str):

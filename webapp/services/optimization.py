@@ -22,8 +22,8 @@ from ..models import (
     User,
     utcnow,
 )
+from . import alerts, dashboard, get, model_store, visibility
 from . import criteria as criteria_service
-from . import dashboard, get, model_store, visibility
 from .errors import ServiceError
 
 log = logging.getLogger("optideck.sessions")
@@ -96,6 +96,7 @@ def start(user: User, model_id: int, techniques: list[str], parameters: dict) ->
                  detail=f"model:{model.id} {session.techniques}", commit=False)
     db.session.commit()
     dashboard.invalidate()
+    get("status").publish_if_changed()
     get("executor").wake()
     return session
 
@@ -348,9 +349,13 @@ def _event(session, kind: str, step: str | None, message: str, data: dict | None
 
 
 def _publish(event: str, session: OptimizationSession) -> None:
-    if event != "session_progress":  # progress changes no count or average
-        dashboard.invalidate()
     get("notifications").publish(event, jsonable(summary(session)), session.owner_id)
+    if event == "session_progress":  # progress changes no count, average or load
+        return
+    dashboard.invalidate()
+    get("status").publish_if_changed()
+    if event == "session_failed":
+        alerts.session_failed(session)
 
 
 def jsonable(data: dict) -> dict:

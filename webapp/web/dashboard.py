@@ -3,7 +3,7 @@
 from flask import render_template
 from flask_login import current_user
 
-from ..services import dashboard
+from ..services import dashboard, system_status
 from . import page_blueprint
 
 bp = page_blueprint("dashboard", __name__)
@@ -16,4 +16,5 @@ def index():
     active, recent = lists if lists is not None else ([], None)
     return render_template("dashboard/index.html", stats=dashboard.cached_stats(user),
                            active=active, recent=recent,
-                           chart=dashboard.safely(dashboard.chart, user) or None)
+                           chart=dashboard.safely(dashboard.chart, user) or None,
+                           status=dashboard.safely(system_status.current))

@@ -1,0 +1,66 @@
+"""A server restart, as a deployment does it: clients are told (1012), come back, catch up."""
+
+import json
+import urllib.request
+
+import pytest
+from simple_websocket import ConnectionClosed
+from sqlalchemy import select
+
+from tests.factories import gen_model, gen_session
+from tests.live.wsclient import open_socket, receive_json
+from tests.servers import Server
+from webapp.extensions import db
+from webapp.models import User
+
+PASSWORD = "restart-admin-password"
+
+
+@pytest.fixture
+def server(app, test_database_url, tmp_path):
+    """`flask serve` (gunicorn) on this test's database."""
+    folder = tmp_path / "server"
+    folder.mkdir()
+    server = Server(folder, {"OPTIDECK_DATABASE_URL": test_database_url,
+                             "OPTIDECK_ADMIN_PASSWORD": PASSWORD}).start()
+    yield server
+    if server.process.poll() is None:
+        server.stop()
+
+
+def sign_in(server) -> dict:
+    request = urllib.request.Request(  # noqa: S310 - localhost
+        f"{server.url}/api/v1/auth/token", method="POST",
+        data=json.dumps({"username": "admin", "password": PASSWORD}).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - localhost
+        return {"Authorization": f"Bearer {json.load(response)['access_token']}"}
+
+
+def test_a_restart_closes_with_1012_and_a_reconnect_catches_up(app, server):
+    headers = sign_in(server)
+    events = f"ws://127.0.0.1:{server.port}/api/v1/ws"
+    ws = open_socket(events, headers)
+    last = receive_json(ws)
+    assert last["event"] == "system_status"
+
+    seconds = server.stop()
+    with pytest.raises(ConnectionClosed):
+        while True:
+            ws.receive(timeout=10)
+    assert ws.close_reason == 1012  # the htmx ws extension reconnects after this code
+    # The handlers closed at once: gunicorn did not wait out its 10 s graceful timeout.
+    assert seconds < 9
+
+    # While the server is down a session finishes (another web process, a worker).
+    admin = db.session.scalar(select(User).where(User.username == "admin"))
+    finished = gen_session(gen_model(admin), admin, status="completed")
+
+    server.start()
+    ws = open_socket(f"{events}?since={last['timestamp']}", headers)
+    first, caught_up = receive_json(ws), receive_json(ws)
+    assert first["event"] == "system_status"
+    assert caught_up["event"] == "session_completed"
+    assert caught_up["data"]["session_id"] == finished.id
+    assert caught_up["data"]["size_reduction_percent"] == 50.0
+    ws.close()

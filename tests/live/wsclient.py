@@ -1,0 +1,64 @@
+"""WebSocket clients of the tests: a token, a connection, the events of one session."""
+
+import functools
+import io
+import json
+import threading
+import time
+
+from simple_websocket import Client
+
+from tests.conftest import make_user
+from webapp.auth import tokens
+
+TERMINAL = {"session_completed", "session_failed", "session_cancelled"}
+
+
+def token_for(username, role="operator"):
+    user = make_user(username, role)
+    return user, tokens.create_personal(user, "ws", 1, False).access_token
+
+
+def open_socket(url, headers=None):
+    """A client whose reader thread cannot keep pytest alive when a test fails before
+    closing it."""
+    return Client.connect(url, headers=headers,
+                          thread_class=functools.partial(threading.Thread, daemon=True))
+
+
+def connect(live, token=None, path="/api/v1/ws", **headers):
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return open_socket(f"ws://{live}{path}", headers)
+
+
+def receive_json(ws, timeout=10):
+    message = ws.receive(timeout=timeout)
+    assert message is not None, "no message in time"
+    return json.loads(message)
+
+
+def start_session(app, token, demo_files):
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {token}"}
+    model = client.post("/api/v1/models", headers=headers, content_type="multipart/form-data",
+                        data={"file": (io.BytesIO(demo_files["onnx"].read_bytes()), "m.onnx")})
+    session = client.post("/api/v1/optimization/sessions", headers=headers,
+                          json={"model_id": model.get_json()["model_id"],
+                                "techniques": ["pruning", "quantization"]})
+    return session.get_json()["session_id"]
+
+
+def events_until_done(ws, session_id, seconds=120):
+    seen = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        message = ws.receive(timeout=1)
+        if message is None:
+            continue
+        event = json.loads(message)
+        if event["data"].get("session_id") == session_id:
+            seen.append(event)
+            if event["event"] in TERMINAL:
+                return seen
+    raise AssertionError(f"no end event; saw {[e['event'] for e in seen]}")

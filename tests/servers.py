@@ -1,0 +1,71 @@
+"""Real Optideck servers for tests: `flask --app webapp serve` (gunicorn) in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from webapp.config import ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(url: str, process: subprocess.Popen, log: Path, seconds: float = 240) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - localhost
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"server not up after {seconds}s:\n{log.read_text()}")
+
+
+class Server:
+    """One server process on a fixed port and instance folder; stop() and start() again
+    to restart it the way a deployment does."""
+
+    def __init__(self, folder: Path, env: dict[str, str], demo: bool = False):
+        self.folder, self.port, self.demo = folder, free_port(), demo
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("OPTIDECK_")},
+            "OPTIDECK_APP_INSTANCE_DIR": str(folder),
+            "OPTIDECK_SERVER_PORT": str(self.port),
+            **env,
+        }
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+        self.log = folder / "server.log"
+
+    def start(self) -> Server:
+        command = [sys.executable, "-m", "flask", "--app", "webapp", "serve"]
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(command + (["--demo"] if self.demo else []),
+                                            cwd=ROOT, env=self.env, stdout=out,
+                                            stderr=subprocess.STDOUT)
+        wait_until_up(self.url + "/healthz", self.process, self.log)
+        return self
+
+    def stop(self, timeout: float = 15) -> float:
+        """A graceful stop (SIGTERM, as systemd or Kubernetes send); returns its seconds."""
+        began = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        return time.monotonic() - began

@@ -8,7 +8,10 @@ database on every (re)connect, and filter every event by what the user may see.
 
 from __future__ import annotations
 
-from flask import Flask
+import functools
+import threading
+
+from flask import Flask, request
 
 from ..extensions import api, sock
 
@@ -16,10 +19,23 @@ from ..extensions import api, sock
 def init_app(app: Flask) -> None:
     # The routes join flask-sock's blueprint when their modules load: before it is registered.
     from . import browser, scripts  # noqa: F401
+    from .connection import WakingEvent
 
-    app.config.setdefault("SOCK_SERVER_OPTIONS",
-                          {"ping_interval": app.config["OPTIDECK"]["live"]["ping_seconds"]})
+    app.config.setdefault("SOCK_SERVER_OPTIONS", {
+        "ping_interval": app.config["OPTIDECK"]["live"]["ping_seconds"],
+        "event_class": WakingEvent,
+        # Each connection's reader thread may outlive its handler by a ping interval (when
+        # gunicorn closes the socket under it); as a daemon it cannot hold up a worker's exit.
+        "thread_class": functools.partial(threading.Thread, daemon=True),
+    })
     sock.init_app(app)
+
+    @app.before_request
+    def no_compression():
+        # Live messages are small: permessage-deflate saved little, yet each connection's
+        # zlib state cost ~150 KiB and every message a compression (bench/live_fanout.py).
+        if request.path in ("/ws", "/api/v1/ws"):
+            request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
     ws_rule = next(rule for rule in app.url_map.iter_rules() if rule.rule == "/api/v1/ws")
     api.spec.path(rule=ws_rule, operations={"get": {
         "tags": ["Live events"],

@@ -14,7 +14,7 @@ from ..models import OptimizationSession, User
 from ..services import dashboard, optimization, system_status, visibility
 from ..services.errors import ServiceError
 from ..services.notifications import Notification
-from .connection import LiveStream, changed_sessions, may_see, origin_allowed, refuse, since_param
+from .connection import LiveStream, changed_sessions, origin_allowed, refuse, since_param
 
 PAGES = ("session", "sessions", "dashboard", "other")
 TOAST_EVENTS = {"session_completed": "completed", "session_failed": "failed"}
@@ -99,11 +99,10 @@ class FragmentStream(LiveStream):
         return _messages(out)
 
     def deliver(self, batch: list[Notification]) -> list[str]:
-        visible = [n for n in batch if may_see(self.user, n, None)]
-        sessions = [n for n in visible if n.event.startswith("session_")]
+        sessions = [n for n in batch if n.event.startswith("session_")]
         out = self._sessions([n.data["session_id"] for n in sessions],
                              [n.event for n in sessions])
-        for notification in visible:
+        for notification in batch:
             if notification.event == "alert":
                 out.append(_alert(notification.data))
             elif notification.event == "system_status" and self.page == "dashboard":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 
 from flask import request
 
@@ -24,9 +23,8 @@ from .connection import (
 AUTH_WAIT_SECONDS = 10
 
 
-def message(event: str, data: dict, timestamp: str | None = None) -> str:
-    stamp = timestamp or datetime.now(UTC).isoformat().replace("+00:00", "Z")
-    return json.dumps({"event": event, "data": data, "timestamp": stamp}, default=str)
+def message(event: str, data: dict) -> str:
+    return Notification(event, data, None).json
 
 
 def error(code: str, text: str) -> str:
@@ -73,9 +71,11 @@ class EventStream(LiveStream):
     def resync(self) -> list[str]:
         return [message("resync", {"reason": "the client fell behind"}), *self.snapshot()]
 
+    def accepts(self, notification: Notification) -> bool:
+        return may_see(self.user, notification, self.rooms)
+
     def deliver(self, batch: list[Notification]) -> list[str]:
-        return [message(n.event, n.data, n.timestamp) for n in batch
-                if may_see(self.user, n, self.rooms)]
+        return [n.json for n in batch]
 
     def on_message(self, text: str) -> list[str]:
         """subscribe / unsubscribe narrow the stream to chosen sessions."""

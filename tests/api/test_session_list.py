@@ -160,3 +160,32 @@ def test_stats_on_an_empty_install_are_zeros(app, api_client):
     assert body["total_models"] == body["total_sessions"] == 0
     assert body["average_size_reduction"] == body["average_speed_improvement"] == 0.0
     assert body["last_updated"]
+
+
+def test_a_listed_row_is_the_sessions_summary(world):
+    """Is a row of the list (read as plain columns) what summary() says of that session,
+    for a deleted model and an ordinary one alike?"""
+    from webapp.api.schemas import SessionSchema
+    from webapp.extensions import db
+    from webapp.models import OptimizationSession, utcnow
+    from webapp.services import optimization
+
+    world["b_model"].deleted_at = utcnow()
+    db.session.commit()
+    listed = listing(world["admin"], "?limit=100").get_json()["sessions"]
+    assert len(listed) == 11
+    for row in listed:
+        session = db.session.get(OptimizationSession, row["session_id"])
+        assert row == optimization.jsonable(optimization.summary(session))
+        assert set(row) == set(SessionSchema().fields)  # what the API docs promise
+    assert {r["model_deleted"] for r in listed if r["model_id"] == world["b_model"].id} == {True}
+
+
+def test_the_total_follows_a_new_session_at_once(world):
+    """The total is cached between changes; does starting a session still count at once?"""
+    from webapp.services import optimization
+
+    before = listing(world["alice"]).get_json()["total"]
+    optimization.start(world["alice"].user, world["a_model"].id, ["quantization"], {})
+    assert listing(world["alice"]).get_json()["total"] == before + 1
+    assert listing(world["alice"], "?status=queued").get_json()["total"] == 1

@@ -112,7 +112,7 @@ class DashboardStatsSchema(Schema):
     last_updated = fields.DateTime()
     unavailable = fields.List(fields.String(), metadata={
         "description": "Parts that could not be computed (their fields are null): "
-                       "total_models, session_counts, averages"})
+                       "total_models, sessions"})
 
 
 class SessionDetailSchema(SessionSchema):

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from flask import current_app
 from sqlalchemy import select
+from sqlalchemy.orm import joinedload
 
 from ..extensions import db
 from ..models import ApiToken, User, utcnow
@@ -124,7 +125,8 @@ def authenticate(header: str | None) -> tuple[User, ApiToken]:
     token = token.strip()
     if scheme.lower() != "bearer" or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         raise TokenRejected("token_invalid", "The Authorization header is not a bearer token.")
-    record = db.session.scalar(select(ApiToken).where(ApiToken.token_hash == _hash(token)))
+    record = db.session.scalar(select(ApiToken).options(joinedload(ApiToken.owner))
+                               .where(ApiToken.token_hash == _hash(token)))
     if record is None or record.revoked_at is not None:
         raise TokenRejected("token_invalid", "The token is unknown or has been revoked.")
     if not record.owner.active:

@@ -97,19 +97,24 @@ def test_subscribe_narrows_to_chosen_sessions(app, live, demo_files):
     ws.close()
 
 
+def browser_socket(live, path, cookie):
+    """A socket as the page's browser opens it. Same cookie, same user agent: flask-login's
+    strong session protection checks both. (simple-websocket sends Host without the port,
+    so the page's origin has none either.)"""
+    from importlib.metadata import version
+
+    return open_socket(f"ws://{live}{path}", headers={
+        "Cookie": f"session={cookie.value}", "Origin": "http://127.0.0.1",
+        "User-Agent": f"Werkzeug/{version('werkzeug')}"})
+
+
 def test_the_browser_socket_sends_the_session_pages_fragment(app, live, demo_files):
     user, token = token_for("carol")
     session_id = start_session(app, token, demo_files)
     browser = app.test_client()
     AuthActions(browser).login("carol")
     cookie = browser.get_cookie("session")
-    # Same cookie, same user agent: flask-login's strong session protection checks both.
-    # (simple-websocket sends Host without the port, so the page's origin has none either.)
-    from importlib.metadata import version
-
-    ws = open_socket(f"ws://{live}/ws?page=session&session={session_id}",
-                     headers={"Cookie": f"session={cookie.value}", "Origin": "http://127.0.0.1",
-                              "User-Agent": f"Werkzeug/{version('werkzeug')}"})
+    ws = browser_socket(live, f"/ws?page=session&session={session_id}", cookie)
     first = ws.receive(timeout=10)
     assert '<div id="session-live" hx-swap-oob="true">' in first
     deadline = time.monotonic() + 120
@@ -125,3 +130,30 @@ def test_the_browser_socket_needs_a_login(app, live):
     ws = open_socket(f"ws://{live}/ws?page=other")
     with pytest.raises(ConnectionClosed):
         ws.receive(timeout=5)
+
+
+def test_the_dashboard_follows_a_session_that_ends(app, live):
+    """When a session fails, does an open dashboard get its cards, its recent list (with
+    that session) and the new load, and its owner a toast?"""
+    from tests.factories import gen_model, gen_session
+    from webapp.models import utcnow
+    from webapp.services import optimization
+
+    user, _ = token_for("dave")
+    session = gen_session(gen_model(user), user, status="running", heartbeat_at=utcnow())
+    browser = app.test_client()
+    AuthActions(browser).login("dave")
+    ws = browser_socket(live, f"/ws?page=dashboard&since={utcnow().isoformat()}",
+                        browser.get_cookie("session"))
+    status = ws.receive(timeout=10)  # the snapshot: nothing changed since, but the load
+    assert 'id="system-status"' in status
+    optimization.record_failed(session.id, "engine_error", "out of memory")
+    received = ""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "toast failed" not in received:
+        received += ws.receive(timeout=1) or ""
+    assert 'id="dashboard-live" hx-swap-oob="true"' in received
+    assert 'id="recent-finished" hx-swap-oob="true"' in received
+    assert f"#{session.id}</a>" in received.split('id="recent-finished"')[1]
+    assert "toast failed" in received
+    ws.close()

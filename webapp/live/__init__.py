@@ -50,9 +50,11 @@ WS_DOC = """Connect with a WebSocket client; authenticate with `Authorization: B
 on the upgrade request, or send `{"action": "auth", "token": "..."}` first. Each message is
 `{"event": NAME, "data": {...}, "timestamp": ISO-8601}` with NAME one of session_started,
 session_progress, session_completed, session_failed, session_cancelled, system_status,
-alert, plus `resync` (you fell behind; the current state follows) and `error`. On connect you
-get system_status and the state of every active session you may see. Narrow the stream with
-`{"action": "subscribe", "session_id": 7}` and widen it again with `unsubscribe`.
+alert (admins only), plus `resync` (you fell behind; the current state follows) and `error`.
+On connect you get system_status and the state of every active session you may see; add
+`?since=<timestamp of your last message>` on a reconnect to also get every session that changed
+meanwhile. Narrow the stream with `{"action": "subscribe", "session_id": 7}` and widen it again
+with `unsubscribe`.
 
 ```python
 import json

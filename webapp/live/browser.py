@@ -47,8 +47,10 @@ def _messages(fragments: list[str]) -> list[str]:
 
 def _dashboard_fragment(user: User) -> str:
     lists = dashboard.safely(dashboard.active_and_recent, user)
-    return render_template("dashboard/_live.html", oob=True, stats=dashboard.cached_stats(user),
-                           active=lists[0] if lists else [])
+    active, recent = lists if lists is not None else ([], None)
+    return (render_template("dashboard/_live.html", oob=True, stats=dashboard.cached_stats(user),
+                            active=active)
+            + render_template("dashboard/_recent.html", oob=True, recent=recent))
 
 
 def _status_fragment(status: dict) -> str:

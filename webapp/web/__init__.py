@@ -1,8 +1,9 @@
 """HTML blueprints. Every page needs a login; admin pages need the admin role."""
 
+from datetime import UTC, datetime
 from urllib.parse import urlencode
 
-from flask import Blueprint, Flask, redirect, request, url_for
+from flask import Blueprint, Flask, g, redirect, request, url_for
 from flask_login import login_required
 
 
@@ -43,18 +44,23 @@ LIVE_PAGES = {"sessions.index": "sessions", "dashboard.index": "dashboard",
 
 
 def live_url() -> str:
-    """Where this page's WebSocket connects: its kind, its session, and when it was rendered
-    (a reconnect then catches up on everything changed since)."""
-    from datetime import UTC, datetime
-
+    """Where this page's WebSocket connects: its kind, its session, and when the page began
+    reading the database (the socket then catches up on everything changed since)."""
     args = {"page": LIVE_PAGES.get(request.endpoint or "", "other"),
-            "since": datetime.now(UTC).isoformat()}
+            # (An error page may come before note_read_time ran.)
+            "since": (g.get("page_read_from") or datetime.now(UTC)).isoformat()}
     if args["page"] == "session":
         args["session"] = request.view_args.get("session_id")
     return "/ws?" + urlencode(args)
 
 
 def init_app(app: Flask) -> None:
+    @app.before_request
+    def note_read_time():
+        # Taken before any query: a session that changes while the page renders is then
+        # sent again over the socket, not lost between the query and the render.
+        g.page_read_from = datetime.now(UTC)
+
     app.add_template_filter(filesize)
     app.add_template_filter(when)
     app.add_template_global(live_url)

@@ -6,7 +6,7 @@ import enum
 from datetime import UTC, datetime
 
 from flask_login import UserMixin
-from sqlalchemy import ForeignKey, Index, String, Text, types
+from sqlalchemy import ForeignKey, Index, String, Text, text, types
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .extensions import db
@@ -174,6 +174,12 @@ class OptimizationSession(db.Model):
         Index("ix_sessions_updated", "updated_at", "id"),
         Index("ix_sessions_size", "size_reduction_percent", "id"),
         Index("ix_sessions_speed", "speed_improvement_percent", "id"),
+        # PostgreSQL sorts NULLs first in a backward scan, so "largest first, no result
+        # last" needs indexes of its own there; SQLite's NULLs sort smallest anyway.
+        Index("ix_sessions_size_desc", text("size_reduction_percent DESC NULLS LAST"),
+              text("id DESC")).ddl_if(dialect="postgresql"),
+        Index("ix_sessions_speed_desc", text("speed_improvement_percent DESC NULLS LAST"),
+              text("id DESC")).ddl_if(dialect="postgresql"),
         # Dashboard averages read from the index alone.
         Index("ix_sessions_status_results", "status", "size_reduction_percent",
               "speed_improvement_percent"),

@@ -5,10 +5,9 @@ import time
 
 from prometheus_client import REGISTRY
 
-from tests.conftest import make_user
 from tests.factories import gen_model, gen_session
 from tests.live.conftest import serving
-from tests.live.wsclient import connect, receive_json, token_for
+from tests.live.wsclient import connect, receive_json, start_on, token_for, upload_model
 from webapp.models import utcnow
 from webapp.services import optimization
 
@@ -86,19 +85,25 @@ def test_the_api_error_rate_raises_and_clears_one_alert(make_app):
         admin_ws.close(), alice_ws.close()
 
 
-def test_system_status_follows_the_queue(app, live):
-    """When a session is queued, does every connected user get the new load?"""
-    alice = make_user("alice")
-    _, bob_token = token_for("bob")
-    ws = connect(live, bob_token)
-    before = receive_json(ws)["data"]
-    model = gen_model(alice)
-    app.extensions["optideck.executor"].shutdown()  # nothing takes the session off the queue
-    optimization.start(alice, model.id, ["quantization"], {})
-    status = wait_for(ws, lambda m: m["event"] == "system_status")["data"]
-    assert status["queued"] == before["queued"] + 1
-    assert status["capacity"] == before["capacity"]
-    ws.close()
+def test_system_status_follows_the_load(make_app, demo_files):
+    """While one worker runs a session and another waits, and after both, does every
+    connected user get the load as it is?"""
+    app = make_app(executor={"max_workers": 1})
+    with app.app_context(), serving(app) as address:
+        _, alice_token = token_for("alice")
+        _, bob_token = token_for("bob")
+        ws = connect(address, bob_token)
+        assert receive_json(ws)["data"] == {"busy": 0, "idle": 1, "capacity": 1, "queued": 0}
+        model_id = upload_model(app, alice_token, demo_files)
+        start_on(app, alice_token, model_id), start_on(app, alice_token, model_id)
+
+        def load(busy, queued):
+            return lambda m: m["event"] == "system_status" and \
+                (m["data"]["busy"], m["data"]["queued"]) == (busy, queued)
+
+        wait_for(ws, load(busy=1, queued=1), seconds=30)
+        wait_for(ws, load(busy=0, queued=0), seconds=120)
+        ws.close()
 
 
 def test_connections_and_messages_are_counted(app, live):

@@ -38,15 +38,23 @@ def receive_json(ws, timeout=10):
     return json.loads(message)
 
 
-def start_session(app, token, demo_files):
-    client = app.test_client()
-    headers = {"Authorization": f"Bearer {token}"}
-    model = client.post("/api/v1/models", headers=headers, content_type="multipart/form-data",
-                        data={"file": (io.BytesIO(demo_files["onnx"].read_bytes()), "m.onnx")})
-    session = client.post("/api/v1/optimization/sessions", headers=headers,
-                          json={"model_id": model.get_json()["model_id"],
-                                "techniques": ["pruning", "quantization"]})
+def upload_model(app, token, demo_files) -> int:
+    model = app.test_client().post(
+        "/api/v1/models", headers={"Authorization": f"Bearer {token}"},
+        content_type="multipart/form-data",
+        data={"file": (io.BytesIO(demo_files["onnx"].read_bytes()), "m.onnx")})
+    return model.get_json()["model_id"]
+
+
+def start_on(app, token, model_id) -> int:
+    session = app.test_client().post(
+        "/api/v1/optimization/sessions", headers={"Authorization": f"Bearer {token}"},
+        json={"model_id": model_id, "techniques": ["pruning", "quantization"]})
     return session.get_json()["session_id"]
+
+
+def start_session(app, token, demo_files) -> int:
+    return start_on(app, token, upload_model(app, token, demo_files))
 
 
 def events_until_done(ws, session_id, seconds=120):

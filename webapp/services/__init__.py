@@ -20,7 +20,7 @@ def init_app(app: Flask) -> None:
     app.extensions["optideck.notifications"] = NotificationService(config["live"]["queue_size"])
     app.extensions["optideck.blobs"] = BlobStore(config["storage"]["dir"])
     app.extensions["optideck.executor"] = LocalExecutor(app)
-    app.extensions["optideck.status"] = StatusWatch()
+    app.extensions["optideck.status"] = StatusWatch(app)
     alerts.init_app(app)
 
 

@@ -2,6 +2,7 @@
 
 import json
 import socket
+import time
 
 from prometheus_client import REGISTRY
 from wsproto import ConnectionType, WSConnection
@@ -87,3 +88,27 @@ def test_a_stalled_client_neither_delays_others_nor_misses_the_state(make_app):
         assert REGISTRY.get_sample_value("optideck_ws_resyncs_total",
                                          {"endpoint": "api"}) > resyncs
         stalled.close()
+
+
+def test_a_client_that_stops_answering_pings_is_dropped(make_app):
+    """Is a connection whose client went silent (no pong) closed and forgotten?"""
+    app = make_app(live={"ping_seconds": 1})
+    with app.app_context(), serving(app) as address:
+        _, token = token_for("root", "admin")
+
+        def open_now():
+            return REGISTRY.get_sample_value("optideck_ws_connections_open",
+                                             {"endpoint": "api"}) or 0
+
+        before = open_now()
+        silent = StalledClient(address, token)
+        deadline = time.monotonic() + 5
+        while open_now() == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert open_now() == before + 1
+        # Two ping intervals without a pong, and the server lets go of it.
+        deadline = time.monotonic() + 10
+        while open_now() > before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert open_now() == before
+        silent.close()

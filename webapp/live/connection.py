@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 from flask import current_app, request
@@ -139,6 +139,17 @@ def drain_latest(subscription, first: Notification) -> list[Notification]:
             or latest_progress.get(item.data.get("session_id")) == index]
 
 
+# Changes reach the database before their event is published, from one executor thread;
+# another thread's change may land this much before an event published ahead of it.
+WATERMARK_MARGIN = timedelta(seconds=2)
+
+
+def _watermark(last: Notification) -> datetime:
+    """Up to when this client has seen every change: a resync re-reads from here."""
+    published = datetime.fromisoformat(last.timestamp.replace("Z", "+00:00"))
+    return published - WATERMARK_MARGIN
+
+
 class LiveStream:
     """One connection: a snapshot from the database, then live events, until the client
     leaves or the server stops. Subclasses say what each of those looks like on the wire."""
@@ -217,4 +228,5 @@ class LiveStream:
             if first is not None:
                 batch = drain_latest(subscription, first)
                 self.send(lambda: self.deliver(batch))  # noqa: B023 - called at once
+                self.since = _watermark(batch[-1])
         self.ws.close(SERVICE_RESTART, "server restarting")

@@ -15,21 +15,19 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from tests.servers import Server  # noqa: E402 - after the path is set
 
 
 def seed(instance: Path, database_url: str | None, count: int) -> str:
@@ -97,32 +95,13 @@ def seed(instance: Path, database_url: str | None, count: int) -> str:
         return tokens.create_personal(admin, "bench", 1, False).access_token
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def serve(instance: Path, database_url: str | None, cache_seconds: int, workers: int):
-    port = free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("OPTIDECK_")},
-           "OPTIDECK_APP_INSTANCE_DIR": str(instance), "OPTIDECK_SERVER_PORT": str(port),
-           "OPTIDECK_APP_SECRET_KEY": "bench" * 8, "OPTIDECK_LOGGING_LEVEL": "WARNING",
+def serve(instance: Path, database_url: str | None, cache_seconds: int, workers: int) -> Server:
+    env = {"OPTIDECK_APP_SECRET_KEY": "bench" * 8, "OPTIDECK_LOGGING_LEVEL": "WARNING",
            "OPTIDECK_SERVER_THREADS": "16", "OPTIDECK_SERVER_WORKERS": str(workers),
            "OPTIDECK_DASHBOARD_STATS_CACHE_SECONDS": str(cache_seconds)}
     if database_url:
         env["OPTIDECK_DATABASE_URL"] = database_url
-    process = subprocess.Popen([sys.executable, "-m", "flask", "--app", "webapp", "serve"],
-                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)  # noqa: S310
-            return process, port
-        except OSError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("server did not start")
+    return Server(instance, env).start()
 
 
 def load(port: int, token: str, path: str, clients: int, requests: int) -> dict:
@@ -187,22 +166,20 @@ def main() -> None:
         rows = []
         # The default configuration (statistics and list totals cached for 10 s, cleared
         # by any change), then the cache turned off for the uncached statistics.
-        process, port = serve(instance, args.database_url, 10, args.workers)
+        server = serve(instance, args.database_url, 10, args.workers)
         try:
             for name, path in scenarios:
-                rows.append((name, load(port, token, path, args.clients, args.requests)))
-            rows.append(("stats, cached", load(port, token, "/api/v1/dashboard/stats",
+                rows.append((name, load(server.port, token, path, args.clients, args.requests)))
+            rows.append(("stats, cached", load(server.port, token, "/api/v1/dashboard/stats",
                                                args.clients, args.requests)))
         finally:
-            process.terminate()
-            process.wait(15)
-        process, port = serve(instance, args.database_url, 0, args.workers)
+            server.stop()
+        server = serve(instance, args.database_url, 0, args.workers)
         try:
-            rows.append(("stats, uncached", load(port, token, "/api/v1/dashboard/stats",
+            rows.append(("stats, uncached", load(server.port, token, "/api/v1/dashboard/stats",
                                                  args.clients, args.requests)))
         finally:
-            process.terminate()
-            process.wait(15)
+            server.stop()
 
     print(f"{args.clients} concurrent clients, {args.requests} requests per scenario, "
           f"gunicorn ({args.workers} worker(s), 16 threads each)")

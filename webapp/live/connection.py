@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from abc import ABC, abstractmethod
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
@@ -150,7 +151,7 @@ def _watermark(last: Notification) -> datetime:
     return published - WATERMARK_MARGIN
 
 
-class LiveStream:
+class LiveStream(ABC):
     """One connection: a snapshot from the database, then live events, until the client
     leaves or the server stops. Subclasses say what each of those looks like on the wire."""
 
@@ -166,11 +167,13 @@ class LiveStream:
         """Whether this client gets the event at all (called by the publisher)."""
         return may_see(self.user, notification, None)
 
+    @abstractmethod
     def snapshot(self) -> list[str]:
-        raise NotImplementedError
+        """The state from the database, as this endpoint's messages."""
 
+    @abstractmethod
     def deliver(self, batch: list[Notification]) -> list[str]:
-        raise NotImplementedError
+        """Live events, as this endpoint's messages."""
 
     def on_message(self, text: str) -> list[str]:
         return []  # browsers send nothing we act on

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import secrets
 from datetime import UTC, datetime
 
 from flask_login import UserMixin
@@ -37,6 +38,10 @@ class UTCDateTime(types.TypeDecorator):
         return None if value is None else value.replace(tzinfo=UTC)
 
 
+def new_session_nonce() -> str:
+    return secrets.token_hex(16)
+
+
 class Role(enum.StrEnum):
     ADMIN = "admin"
     OPERATOR = "operator"
@@ -53,8 +58,17 @@ class User(UserMixin, db.Model):
     active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Part of the id a browser session carries: a new nonce (at logout, deactivation or a
+    # role change) ends every browser session of the account, cookies saved before included.
+    session_nonce: Mapped[str] = mapped_column(String(32), default=new_session_nonce)
 
     tokens: Mapped[list[ApiToken]] = relationship(back_populates="owner")
+
+    def get_id(self) -> str:
+        return f"{self.id}:{self.session_nonce}"
+
+    def end_browser_sessions(self) -> None:
+        self.session_nonce = new_session_nonce()
 
     @property
     def is_active(self) -> bool:  # flask-login refuses sessions of inactive users
@@ -153,7 +167,7 @@ class ModelMetadata(db.Model):
     parameter_count: Mapped[int] = mapped_column(types.BigInteger)
     input_spec: Mapped[list] = mapped_column(types.JSON)
     analysis: Mapped[dict] = mapped_column(types.JSON)
-    eval_data_sha256: Mapped[str | None] = mapped_column(String(64))
+    eval_data_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     eval_data_summary: Mapped[dict | None] = mapped_column(types.JSON)
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -200,9 +214,11 @@ class OptimizationSession(db.Model):
     # Copied out of `results` so lists can sort and dashboards average in SQL.
     size_reduction_percent: Mapped[float | None] = mapped_column(types.Float)
     speed_improvement_percent: Mapped[float | None] = mapped_column(types.Float)
+    # The criteria version that allowed this session's plan (its frozen copy is `criteria`).
+    criteria_version: Mapped[int | None]
     error_type: Mapped[str | None] = mapped_column(String(32))
     error_message: Mapped[str | None] = mapped_column(Text)
-    artifact_sha256: Mapped[str | None] = mapped_column(String(64))
+    artifact_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     artifact_size_bytes: Mapped[int | None] = mapped_column(types.BigInteger)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     estimated_completion_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -258,3 +274,19 @@ class CriteriaVersion(db.Model):
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_by_name: Mapped[str | None] = mapped_column(String(64))
     reverted_from: Mapped[int | None]  # the version this one restored, if it is a revert
+
+
+class StoredFile(db.Model):
+    """A file in the content-addressed store, by its sha256.
+
+    Models, their evaluation data and session artifacts refer to stored files by hash, so
+    identical bytes are stored once. The row outlives its file: it is what writers lock
+    while they add or remove the file, so a delete never races an upload of the same bytes.
+    """
+
+    __tablename__ = "stored_files"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size_bytes: Mapped[int | None] = mapped_column(types.BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

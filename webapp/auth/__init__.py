@@ -1,5 +1,7 @@
 """Users, roles, login, API tokens and the audit trail."""
 
+import secrets
+
 from flask import Flask
 
 from ..extensions import db, login_manager
@@ -15,12 +17,17 @@ def init_app(app: Flask) -> None:
     login_manager.session_protection = "strong"
 
     @login_manager.user_loader
-    def load_user(user_id: str):
-        if not user_id.isdigit():
+    def load_user(session_id: str):
+        # "<user id>:<nonce>" (User.get_id): a cookie whose nonce is no longer the
+        # account's (logged out, deactivated, role changed) opens nothing.
+        user_id, _, nonce = session_id.partition(":")
+        if not user_id.isdigit() or len(user_id) > 12 or not nonce:
             return None
         user = db.session.get(User, int(user_id))
-        # A deactivated account's open browser sessions end with its next request.
-        return user if user is not None and user.active else None
+        if user is None or not user.active or not secrets.compare_digest(
+                user.session_nonce, nonce):
+            return None
+        return user
 
     from .views import bp
 

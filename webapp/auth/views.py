@@ -59,7 +59,11 @@ def login():
 @bp.post("/logout")
 @login_required
 def logout():
-    audit.record("logout", user=current_user._get_current_object())
+    user = current_user._get_current_object()
+    # Ends this account's browser sessions on the server too: a cookie copied before
+    # now opens nothing (and cannot mint an API token).
+    user.end_browser_sessions()
+    audit.record("logout", user=user)
     logout_user()
     flash("You are logged out.", "info")
     return redirect(url_for("auth.login"))

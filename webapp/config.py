@@ -33,6 +33,7 @@ ENV_NOT_SETTINGS = {"CONFIG", "PASSWORD"}
 ENV_NOT_SETTINGS_PREFIXES = ("TEST_",)
 
 SECRET_KEYS = {"secret_key", "password"}
+ISOLATION_CHOICES = ("auto", "bubblewrap", "user", "none")
 LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
 
 
@@ -181,6 +182,14 @@ def _check_values(settings) -> None:
             f"got {security['login_rate_limit']!r}"
         ) from exc
     _check_ranges(settings)
+    if settings["live"]["reserved_threads"] >= server["threads"]:
+        raise ConfigError(
+            f"live.reserved_threads must be less than server.threads ({server['threads']}), "
+            f"or no WebSocket could ever open; got {settings['live']['reserved_threads']}"
+        )
+    if settings["sandbox"]["isolation"] not in ISOLATION_CHOICES:
+        raise ConfigError(f"sandbox.isolation must be one of {', '.join(ISOLATION_CHOICES)}, "
+                          f"got {settings['sandbox']['isolation']!r}")
     level = settings["logging"]["level"].upper()
     if level not in LOG_LEVELS:
         raise ConfigError(f"logging.level must be one of {sorted(LOG_LEVELS)}, got {level!r}")
@@ -198,11 +207,25 @@ def _check_values(settings) -> None:
 RANGES = (
     ("uploads", "max_bytes", 1, None),
     ("uploads", "analysis_timeout_seconds", 1, None),
+    ("uploads", "max_unpacked_bytes", 1, None),
     ("executor", "max_workers", 1, 64),
     ("executor", "poll_seconds", 0.05, 60),
     ("executor", "cancel_grace_seconds", 0.1, 600),
     ("executor", "heartbeat_timeout_seconds", 5, None),
+    ("executor", "max_running_per_user", 1, 64),
+    ("executor", "inference_timeout_seconds", 1, None),
+    ("executor", "step_timeout_seconds", 1, None),
+    ("sandbox", "memory_mb", 256, None),
+    ("sandbox", "cpu_seconds", 10, None),
+    ("sandbox", "output_mb", 1, None),
+    ("sandbox", "open_files", 64, None),
+    ("sandbox", "processes", 16, None),
     ("dashboard", "stats_cache_seconds", 0, 3600),
+    ("live", "auth_timeout_seconds", 0.5, 60),
+    ("live", "reserved_threads", 1, None),
+    ("live", "max_per_user", 0, None),
+    ("live", "max_per_address", 0, None),
+    ("live", "recheck_seconds", 0.1, 60),
 )
 
 
@@ -223,6 +246,8 @@ def _resolve_paths(settings, source_dir: Path) -> None:
         settings["database"]["url"] = f"sqlite:///{instance / 'optideck.db'}"
     storage = settings["storage"]["dir"] or str(instance / "storage")
     settings["storage"]["dir"] = str(Path(storage).expanduser().resolve())
+    sandbox = settings["sandbox"]["work_dir"] or str(instance / "sandbox")
+    settings["sandbox"]["work_dir"] = str(Path(sandbox).expanduser().resolve())
 
 
 def ensure_secret_key(settings) -> str:

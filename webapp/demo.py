@@ -31,6 +31,11 @@ def create_demo_models(owner_name: str) -> list[OptimizationSession]:
     owner = users.find(owner_name)
     existing = {m.name for m in db.session.query(ModelMetadata).filter_by(owner_id=owner.id)}
     wanted = [entry for entry in DEMO_SESSIONS if entry[0] not in existing]
+    sandbox = current_app.extensions["optideck.sandbox"]
+    if not sandbox.accepts_code:
+        click.echo("No sandbox works here (install bubblewrap), so uploads that carry code are "
+                   "refused: the demo uploads its ONNX models only.")
+        wanted = [entry for entry in wanted if entry[2] == "onnx"]
     if not wanted:
         click.echo("Demo models already exist.")
         return []

@@ -1,6 +1,5 @@
 """Optimization sessions through the API, run by the real executor in worker processes."""
 
-import io
 import os
 import signal
 import time
@@ -9,33 +8,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from tests.helpers import TERMINAL, start, upload, wait_for
 from webapp.models import AuditEntry
-
-TERMINAL = {"completed", "failed", "cancelled"}
-
-
-def upload(caller, demo_files, kind="onnx", eval_key="eval"):
-    data = {"file": (io.BytesIO(demo_files[kind].read_bytes()), "model"), "name": f"mlp-{kind}"}
-    if eval_key:
-        data["eval_data"] = (io.BytesIO(demo_files[eval_key].read_bytes()), "eval.npz")
-    response = caller.post("/api/v1/models", content_type="multipart/form-data", data=data)
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()["model_id"]
-
-
-def start(caller, model_id, techniques=("quantization",), parameters=None):
-    return caller.post("/api/v1/optimization/sessions", json={
-        "model_id": model_id, "techniques": list(techniques), "parameters": parameters or {}})
-
-
-def wait_for(caller, session_id, statuses=TERMINAL, seconds=120):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        body = caller.get(f"/api/v1/optimization/sessions/{session_id}").get_json()
-        if body["status"] in statuses:
-            return body
-        time.sleep(0.2)
-    raise AssertionError(f"session {session_id} still {body['status']} after {seconds}s")
 
 
 @pytest.fixture

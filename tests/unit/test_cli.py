@@ -44,7 +44,14 @@ def test_demo_fills_a_fresh_install_once(app, runner, monkeypatch):
     sessions = db.session.query(OptimizationSession).all()
     assert [s.status for s in sessions] == ["completed"] * 4
     assert all(s.results["accuracy_kind"] == "accuracy" for s in sessions)
-    assert all(s.size_reduction_percent > 50 for s in sessions)
+    for session in sessions:
+        # int8 static on the small CNN is slower than fp32 on some CPUs (and rolled back
+        # there, saying so); the MLPs' int8 always pays.
+        step = session.results["steps"][-1]
+        if session.model.name == "digits-cnn" and step["outcome"] == "rolled_back":
+            assert "slower" in step["reason"]
+        else:
+            assert session.size_reduction_percent > 50, session.results
 
     again = runner.invoke(args=["demo"])
     assert again.exit_code == 0

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from . import formats, loading
-from .datasets import generate, load_npz
+from . import datasets, formats, loading, screening
+from .datasets import generate
 from .errors import DatasetRejected, ModelRejected
 from .evaluation import latency_ms
 from .loading import InputSpec
@@ -32,19 +30,15 @@ def _given_specs(input_shape) -> list[InputSpec] | None:
     return specs
 
 
-def _specs_from_data(eval_path: Path) -> list[InputSpec]:
-    with np.load(eval_path, allow_pickle=False) as archive:
-        if "x" not in archive.files:
-            raise DatasetRejected("The evaluation .npz needs an array named 'x' (the inputs).")
-        x = archive["x"]
-    return [InputSpec(DEFAULT_INPUT_NAME, [None, *x.shape[1:]])]
-
-
-def analyse(path: Path, threads: int, input_shape=None, eval_path: Path | None = None) -> dict:
+def analyse(path: Path, threads: int, input_shape=None, eval_path: Path | None = None,
+            max_unpacked_bytes: int = datasets.DEFAULT_MAX_BYTES) -> dict:
     model_format = formats.detect_format(path)
+    if model_format != formats.ONNX:
+        screening.check_zip(path, max_unpacked_bytes)
     specs = _given_specs(input_shape)
     if specs is None and eval_path is not None and model_format == formats.TORCHSCRIPT:
-        specs = _specs_from_data(eval_path)
+        shape = datasets.input_shape(eval_path, max_unpacked_bytes)
+        specs = [InputSpec(DEFAULT_INPUT_NAME, [None, *shape[1:]])]
     model = loading.load(path, model_format, threads, specs)
     if model_format == formats.ONNX and specs:
         # The file's own names win; the user's shape fills dimensions it leaves open.
@@ -56,7 +50,7 @@ def analyse(path: Path, threads: int, input_shape=None, eval_path: Path | None =
                             "send input_shape to fix them, e.g. [1, 3, 224, 224].")
     eval_summary = None
     if eval_path is not None:
-        data = load_npz(eval_path, model.inputs)
+        data = datasets.load_npz(eval_path, model.inputs, max_unpacked_bytes)
         outputs = model.run({k: v[: model.inputs[0].fixed_batch or 1] for k, v in data.inputs.items()})
         if data.labels is not None and not (outputs[0].ndim == 2 and outputs[0].shape[1] > 1):
             raise DatasetRejected("Labels 'y' need a classifier: the model's first output "

@@ -8,11 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
+from . import screening
 from .errors import DatasetRejected
 from .loading import InputSpec
 
 GENERATED_SAMPLES = 256
 MAX_SAMPLES = 100_000
+MEMBERS = {"x", "y"}
+# What the arrays may unpack to when the caller sets no limit (uploads.max_unpacked_bytes).
+DEFAULT_MAX_BYTES = 2 << 30
 
 
 @dataclass
@@ -26,15 +30,24 @@ class EvalData:
         return len(next(iter(self.inputs.values())))
 
 
-def load_npz(path: Path, specs: list[InputSpec]) -> EvalData:
+def input_shape(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> list[int]:
+    """The shape of 'x', from its header alone."""
+    shapes = screening.check_npz(path, MEMBERS, max_bytes)
+    if "x" not in shapes:
+        raise DatasetRejected("The evaluation .npz needs an array named 'x' (the inputs).")
+    return list(shapes["x"])
+
+
+def load_npz(path: Path, specs: list[InputSpec], max_bytes: int = DEFAULT_MAX_BYTES) -> EvalData:
     """Read and check an evaluation .npz against the model's inputs."""
+    screening.check_npz(path, MEMBERS, max_bytes)
     try:
         # allow_pickle=False: object arrays (pickles) are refused, never loaded.
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise DatasetRejected(f"The evaluation data is not a readable .npz without "
-                              f"pickled objects: {exc}") from exc
+        raise DatasetRejected("The evaluation data is not a readable .npz file of plain "
+                              "numeric arrays.") from exc
     if "x" not in arrays:
         raise DatasetRejected("The evaluation .npz needs an array named 'x' (the inputs).")
     if len(specs) != 1:

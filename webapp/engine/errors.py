@@ -1,5 +1,19 @@
 """Errors the engine reports to its caller, each with a stable `kind`."""
 
+import re
+
+# An absolute path of two or more parts; only its last part is kept in what users read.
+_PATH = re.compile(r"(?<![\w.])/(?:[^\s/'\"():,]+/)+([^\s/'\"():,]+)")
+MESSAGE_LIMIT = 600
+
+
+def public_message(exc: BaseException) -> str:
+    """A library's error in words fit for the user: no file system paths (the sandbox's
+    or the server's), whole lines up to a readable length, never empty."""
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
+    text = _PATH.sub(r"\1", text) or type(exc).__name__
+    return text if len(text) <= MESSAGE_LIMIT else text[:MESSAGE_LIMIT - 1] + "…"
+
 
 class EngineError(Exception):
     """A failure the user can act on; `kind` becomes the session's error_type."""
@@ -33,3 +47,9 @@ class Cancelled(Exception):
 
 class TimeLimitExceeded(EngineError):
     kind = "timeout"
+
+
+class ResourceLimit(EngineError):
+    """The model needed more memory, CPU time or disk than the sandbox allows."""
+
+    kind = "resource_limit"

@@ -7,7 +7,6 @@ loader sees them: unpickling runs arbitrary code chosen by whoever made the file
 
 from __future__ import annotations
 
-import json
 import shutil
 import zipfile
 from pathlib import Path
@@ -74,43 +73,21 @@ def _read_member(archive: zipfile.ZipFile, names: list[str], suffix: str) -> byt
 
 
 def safe_exported_program_copy(path: Path, target: Path) -> Path:
-    """Copy a .pt2 archive with every pickle-bearing part refused or removed.
+    """Copy a screened .pt2 archive without its sample inputs.
 
-    torch.export.load unpickles weights and constants marked `use_pickle`,
-    custom and opaque objects, and, if its restricted loader fails on them, the
-    sample inputs (falling back to a full unpickle). We refuse archives with
-    the former and drop the sample inputs, which a loaded program does not need.
+    screening.check_exported_program refused every pickled payload but these: torch.export
+    saves example inputs as a pickle, which a loaded program does not need, and which
+    torch.export.load would otherwise unpickle (falling back to a full unpickle).
     """
     try:
-        with zipfile.ZipFile(path) as source:
-            names = source.namelist()
-            models = [n for n in names if "/models/" in n and n.endswith(".json")]
-            if len(models) != 1:
-                raise ModelRejected("The .pt2 archive must hold exactly one exported program.")
-            for name in names:
-                if name.endswith(("weights_config.json", "constants_config.json")):
-                    _check_payload_config(json.loads(source.read(name)))
-                if "/data/constants/" in name and name.endswith(".pt"):
-                    raise ModelRejected("The .pt2 archive stores constants in the old "
-                                        "pickled format; re-save it with torch.export.save.")
-            with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as copy:
-                for info in source.infolist():
-                    if "/data/sample_inputs/" in info.filename:
-                        copy.writestr(info, b"")
-                        continue
-                    with source.open(info) as src, copy.open(info, "w") as dst:
-                        shutil.copyfileobj(src, dst, 1 << 20)
-    except (zipfile.BadZipFile, json.JSONDecodeError, KeyError) as exc:
-        raise ModelRejected(f"The .pt2 archive is damaged: {exc}") from exc
+        with zipfile.ZipFile(path) as source, \
+                zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as copy:
+            for info in source.infolist():
+                if "/data/sample_inputs/" in info.filename:
+                    copy.writestr(info, b"")
+                    continue
+                with source.open(info) as src, copy.open(info, "w") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelRejected("The .pt2 archive is damaged.") from exc
     return target
-
-
-def _check_payload_config(config: dict) -> None:
-    for fqn, meta in config.get("config", {}).items():
-        if meta.get("use_pickle"):
-            raise ModelRejected(f"The .pt2 archive stores {fqn!r} as a pickle; Optideck "
-                                "accepts only plain tensor payloads.")
-        path_name = str(meta.get("path_name", ""))
-        if path_name.startswith(("custom_obj", "opaque_obj")):
-            raise ModelRejected(f"The .pt2 archive holds a custom object ({fqn!r}); "
-                                "Optideck accepts only tensors.")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import formats
-from .errors import ModelRejected
+from . import formats, screening
+from .errors import ModelRejected, public_message
 
 ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16",
               "tensor(double)": "float64", "tensor(int32)": "int32", "tensor(int64)": "int64",
@@ -77,14 +77,14 @@ def load_onnx(path: Path, threads: int) -> LoadedModel:
 
     try:
         model = onnx.load(str(path), load_external_data=False)
-        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
-            raise ModelRejected("The ONNX model keeps its weights in external files; "
-                                "save it as one file (onnx.save(..., save_as_external_data=False)).")
+    except Exception as exc:  # protobuf's decode errors have no common base
+        raise ModelRejected("The file is not a valid ONNX model (nor a TorchScript or .pt2 "
+                            "file): it could not be read as any of them.") from exc
+    screening.check_onnx(model)
+    try:
         onnx.checker.check_model(model)
-    except ModelRejected:
-        raise
-    except Exception as exc:  # the protobuf and checker errors have no common base
-        raise ModelRejected(f"The file is not a valid ONNX model: {_first_line(exc)}") from exc
+    except Exception as exc:  # the checker's errors have no common base
+        raise ModelRejected(f"The ONNX model is not valid: {public_message(exc)}") from exc
     initializer_names = {t.name for t in model.graph.initializer}
     inputs = [_onnx_input(value) for value in model.graph.input if value.name not in initializer_names]
     if not inputs:
@@ -111,7 +111,7 @@ def run_onnx(path: Path, threads: int) -> LoadedModel:
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped errors
-        raise ModelRejected(f"ONNX Runtime cannot run this model: {_first_line(exc)}") from exc
+        raise ModelRejected(f"ONNX Runtime cannot run this model: {public_message(exc)}") from exc
     output_names = [o.name for o in session.get_outputs()]
     inputs = [InputSpec(i.name, [d if isinstance(d, int) else None for d in i.shape],
                         ORT_DTYPES.get(i.type, "float32")) for i in session.get_inputs()]
@@ -150,11 +150,12 @@ def _torch_runner(module, specs: list[InputSpec]):
 def _load_torchscript(path: Path, threads: int, specs: list[InputSpec] | None) -> LoadedModel:
     import torch
 
+    screening.check_torchscript(path)
     torch.set_num_threads(threads)
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # TorchScript raises RuntimeError and friends
-        raise ModelRejected(f"The TorchScript file cannot be loaded: {_first_line(exc)}") from exc
+        raise ModelRejected(f"The TorchScript file cannot be loaded: {public_message(exc)}") from exc
     module.eval()
     if not specs:
         raise ModelRejected("TorchScript files do not record their input shapes: send "
@@ -171,6 +172,7 @@ def _load_torchscript(path: Path, threads: int, specs: list[InputSpec] | None) -
 def _load_exported_program(path: Path, threads: int, specs: list[InputSpec] | None) -> LoadedModel:
     import torch
 
+    screening.check_exported_program(path)
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         safe = formats.safe_exported_program_copy(path, Path(tmp) / "program.pt2")
@@ -179,7 +181,7 @@ def _load_exported_program(path: Path, threads: int, specs: list[InputSpec] | No
                 warnings.simplefilter("ignore")
                 program = torch.export.load(str(safe))
         except Exception as exc:  # deserialization errors vary by torch version
-            raise ModelRejected(f"The .pt2 program cannot be loaded: {_first_line(exc)}") from exc
+            raise ModelRejected(f"The .pt2 program cannot be loaded: {public_message(exc)}") from exc
     found = _exported_inputs(program)
     specs = specs or found
     params = sum(t.numel() for t in program.state_dict.values())
@@ -206,8 +208,3 @@ def _exported_inputs(program) -> list[InputSpec]:
         shape = [int(d) if isinstance(d, int) else None for d in value.shape]
         specs.append(InputSpec(node.name, shape, str(value.dtype).removeprefix("torch.")))
     return specs
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__

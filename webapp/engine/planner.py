@@ -37,6 +37,13 @@ def build_plan(model_format: str, techniques: list[str], parameters: dict,
             for t in unknown]})
     if not chosen:
         raise PlanError("Choose at least one technique.", {"techniques": ["Empty."]})
+    forbidden = [t for t in chosen if t in criteria.get("forbidden_techniques", ())]
+    if forbidden:
+        raise PlanError(
+            f"The optimization criteria (version {criteria.get('version', 0)}) forbid "
+            f"{', '.join(forbidden)}.",
+            {"techniques": [f"{t!r} is forbidden by the optimization criteria." for t in forbidden]},
+            unprocessable=True)
     extra = sorted(set(parameters) - set(chosen))
     if extra:
         raise PlanError("Parameters for techniques not chosen.", {"parameters": [

@@ -18,6 +18,10 @@ from .techniques.export import to_onnx
 
 Progress = Callable[[float, str], None]
 Event = Callable[[str, str, str, dict], None]
+# What the worker does next, for the parent's watchdog: "inference" (runs of the model,
+# each bounded on its own) or "transform" (loading, exporting, a technique's library call).
+Phase = Callable[[str], None]
+ARTIFACT_NAME = "optimized.onnx"
 
 
 @dataclass
@@ -33,6 +37,7 @@ class SessionJob:
     work_dir: str
     eval_data_path: str | None = None
     deadline: float | None = None  # time.time() after which the session stops
+    max_unpacked_bytes: int = 2 << 30  # what the evaluation arrays may unpack to
 
 
 @dataclass
@@ -44,7 +49,7 @@ class SessionOutcome:
 
 class _Session:
     def __init__(self, job: SessionJob, progress: Progress, event: Event,
-                 cancelled: Callable[[], bool]):
+                 cancelled: Callable[[], bool], phase: Phase):
         self.job = job
         self.criteria = job.criteria
         self.work = Path(job.work_dir)
@@ -53,6 +58,7 @@ class _Session:
         # Compressed sizes tell what pruning's zeros are worth; other plans skip the cost.
         self.compressed = any(step["technique"] == "pruning" for step in job.steps)
         self._progress, self._event, self._cancelled = progress, event, cancelled
+        self.phase = phase
         self._pct = 0.0
 
     def check(self) -> None:
@@ -74,14 +80,17 @@ class _Session:
         self.work.mkdir(parents=True, exist_ok=True)
         specs = [InputSpec.from_dict(s) for s in job.input_specs]
         self.progress(1, "analysis")
+        self.phase("transform")
         # The upload was checked and inspected when it was analysed.
         original = loading.load(Path(job.model_path), job.model_format, self.threads, specs,
                                 inspect=False)
         if job.model_format == formats.ONNX:
             original.inputs = specs
-        data = load_npz(Path(job.eval_data_path), specs) if job.eval_data_path else generate(specs)
+        data = (load_npz(Path(job.eval_data_path), specs, job.max_unpacked_bytes)
+                if job.eval_data_path else generate(specs))
         self.check()
         self.progress(5, "baseline")
+        self.phase("inference")
         baseline, reference = measure(Path(job.model_path), original, data,
                                       self.batch_for(original), None, self.check, self.compressed)
         self._event("baseline", "baseline", self._describe(baseline, None),
@@ -101,7 +110,7 @@ class _Session:
             if kept:
                 best_path, best = kept, measurement
         self.progress(97, "report")
-        artifact = self.work / "optimized.onnx"
+        artifact = self.work / ARTIFACT_NAME
         if best_path != artifact:
             shutil.copyfile(best_path, artifact)
         results = self._results(baseline, best, data)
@@ -112,9 +121,11 @@ class _Session:
         self.progress(16, "export_onnx")
         self._event("step_started", "export_onnx", "Exporting to ONNX", {})
         target = self.work / "exported.onnx"
+        self.phase("transform")
         info = to_onnx(original, target)
         self.check()
         exported = loading.run_onnx(target, self.threads)
+        self.phase("inference")
         # The exporter may rename inputs; the data follows them by position.
         data = EvalData({spec.name: array for spec, array in
                          zip(exported.inputs, data.inputs.values(), strict=True)},
@@ -136,6 +147,7 @@ class _Session:
         self.progress(start, name)
         self._event("step_started", name, f"{technique.label}: {params_text(step['params'])}", {})
         candidate = self.work / f"step{index + 1}_{name}.onnx"
+        self.phase("transform")
         try:
             details = technique.apply(best_path, candidate, step["params"], data,
                                       best.latency_batch, self.check)
@@ -145,6 +157,7 @@ class _Session:
         self.check()
         self.progress(start + span * 0.6, name)
         model = loading.run_onnx(candidate, self.threads)
+        self.phase("inference")
         measurement, _ = measure(candidate, model, data, self.batch_for(model), reference,
                                  self.check, self.compressed)
         self.progress(start + span, name)
@@ -249,6 +262,6 @@ def warm_up() -> None:
 
 
 def run_session(job: SessionJob, progress: Progress, event: Event,
-                cancelled: Callable[[], bool]) -> SessionOutcome:
+                cancelled: Callable[[], bool], phase: Phase = lambda name: None) -> SessionOutcome:
     """Run `job`; raises Cancelled, TimeLimitExceeded or another EngineError to stop."""
-    return _Session(job, progress, event, cancelled).run()
+    return _Session(job, progress, event, cancelled, phase).run()

@@ -1,87 +1,155 @@
-"""Entry points of the worker processes (spawned, never forked).
+"""The engine's worker process: what runs inside the sandbox (services/sandbox.py).
 
-Only the standard library is imported at the top: thread counts for torch,
-ONNX Runtime and BLAS must be in the environment before those libraries load,
-so that concurrent sessions do not each grab every core.
+Started as `python -I -m webapp.engine.worker`. It speaks JSON lines, never pickle: the
+parent must not run anything a worker (which handles hostile files) could craft.
+
+- stdin, parent to worker: one job, then optionally the line "cancel". End of input also
+  means cancel (the parent went away).
+- stdout, worker to parent: messages, each a JSON array. What libraries print goes to
+  stderr, which the parent logs.
+
+Jobs: {"kind": "analyse", ...} answers ["result", analysis] or ["failed", type, message].
+{"kind": "session", ...SessionJob} answers ["progress", pct, step], ["event", kind, step,
+message, data], ["phase", name], ["beat"], then one of ["completed", outcome],
+["cancelled"] or ["failed", error_type, message].
+
+The process starts before its job is known: it loads the engine's libraries, then waits,
+so a session does not pay for interpreter start-up and imports (the executor keeps one
+such spare). Only the standard library is imported at the top: thread counts for torch,
+ONNX Runtime and BLAS come from the environment the sandbox sets before those load.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import threading
+import time
 import traceback
 
-HEARTBEAT_SECONDS = 2.0
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+BEAT_SECONDS = 1.0
+# Libraries say "out of memory" in their own words when an allocation hits the sandbox's
+# memory limit; these are the ones seen from numpy, torch and ONNX Runtime.
+ALLOCATION_FAILURES = ("bad_alloc", "bad allocation", "can't allocate memory",
+                       "failed to allocate memory", "out of memory", "cannot allocate memory",
+                       "unable to allocate")
 
 
-def limit_threads(threads: int) -> None:
-    for name in THREAD_VARIABLES:
-        os.environ[name] = str(threads)
+class Channel:
+    """The protocol's two ends, and the cancel flag the parent raises through stdin."""
+
+    def __init__(self):
+        self._out = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+        os.dup2(2, 1)  # from now on, print() and libraries write to stderr
+        sys.stdout = sys.stderr
+        self._lock = threading.Lock()
+        self.cancel = threading.Event()
+        self._last_beat = 0.0
+
+    def receive_job(self) -> dict | None:
+        line = sys.stdin.readline()
+        if not line:
+            return None  # an unused spare, let go
+        threading.Thread(target=self._watch_stdin, daemon=True, name="cancel-watch").start()
+        return json.loads(line)
+
+    def _watch_stdin(self) -> None:
+        for line in sys.stdin:
+            if line.strip() == "cancel":
+                break
+        self.cancel.set()  # "cancel", or the parent closed our stdin
+
+    def send(self, *message) -> None:
+        text = json.dumps(message, default=_plain)
+        with self._lock:
+            self._out.write(text + "\n")
+
+    def checkpoint(self) -> bool:
+        """Called between units of work: tells the parent the worker is not stuck (at
+        most once a second), and says whether to stop."""
+        now = time.monotonic()
+        if now - self._last_beat >= BEAT_SECONDS:
+            self._last_beat = now
+            self.send("beat")
+        return self.cancel.is_set()
 
 
-def analyse_upload(path: str, threads: int, input_shape=None, eval_path: str | None = None) -> dict:
-    """Runs in the analysis pool; raises EngineError subclasses for the caller to show."""
+def _plain(value):
+    """numpy scalars and arrays, and paths, as JSON."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def _failure(exc: BaseException, limits: dict) -> tuple[str, str]:
+    from .errors import EngineError, ResourceLimit, public_message
+
+    text = str(exc).lower()
+    if isinstance(exc, MemoryError) or any(word in text for word in ALLOCATION_FAILURES):
+        exc = ResourceLimit(
+            "The model needed more memory than the sandbox allows "
+            f"({limits.get('memory_mb', '?')} MB, sandbox.memory_mb).")
+    if isinstance(exc, EngineError):
+        return exc.kind, exc.message
+    return "internal_error", f"{type(exc).__name__}: {public_message(exc)}"
+
+
+def _analyse(job: dict, channel: Channel) -> None:
     from pathlib import Path
 
     from .analysis import analyse
 
-    return analyse(Path(path), threads, input_shape, Path(eval_path) if eval_path else None)
+    analysis = analyse(Path(job["model_path"]), job["threads"], job.get("input_shape"),
+                       Path(job["eval_data_path"]) if job.get("eval_data_path") else None,
+                       job["limits"]["max_unpacked_bytes"])
+    channel.send("result", analysis)
 
 
-def session_main(conn, cancel_event, threads: int) -> None:
-    """Run one session, reporting over `conn`; the parent owns the database.
+def _session(job: dict, channel: Channel) -> None:
+    from .errors import Cancelled
+    from .runner import SessionJob, run_session
 
-    The process starts before its session is known: it loads the engine's
-    libraries, then waits for the job on `conn`, so a session does not pay
-    for interpreter start-up and imports (the executor keeps one such spare).
-    Then: ("progress", pct, step), ("event", kind, step, message, data),
-    ("heartbeat",), and exactly one of ("completed", outcome), ("cancelled",),
-    ("failed", error_type, message). A process that dies without one of those
-    is reported by the parent as `worker_lost`.
-    """
-    limit_threads(threads)
-    from .errors import Cancelled, EngineError
-    from .runner import SessionJob, run_session, warm_up
-
-    warm_up()
-    try:
-        job = conn.recv()
-    except (EOFError, OSError):
-        return  # an unused spare, let go
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def send(*message):
-        with lock:
-            conn.send(message)
-
-    def beat():
-        while not stop.wait(HEARTBEAT_SECONDS):
-            try:
-                send("heartbeat")
-            except OSError:  # the pipe closed as the session ended
-                return
-
-    threading.Thread(target=beat, daemon=True, name="heartbeat").start()
+    fields = {key: value for key, value in job.items() if key not in ("kind", "limits")}
     try:
         outcome = run_session(
-            SessionJob(**job),
-            progress=lambda pct, step: send("progress", pct, step),
-            event=lambda kind, step, message, data: send("event", kind, step, message, data),
-            cancelled=cancel_event.is_set,
+            SessionJob(**fields, max_unpacked_bytes=job["limits"]["max_unpacked_bytes"]),
+            progress=lambda pct, step: channel.send("progress", pct, step),
+            event=lambda kind, step, message, data: channel.send("event", kind, step, message,
+                                                                 data),
+            cancelled=channel.checkpoint,
+            phase=lambda name: channel.send("phase", name),
         )
     except Cancelled:
-        send("cancelled")
-    except EngineError as exc:
-        send("failed", exc.kind, exc.message)
-    except Exception as exc:  # a bug or a library failure: report it, do not hang
-        send("failed", "internal_error", f"{type(exc).__name__}: {exc}"[:500])
-        traceback.print_exc()
-    else:
-        send("completed", {"results": outcome.results, "artifact_path": outcome.artifact_path,
-                           "steps": outcome.steps})
-    finally:
-        stop.set()
-        with lock:
-            conn.close()
+        channel.send("cancelled")
+        return
+    channel.send("completed", {"results": outcome.results, "steps": outcome.steps})
+
+
+def main() -> None:
+    channel = Channel()
+    kind = os.environ.get("OPTIDECK_WORKER_KIND", "session")
+    if kind == "session":
+        from .runner import warm_up
+
+        warm_up()
+    job = channel.receive_job()
+    if job is None:
+        return
+    if job.get("kind") == "probe":  # the sandbox checking that a worker starts at all
+        channel.send("ready")
+        return
+    try:
+        if job["kind"] == "analyse":
+            _analyse(job, channel)
+        else:
+            _session(job, channel)
+    except Exception as exc:  # report every failure, typed; never hang the parent
+        error_type, message = _failure(exc, job.get("limits", {}))
+        if error_type == "internal_error":
+            traceback.print_exc()
+        channel.send("failed", error_type, message)
+
+
+if __name__ == "__main__":
+    main()

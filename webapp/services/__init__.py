@@ -13,12 +13,14 @@ def init_app(app: Flask) -> None:
     from . import alerts
     from .executor import LocalExecutor
     from .notifications import NotificationService
+    from .sandbox import Sandbox
     from .storage import BlobStore
     from .system_status import StatusWatch
 
     config = app.config["OPTIDECK"]
     app.extensions["optideck.notifications"] = NotificationService(config["live"]["queue_size"])
     app.extensions["optideck.blobs"] = BlobStore(config["storage"]["dir"])
+    app.extensions["optideck.sandbox"] = Sandbox(config)
     app.extensions["optideck.executor"] = LocalExecutor(app)
     app.extensions["optideck.status"] = StatusWatch(app)
     alerts.init_app(app)

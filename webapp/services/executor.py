@@ -1,58 +1,60 @@
-"""The local executor: one spawned process per session, at most N at once.
+"""The local executor: one sandboxed worker per session, at most N at once.
 
-A dispatcher thread in the web process claims queued sessions, starts their
-workers, turns the workers' messages into database rows and notifications
-(through the optimization service), enforces cancel and time limits, and fails
-sessions whose worker died. Spawn, never fork: a fork after torch or ONNX
-Runtime started their thread pools can deadlock the child.
+A dispatcher thread in the web process claims queued sessions (at most
+`executor.max_running_per_user` of one user at a time), starts their workers in the
+sandbox (services/sandbox.py), turns the workers' messages into database rows and
+notifications (through the optimization service), and watches them: cancel, the time
+limit, a model that stalls in one inference or one step, a worker writing too much, and
+a worker that dies. Workers are fresh interpreters, never forks: a fork after torch or
+ONNX Runtime started their thread pools can deadlock the child.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
+import select
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from multiprocessing.connection import wait
+from pathlib import Path
 
-from ..engine import worker
+from ..engine.runner import ARTIFACT_NAME
 from ..extensions import db
 from . import optimization
+from .sandbox import SandboxError, Worker
 
 log = logging.getLogger("optideck.executor")
 
 STALE_SWEEP_SECONDS = 10.0
-
-
-@dataclass
-class _Worker:
-    """A started worker process waiting for its one job."""
-
-    process: multiprocessing.process.BaseProcess
-    conn: object
-    cancel: object
-    threads: int
+OUTPUT_CHECK_SECONDS = 2.0
+# How often a live worker's session has its heartbeat written (what tells other processes,
+# and this one after a restart, that the session is not orphaned).
+HEARTBEAT_SECONDS = 5.0
 
 
 @dataclass
 class _Running:
     session_id: int
-    process: multiprocessing.process.BaseProcess
-    conn: object
-    cancel: object
+    worker: Worker
     deadline: float
     cancel_sent_at: float | None = None
     finished: bool = False
-    messages: list = field(default_factory=list)
+    # The watchdog's view: what the worker does now, and since when.
+    phase: str = "transform"
+    last_beat: float = field(default_factory=time.monotonic)
+    step: str = ""
+    step_started: float = field(default_factory=time.monotonic)
+    output_checked: float = field(default_factory=time.monotonic)
+    heartbeat_written: float = 0.0
 
 
-def _coalesced(messages: list[tuple]) -> list[tuple]:
-    """Drop progress and heartbeat messages a later one in the same batch supersedes:
-    each costs a database write, and only the newest says anything."""
+def _coalesced(messages: list[list]) -> list[list]:
+    """Drop progress and beat messages a later one in the same batch supersedes:
+    each progress costs a database write, and only the newest says anything."""
     kept, seen = [], set()
     for message in reversed(messages):
-        if message[0] in ("progress", "heartbeat"):
+        if message[0] in ("progress", "beat"):
             if message[0] in seen:
                 continue
             seen.add(message[0])
@@ -65,17 +67,21 @@ class LocalExecutor:
         self.app = app
         settings = app.config["OPTIDECK"]["executor"]
         self.max_workers = settings["max_workers"]
+        self.per_user = settings["max_running_per_user"]
         self.poll = settings["poll_seconds"]
         self.grace = settings["cancel_grace_seconds"]
         self.heartbeat_timeout = settings["heartbeat_timeout_seconds"]
-        self._context = multiprocessing.get_context("spawn")
+        self.inference_timeout = settings["inference_timeout_seconds"]
+        self.step_timeout = settings["step_timeout_seconds"]
+        self.sandbox = app.extensions["optideck.sandbox"]
+        self.output_limit = self.sandbox.limits.file_bytes
         self._running: dict[int, _Running] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._last_sweep = 0.0
-        self._spare: _Worker | None = None
+        self._spare: Worker | None = None
 
     # Public interface ----------------------------------------------------
 
@@ -93,7 +99,7 @@ class LocalExecutor:
 
     def worker_pid(self, session_id: int) -> int | None:
         running = self._running.get(session_id)
-        return running.process.pid if running else None
+        return running.worker.pid if running else None
 
     def status(self) -> dict:
         return {"busy": len(self._running), "capacity": self.max_workers}
@@ -106,8 +112,7 @@ class LocalExecutor:
             self._thread.join(timeout)
         with self.app.app_context():
             for running in list(self._running.values()):
-                running.process.kill()
-                running.process.join(5)
+                running.worker.kill()
                 optimization.record_failed(running.session_id, "worker_lost",
                                            "The server shut down while the session ran.")
                 self._forget(running)
@@ -116,39 +121,21 @@ class LocalExecutor:
 
     # Worker processes ------------------------------------------------------
 
-    def _start_worker(self, threads: int) -> _Worker:
-        parent_end, child_end = self._context.Pipe(duplex=True)
-        cancel = self._context.Event()
-        process = self._context.Process(target=worker.session_main,
-                                        args=(child_end, cancel, threads), daemon=True,
-                                        name="optideck-session-worker")
-        try:
-            process.start()
-        finally:
-            child_end.close()
-        return _Worker(process, parent_end, cancel, threads)
-
-    def _take_worker(self, threads: int) -> _Worker:
-        """The warm spare when it fits, else a new process; then a new spare."""
+    def _take_worker(self, threads: int) -> Worker:
+        """The warm spare when it fits, else a new worker; then a new spare."""
         spare, self._spare = self._spare, None
-        if spare is None or spare.threads != threads or not spare.process.is_alive():
+        if spare is None or spare.threads != threads or not spare.alive():
             if spare is not None:
-                self._kill(spare)
-            spare = self._start_worker(threads)
+                spare.close()
+            spare = self.sandbox.start("session", threads)
         if not self._stop.is_set():
-            self._spare = self._start_worker(threads)
+            self._spare = self.sandbox.start("session", threads)
         return spare
 
     def _drop_spare(self) -> None:
         spare, self._spare = self._spare, None
         if spare is not None:
-            self._kill(spare)
-
-    @staticmethod
-    def _kill(item) -> None:
-        item.conn.close()
-        item.process.kill()
-        item.process.join(5)
+            spare.close()
 
     # The dispatcher thread -------------------------------------------------
 
@@ -156,7 +143,9 @@ class LocalExecutor:
         with self.app.app_context():
             optimization.fail_stale(self.heartbeat_timeout)
             # Warm one worker now, so that the first session starts at once too.
-            self._spare = self._start_worker(self.app.config["OPTIDECK"]["criteria"]["threads"])
+            self._drop_spare()
+            self._spare = self.sandbox.start(
+                "session", self.app.config["OPTIDECK"]["criteria"]["threads"])
             while not self._stop.is_set():
                 try:
                     self._tick()
@@ -183,71 +172,121 @@ class LocalExecutor:
 
     def _dispatch(self) -> None:
         while len(self._running) < self.max_workers and not self._stop.is_set():
-            session = optimization.claim_next()
+            session = optimization.claim_next(self.per_user)
             if session is None:
                 return
             job = optimization.job_for(session)
+            taken = None
             try:
                 taken = self._take_worker(int(job["criteria"]["threads"]))
-                taken.conn.send(job)
+                job["model_path"] = str(taken.place(Path(job["model_path"]), "model"))
+                if job["eval_data_path"]:
+                    job["eval_data_path"] = str(taken.place(Path(job["eval_data_path"]),
+                                                            "eval.npz"))
+                job.update(kind="session", work_dir=taken.out_path(),
+                           limits=self.sandbox.limits.for_job())
+                taken.send(job)
             except OSError as exc:
+                if taken is not None:
+                    taken.close()
                 optimization.record_failed(session.id, "worker_lost",
-                                           f"Could not start a worker: {exc}")
+                                           f"Could not start a worker: {exc.strerror or exc}")
                 continue
-            self._running[session.id] = _Running(session.id, taken.process, taken.conn,
-                                                 taken.cancel, job["deadline"])
-            log.info("session %s runs in worker pid %s", session.id, taken.process.pid)
+            self._running[session.id] = _Running(session.id, taken, job["deadline"])
+            log.info("session %s runs in sandboxed worker pid %s", session.id, taken.pid)
 
     def _receive(self, timeout: float) -> None:
-        by_conn = {running.conn: running for running in self._running.values()}
-        if not by_conn:
+        by_fd = {running.worker.fileno(): running for running in self._running.values()}
+        if not by_fd:
             return
-        for conn in wait(list(by_conn), timeout=timeout):
-            running = by_conn[conn]
-            messages = []
+        readable, _, _ = select.select(list(by_fd), [], [], timeout)
+        for fd in readable:
+            running = by_fd[fd]
             try:
-                while conn.poll():
-                    messages.append(conn.recv())
-            except (EOFError, OSError):
-                pass  # the worker closed its end; _reap decides what that means
+                messages = running.worker.receive()
+            except SandboxError as exc:
+                self._fail(running, "worker_lost", f"The worker was stopped: {exc}.")
+                continue
             for message in _coalesced(messages):
-                self._handle(running, message)
+                if running.finished:
+                    break
+                try:
+                    self._handle(running, message)
+                except (TypeError, ValueError, IndexError, KeyError) as exc:
+                    log.warning("session %s: malformed worker message %r: %s",
+                                running.session_id, str(message)[:200], exc)
+                    self._fail(running, "worker_lost", "The worker broke the protocol and "
+                               "was stopped.")
 
-    def _handle(self, running: _Running, message: tuple) -> None:
+    def _handle(self, running: _Running, message: list) -> None:
         kind, *args = message
         session_id = running.session_id
+        running.last_beat = time.monotonic()
         if kind == "progress":
-            optimization.record_progress(session_id, *args)
+            pct, step = float(args[0]), str(args[1])[:64]
+            if step != running.step:
+                running.step, running.step_started = step, time.monotonic()
+            optimization.record_progress(session_id, pct, step)
         elif kind == "event":
-            optimization.record_event(session_id, *args)
-        elif kind == "heartbeat":
-            optimization.record_heartbeat(session_id)
+            data = args[3] if isinstance(args[3], dict) else {}
+            optimization.record_event(session_id, str(args[0])[:32],
+                                      None if args[1] is None else str(args[1])[:64],
+                                      str(args[2])[:2000], data)
+        elif kind == "phase":
+            running.phase = str(args[0])
         elif kind == "completed":
-            running.finished = True
-            optimization.record_completed(session_id, args[0])
+            self._complete(running, args[0])
         elif kind == "failed":
-            running.finished = True
-            optimization.record_failed(session_id, *args)
+            self._fail(running, str(args[0])[:32], str(args[1])[:2000])
         elif kind == "cancelled":
             running.finished = True
             optimization.record_cancelled(session_id)
+        elif kind != "beat":
+            raise ValueError(f"unknown message {kind!r}")
+
+    def _complete(self, running: _Running, outcome: dict) -> None:
+        """Move the worker's artifact into storage, from the trusted side only."""
+        running.finished = True
+        worker = running.worker
+        try:
+            worker.process.wait(2)
+        except subprocess.TimeoutExpired:
+            worker.kill()  # it has said all it had to say
+        try:
+            artifact = worker.take_output(ARTIFACT_NAME, self.app.extensions["optideck.blobs"]
+                                          .tmp_dir, self.output_limit)
+        except SandboxError as exc:
+            log.warning("session %s: %s", running.session_id, exc)
+            optimization.record_failed(running.session_id, "worker_lost",
+                                       "The worker finished without a usable optimized model.")
+            return
+        optimization.record_completed(running.session_id, outcome, artifact)
+
+    def _fail(self, running: _Running, error_type: str, message: str) -> None:
+        running.finished = True
+        running.worker.kill()
+        optimization.record_failed(running.session_id, error_type, message)
 
     def _reap(self) -> None:
         for running in list(self._running.values()):
-            if running.process.is_alive():
+            worker = running.worker
+            if worker.alive() and not running.finished:
                 continue
-            try:
-                while running.conn.poll():
-                    self._handle(running, running.conn.recv())
-            except (EOFError, OSError):
-                pass
+            if not running.finished:
+                try:
+                    for message in worker.receive():
+                        if not running.finished:
+                            self._handle(running, message)
+                except (SandboxError, TypeError, ValueError, IndexError, KeyError):
+                    pass  # judged below, as a worker that ended without a word
             if not running.finished:
                 if running.cancel_sent_at is not None:
                     optimization.record_cancelled(running.session_id)
                 else:
-                    optimization.record_failed(
-                        running.session_id, "worker_lost",
-                        f"The worker process died (exit code {running.process.exitcode}).")
+                    error_type, message = worker.exit_reason()
+                    log.info("session %s: worker ended: %s\n%s", running.session_id, message,
+                             worker.stderr_tail())
+                    optimization.record_failed(running.session_id, error_type, message)
             self._forget(running)
 
     def _enforce_limits(self) -> None:
@@ -255,22 +294,43 @@ class LocalExecutor:
         for session_id in optimization.cancel_requests(list(self._running)):
             running = self._running[session_id]
             if running.cancel_sent_at is None:
-                running.cancel.set()
+                running.worker.cancel()
                 running.cancel_sent_at = now
         for running in list(self._running.values()):
-            overdue = running.cancel_sent_at is not None and now - running.cancel_sent_at > self.grace
-            if overdue and running.process.is_alive():
-                log.warning("session %s ignored cancel; killing pid %s",
-                            running.session_id, running.process.pid)
-                running.process.kill()
-            elif time.time() > running.deadline + self.grace and running.process.is_alive():
-                running.process.kill()
-                running.process.join(5)
-                running.finished = True
-                optimization.record_failed(running.session_id, "timeout",
-                                           "The session ran past its time limit and was stopped.")
+            if running.finished or not running.worker.alive():
+                continue
+            if now - running.heartbeat_written > HEARTBEAT_SECONDS:
+                running.heartbeat_written = now
+                optimization.record_heartbeat(running.session_id)
+            if running.cancel_sent_at is not None:
+                if now - running.cancel_sent_at > self.grace:
+                    log.warning("session %s ignored cancel; killing pid %s",
+                                running.session_id, running.worker.pid)
+                    running.worker.kill()
+                continue
+            problem = self._watchdog(running, now)
+            if problem is not None:
+                self._fail(running, *problem)
+
+    def _watchdog(self, running: _Running, now: float) -> tuple[str, str] | None:
+        if time.time() > running.deadline + self.grace:
+            return "timeout", "The session ran past its time limit and was stopped."
+        if running.phase == "inference" and now - running.last_beat > self.inference_timeout:
+            return "stalled", (f"The model stopped making progress: one run of it took longer "
+                               f"than {self.inference_timeout:g} s "
+                               "(executor.inference_timeout_seconds), so its worker was stopped.")
+        if now - running.step_started > self.step_timeout:
+            return "stalled", (f"The step {running.step or 'starting'} took longer than "
+                               f"{self.step_timeout:g} s (executor.step_timeout_seconds), so its "
+                               "worker was stopped.")
+        if now - running.output_checked > OUTPUT_CHECK_SECONDS:
+            running.output_checked = now
+            if running.worker.output_bytes() > self.output_limit:
+                return "resource_limit", (f"The session wrote more than "
+                                          f"{self.output_limit >> 20} MB (sandbox.output_mb) and "
+                                          "was stopped.")
+        return None
 
     def _forget(self, running: _Running) -> None:
         self._running.pop(running.session_id, None)
-        running.conn.close()
-        optimization.clean_work_dir(running.session_id)
+        running.worker.close()

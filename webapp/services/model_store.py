@@ -1,4 +1,4 @@
-"""ModelStore: accept uploads, analyse them in a worker, keep them content-addressed."""
+"""The model store: accept uploads, analyse them in the sandbox, keep them content-addressed."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ from flask import current_app
 from sqlalchemy import func, select
 
 from ..auth import audit
-from ..engine import worker
+from ..bounds import parse_json, printable
+from ..engine import datasets, formats, screening
+from ..engine.errors import DatasetRejected, EngineError
 from ..extensions import db
 from ..models import ACTIVE_STATUSES, ModelMetadata, OptimizationSession, User, utcnow
-from . import dashboard, get, visibility
+from . import dashboard, get, stored_files, visibility
 from .errors import ServiceError
-from .isolation import IsolatedFailure, run_isolated
+from .sandbox import SandboxError, run_job
 from .storage import TooLarge
 
 log = logging.getLogger("optideck.models")
@@ -33,7 +35,7 @@ def parse_input_shape(text: str | None):
     if text is None or not text.strip():
         return None
     try:
-        value = json.loads(text)
+        value = parse_json(text)
     except json.JSONDecodeError as exc:
         raise ServiceError(400, "validation_error", "input_shape is not valid JSON.",
                            {"input_shape": [f"Not JSON: {exc.msg}. Example: [1, 64]"]}) from exc
@@ -46,7 +48,8 @@ def parse_input_shape(text: str | None):
 def add(owner: User, stream: BinaryIO, filename: str, name: str | None,
         eval_stream: BinaryIO | None = None, input_shape=None) -> ModelMetadata:
     """Store and analyse an upload; on any failure nothing stays behind."""
-    name = (name or Path(filename or "model").stem or "model").strip()[:MAX_NAME]
+    # A name taken from the file's name was never checked like a typed one.
+    name = (name or printable(Path(filename or "model").stem) or "model").strip()[:MAX_NAME]
     blobs = get("blobs")
     limit = _settings()["uploads"]["max_bytes"]
     spooled: list[Path] = []
@@ -57,17 +60,7 @@ def add(owner: User, stream: BinaryIO, filename: str, name: str | None,
         if eval_stream is not None:
             eval_tmp, eval_sha, _ = _spool(blobs, eval_stream, limit, "eval_data", suffix=".npz")
             spooled.append(eval_tmp)
-        try:
-            analysis = run_isolated(
-                worker.analyse_upload,
-                (str(model_tmp), _settings()["criteria"]["threads"], input_shape,
-                 str(eval_tmp) if eval_tmp else None),
-                timeout=_settings()["uploads"]["analysis_timeout_seconds"],
-                initializer=worker.limit_threads, init_args=(_settings()["criteria"]["threads"],),
-            )
-        except IsolatedFailure as exc:
-            field = "eval_data" if exc.kind == "dataset_rejected" else "file"
-            raise ServiceError(422, exc.kind, exc.message, {field: [exc.message]}) from exc
+        analysis = _analyse(model_tmp, eval_tmp, input_shape)
         version = 1 + (db.session.scalar(
             select(func.max(ModelMetadata.version)).where(
                 ModelMetadata.name == name, ModelMetadata.owner_id == owner.id)
@@ -82,11 +75,9 @@ def add(owner: User, stream: BinaryIO, filename: str, name: str | None,
         db.session.flush()
         audit.record("model.upload", user=owner, resource=f"model:{model.id}",
                      detail=f"{model.format} {size} bytes sha256={sha[:12]}", commit=False)
-        # Files first, row second: a crash in between leaves an unreferenced
-        # file (harmless, same bytes) rather than a row without its file.
-        blobs.adopt(model_tmp, sha)
+        stored_files.keep(model_tmp, sha, size)
         if eval_tmp is not None:
-            blobs.adopt(eval_tmp, eval_sha)
+            stored_files.keep(eval_tmp, eval_sha, eval_tmp.stat().st_size)
         db.session.commit()
         dashboard.invalidate()
         return model
@@ -96,6 +87,48 @@ def add(owner: User, stream: BinaryIO, filename: str, name: str | None,
     finally:
         for path in spooled:
             path.unlink(missing_ok=True)
+
+
+def _analyse(model_path: Path, eval_path: Path | None, input_shape) -> dict:
+    """Open the upload in the sandbox: format, inputs, parameters, baseline latency.
+    What can be refused from the bytes alone is refused here, before any worker starts."""
+    settings = _settings()
+    sandbox = get("sandbox")
+    unpacked = settings["uploads"]["max_unpacked_bytes"]
+    try:
+        model_format = formats.detect_format(model_path)
+        if model_format != formats.ONNX:
+            screening.check_zip(model_path, unpacked)
+            if not sandbox.accepts_code:
+                raise EngineError(
+                    "TorchScript and .pt2 files carry code, and this server cannot isolate "
+                    "the code of uploads (no sandbox works here; see /config). Upload an "
+                    "ONNX export of the model instead.")
+        if eval_path is not None:
+            screening.check_npz(eval_path, datasets.MEMBERS, unpacked)
+    except EngineError as exc:
+        raise _rejected(exc.kind, exc.message, isinstance(exc, DatasetRejected)) from exc
+    threads = settings["criteria"]["threads"]
+    inputs = {"model_path": model_path}
+    if eval_path is not None:
+        inputs["eval_data_path"] = eval_path
+    try:
+        message = run_job(sandbox, {"kind": "analyse", "threads": threads,
+                                    "input_shape": input_shape},
+                          inputs, settings["uploads"]["analysis_timeout_seconds"], threads)
+    except (SandboxError, OSError) as exc:
+        log.warning("analysis worker failed: %s", exc)
+        raise _rejected("crashed", "The analyser failed on this file; it is damaged or not "
+                        "a model.", False) from exc
+    if message[0] == "result" and isinstance(message[1], dict):
+        return message[1]
+    error_type, text = str(message[1])[:32], str(message[2])[:2000]
+    raise _rejected(error_type, text, error_type == "dataset_rejected")
+
+
+def _rejected(error_type: str, message: str, about_data: bool) -> ServiceError:
+    return ServiceError(422, error_type, message,
+                        {"eval_data" if about_data else "file": [message]})
 
 
 def _spool(blobs, stream, limit, field, suffix=""):
@@ -151,19 +184,9 @@ def delete(model: ModelMetadata, by: User) -> None:
                            "cancel them or wait for them to finish.")
     model.deleted_at = utcnow()
     audit.record("model.delete", user=by, resource=f"model:{model.id}", commit=False)
-    db.session.commit()
+    # The bytes stay while another model, evaluation set or artifact still needs them.
+    stored_files.commit_releasing([model.sha256, model.eval_data_sha256])
     dashboard.invalidate()
-    for sha in (model.sha256, model.eval_data_sha256):
-        if sha and not _still_used(sha):
-            get("blobs").remove(sha)
-
-
-def _still_used(sha: str) -> bool:
-    return bool(db.session.scalar(
-        select(func.count()).select_from(ModelMetadata).where(
-            ModelMetadata.deleted_at.is_(None),
-            (ModelMetadata.sha256 == sha) | (ModelMetadata.eval_data_sha256 == sha))
-    ))
 
 
 def file_path(model: ModelMetadata) -> Path:

@@ -1,16 +1,16 @@
-"""OptimizationManager: start, follow, cancel and finish optimization sessions."""
+"""Optimization sessions: start, follow, cancel and finish them."""
 
 from __future__ import annotations
 
 import copy
 import logging
-import shutil
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from ..auth import audit
+from ..bounds import file_stem
 from ..engine.planner import PlanError, build_plan
 from ..engine.runner import params_text
 from ..extensions import db
@@ -22,13 +22,12 @@ from ..models import (
     User,
     utcnow,
 )
-from . import alerts, dashboard, get, model_store, visibility
+from . import alerts, artifacts, dashboard, get, model_store, stored_files, visibility
 from . import criteria as criteria_service
 from .errors import ServiceError
 
 log = logging.getLogger("optideck.sessions")
 
-HEARTBEAT_WRITE_SECONDS = 5
 
 
 def current_criteria() -> dict:
@@ -112,7 +111,7 @@ def start(user: User, model_id: int, techniques: list[str], parameters: dict) ->
         model_id=model.id, owner_id=user.id, status=SessionStatus.QUEUED.value,
         techniques=[step["technique"] for step in plan],
         parameters={step["technique"]: step["params"] for step in plan},
-        criteria=criteria, plan=plan,
+        criteria=criteria, plan=plan, criteria_version=criteria["version"],
     )
     db.session.add(session)
     db.session.flush()
@@ -196,14 +195,28 @@ def artifact_path(session: OptimizationSession) -> Path:
     return path
 
 
+def artifact_download_name(session: OptimizationSession) -> str:
+    """The file name the optimized model downloads as. Built from the model's name, which in
+    rows older than the upload check may hold anything, even a line break."""
+    return f"{file_stem(session.model.name)}-session{session.id}-optimized.onnx"
+
+
 # The executor reports what its workers say through the functions below.
 
-def claim_next() -> OptimizationSession | None:
-    """Take the oldest queued session; several dispatchers never take the same one."""
+def claim_next(per_user: int) -> OptimizationSession | None:
+    """Take the oldest queued session whose owner runs fewer than `per_user` sessions;
+    several dispatchers never take the same one."""
+    busy_owners = (select(OptimizationSession.owner_id)
+                   .where(OptimizationSession.status == SessionStatus.RUNNING.value,
+                          OptimizationSession.owner_id.is_not(None))
+                   .group_by(OptimizationSession.owner_id)
+                   .having(func.count() >= per_user))
     while True:
         candidate = db.session.scalar(
             select(OptimizationSession.id)
-            .where(OptimizationSession.status == SessionStatus.QUEUED.value)
+            .where(OptimizationSession.status == SessionStatus.QUEUED.value,
+                   OptimizationSession.owner_id.is_(None)
+                   | OptimizationSession.owner_id.not_in(busy_owners))
             .order_by(OptimizationSession.created_at, OptimizationSession.id).limit(1)
         )
         if candidate is None:
@@ -227,6 +240,8 @@ def claim_next() -> OptimizationSession | None:
 
 
 def job_for(session: OptimizationSession) -> dict:
+    """The session's job for the engine, with the stored files' paths on this server (the
+    executor copies them into the worker's sandbox)."""
     model = session.model
     criteria = session.criteria
     eval_path = model_store.eval_path(model)
@@ -237,15 +252,10 @@ def job_for(session: OptimizationSession) -> dict:
         "input_specs": model.input_spec,
         "steps": session.plan,
         "criteria": criteria,
-        "work_dir": str(work_dir(session.id)),
         "eval_data_path": str(eval_path) if eval_path else None,
         "deadline": (session.started_at + timedelta(
             minutes=criteria["max_optimization_time_minutes"])).timestamp(),
     }
-
-
-def work_dir(session_id: int) -> Path:
-    return get("blobs").work_dir(f"session-{session_id}")
 
 
 def _running(session_id: int) -> OptimizationSession | None:
@@ -281,30 +291,45 @@ def record_event(session_id: int, kind: str, step: str | None, message: str, dat
 
 
 def record_heartbeat(session_id: int) -> None:
+    """The session's worker is alive (the executor calls this every few seconds)."""
     session = _running(session_id)
-    now = utcnow()
-    if session is not None and (session.heartbeat_at is None or
-                                now - session.heartbeat_at > timedelta(seconds=HEARTBEAT_WRITE_SECONDS)):
-        session.heartbeat_at = now
+    if session is not None:
+        session.heartbeat_at = utcnow()
         db.session.commit()
 
 
-def record_completed(session_id: int, outcome: dict) -> None:
+def record_completed(session_id: int, outcome: dict, artifact: Path) -> None:
+    """Finish a session with the worker's results and its artifact, a file the executor
+    took out of the sandbox; it is checked here before it reaches storage."""
     session = _running(session_id)
-    if session is None:
-        return
-    sha, size = get("blobs").add_file(Path(outcome["artifact_path"]))
-    now = utcnow()
-    session.results = {**outcome["results"], "steps": outcome["steps"]}
-    session.size_reduction_percent = outcome["results"]["size_reduction_percent"]
-    session.speed_improvement_percent = outcome["results"]["speed_improvement_percent"]
-    session.artifact_sha256, session.artifact_size_bytes = sha, size
-    _finish(session, SessionStatus.COMPLETED, now)
-    met = "criteria met" if outcome["results"]["criteria_met"] else "criteria NOT met"
+    try:
+        if session is None:
+            return
+        try:
+            sha, size = artifacts.check(artifact)
+            results = artifacts.results(outcome, session.model.size_bytes, size)
+        except artifacts.Refused as exc:
+            log.warning("session %s: artifact refused: %s", session_id, exc)
+            record_failed(session_id, "worker_lost",
+                          f"The worker's optimized model was refused: {exc}")
+            return
+        stored_files.keep(artifact, sha, size)
+        session.artifact_sha256, session.artifact_size_bytes = sha, size
+        _finish_completed(session, results)
+    finally:
+        artifact.unlink(missing_ok=True)
+
+
+def _finish_completed(session: OptimizationSession, results: dict) -> None:
+    session.results = results
+    session.size_reduction_percent = results["size_reduction_percent"]
+    session.speed_improvement_percent = results["speed_improvement_percent"]
+    _finish(session, SessionStatus.COMPLETED, utcnow())
+    met = "criteria met" if results["criteria_met"] else "criteria NOT met"
     _event(session, "completed", None, (
-        f"Done: {outcome['results']['size_reduction_percent']:.1f} % smaller, "
-        f"{outcome['results']['speedup']:.2f}x speed, "
-        f"{outcome['results']['accuracy_retention_percent']:.2f} % accuracy retention; {met}."))
+        f"Done: {results['size_reduction_percent']:.1f} % smaller, "
+        f"{results['speedup']:.2f}x speed, "
+        f"{results['accuracy_retention_percent']:.2f} % accuracy retention; {met}."))
     db.session.commit()
     _publish("session_completed", session)
 
@@ -353,10 +378,6 @@ def cancel_requests(session_ids: list[int]) -> set[int]:
             OptimizationSession.id.in_(session_ids),
             OptimizationSession.cancel_requested_at.is_not(None))
     ))
-
-
-def clean_work_dir(session_id: int) -> None:
-    shutil.rmtree(work_dir(session_id), ignore_errors=True)
 
 
 def _finish(session: OptimizationSession, status: SessionStatus, now) -> None:

@@ -25,11 +25,6 @@ class BlobStore:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def work_dir(self, name: str) -> Path:
-        path = self.root / "work" / name
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
     def path_for(self, sha256: str) -> Path:
         return self.root / "objects" / sha256[:2] / sha256
 
@@ -62,12 +57,12 @@ class BlobStore:
         os.replace(tmp_path, target)
         return target
 
-    def add_file(self, path: Path) -> tuple[str, int]:
-        """Copy a file made by a worker into the store: (sha256, size)."""
+    @staticmethod
+    def digest(path: Path) -> tuple[str, int]:
+        """(sha256, size) of a file."""
+        digest, size = hashlib.sha256(), 0
         with path.open("rb") as fh:
-            tmp, sha, size = self.spool(fh, limit=1 << 62, suffix=".part")
-        self.adopt(tmp, sha)
-        return sha, size
-
-    def remove(self, sha256: str) -> None:
-        self.path_for(sha256).unlink(missing_ok=True)
+            while chunk := fh.read(CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+        return digest.hexdigest(), size

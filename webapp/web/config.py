@@ -7,6 +7,7 @@ from flask_login import current_user
 from marshmallow import fields
 
 from ..auth.guards import roles_required
+from ..bounds import parse_id
 from ..config import masked
 from ..engine.techniques import QUANTIZATION_MODES, TECHNIQUES
 from ..models import Role
@@ -36,8 +37,10 @@ def form_to_document(form) -> dict:
 
 
 def _based_on(form) -> int | None:
-    raw = form.get("version", "")
-    return int(raw) if raw.isdigit() else None
+    try:
+        return parse_id(form.get("version", ""), smallest=0)
+    except ValueError:
+        return None
 
 
 def _page(document=None, errors=None, stale=None, status=200, dirty=False):
@@ -52,7 +55,8 @@ def _page(document=None, errors=None, stale=None, status=200, dirty=False):
         "deployments": criteria.DEPLOYMENTS, "runtimes": criteria.RUNTIMES,
     }
     context.update(versions=[*criteria.versions(), criteria.get_version(0)],
-                   settings=masked(current_app.config["OPTIDECK"]))
+                   settings=masked(current_app.config["OPTIDECK"]),
+                   sandbox=current_app.extensions["optideck.sandbox"])
     return render_template("config/index.html", **context), status
 
 

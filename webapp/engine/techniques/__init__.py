@@ -35,7 +35,8 @@ class PruningParams(Schema):
 class CompressionParams(Schema):
     energy = fields.Float(allow_nan=False, validate=validate.Range(min=0.5, max=0.9999),
                           metadata={"description": "Share of spectral energy kept, 0.5 to 0.9999"})
-    rank = fields.Integer(validate=validate.Range(min=1),
+    # A layer with both sides past this holds 4 billion weights: bigger than any upload.
+    rank = fields.Integer(validate=validate.Range(min=1, max=65_536),
                           metadata={"description": "Fixed rank of each factorized layer"})
 
     @validates_schema

@@ -1,0 +1,132 @@
+"""What code running in the sandbox can see and do: the walls themselves, tested with code
+that tries to get through them (as a model that slipped past the screening would)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests import hostile
+from tests.conftest import TEST_SECRET
+from webapp.config import load_config
+from webapp.services import sandbox as sandbox_module
+from webapp.services.sandbox import BUBBLEWRAP, Sandbox
+
+PROBE = textwrap.dedent("""
+    import json, os, socket, sys
+    found = {"uid": os.getuid(), "root": sorted(os.listdir("/"))}
+    def attempt(name, action):
+        try:
+            found[name] = repr(action())
+        except Exception as exc:
+            found[name] = "refused: " + type(exc).__name__
+    targets = json.loads(sys.argv[1])
+    attempt("read_secret", lambda: open(targets["secret"]).read())
+    attempt("read_database", lambda: open(targets["database"], "rb").read(16))
+    attempt("list_storage", lambda: os.listdir(targets["storage"]))
+    attempt("write_outside", lambda: open(targets["outside"], "w").write("pwned"))
+    attempt("write_libraries", lambda: open(sys.prefix + "/pwned", "w").write("pwned"))
+    attempt("network", lambda: socket.create_connection(("127.0.0.1", 5432), timeout=2))
+    attempt("environ_1", lambda: open("/proc/1/environ", "rb").read())
+    attempt("own_environ", lambda: dict(os.environ))
+    attempt("memory", lambda: len(bytearray(int(targets["allocate"]))))
+    attempt("write_scratch", lambda: open("/job/out/ok", "w").write("fine"))
+    print(json.dumps(found))
+""")
+
+
+@pytest.fixture
+def settings(tmp_path):
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    (instance / "secret_key").write_text(TEST_SECRET)
+    (instance / "optideck.db").write_bytes(b"SQLite format 3\0")
+    return load_config(overrides={"app": {"instance_dir": str(instance)},
+                                  "sandbox": {"memory_mb": 1024}})
+
+
+def _run_probe(sandbox: Sandbox, tmp_path, settings) -> dict:
+    worker_dir = tmp_path / "job"
+    (worker_dir / "in").mkdir(parents=True)
+    (worker_dir / "out" / "tmp").mkdir(parents=True)
+    argv, env = sandbox.command(worker_dir, "probe", 1, 30, sandbox.isolation)
+    python = argv.index("-m")
+    instance = settings["app"]["instance_dir"]
+    targets = {"secret": f"{instance}/secret_key", "database": f"{instance}/optideck.db",
+               "storage": settings["storage"]["dir"], "outside": str(tmp_path / "pwned"),
+               "allocate": 2 << 30}
+    argv = argv[:python] + ["-c", PROBE, json.dumps(targets)]
+    # A secret in the server's environment must not reach the worker by any route.
+    env = {**env, "OPTIDECK_SECRET_KEY": TEST_SECRET}
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60,
+                            cwd=worker_dir / "out")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_bubblewrap_walls(settings, tmp_path):
+    """Can code inside the sandbox read the secret key or database, write outside its
+    scratch folder, reach the network, read the server's environment or take memory
+    beyond its cap? (It may write its scratch folder.)"""
+    sandbox = Sandbox(settings)
+    if sandbox.isolation != BUBBLEWRAP:
+        pytest.skip(f"bubblewrap is not usable here ({sandbox.describe()})")
+    found = _run_probe(sandbox, tmp_path, settings)
+    assert found["uid"] == 65534
+    for attempt in ("read_secret", "read_database", "list_storage", "write_outside",
+                    "write_libraries", "network", "memory"):
+        assert found[attempt].startswith("refused"), (attempt, found[attempt])
+    assert TEST_SECRET not in json.dumps(found)
+    assert not (tmp_path / "pwned").exists()
+    assert found["write_scratch"] == "4"
+    assert (tmp_path / "job" / "out" / "ok").read_text() == "fine"
+
+
+def test_no_isolation_refuses_code_uploads_unless_allowed(settings):
+    """Where no sandbox works, TorchScript and .pt2 (which carry code) are refused
+    unless the operator of the server opted in."""
+    none = load_config(overrides={"app": {"instance_dir": settings["app"]["instance_dir"]},
+                                  "sandbox": {"isolation": "none"}})
+    assert not Sandbox(none).accepts_code
+    none["sandbox"]["allow_torch_without_isolation"] = True
+    assert Sandbox(none).accepts_code
+
+
+def test_a_named_isolation_that_cannot_work_stops_start_up(settings, monkeypatch):
+    monkeypatch.setattr(sandbox_module.shutil, "which",
+                        lambda name: None if name == "bwrap" else "/usr/bin/" + name)
+    settings["sandbox"]["isolation"] = "bubblewrap"
+    settings["sandbox"]["work_dir"] = os.path.join(settings["sandbox"]["work_dir"], "other")
+    with pytest.raises(SystemExit, match="bwrap is not installed"):
+        Sandbox(settings)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("shared", [False, True], ids=["reads-secret", "writes-file"])
+def test_a_model_that_slips_past_the_screening_still_meets_the_walls(settings, tmp_path,
+                                                                      shared):
+    """Loaded in the sandbox with no screening at all, a TorchScript model mapping a
+    server file at load time reads nothing and creates nothing outside the sandbox."""
+    sandbox = Sandbox(settings)
+    if sandbox.isolation != BUBBLEWRAP:
+        pytest.skip(f"bubblewrap is not usable here ({sandbox.describe()})")
+    target = (tmp_path / "planted.pth" if shared
+              else Path(settings["app"]["instance_dir"]) / "secret_key")
+    job = tmp_path / "job"
+    (job / "out" / "tmp").mkdir(parents=True)
+    (job / "in").mkdir()
+    hostile.torchscript_from_file(target, job / "in" / "evil.pt", size=16, shared=shared)
+    argv, env = sandbox.command(job, "probe", 1, 60, sandbox.isolation)
+    load = ("import torch\ntry:\n    m = torch.jit.load('/job/in/evil.pt')\n"
+            "    print(bytes(m.leak.tolist()))\nexcept Exception as exc:\n"
+            "    print('refused', type(exc).__name__)\n")
+    argv = argv[:argv.index("-m")] + ["-c", load]
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert result.stdout.startswith("refused") or shared, result.stdout + result.stderr
+    assert TEST_SECRET not in result.stdout
+    assert not (tmp_path / "planted.pth").exists()

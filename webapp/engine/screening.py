@@ -1,0 +1,438 @@
+"""Refuse a hostile file before any loader reads it.
+
+Every check here parses the upload as data (zip directories, JSON, Python syntax trees,
+pickle opcodes, .npy headers) and never executes or unpickles any of it. They run in
+the sandbox before the loaders (and the cheap ones in the web process too), so a file
+that only a loader could expose as hostile still meets the sandbox's walls.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import pickletools
+import re
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .allowed_ops import ATEN_OPS, PRIM_OPS
+from .errors import DatasetRejected, ModelRejected
+
+# A zip's own directory says how large its members unpack; a few kilobytes of zip can
+# claim gigabytes. Checked before anything is unpacked.
+MAX_MEMBERS = 20_000
+
+# Operator domains ONNX Runtime itself implements; a node of any other domain needs a
+# custom-op library, which is code we would have to load.
+ONNX_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview", "ai.onnx.preview.training",
+                "ai.onnx.training", "com.microsoft", "com.microsoft.nchwc",
+                "com.microsoft.experimental"}
+
+# The globals a TorchScript archive's pickles may name: how tensors and TorchScript
+# objects are rebuilt. TorchScript's unpickler resolves nothing else either; the list is
+# a second wall, checked on the opcodes without unpickling.
+PICKLE_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("torch._utils", "_rebuild_tensor"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch.jit._pickle", "build_intlist"),
+    ("torch.jit._pickle", "build_tensorlist"),
+    ("torch.jit._pickle", "build_doublelist"),
+    ("torch.jit._pickle", "build_boollist"),
+    ("torch.jit._pickle", "build_tensor_from_id"),
+    ("torch.jit._pickle", "restore_type_tag"),
+}
+STRING_OPCODES = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE",
+                  "SHORT_BINSTRING", "BINSTRING"}
+
+# Names TorchScript's serialized code calls without a module: its builtins.
+TORCHSCRIPT_BUILTINS = {
+    "range", "annotate", "uninitialized", "isinstance", "unchecked_cast", "int", "float",
+    "bool", "str", "len", "list", "tuple", "dict", "min", "max", "abs", "enumerate", "zip",
+    "round", "divmod", "ord", "chr", "all", "any", "sum", "sorted", "reversed", "hash",
+}
+# What a torch.export graph may call besides aten operators: Python's arithmetic on
+# symbolic sizes, and the control-flow operators whose bodies are graphs checked alike.
+EXPORT_TARGETS = {
+    *(f"_operator.{name}" for name in (
+        "getitem", "add", "sub", "mul", "floordiv", "truediv", "mod", "pow", "neg", "pos",
+        "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "not_", "abs")),
+    *(f"math.{name}" for name in ("ceil", "floor", "trunc", "sqrt")),
+    *(f"torch.{name}" for name in ("sym_max", "sym_min", "sym_float", "sym_int", "sym_not",
+                                   "sym_ite", "sym_sqrt", "_assert_async")),
+    *(f"torch.ops.higher_order.{name}" for name in ("cond", "while_loop", "map_impl", "scan",
+                                                    "wrap_with_set_grad_enabled",
+                                                    "wrap_with_autocast")),
+}
+ATEN_TARGET = re.compile(r"^torch\.ops\.aten\.([A-Za-z0-9_]+)\.[A-Za-z0-9_]+$")
+
+
+def check_zip(path: Path, max_unpacked_bytes: int) -> None:
+    """A zip whose directory promises more than we will unpack is refused unread."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ModelRejected("The file is a damaged zip archive.") from exc
+    if len(infos) > MAX_MEMBERS:
+        raise ModelRejected(f"The archive holds {len(infos):,} files; at most "
+                            f"{MAX_MEMBERS:,} are accepted.")
+    total = sum(info.file_size for info in infos)
+    if total > max_unpacked_bytes:
+        raise ModelRejected(f"The archive unpacks to {total:,} bytes; at most "
+                            f"{max_unpacked_bytes:,} are accepted.")
+
+
+def _members(archive: zipfile.ZipFile, suffixes: tuple[str, ...]) -> Iterator[tuple[str, bytes]]:
+    for name in archive.namelist():
+        if name.endswith(suffixes):
+            yield name, archive.read(name)
+
+
+# TorchScript -----------------------------------------------------------------------------
+
+def check_torchscript(path: Path) -> None:
+    """Refuse a TorchScript archive whose code calls anything but tensor maths, or whose
+    pickles name anything but tensors and the archive's own TorchScript classes."""
+    with zipfile.ZipFile(path) as archive:
+        sources = dict(_members(archive, (".py",)))
+        if not sources:
+            raise ModelRejected("The TorchScript archive holds no code.")
+        trees = {}
+        for name, text in sources.items():
+            try:
+                trees[name] = ast.parse(text.decode("utf-8"), filename=Path(name).name)
+            except (SyntaxError, UnicodeDecodeError, ValueError, RecursionError,
+                    MemoryError) as exc:
+                raise ModelRejected(f"The TorchScript code in {Path(name).name} cannot be "
+                                    "checked; Optideck refuses code it cannot read.") from exc
+        defined = {node.name for tree in trees.values() for node in ast.walk(tree)
+                   if isinstance(node, ast.FunctionDef | ast.ClassDef)}
+        refused = set()
+        for tree in trees.values():
+            refused |= _refused_calls(tree, defined)
+        if refused:
+            raise ModelRejected(
+                "The TorchScript model calls operations outside Optideck's allowlist of tensor "
+                f"maths: {', '.join(sorted(refused)[:10])}. Files, printing, processes and "
+                "custom C++ classes are not allowed in uploaded models.")
+        for name, data in _members(archive, (".pkl",)):
+            _check_pickle(name, data)
+
+
+def _chain(node: ast.AST) -> list[str] | None:
+    """`a.b.c` as ["a", "b", "c"]; None when the chain does not start at a plain name."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    parts.append(node.id)
+    return parts[::-1]
+
+
+def _refused_calls(tree: ast.AST, defined: set[str]) -> set[str]:
+    refused: set[str] = set()
+    inner = set()  # attribute nodes that are part of a longer chain, judged with it
+    assigned = {target.id for node in ast.walk(tree) if isinstance(node, ast.Assign | ast.For)
+                for target in ast.walk(node.targets[0] if isinstance(node, ast.Assign)
+                                       else node.target)
+                if isinstance(target, ast.Name)}
+    arguments = {arg.arg for node in ast.walk(tree) if isinstance(node, ast.arguments)
+                 for arg in (*node.args, *node.kwonlyargs)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node not in inner:
+            value = node.value
+            while isinstance(value, ast.Attribute):
+                inner.add(value)
+                value = value.value
+            chain = _chain(node)
+            if chain is not None:
+                problem = _refused_chain(chain)
+                if problem:
+                    refused.add(problem)
+        if isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Name) and func.id in ("getattr", "hasattr"):
+                problem = _refused_getattr(node)
+                if problem:
+                    refused.add(problem)
+            elif isinstance(func, ast.Name):
+                if func.id not in TORCHSCRIPT_BUILTINS | assigned | arguments | defined:
+                    refused.add(func.id)
+            elif isinstance(func, ast.Attribute) and _chain(func) is None:
+                # (obj).method(...): only methods the archive itself defines.
+                if func.attr not in defined:
+                    refused.add(f"method {func.attr}")
+            elif isinstance(func, ast.Attribute):
+                chain = _chain(func)
+                if chain[0] not in ("torch", "ops", "__torch__") and func.attr not in defined:
+                    refused.add(f"method {func.attr}")
+            else:
+                refused.add("a call through an expression")
+    return refused
+
+
+def _refused_getattr(node: ast.Call) -> str | None:
+    """getattr(obj, "name") as TorchScript writes submodule access (Sequential's "0"): only
+    with a constant name, and judged like obj.name when obj is torch or ops."""
+    if len(node.args) != 2 or node.keywords or not (
+            isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)):
+        return "getattr with a computed name"
+    chain = _chain(node.args[0])
+    if chain is not None and chain[0] in ("torch", "ops"):
+        return _refused_chain([*chain, node.args[1].value]) or None
+    return None
+
+
+def _refused_chain(chain: list[str]) -> str | None:
+    """The op a dotted name refers to, if the allowlist does not have it."""
+    root = chain[0]
+    if root == "torch":
+        if len(chain) >= 4 and chain[1] == "ops":
+            return _refused_op(chain[2], chain[3])
+        return None if len(chain) == 2 and chain[1] in ATEN_OPS else ".".join(chain)
+    if root == "ops":
+        return _refused_op(chain[1], chain[2]) if len(chain) >= 3 else ".".join(chain)
+    if root == "__torch__" and chain[1:3] == ["torch", "classes"]:
+        return ".".join(chain)  # custom C++ classes: code outside TorchScript
+    return None
+
+
+def _refused_op(namespace: str, name: str) -> str | None:
+    allowed = {"aten": ATEN_OPS, "prim": PRIM_OPS}.get(namespace, frozenset())
+    return None if name in allowed else f"{namespace}::{name}"
+
+
+def _check_pickle(name: str, data: bytes) -> None:
+    strings: list[str] = []
+    try:
+        for opcode, arg, _ in pickletools.genops(io.BytesIO(data)):
+            if opcode.name in STRING_OPCODES:
+                strings.append(arg if isinstance(arg, str) else repr(arg))
+            elif opcode.name == "GLOBAL":
+                module, _, attr = str(arg).partition(" ")
+                _check_global(name, module, attr)
+            elif opcode.name == "STACK_GLOBAL":
+                if len(strings) < 2:
+                    raise ModelRejected(f"{Path(name).name} is not a TorchScript pickle.")
+                _check_global(name, strings[-2], strings[-1])
+    except ModelRejected:
+        raise
+    except Exception as exc:  # pickletools raises ValueError and friends on junk
+        raise ModelRejected(f"{Path(name).name} in the archive is damaged.") from exc
+
+
+def _check_global(member: str, module: str, attr: str) -> None:
+    if (module, attr) in PICKLE_GLOBALS:
+        return
+    if module == "torch" and attr.endswith("Storage"):
+        return
+    if (module == "__torch__" or module.startswith("__torch__.")) and \
+            not module.startswith("__torch__.torch.classes"):
+        return  # a TorchScript class of the archive, whose code was checked above
+    raise ModelRejected(f"{Path(member).name} in the archive would build {module}.{attr}; "
+                        "uploaded models may hold tensors and TorchScript objects only.")
+
+
+# torch.export programs ---------------------------------------------------------------------
+
+def check_exported_program(path: Path) -> None:
+    """Refuse a .pt2 archive with any pickled payload or a graph calling anything but
+    tensor maths. torch.export.load would unpickle such payloads (and falls back to a
+    full unpickle when its restricted loader fails), so none may be there at all."""
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        models = [n for n in names if "/models/" in n and n.endswith(".json")]
+        if len(models) != 1:
+            raise ModelRejected("The .pt2 archive must hold exactly one exported program.")
+        for name in names:
+            if "/data/sample_inputs/" in name:
+                continue  # dropped unread before loading (formats.safe_exported_program_copy)
+            if name.endswith((".pt", ".pkl", ".pickle", ".pth")):
+                raise ModelRejected("The .pt2 archive stores data as pickles (an old or "
+                                    "custom format); re-save it with torch.export.save.")
+            if name.endswith(("weights_config.json", "constants_config.json")):
+                _check_payload_config(_json(archive, name))
+        program = _json(archive, models[0])
+    refused = sorted({target for target in _graph_targets(program)
+                      if not _allowed_target(target)})
+    if refused:
+        raise ModelRejected(
+            "The exported program calls operations outside Optideck's allowlist of tensor "
+            f"maths: {', '.join(refused[:10])}.")
+    if _has_custom_objects(program):
+        raise ModelRejected("The exported program holds custom objects; Optideck accepts "
+                            "tensor programs only.")
+
+
+def _json(archive: zipfile.ZipFile, name: str):
+    try:
+        return json.loads(archive.read(name))
+    except (ValueError, RecursionError) as exc:
+        raise ModelRejected(f"{Path(name).name} in the archive is not valid JSON.") from exc
+
+
+def _check_payload_config(config) -> None:
+    entries = config.get("config", {}) if isinstance(config, dict) else None
+    if not isinstance(entries, dict):
+        raise ModelRejected("The .pt2 archive's payload description is damaged.")
+    for fqn, meta in entries.items():
+        if not isinstance(meta, dict) or meta.get("use_pickle"):
+            raise ModelRejected(f"The .pt2 archive stores {str(fqn)[:80]!r} as a pickle; "
+                                "Optideck accepts only plain tensor payloads.")
+        if str(meta.get("path_name", "")).startswith(("custom_obj", "opaque_obj")):
+            raise ModelRejected(f"The .pt2 archive holds a custom object ({str(fqn)[:80]!r}); "
+                                "Optideck accepts only tensors.")
+
+
+def _walk(value) -> Iterator[dict]:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            yield item
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _graph_targets(program) -> Iterator[str]:
+    """The target of every node, in the graph and in every subgraph it nests."""
+    for item in _walk(program):
+        if "target" in item and "inputs" in item:
+            yield str(item["target"])
+
+
+def _allowed_target(target: str) -> bool:
+    match = ATEN_TARGET.match(target)
+    if match:
+        return match.group(1) in ATEN_OPS
+    return target in EXPORT_TARGETS
+
+
+def _has_custom_objects(program) -> bool:
+    return any(item.get("custom_obj_values") or "as_custom_obj" in item for item in _walk(program))
+
+
+# ONNX ---------------------------------------------------------------------------------------
+
+def check_onnx(model) -> None:
+    """Refuse an ONNX model that would read files next to it or need a custom-op library."""
+    import onnx
+
+    # Only the domains nodes use count: declaring one in opset_import loads nothing.
+    allowed = set(ONNX_DOMAINS) | {function.domain for function in model.functions}
+    unknown = set()
+    for graph in _onnx_graphs(model):
+        unknown |= {node.domain for node in graph.node} - allowed
+        for tensor in _graph_tensors(graph, onnx):
+            if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
+                raise ModelRejected(
+                    "The ONNX model keeps weights in external files; save it as one file "
+                    "(onnx.save(..., save_as_external_data=False)).")
+    for function in model.functions:
+        unknown |= {node.domain for node in function.node} - allowed
+    if unknown:
+        raise ModelRejected(
+            f"The ONNX model uses operators of the domain(s) {', '.join(sorted(unknown))}, "
+            "which need a custom-operator library; only ONNX's own operators and ONNX "
+            "Runtime's built-in ones are accepted.")
+
+
+def _onnx_graphs(model):
+    """The main graph and every subgraph (If, Loop, Scan bodies), however deep."""
+    import onnx
+
+    stack = [model.graph]
+    stack.extend(node_graph for function in model.functions for node in function.node
+                 for node_graph in _attribute_graphs(node, onnx))
+    while stack:
+        graph = stack.pop()
+        yield graph
+        for node in graph.node:
+            stack.extend(_attribute_graphs(node, onnx))
+
+
+def _attribute_graphs(node, onnx):
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.GRAPH:
+            yield attribute.g
+        elif attribute.type == onnx.AttributeProto.GRAPHS:
+            yield from attribute.graphs
+
+
+def _graph_tensors(graph, onnx):
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.TENSOR:
+                yield attribute.t
+            elif attribute.type == onnx.AttributeProto.TENSORS:
+                yield from attribute.tensors
+            elif attribute.type == onnx.AttributeProto.SPARSE_TENSOR:
+                yield attribute.sparse_tensor.values
+                yield attribute.sparse_tensor.indices
+
+
+# Evaluation data ----------------------------------------------------------------------------
+
+def check_npz(path: Path, members: set[str], max_bytes: int) -> dict[str, tuple]:
+    """Every member of an evaluation .npz is one we use, holds plain numbers and fits the
+    limit, judged from the zip directory and the .npy headers before any array is read.
+    Returns {name: shape}."""
+    shapes = {}
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            if len(infos) > len(members):
+                raise DatasetRejected(f"The evaluation .npz holds {len(infos)} arrays; it may "
+                                      f"hold only {_listed(members)}.")
+            for info in infos:
+                name = info.filename.removesuffix(".npy")
+                if name not in members or name in shapes:
+                    raise DatasetRejected(f"The evaluation .npz holds an array named "
+                                          f"{name[:60]!r}; it may hold only {_listed(members)}.")
+                if info.file_size > max_bytes:
+                    raise DatasetRejected(f"'{name}' unpacks to {info.file_size:,} bytes; the "
+                                          f"limit is {max_bytes:,}.")
+                with archive.open(info) as member:
+                    shape, dtype = _npy_header(member, name)
+                count = int(np.prod(shape, dtype=np.float64))
+                total += count * dtype.itemsize
+                if total > max_bytes:
+                    raise DatasetRejected(f"The evaluation arrays hold more than the limit of "
+                                          f"{max_bytes:,} bytes.")
+                shapes[name] = shape
+    except DatasetRejected:
+        raise
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise DatasetRejected("The evaluation data is not a readable .npz file.") from exc
+    return shapes
+
+
+def _npy_header(member, name: str):
+    version = np.lib.format.read_magic(member)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+    elif version in ((2, 0), (3, 0)):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+    else:
+        raise DatasetRejected(f"'{name}' is not a .npy array.")
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise DatasetRejected(f"'{name}' must hold plain numbers, not {dtype}.")
+    return tuple(int(d) for d in shape), dtype
+
+
+def _listed(members: set[str]) -> str:
+    return " and ".join(f"'{m}'" for m in sorted(members))

@@ -1,0 +1,83 @@
+"""The bytes behind models, evaluation sets and artifacts, kept while anything refers to them.
+
+Files are stored once per sha256, so one file can serve several users' models and a
+session's artifact at once. Adding and removing a hash both lock its `stored_files` row
+inside the caller's transaction: an upload of some bytes and the delete of the last
+model using the same bytes wait for each other instead of losing the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ..extensions import db
+from ..models import ModelMetadata, OptimizationSession, StoredFile, utcnow
+from . import get
+
+log = logging.getLogger("optideck.storage")
+
+
+def _lock(sha256: str, size: int | None = None) -> StoredFile:
+    """The hash's row, created if need be, locked until the transaction ends. (On SQLite
+    the insert alone takes the database's write lock, which serves the same end.)"""
+    dialect = db.session.get_bind().dialect.name
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(StoredFile)
+    db.session.execute(insert.values(sha256=sha256, size_bytes=size, created_at=utcnow())
+                       .on_conflict_do_nothing(index_elements=["sha256"]))
+    return db.session.scalars(select(StoredFile).where(StoredFile.sha256 == sha256)
+                              .with_for_update().execution_options(populate_existing=True)).one()
+
+
+def keep(spooled: Path, sha256: str, size: int) -> None:
+    """Make the store hold these bytes for a reference the caller is adding in this
+    transaction. The spooled file is moved in, or dropped when the bytes are there."""
+    row = _lock(sha256, size)
+    get("blobs").adopt(spooled, sha256)
+    row.removed_at = None
+    row.size_bytes = size
+
+
+def references(sha256: str) -> int:
+    """Models (not deleted), evaluation sets and artifacts that need these bytes."""
+    models = db.session.scalar(select(func.count()).select_from(ModelMetadata).where(
+        ModelMetadata.deleted_at.is_(None),
+        (ModelMetadata.sha256 == sha256) | (ModelMetadata.eval_data_sha256 == sha256)))
+    artifacts = db.session.scalar(select(func.count()).select_from(OptimizationSession).where(
+        OptimizationSession.artifact_sha256 == sha256))
+    return (models or 0) + (artifacts or 0)
+
+
+def commit_releasing(hashes: list[str]) -> None:
+    """Commit the caller's transaction, which dropped references to `hashes`, removing the
+    files nothing refers to any more. A file leaves the store only with the commit: it is
+    set aside first and put back should the commit fail."""
+    db.session.flush()
+    aside: list[tuple[Path, Path]] = []
+    try:
+        for sha256 in dict.fromkeys(h for h in hashes if h):
+            row = _lock(sha256)
+            if references(sha256):
+                continue
+            path = get("blobs").path_for(sha256)
+            tombstone = path.with_name(path.name + ".removing")
+            try:
+                os.replace(path, tombstone)
+            except FileNotFoundError:
+                pass
+            else:
+                aside.append((tombstone, path))
+            row.removed_at = utcnow()
+        db.session.commit()
+    except BaseException:
+        db.session.rollback()
+        for tombstone, path in aside:
+            os.replace(tombstone, path)
+        raise
+    for tombstone, _ in aside:
+        tombstone.unlink(missing_ok=True)
+        log.info("removed stored file %s: nothing refers to it", tombstone.name[:12])

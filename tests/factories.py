@@ -5,6 +5,7 @@ Sessions made here never ran; tests that need a real run use the executor.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 
 from webapp.extensions import db
@@ -39,5 +40,18 @@ def gen_session(model, owner, status="completed", age_days=0, size=None, speed=N
         speed_improvement_percent=speed, created_at=created, updated_at=created,
         progress=100.0 if status == "completed" else 0.0, **kw)
     db.session.add(session)
+    db.session.commit()
+    return session
+
+
+def gen_artifact(session, content: bytes = b"onnx bytes") -> OptimizationSession:
+    """Give a session an artifact file in storage (these bytes, not a real model)."""
+    from webapp.services import get
+
+    sha = hashlib.sha256(content).hexdigest()
+    stored = get("blobs").path_for(sha)
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    stored.write_bytes(content)
+    session.artifact_sha256, session.artifact_size_bytes = sha, len(content)
     db.session.commit()
     return session

@@ -29,11 +29,12 @@ def create_app(config: dict[str, dict[str, Any]] | None = None) -> Flask:
     )
     _configure(app, settings)
 
-    from . import errors, health, requestlog
+    from . import bounds, errors, health, requestlog
     from .extensions import cache, csrf, db, limiter, migrate
 
     requestlog.configure_logging(settings["logging"]["level"], settings["logging"]["json"])
     requestlog.init_app(app)  # first: its before_request resets per-request state
+    bounds.init_app(app)  # before any blueprint: it bounds their <int:...> converters
     db.init_app(app)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"), render_as_batch=True)
     csrf.init_app(app)

@@ -75,12 +75,11 @@ def _parts(exc: HTTPException) -> tuple[str, str, Any]:
     details = data.get("details")
     if details is None and "messages" in data:
         # webargs (flask-smorest's parser) puts field errors under `messages`,
-        # keyed by location; the field names are what a caller needs.
-        details = {
-            field: errors
-            for location in data["messages"].values()
-            for field, errors in (location.items() if isinstance(location, dict) else [])
-        }
+        # keyed by location; the field names are what a caller needs. A body that is not
+        # JSON at all has its errors under the location itself.
+        details = {}
+        for location, errors in data["messages"].items():
+            details.update(errors if isinstance(errors, dict) else {location: errors})
         message = "The request has invalid fields; see details."
     if isinstance(exc, CSRFError):
         error = "csrf_failed"

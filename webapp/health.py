@@ -52,8 +52,9 @@ def check_storage() -> Check:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
             pass
     except OSError as exc:
-        return Check("storage", False, f"{path} is not writable: {exc.strerror}")
-    return Check("storage", True, f"{path} writable")
+        # /readyz answers anyone: the folder is named by storage.dir, not here.
+        return Check("storage", False, f"storage.dir is not writable: {exc.strerror}")
+    return Check("storage", True, "writable")
 
 
 def check_redis() -> Check | None:

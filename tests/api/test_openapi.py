@@ -2,6 +2,8 @@
 
 import re
 
+from openapi_spec_validator import validate
+
 ERROR_REF = "#/components/schemas/Error"
 
 
@@ -67,3 +69,25 @@ def test_token_docs_page_is_public_and_explains_every_code(client):
     for code in ("token_missing", "token_invalid", "token_expired", "forbidden", "invalid_credentials"):
         assert code in page
     assert "curl" in page
+
+
+def test_the_document_is_valid_openapi(client):
+    validate(spec(client))
+
+
+def test_the_upload_is_one_multipart_body_with_its_files_and_fields(client):
+    post = spec(client)["paths"]["/api/v1/models"]["post"]
+    assert "parameters" not in post  # no Swagger 2 `in: formData`
+    body = post["requestBody"]["content"]["multipart/form-data"]["schema"]
+    name = body["$ref"].rsplit("/", 1)[1]
+    fields = spec(client)["components"]["schemas"][name]
+    assert fields["required"] == ["file"]
+    assert set(fields["properties"]) == {"file", "eval_data", "name", "input_shape"}
+    for upload in ("file", "eval_data"):
+        assert fields["properties"][upload] | {"description": ""} == {
+            "type": "string", "format": "binary", "description": ""}
+
+
+def test_path_ids_are_documented_with_their_range(client):
+    parameters = spec(client)["paths"]["/api/v1/models/{model_id}"]["parameters"]
+    assert parameters[0]["schema"] == {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import marshmallow as ma
 from flask import Flask
 from flask_cors import CORS
 from flask_smorest import Blueprint
-from webargs.flaskparser import FlaskParser
+from webargs import core
+from webargs.flaskparser import FlaskParser, abort, is_json_request
+from werkzeug.datastructures import CombinedMultiDict
 
 from ..auth.guards import authenticate_api_request
+from ..bounds import parse_json
 from ..extensions import api, csrf
 from .schemas import ErrorSchema
 from .spec import AuthErrorsPlugin
@@ -18,12 +22,30 @@ PREFIX = "/api/v1"
 class _Parser(FlaskParser):
     # DESIGN.md: a body or query that fails validation is a 400, not webargs' 422.
     DEFAULT_VALIDATION_STATUS = 400
+    # A multipart body's files and fields in one schema, so OpenAPI documents one requestBody.
+    __location_map__ = {**FlaskParser.__location_map__, "form_and_files": "load_form_and_files"}
+    DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION,
+                                   "form_and_files": ma.EXCLUDE}
+
+    def load_form_and_files(self, req, schema):
+        return self._makeproxy(CombinedMultiDict([req.files, req.form]), schema)
+
+    def _raw_load_json(self, req):
+        # webargs parses bodies itself, past Flask's request.get_json and its limits.
+        if not is_json_request(req):
+            return core.missing
+        return parse_json(req.get_data(cache=True))
+
+    def _handle_invalid_json_error(self, error, req, *args, **kwargs):
+        abort(400, exc=error, messages={"json": [f"Invalid JSON body: {error}"]})
 
 
 class ApiBlueprint(Blueprint):
     """A resource blueprint: token required unless a view is marked @public."""
 
     ARGUMENTS_PARSER = _Parser()
+    DEFAULT_LOCATION_CONTENT_TYPE_MAPPING = {**Blueprint.DEFAULT_LOCATION_CONTENT_TYPE_MAPPING,
+                                             "form_and_files": "multipart/form-data"}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

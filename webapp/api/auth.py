@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import g
 
 from ..auth import audit, tokens, users
+from ..auth.budget import login_budget
 from ..auth.guards import public, read_only_allowed
 from ..auth.schemas import LoginSchema, RefreshSchema
 from ..auth.views import login_limit
@@ -28,13 +29,14 @@ def _token_body(issued: tokens.IssuedToken) -> dict:
 
 
 @blp.route("/auth/token", methods=["POST"])
-@limiter.limit(login_limit)
+@login_budget
 @public
 @blp.doc(security=[])
 @blp.arguments(LoginSchema)
 @blp.response(200, TokenSchema)
 @blp.alt_response(401, schema=ErrorSchema, description="Wrong username or password.")
-@blp.alt_response(429, schema=ErrorSchema, description="Too many attempts.")
+@blp.alt_response(429, schema=ErrorSchema,
+                  description="Too many failed logins from this address or for this account.")
 def issue_token(credentials):
     """Log in with a username and password; get an access and a refresh token."""
     user = users.authenticate(credentials["username"], credentials["password"])

@@ -6,9 +6,10 @@ import re
 
 from flask import g, request
 from flask.views import MethodView
-from marshmallow import Schema, fields
+from marshmallow import Schema, fields, validate
 
 from ..auth.guards import roles_required
+from ..bounds import MAX_ID
 from ..models import Role
 from ..services import criteria
 from ..services.errors import ServiceError
@@ -18,7 +19,7 @@ from .schemas import ErrorSchema
 blp = ApiBlueprint("Configuration", __name__,
                    description="The optimization criteria that plan and judge sessions.")
 
-ETAG = re.compile(r'^(?:W/)?"criteria-v(\d+)"$')
+ETAG = re.compile(r'^(?:W/)?"criteria-v(\d{1,10})"$', re.ASCII)
 
 
 class CriteriaOutSchema(criteria.CriteriaSchema):
@@ -30,7 +31,7 @@ class CriteriaOutSchema(criteria.CriteriaSchema):
 
 
 class CriteriaInSchema(criteria.CriteriaSchema):
-    version = fields.Integer(strict=True,
+    version = fields.Integer(strict=True, validate=validate.Range(min=0, max=MAX_ID),
                              metadata={"description": "The version you edited (or If-Match)"})
 
 
@@ -52,7 +53,7 @@ def _based_on(body: dict) -> int | None:
     header = request.headers.get("If-Match")
     if header:
         match = ETAG.match(header.strip())
-        if not match:
+        if not match or int(match.group(1)) > MAX_ID:
             raise ServiceError(400, "validation_error", "If-Match must be an ETag this API gave.",
                                {"If-Match": ['Expected "criteria-v<number>".']})
         return int(match.group(1))

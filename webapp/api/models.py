@@ -5,7 +5,8 @@ from __future__ import annotations
 from flask import g
 from flask.views import MethodView
 from flask_smorest.fields import Upload
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate
+from werkzeug.datastructures import FileStorage
 
 from ..auth.guards import roles_required
 from ..models import Role
@@ -21,9 +22,20 @@ class ModelQuerySchema(Schema):
                       metadata={"description": "Part of the name or format, any case"})
 
 
-class ModelFilesSchema(Schema):
-    file = Upload(required=True, metadata={"description": "ONNX, TorchScript or .pt2 program"})
-    eval_data = Upload(metadata={"description": ".npz with x (inputs) and optional y (labels)"})
+class _File(Upload):
+    """A file part of the body: a text field of the same name is no file."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, FileStorage):
+            raise ValidationError("Send a file here, not text.")
+        return value
+
+
+class ModelUploadRequestSchema(ModelUploadSchema):
+    """The multipart body of POST /models: the files beside the fields the page shares."""
+
+    file = _File(required=True, metadata={"description": "ONNX, TorchScript or .pt2 program"})
+    eval_data = _File(metadata={"description": ".npz with x (inputs) and optional y (labels)"})
 
 
 @blp.route("/models")
@@ -36,19 +48,18 @@ class Models(MethodView):
         return {"models": models, "total": len(models)}
 
     @roles_required(Role.ADMIN, Role.OPERATOR)
-    @blp.arguments(ModelUploadSchema, location="form")
-    @blp.arguments(ModelFilesSchema, location="files")
+    @blp.arguments(ModelUploadRequestSchema, location="form_and_files")
     @blp.response(201, ModelSchema)
     @blp.alt_response(413, schema=ErrorSchema, description="Larger than uploads.max_bytes.")
     @blp.alt_response(422, schema=ErrorSchema, description="Not a model we accept, or data "
                       "that does not fit it; `details` names the field.")
-    def post(self, form, files):
+    def post(self, upload):
         """Upload a model (multipart); it is analysed before this returns."""
-        eval_data = files.get("eval_data")
+        eval_data = upload.get("eval_data")
         return model_store.add(
-            g.api_user, files["file"].stream, files["file"].filename, form.get("name"),
+            g.api_user, upload["file"].stream, upload["file"].filename, upload.get("name"),
             eval_data.stream if eval_data else None,
-            model_store.parse_input_shape(form.get("input_shape")),
+            model_store.parse_input_shape(upload.get("input_shape")),
         )
 
 

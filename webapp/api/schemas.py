@@ -2,6 +2,8 @@
 
 from marshmallow import Schema, fields, validate
 
+from ..bounds import Printable, id_field
+
 
 class ErrorSchema(Schema):
     """The body of every API error (DESIGN.md)."""
@@ -52,15 +54,15 @@ class ModelListSchema(Schema):
 
 
 class ModelUploadSchema(Schema):
-    """multipart/form-data fields of POST /models (the files are documented alongside)."""
+    """The text fields of an upload: the Models page and POST /models share them."""
 
-    name = fields.String(validate=validate.Length(max=200))
-    input_shape = fields.String(metadata={
+    name = fields.String(validate=[validate.Length(max=200), Printable()])
+    input_shape = fields.String(validate=validate.Length(max=10_000), metadata={
         "description": "JSON, when the file does not carry it: [1, 64] or {\"input\": [1, 64]}"})
 
 
 class SessionStartSchema(Schema):
-    model_id = fields.Integer(required=True, strict=True)
+    model_id = id_field(required=True, strict=True)
     techniques = fields.List(fields.String(), load_default=list, metadata={
         "description": "quantization, pruning, compression; empty: the criteria's choice"})
     parameters = fields.Dict(keys=fields.String(), values=fields.Dict(), load_default=dict,
@@ -118,6 +120,8 @@ class DashboardStatsSchema(Schema):
 class SessionDetailSchema(SessionSchema):
     parameters = fields.Dict()
     criteria = fields.Dict(metadata={"description": "The criteria frozen when it started"})
+    criteria_version = fields.Integer(allow_none=True, metadata={
+        "description": "The criteria version that allowed its plan"})
     plan = fields.List(fields.Dict())
     results = fields.Dict(allow_none=True)
 

@@ -22,7 +22,8 @@ blp = ApiBlueprint("Sessions", __name__, description="Optimization sessions.")
 
 def _detail(session) -> dict:
     return {**optimization.summary(session), "parameters": session.parameters,
-            "criteria": session.criteria, "plan": session.plan, "results": session.results}
+            "criteria": session.criteria, "criteria_version": session.criteria_version,
+            "plan": session.plan, "results": session.results}
 
 
 @blp.route("/optimization/sessions", methods=["GET"])
@@ -90,6 +91,5 @@ def session_artifact(session_id):
     """Download the optimized model of a completed session."""
     session = optimization.get_for(g.api_user, session_id)
     path = optimization.artifact_path(session)
-    name = f"{session.model.name}-session{session.id}-optimized.onnx"
     return send_file(path, mimetype="application/octet-stream", as_attachment=True,
-                     download_name=name)
+                     download_name=optimization.artifact_download_name(session))

@@ -27,6 +27,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from ..auth import audit
+from ..bounds import Printable
 from ..engine.techniques import QUANTIZATION_MODES, TECHNIQUES
 from ..extensions import cache, db
 from ..models import CriteriaVersion, User
@@ -54,7 +55,7 @@ class CriteriaSchema(Schema):
     class Meta:
         unknown = EXCLUDE  # `version` and friends travel with a document but are not part of it
 
-    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    name = fields.String(required=True, validate=[validate.Length(min=1, max=100), Printable()])
     description = fields.String(load_default="", validate=validate.Length(max=500))
     target_deployment = fields.String(required=True, validate=validate.OneOf(DEPLOYMENTS))
     hardware_runtime = fields.String(required=True, validate=validate.OneOf(RUNTIMES))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 from sqlalchemy import func, select
 
+from ..bounds import MAX_ID, MAX_YEAR, MIN_YEAR, id_field, parse_datetime
 from ..extensions import db
 from ..models import OptimizationSession, SessionStatus, User
 from . import dashboard, optimization, visibility
@@ -25,16 +26,16 @@ SORTS = {
 class _When(fields.Field):
     """An ISO date or date-time; a bare date or naive time is taken as UTC."""
 
-    default_error_messages = {"invalid": "Not a date: use 2026-11-27 or 2026-11-27T13:00:00Z."}
+    default_error_messages = {"invalid": "Not a date: use 2026-11-27 or 2026-11-27T13:00:00Z, "
+                                         f"with a year from {MIN_YEAR} to {MAX_YEAR}."}
 
     def _deserialize(self, value, attr, data, **kwargs):
         if not isinstance(value, str):
             raise self.make_error("invalid")
         try:
-            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            parsed = parse_datetime(value)
         except ValueError as exc:
             raise self.make_error("invalid") from exc
-        parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
         if self.end_of_day and len(value.strip()) == 10:
             parsed += timedelta(days=1)  # "to 2026-11-27" includes that day
         return parsed
@@ -47,7 +48,7 @@ class _When(fields.Field):
 class SessionQuerySchema(Schema):
     status = fields.List(fields.String(validate=validate.OneOf([s.value for s in SessionStatus])),
                          metadata={"description": "Repeat for several: status=queued&status=running"})
-    model_id = fields.Integer(validate=validate.Range(min=1))
+    model_id = id_field()
     owner = fields.String(validate=validate.Length(max=64),
                           metadata={"description": "Username; for those who see every session"})
     created_from = _When(metadata={"description": "Created at or after (ISO date or date-time)"})
@@ -55,7 +56,7 @@ class SessionQuerySchema(Schema):
         "description": "Created before (a bare date includes that day)"})
     sort = fields.String(load_default="created", validate=validate.OneOf(list(SORTS)))
     order = fields.String(load_default="desc", validate=validate.OneOf(["asc", "desc"]))
-    skip = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    skip = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_ID))
     limit = fields.Integer(load_default=DEFAULT_LIMIT,
                            validate=validate.Range(min=1, max=MAX_LIMIT))
 

@@ -7,6 +7,7 @@ from flask_login import current_user
 from werkzeug.datastructures import MultiDict
 
 from ..auth.guards import roles_required
+from ..bounds import parse_id
 from ..models import Role, SessionStatus
 from ..services import model_store, optimization, session_query, visibility
 from ..services.errors import ServiceError
@@ -82,6 +83,14 @@ def _start_form_context(user, form=None, errors=None) -> dict:
             "start_form": form or {}, "start_errors": errors or {}}
 
 
+def _chosen_model(form) -> int:
+    try:
+        return parse_id(form.get("model_id", ""))
+    except ValueError:
+        raise ServiceError(400, "validation_error", "Choose a model.",
+                           {"model_id": ["Choose a model."]}) from None
+
+
 @bp.post("/sessions")
 @roles_required(Role.ADMIN, Role.OPERATOR)
 def start():
@@ -95,12 +104,8 @@ def start():
         parameters["pruning"] = {"sparsity": form.get("pruning_sparsity", "")}
     if "compression" in techniques:
         parameters["compression"] = {"energy": form.get("compression_energy", "")}
-    model_id = form.get("model_id", "")
     try:
-        if not model_id.isdigit():
-            raise ServiceError(400, "validation_error", "Choose a model.",
-                               {"model_id": ["Choose a model."]})
-        session = optimization.start(user, int(model_id), techniques, parameters)
+        session = optimization.start(user, _chosen_model(form), techniques, parameters)
     except ServiceError as exc:
         errors = {"form": [exc.message], **_form_errors(exc.details)}
         context = {**_list_context(user, MultiDict()), **_start_form_context(user, form, errors)}
@@ -138,4 +143,4 @@ def artifact(session_id: int):
     session = optimization.get_for(_user(), session_id)
     path = optimization.artifact_path(session)
     return send_file(path, mimetype="application/octet-stream", as_attachment=True,
-                     download_name=f"{session.model.name}-session{session.id}-optimized.onnx")
+                     download_name=optimization.artifact_download_name(session))

@@ -1,0 +1,61 @@
+"""WebSocket input that once crashed its handler: nested JSON, dates and ids past any range."""
+
+import json
+
+import pytest
+from simple_websocket import ConnectionClosed
+
+from tests.conftest import AuthActions, make_user
+from tests.live.test_websockets import browser_socket
+from tests.live.wsclient import connect, receive_json, token_for
+from webapp.services import metrics
+
+# Within the 64 KiB a message may have, and 30 times deeper than Python's recursion limit.
+DEEP = "[" * 30_000 + "]" * 30_000
+
+
+def test_a_deeply_nested_auth_message_is_answered(app, live):
+    ws = connect(live)
+    ws.send(DEEP)
+    error = receive_json(ws)
+    assert error["event"] == "error" and error["data"]["error"] == "token_missing"
+    ws.close()
+
+
+@pytest.mark.parametrize("text", [DEEP, '{"action": "subscribe", "session_id": NaN}',
+                                  '{"action": "subscribe", "session_id": ' + "9" * 5000 + "}"],
+                         ids=["nested", "nan", "5000-digits"])
+def test_an_unparsable_message_after_auth_is_answered_and_the_stream_stays(app, live, text):
+    _, token = token_for("alice")
+    ws = connect(live, token)
+    assert receive_json(ws)["event"] == "system_status"
+    ws.send(text)
+    error = receive_json(ws)
+    assert error["event"] == "error" and error["data"]["error"] == "validation_error"
+    ws.send(json.dumps({"action": "subscribe", "session_id": 1}))
+    ws.send("{")
+    assert receive_json(ws)["event"] == "error"  # still listening
+    ws.close()
+
+
+@pytest.mark.parametrize("since", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00",
+                                   "99999-01-01", "garbage"])
+def test_any_since_still_gives_a_snapshot(app, live, since):
+    _, token = token_for("alice")
+    ws = connect(live, token, path=f"/api/v1/ws?since={since}")
+    assert receive_json(ws)["event"] == "system_status"
+    ws.close()
+
+
+@pytest.mark.parametrize("session", [str(2**64), "%C2%B2", "9" * 5000],
+                         ids=["past-bigint", "superscript-two", "5000-digits"])
+def test_a_browser_socket_for_an_impossible_session_is_refused_not_crashed(app, live, session):
+    make_user("alice")
+    client = app.test_client()
+    AuthActions(client).login("alice")
+    refusals = metrics.CONNECTIONS_REFUSED.labels("browser", "no such session")
+    before = refusals._value.get()
+    ws = browser_socket(live, f"/ws?page=session&session={session}", client.get_cookie("session"))
+    with pytest.raises(ConnectionClosed):
+        ws.receive(timeout=5)
+    assert refusals._value.get() == before + 1

@@ -187,6 +187,8 @@ def main() -> None:
             "OPTIDECK_APP_SECRET_KEY": SECRET, "OPTIDECK_LOGGING_LEVEL": "WARNING",
             # A thread per open WebSocket, plus some for ordinary requests.
             "OPTIDECK_SERVER_THREADS": str(args.clients + 50),
+            # Every client comes from this host, a few hundred per account: no such caps.
+            "OPTIDECK_LIVE_MAX_PER_USER": "0", "OPTIDECK_LIVE_MAX_PER_ADDRESS": "0",
         }).start()
         try:
             result = asyncio.run(run(args, server.url, server.port, accounts, server))

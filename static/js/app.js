@@ -39,7 +39,13 @@ document.addEventListener("htmx:wsOpen", () => {
   failedAttempts = 0;
   showLive("connected", "● live");
 });
-document.addEventListener("htmx:wsClose", () => {
+document.addEventListener("htmx:wsClose", (event) => {
+  // 1008: the server ended or refused this page's stream (signed out, too many open
+  // tabs); the extension does not reconnect after it, so do not promise to.
+  if (event.detail.event.code === 1008) {
+    showLive("offline", "● not live, reload the page");
+    return;
+  }
   failedAttempts += 1;
   if (failedAttempts >= 3 || !navigator.onLine) showLive("offline", "● offline, retrying…");
   else showLive("reconnecting", "● reconnecting…");

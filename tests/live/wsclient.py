@@ -6,7 +6,7 @@ import json
 import threading
 import time
 
-from simple_websocket import Client
+from simple_websocket import Client, ConnectionClosed
 
 from tests.conftest import make_user
 from webapp.auth import tokens
@@ -36,6 +36,20 @@ def receive_json(ws, timeout=10):
     message = ws.receive(timeout=timeout)
     assert message is not None, "no message in time"
     return json.loads(message)
+
+
+def closed_within(ws, seconds=5.0):
+    """Read until the server closes the socket: (close code, reason, messages before it)."""
+    seen = []
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            message = ws.receive(timeout=0.1)
+            if message is not None:
+                seen.append(message)
+    except ConnectionClosed:
+        return ws.close_reason, ws.close_message, seen
+    raise AssertionError(f"still open after {seconds}s; got {seen}")
 
 
 def upload_model(app, token, demo_files) -> int:

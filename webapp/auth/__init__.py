@@ -2,10 +2,20 @@
 
 import secrets
 
-from flask import Flask
+from blinker import Namespace
+from flask import Flask, current_app
 
 from ..extensions import db, login_manager
 from ..models import User
+
+# Sent, with the app as sender, once a change to what an account or token may do is
+# committed (deactivation, role change, logout, revocation): this process's open live
+# streams re-check at once instead of at their next periodic check.
+access_changed = Namespace().signal("access-changed")
+
+
+def announce_access_change() -> None:
+    access_changed.send(current_app._get_current_object())
 
 
 def init_app(app: Flask) -> None:

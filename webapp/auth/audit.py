@@ -65,7 +65,7 @@ class AuditFilters:
             username=args.get("user", "").strip().lower()[:64],
             action=args.get("action", "").strip()[:64],
             outcome=outcome if outcome in {"allowed", "denied"} else "",
-            page=int(page) if page.isdigit() and int(page) > 0 else 1,
+            page=int(page) if page.isdecimal() and len(page) <= 9 and int(page) > 0 else 1,
         )
 
     def query_args(self, **changes) -> dict[str, str | int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, pre_load, validate
 
+from ..bounds import Printable
 from ..models import Role
 
 USERNAME_RULE = validate.Regexp(
@@ -45,9 +46,10 @@ class RoleChangeSchema(Schema):
 
 
 class NewTokenSchema(Schema):
-    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    name = fields.String(required=True, validate=[validate.Length(min=1, max=100), Printable()])
     read_only = fields.Boolean(load_default=False)
-    expires_in_days = fields.Integer(required=True, validate=validate.Range(min=1))
+    # A century: past any lifetime the settings may allow, within what a date can add.
+    expires_in_days = fields.Integer(required=True, validate=validate.Range(min=1, max=36_500))
 
     @pre_load
     def _strip_name(self, data, **kwargs):

@@ -13,7 +13,7 @@ from sqlalchemy.orm import joinedload
 
 from ..extensions import db
 from ..models import ApiToken, User, utcnow
-from . import audit
+from . import announce_access_change, audit
 
 # Prefixes make a leaked token recognisable to secret scanners; they are not secrets.
 TOKEN_PREFIX = "odk_"  # noqa: S105
@@ -115,6 +115,7 @@ def revoke(record: ApiToken, *, by: User) -> None:
         record.revoked_at = utcnow()
     audit.record("token.revoke", user=by, resource=f"token:{record.id}", commit=False)
     db.session.commit()
+    announce_access_change()
 
 
 def authenticate(header: str | None) -> tuple[User, ApiToken]:

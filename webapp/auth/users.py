@@ -7,7 +7,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from ..extensions import db
 from ..models import Role, User, utcnow
-from . import audit
+from . import announce_access_change, audit
 
 # Checked against when the username is unknown, so a wrong name and a wrong
 # password take the same time and cannot be told apart.
@@ -51,9 +51,14 @@ def set_role(user: User, role: str, *, by: User) -> None:
     if user.role == Role.ADMIN and role != Role.ADMIN:
         _keep_one_admin(user)
     old, user.role = user.role, role
+    if old != role:
+        # Its browsers sign in again: a page or live stream opened under the old role
+        # must not keep showing what that role could see.
+        user.end_browser_sessions()
     audit.record("user.role", user=by, resource=f"user:{user.username}",
                  detail=f"{old} -> {role}", commit=False)
     db.session.commit()
+    announce_access_change()
 
 
 def set_active(user: User, active: bool, *, by: User) -> None:
@@ -61,13 +66,24 @@ def set_active(user: User, active: bool, *, by: User) -> None:
         _keep_one_admin(user)
     user.active = active
     if not active:
-        # A deactivated account's tokens stop working at once, and stay revoked.
+        # A deactivated account's tokens and browser sessions stop working at once, and
+        # stay dead: reactivating it revives neither.
         for token in user.tokens:
             if token.revoked_at is None:
                 token.revoked_at = utcnow()
+        user.end_browser_sessions()
     audit.record("user.activate" if active else "user.deactivate", user=by,
                  resource=f"user:{user.username}", commit=False)
     db.session.commit()
+    announce_access_change()
+
+
+def sign_out(user: User) -> None:
+    """Logout: ends every browser session of the account on the server, so a cookie
+    copied before now opens nothing (no page, no live stream, no new API token)."""
+    user.end_browser_sessions()
+    audit.record("logout", user=user)
+    announce_access_change()
 
 
 def _keep_one_admin(user: User) -> None:

@@ -7,9 +7,10 @@ from urllib.parse import urlsplit
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 
-from ..extensions import db, limiter
+from ..extensions import db
 from ..models import utcnow
 from . import audit, users
+from .budget import login_budget
 from .schemas import LoginSchema, load_form
 
 bp = Blueprint("auth", __name__)
@@ -22,8 +23,9 @@ def login_limit() -> str:
 
 
 def _safe_next(target: str | None) -> str:
-    """Follow ?next= only to a path on this site, never to another host."""
-    if target:
+    """Follow ?next= only to a path on this site, never to another host (nor one whose line
+    break would split the Location header)."""
+    if target and target.isprintable():
         parts = urlsplit(target)
         if not parts.scheme and not parts.netloc and target.startswith("/") \
                 and not target.startswith("//") and "\\" not in target:
@@ -32,7 +34,7 @@ def _safe_next(target: str | None) -> str:
 
 
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit(login_limit, methods=["POST"])
+@login_budget
 def login():
     if current_user.is_authenticated:
         return redirect(url_for("dashboard.index"))
@@ -59,11 +61,7 @@ def login():
 @bp.post("/logout")
 @login_required
 def logout():
-    user = current_user._get_current_object()
-    # Ends this account's browser sessions on the server too: a cookie copied before
-    # now opens nothing (and cannot mint an API token).
-    user.end_browser_sessions()
-    audit.record("logout", user=user)
+    users.sign_out(current_user._get_current_object())
     logout_user()
     flash("You are logged out.", "info")
     return redirect(url_for("auth.login"))

@@ -15,14 +15,23 @@ from flask import Flask, request
 
 from ..extensions import api, sock
 
+MAX_MESSAGE_BYTES = 64 * 1024
+
 
 def init_app(app: Flask) -> None:
     # The routes join flask-sock's blueprint when their modules load: before it is registered.
     from . import browser, scripts  # noqa: F401
+    from .admission import Admission
     from .connection import WakingEvent
+    from .watch import AccessWatch
 
+    app.extensions["optideck.admission"] = Admission(app.config["OPTIDECK"])
+    app.extensions["optideck.access_watch"] = AccessWatch(app)
     app.config.setdefault("SOCK_SERVER_OPTIONS", {
         "ping_interval": app.config["OPTIDECK"]["live"]["ping_seconds"],
+        # Clients send only small JSON actions; a stranger may not buffer megabytes in
+        # the seconds it has to authenticate.
+        "max_message_size": MAX_MESSAGE_BYTES,
         "event_class": WakingEvent,
         # Each connection's reader thread may outlive its handler by a ping interval (when
         # gunicorn closes the socket under it); as a daemon it cannot hold up a worker's exit.
@@ -47,7 +56,8 @@ def init_app(app: Flask) -> None:
 
 
 WS_DOC = """Connect with a WebSocket client; authenticate with `Authorization: Bearer <token>`
-on the upgrade request, or send `{"action": "auth", "token": "..."}` first. Each message is
+on the upgrade request, or send `{"action": "auth", "token": "..."}` first, within
+`live.auth_timeout_seconds` (5 s by default). Each message is
 `{"event": NAME, "data": {...}, "timestamp": ISO-8601}` with NAME one of session_started,
 session_progress, session_completed, session_failed, session_cancelled, system_status,
 alert (admins only), plus `resync` (you fell behind; the current state follows) and `error`.
@@ -55,6 +65,11 @@ On connect you get system_status and the state of every active session you may s
 `?since=<timestamp of your last message>` on a reconnect to also get every session that changed
 meanwhile. Narrow the stream with `{"action": "subscribe", "session_id": 7}` and widen it again
 with `unsubscribe`.
+
+The stream follows its token: revoked, expired or its account deactivated, it sends an
+`error` event and closes with code 1008; after a role change it sends `resync` and goes on
+with what the new role may see. A server with all its sockets taken refuses a new one with
+1013 (try again later); too many sockets for one account or one address, with 1008.
 
 ```python
 import json

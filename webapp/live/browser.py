@@ -6,15 +6,19 @@ live is the row a reload would show.
 
 from __future__ import annotations
 
+import secrets
+
 from flask import render_template, request
 from flask_login import current_user
 
-from ..extensions import db, sock
+from ..bounds import parse_id
+from ..extensions import db
 from ..models import OptimizationSession, User
 from ..services import dashboard, optimization, system_status, visibility
 from ..services.errors import ServiceError
 from ..services.notifications import Notification
-from .connection import LiveStream, changed_sessions, origin_allowed, refuse, since_param
+from .admission import Refused
+from .connection import LiveStream, changed_sessions, live_route, since_param
 
 PAGES = ("session", "sessions", "dashboard", "other")
 TOAST_EVENTS = {"session_completed": "completed", "session_failed": "failed"}
@@ -72,6 +76,18 @@ class FragmentStream(LiveStream):
     def __init__(self, ws, user, since, page: str, room: int | None):
         super().__init__(ws, user, since)
         self.page, self.room = page, room
+        self.nonce = user.session_nonce  # the one the page's cookie signed in with
+
+    def review(self, account, token, now) -> None:
+        super().review(account, token, now)
+        # Logout (from any browser), deactivation and a role change all renew the account's
+        # nonce: the cookie this stream opened with signs nothing in any more.
+        if account is not None and not secrets.compare_digest(account.session_nonce, self.nonce):
+            self.end("signed_out", "Your session has ended; log in again.")
+
+    def farewell(self, error: str, message: str) -> list[str]:
+        # The page stops being live (1008 is not reconnected after): say so, and where to go.
+        return [render_template("_ended.html", message=message)]
 
     def _sessions(self, session_ids: list[int], events: list[str]) -> list[str]:
         out = []
@@ -112,24 +128,19 @@ class FragmentStream(LiveStream):
         return _messages(out)
 
 
-@sock.route("/ws")
-def browser_updates(ws):
-    if not origin_allowed():
-        refuse(ws, "browser", "origin not allowed")
-        return
+@live_route("/ws", "browser")
+def browser_updates(ws, ticket):
     if not current_user.is_authenticated:
-        refuse(ws, "browser", "not signed in")
-        return
+        raise Refused("not signed in")
     user = current_user._get_current_object()
     page = request.args.get("page", "other")
     page = page if page in PAGES else "other"
     room = None
     if page == "session":
         try:
-            room = optimization.get_for(user, int(request.args.get("session", ""))).id
+            room = optimization.get_for(user, parse_id(request.args.get("session", ""))).id
         except (ValueError, ServiceError):
-            refuse(ws, "browser", "no such session")
-            return
+            raise Refused("no such session") from None
         finally:
             db.session.remove()
-    FragmentStream(ws, user, since_param(), page, room).run()
+    FragmentStream(ws, user, since_param(), page, room).run(ticket)

@@ -1,27 +1,30 @@
-"""What both WebSocket endpoints share: origin checks, the send loop, shutdown."""
+"""What both WebSocket endpoints share: origin checks, caps, the send loop, the re-check
+of their principal, shutdown."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import weakref
 from abc import ABC, abstractmethod
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
 from flask import current_app, request
 
-from ..extensions import db
+from ..bounds import parse_datetime
+from ..extensions import db, sock
 from ..models import OptimizationSession, Role, SessionStatus, User, utcnow
 from ..services import get, metrics, optimization, visibility
 from ..services.notifications import Notification
+from .admission import POLICY_VIOLATION, Refused
 
 log = logging.getLogger("optideck.live")
 
 # The htmx ws extension reconnects only after 1006, 1012 and 1013: a server
 # going away says 1012 ("service restart") so pages come back by themselves.
 SERVICE_RESTART = 1012
-POLICY_VIOLATION = 1008
 # A handler sleeps until an event, a client message, the client leaving or a shutdown
 # wakes it; this is only the longest it sleeps should a wake-up be missed.
 IDLE_SECONDS = 5.0
@@ -78,18 +81,32 @@ def origin_allowed() -> bool:
 def since_param() -> datetime | None:
     """`?since=` (ISO 8601): the client was up to date at that time, e.g. when the page was
     rendered or its last message arrived; the snapshot adds what changed after it."""
-    raw = request.args.get("since", "").replace("Z", "+00:00")
     try:
-        since = datetime.fromisoformat(raw)
+        return parse_datetime(request.args.get("since", ""))
     except ValueError:
         return None
-    return since if since.tzinfo else since.replace(tzinfo=UTC)
 
 
-def refuse(ws, endpoint: str, reason: str) -> None:
-    metrics.CONNECTIONS_REFUSED.labels(endpoint, reason).inc()
-    log.debug("refused %s connection: %s", endpoint, reason)
-    ws.close(POLICY_VIOLATION, reason)
+def live_route(path: str, endpoint: str):
+    """A WebSocket route whose sockets count against the [live] caps from the handshake
+    on; its handler gets the socket's ticket, and raises Refused to close it at once."""
+
+    def decorate(handler):
+        @functools.wraps(handler)
+        def route(ws):
+            try:
+                if not origin_allowed():
+                    raise Refused("origin not allowed")
+                with get("admission").ticket(request.remote_addr) as ticket:
+                    handler(ws, ticket)
+            except Refused as refusal:
+                metrics.CONNECTIONS_REFUSED.labels(endpoint, refusal.reason).inc()
+                log.debug("refused %s connection: %s", endpoint, refusal.reason)
+                ws.close(refusal.code, refusal.reason)
+
+        sock.route(path)(route)
+
+    return decorate
 
 
 def may_see(user: User, notification: Notification, rooms: set[int] | None) -> bool:
@@ -156,11 +173,16 @@ class LiveStream(ABC):
     leaves or the server stops. Subclasses say what each of those looks like on the wire."""
 
     endpoint = ""
+    token_id: int | None = None  # the bearer token a script's stream was opened with
 
     def __init__(self, ws, user: User, since: datetime | None):
         self.ws, self.user = ws, user
+        self.user_id = user.id
         self.since = since  # the last time this client was brought up to date
         self.wake = lambda: None
+        # Set from the access watch's thread; the handler acts on them at its next turn.
+        self.ending: tuple[str, str] | None = None  # (error word, message) to close with
+        self.renew_due = False  # the account's role changed: reload it, then resync
         self._sent = metrics.MESSAGES_SENT.labels(self.endpoint)
 
     def accepts(self, notification: Notification) -> bool:
@@ -175,11 +197,37 @@ class LiveStream(ABC):
     def deliver(self, batch: list[Notification]) -> list[str]:
         """Live events, as this endpoint's messages."""
 
+    @abstractmethod
+    def farewell(self, error: str, message: str) -> list[str]:
+        """What the client is told before its stream is ended for lost rights."""
+
     def on_message(self, text: str) -> list[str]:
         return []  # browsers send nothing we act on
 
-    def resync(self) -> list[str]:
+    def resync(self, reason: str) -> list[str]:
         return self.snapshot()
+
+    def review(self, account, token, now: datetime) -> None:
+        """The access watch's call, with this stream's account (and token) as the database
+        has them now: a deactivated account ends the stream, a new role narrows it."""
+        if account is None or not account.active:
+            self.end("token_invalid", "The account has been deactivated.")
+        elif account.role != self.user.role:
+            self.renew_due = True
+            self.wake()
+
+    def end(self, error: str, message: str) -> None:
+        if self.ending is None:
+            self.ending = (error, message)
+            self.wake()
+
+    def renew(self) -> list[str]:
+        """The account afresh, so every later event is filtered by its new role; then the
+        state as that role sees it."""
+        self.user = db.session.get(User, self.user_id)
+        log.info("%s stream of user %s follows its new role %s",
+                 self.endpoint, self.user_id, self.user.role)
+        return self.resync(f"your role changed to {self.user.role}")
 
     def _catch_up(self, messages) -> None:
         started = utcnow()
@@ -197,39 +245,55 @@ class LiveStream(ABC):
             self.ws.send(message)
         self._sent.inc(len(made))
 
-    def run(self) -> None:
+    def run(self, ticket) -> None:
+        ticket.claim(self.user_id)
         metrics.CONNECTIONS.labels(self.endpoint).inc()
         metrics.CONNECTIONS_OPEN.labels(self.endpoint).inc()
-        log.debug("%s connection opened for user %s", self.endpoint, self.user.id)
+        log.debug("%s connection opened for user %s", self.endpoint, self.user_id)
+        watch = get("access_watch")
         try:
             with get("notifications").subscribe(self.accepts) as subscription:
                 self.wake = subscription.wake
                 if isinstance(self.ws.event, WakingEvent):
                     self.ws.event.on_set = subscription.wake
                 _streams.add(self)
+                watch.add(self)
                 self._catch_up(self.snapshot)
                 self._loop(subscription)
         finally:
+            watch.discard(self)
             metrics.CONNECTIONS_OPEN.labels(self.endpoint).dec()
-            log.debug("%s connection closed for user %s", self.endpoint, self.user.id)
+            log.debug("%s connection closed for user %s", self.endpoint, self.user_id)
 
     def _loop(self, subscription) -> None:
-        while not shutting_down():
+        while not shutting_down() and self.ending is None:
+            if self.renew_due:
+                self.renew_due = False
+                self._catch_up(self.renew)
+                continue
             text = self.ws.receive(timeout=0)  # also how a closed client is noticed
             if text is not None:
                 self.send(lambda: self.on_message(text))  # noqa: B023 - called at once
                 continue
             first = subscription.get(timeout=IDLE_SECONDS)
+            if self.ending is not None or self.renew_due:
+                continue  # nothing more goes out under the rights the stream had
             if subscription.dropped:
                 # Fell behind and lost events: start again from the database.
                 subscription.dropped = 0
                 subscription.clear()  # older than the state about to be read
                 metrics.RESYNCS.labels(self.endpoint).inc()
-                log.debug("%s client of user %s resynced", self.endpoint, self.user.id)
-                self._catch_up(self.resync)
+                log.debug("%s client of user %s resynced", self.endpoint, self.user_id)
+                self._catch_up(lambda: self.resync("the client fell behind"))
                 continue
             if first is not None:
                 batch = drain_latest(subscription, first)
                 self.send(lambda: self.deliver(batch))  # noqa: B023 - called at once
                 self.since = _watermark(batch[-1])
-        self.ws.close(SERVICE_RESTART, "server restarting")
+        if self.ending is None:
+            self.ws.close(SERVICE_RESTART, "server restarting")
+            return
+        error, message = self.ending
+        log.info("%s stream of user %s ended: %s", self.endpoint, self.user_id, message)
+        self.send(lambda: self.farewell(error, message))
+        self.ws.close(POLICY_VIOLATION, message)

@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import json
+import time
 
-from flask import request
+from flask import current_app, request
 
 from ..auth import tokens
-from ..extensions import sock
+from ..bounds import parse_json
 from ..services import optimization, system_status
 from ..services.notifications import Notification
+from .admission import Refused
 from .connection import (
     EVENT_FOR_STATUS,
+    SERVICE_RESTART,
     LiveStream,
     changed_sessions,
+    live_route,
     may_see,
-    origin_allowed,
-    refuse,
+    shutting_down,
     since_param,
 )
 
-AUTH_WAIT_SECONDS = 10
+# How often a socket waiting for its first message looks whether the server is stopping.
+SHUTDOWN_CHECK_SECONDS = 0.25
 
 
 def message(event: str, data: dict) -> str:
@@ -31,31 +35,48 @@ def error(code: str, text: str) -> str:
     return message("error", {"error": code, "message": text})
 
 
+def _first_message(ws) -> str | None:
+    """The client's first message, if it comes within live.auth_timeout_seconds: until
+    then the socket holds a server thread for a stranger, so it gets only a few seconds."""
+    deadline = time.monotonic() + current_app.config["OPTIDECK"]["live"]["auth_timeout_seconds"]
+    while (left := deadline - time.monotonic()) > 0:
+        if shutting_down():
+            raise Refused("server restarting", SERVICE_RESTART)
+        text = ws.receive(timeout=min(left, SHUTDOWN_CHECK_SECONDS))
+        if text is not None:
+            return text
+    return None
+
+
 def _authenticate(ws):
-    """The user behind the Authorization header, or the first message's token."""
+    """The user and token behind the Authorization header, or the first message's token."""
     header = request.headers.get("Authorization")
     if not header:
-        first = ws.receive(timeout=AUTH_WAIT_SECONDS)
+        first = _first_message(ws)
+        if first is None:
+            seconds = current_app.config["OPTIDECK"]["live"]["auth_timeout_seconds"]
+            ws.send(error("token_missing", f"Authenticate within {seconds:g} seconds: send "
+                          "'Authorization: Bearer <token>' or {\"action\": \"auth\", ...} first."))
+            raise Refused("authentication timed out")
         try:
-            data = json.loads(first or "")
+            data = parse_json(first or "")
         except json.JSONDecodeError:
             data = {}
         if isinstance(data, dict) and data.get("action") == "auth":
             header = f"Bearer {data.get('token', '')}"
     try:
-        user, _ = tokens.authenticate(header)
+        return tokens.authenticate(header)
     except tokens.TokenRejected as exc:
         ws.send(error(exc.code, exc.message))
-        refuse(ws, "api", exc.code)
-        return None
-    return user
+        raise Refused(exc.code) from None
 
 
 class EventStream(LiveStream):
     endpoint = "api"
 
-    def __init__(self, ws, user, since):
+    def __init__(self, ws, user, token, since):
         super().__init__(ws, user, since)
+        self.token_id = token.id
         self.rooms: set[int] | None = None  # None: every session the user may see
 
     def snapshot(self) -> list[str]:
@@ -68,19 +89,31 @@ class EventStream(LiveStream):
                                    optimization.jsonable(optimization.summary(session))))
         return out
 
-    def resync(self) -> list[str]:
-        return [message("resync", {"reason": "the client fell behind"}), *self.snapshot()]
+    def resync(self, reason: str) -> list[str]:
+        return [message("resync", {"reason": reason}), *self.snapshot()]
+
+    def review(self, account, token, now) -> None:
+        super().review(account, token, now)
+        # Refreshing keeps the token (the record); revoking or letting it lapse ends it.
+        if token is None or token.revoked_at is not None:
+            self.end("token_invalid", "The token has been revoked.")
+        elif token.expires_at <= now:
+            self.end("token_expired", "The token has expired; refresh it and reconnect.")
+
+    def farewell(self, error_word: str, text: str) -> list[str]:
+        return [error(error_word, text)]
 
     def accepts(self, notification: Notification) -> bool:
         return may_see(self.user, notification, self.rooms)
 
     def deliver(self, batch: list[Notification]) -> list[str]:
-        return [n.json for n in batch]
+        # Filtered again: an event queued before a role change is judged by the new role.
+        return [n.json for n in batch if self.accepts(n)]
 
     def on_message(self, text: str) -> list[str]:
         """subscribe / unsubscribe narrow the stream to chosen sessions."""
         try:
-            data = json.loads(text)
+            data = parse_json(text)
         except json.JSONDecodeError:
             return [error("validation_error", "Messages are JSON objects.")]
         action = data.get("action") if isinstance(data, dict) else None
@@ -97,13 +130,8 @@ class EventStream(LiveStream):
         return []
 
 
-@sock.route("/api/v1/ws")
-def events(ws):
+@live_route("/api/v1/ws", "api")
+def events(ws, ticket):
     """Stream JSON events; see the README's "Live events"."""
-    if not origin_allowed():
-        refuse(ws, "api", "origin not allowed")
-        return
-    user = _authenticate(ws)
-    if user is None:
-        return
-    EventStream(ws, user, since_param()).run()
+    user, token = _authenticate(ws)
+    EventStream(ws, user, token, since_param()).run(ticket)

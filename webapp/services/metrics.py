@@ -19,7 +19,8 @@ CONNECTIONS = Counter(
     "optideck_ws_connections_total", "WebSocket connections accepted.", ["endpoint"])
 CONNECTIONS_REFUSED = Counter(
     "optideck_ws_connections_refused_total",
-    "WebSocket connections closed at once (origin, authentication).", ["endpoint", "reason"])
+    "WebSocket connections closed at once (origin, authentication, connection caps).",
+    ["endpoint", "reason"])
 MESSAGES_SENT = Counter(
     "optideck_ws_messages_sent_total", "Messages sent to WebSocket clients.", ["endpoint"])
 RESYNCS = Counter(

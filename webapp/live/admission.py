@@ -1,0 +1,84 @@
+"""How many WebSockets a worker process holds, and for whom: the caps of [live].
+
+An open socket holds one of the worker's server threads until it closes, so it
+is counted from the handshake on, before it authenticates: a stranger's idle
+socket costs a thread as much as a busy client's.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from contextlib import contextmanager
+
+# The htmx ws extension reconnects after 1013, with a growing random delay.
+TRY_AGAIN_LATER = 1013
+POLICY_VIOLATION = 1008
+
+
+class Refused(Exception):
+    """Close the socket at once with `code`; `reason` goes to the client and the metrics."""
+
+    def __init__(self, reason: str, code: int = POLICY_VIOLATION):
+        super().__init__(reason)
+        self.reason, self.code = reason, code
+
+
+def _release(counter: Counter, key) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]  # a worker sees many addresses over its life; keep only open ones
+
+
+class Admission:
+    """The worker's open sockets: all of them, by client address and by account."""
+
+    def __init__(self, settings: dict):
+        live = settings["live"]
+        # The rest of the threads serve pages and API calls, whatever the sockets do.
+        self.limit = settings["server"]["threads"] - live["reserved_threads"]
+        self.per_user = live["max_per_user"]
+        self.per_address = live["max_per_address"]
+        self._lock = threading.Lock()
+        self._open = 0
+        self._addresses: Counter[str] = Counter()
+        self._users: Counter[int] = Counter()
+
+    @contextmanager
+    def ticket(self, address: str):
+        """Count a socket from `address` while the block runs; Refused when over a cap."""
+        with self._lock:
+            if self._open >= self.limit:
+                # The server as a whole is full, not this client: it may try again.
+                raise Refused("server busy, try again later", TRY_AGAIN_LATER)
+            if self.per_address and self._addresses[address] >= self.per_address:
+                raise Refused("too many connections from this address")
+            self._open += 1
+            self._addresses[address] += 1
+        ticket = Ticket(self)
+        try:
+            yield ticket
+        finally:
+            with self._lock:
+                self._open -= 1
+                _release(self._addresses, address)
+                if ticket.user_id is not None:
+                    _release(self._users, ticket.user_id)
+
+    def _claim(self, ticket: Ticket, user_id: int) -> None:
+        with self._lock:
+            if self.per_user and self._users[user_id] >= self.per_user:
+                raise Refused("too many connections for this account")
+            self._users[user_id] += 1
+            ticket.user_id = user_id
+
+
+class Ticket:
+    """One counted socket; claim() adds it to its account's count once authenticated."""
+
+    def __init__(self, admission: Admission):
+        self._admission = admission
+        self.user_id: int | None = None
+
+    def claim(self, user_id: int) -> None:
+        self._admission._claim(self, user_id)

@@ -52,9 +52,9 @@ def hold_sockets(url: str, count: int, stop, report) -> None:
         nonlocal held, opened
         while not stop.is_set():
             try:
-                async with websockets.connect(url, proxy=None, compression=None,
-                                              ping_interval=None, open_timeout=30,
-                                              close_timeout=5) as ws:
+                async with websockets.connect(
+                    url, proxy=None, compression=None, ping_interval=None, open_timeout=30, close_timeout=5
+                ) as ws:
                     held += 1
                     opened += 1
                     try:
@@ -76,12 +76,12 @@ def hold_sockets(url: str, count: int, stop, report) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     asyncio.run(main())
-    report.send({"opened": opened, "closes": dict(closes), "failures": dict(failures),
-                 "samples": samples})
+    report.send({"opened": opened, "closes": dict(closes), "failures": dict(failures), "samples": samples})
 
 
-def load(port: int, token: str, path: str, clients: int, requests: int, timeout: float,
-         seconds: float) -> dict:
+def load(
+    port: int, token: str, path: str, clients: int, requests: int, timeout: float, seconds: float
+) -> dict:
     """Latencies of up to `requests` GETs from each of `clients` keep-alive connections,
     for at most `seconds`."""
     latencies: list[float] = []
@@ -121,17 +121,21 @@ def load(port: int, token: str, path: str, clients: int, requests: int, timeout:
         thread.join()
     elapsed = time.perf_counter() - started
     quantiles = statistics.quantiles(latencies, n=100)
-    return {"p50": statistics.median(latencies), "p95": quantiles[94], "p99": quantiles[98],
-            "max": max(latencies), "rps": len(latencies) / elapsed, "errors": dict(errors),
-            "window": (time.time() - elapsed, time.time())}
+    return {
+        "p50": statistics.median(latencies),
+        "p95": quantiles[94],
+        "p99": quantiles[98],
+        "max": max(latencies),
+        "rps": len(latencies) / elapsed,
+        "errors": dict(errors),
+        "window": (time.time() - elapsed, time.time()),
+    }
 
 
 def measure(port: int, token: str, args) -> list[tuple[str, dict]]:
     rows = []
-    for name, path in (("/healthz", "/healthz"),
-                       ("session list", "/api/v1/optimization/sessions")):
-        rows.append((name, load(port, token, path, args.clients, args.requests, args.timeout,
-                                args.seconds)))
+    for name, path in (("/healthz", "/healthz"), ("session list", "/api/v1/optimization/sessions")):
+        rows.append((name, load(port, token, path, args.clients, args.requests, args.timeout, args.seconds)))
     return rows
 
 
@@ -142,11 +146,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="per client and endpoint")
     parser.add_argument("--sessions", type=int, default=10_000)
     parser.add_argument("--database-url", default=None)
-    parser.add_argument("--settle", type=float, default=10.0,
-                        help="seconds the sockets hammer before measuring")
+    parser.add_argument(
+        "--settle", type=float, default=10.0, help="seconds the sockets hammer before measuring"
+    )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
-    parser.add_argument("--seconds", type=float, default=120.0,
-                        help="longest measurement of one endpoint")
+    parser.add_argument("--seconds", type=float, default=120.0, help="longest measurement of one endpoint")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -161,8 +165,10 @@ def main() -> None:
             quiet = measure(server.port, token, args)
             stop = multiprocessing.Event()
             receiver, sender = multiprocessing.Pipe(duplex=False)
-            attacker = multiprocessing.Process(target=hold_sockets, args=(
-                f"ws://127.0.0.1:{server.port}/api/v1/ws", args.sockets, stop, sender))
+            attacker = multiprocessing.Process(
+                target=hold_sockets,
+                args=(f"ws://127.0.0.1:{server.port}/api/v1/ws", args.sockets, stop, sender),
+            )
             attacker.start()
             time.sleep(args.settle)
             attacked = measure(server.port, token, args)
@@ -175,17 +181,22 @@ def main() -> None:
     window = (attacked[0][1]["window"][0], attacked[-1][1]["window"][1])
     held = [n for at, n in attack["samples"] if window[0] <= at <= window[1]] or [0]
     seconds = attack["samples"][-1][0] - attack["samples"][0][0]
-    print(f"one gunicorn worker, default server.threads and [live] caps; {args.clients} "
-          f"keep-alive clients x {args.requests} requests per endpoint; "
-          f"{args.sessions:,} sessions ({args.database_url or 'SQLite'})")
-    print(f"{'scenario':<44}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}{'req/s':>8}"
-          f"{'errors':>8}")
+    print(
+        f"one gunicorn worker, default server.threads and [live] caps; {args.clients} "
+        f"keep-alive clients x {args.requests} requests per endpoint; "
+        f"{args.sessions:,} sessions ({args.database_url or 'SQLite'})"
+    )
+    print(f"{'scenario':<44}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}{'req/s':>8}{'errors':>8}")
     for label, rows in (("quiet", quiet), (f"{args.sockets:,} idle sockets", attacked)):
         for name, r in rows:
-            print(f"{name + ', ' + label:<44}{r['p50']:>9.1f}{r['p95']:>9.1f}{r['p99']:>9.1f}"
-                  f"{r['max']:>9.0f}{r['rps']:>8.0f}{sum(r['errors'].values()):>8}")
-    print(f"idle sockets: {args.sockets:,} clients, {attack['opened'] / seconds:,.0f} handshakes/s; "
-          f"open at once while measured: median {statistics.median(held):.0f}, max {max(held)}")
+            print(
+                f"{name + ', ' + label:<44}{r['p50']:>9.1f}{r['p95']:>9.1f}{r['p99']:>9.1f}"
+                f"{r['max']:>9.0f}{r['rps']:>8.0f}{sum(r['errors'].values()):>8}"
+            )
+    print(
+        f"idle sockets: {args.sockets:,} clients, {attack['opened'] / seconds:,.0f} handshakes/s; "
+        f"open at once while measured: median {statistics.median(held):.0f}, max {max(held)}"
+    )
     for (code, reason), n in sorted(attack["closes"].items(), key=lambda item: -item[1]):
         print(f"  closed by the server with {code} {reason!r}: {n:,}")
     if attack["failures"]:

@@ -80,8 +80,13 @@ def platform(model_path: Path, eval_path: Path, instance: Path) -> dict:
     from webapp.models import OptimizationSession
     from webapp.services import model_store, optimization
 
-    app = create_app({"app": {"instance_dir": str(instance), "secret_key": "bench" * 8},
-                      "logging": {"level": "WARNING"}, "executor": {"poll_seconds": 0.05}})
+    app = create_app(
+        {
+            "app": {"instance_dir": str(instance), "secret_key": "bench" * 8},
+            "logging": {"level": "WARNING"},
+            "executor": {"poll_seconds": 0.05},
+        }
+    )
     with app.app_context():
         upgrade()
         user = users.find("bench") or users.create("bench", "bench-password-1", "operator")
@@ -91,8 +96,9 @@ def platform(model_path: Path, eval_path: Path, instance: Path) -> dict:
         app.extensions["optideck.executor"].start()
         time.sleep(3)
         started = time.perf_counter()
-        session = optimization.start(user, model.id, ["quantization"],
-                                     {"quantization": {"mode": "int8_dynamic"}})
+        session = optimization.start(
+            user, model.id, ["quantization"], {"quantization": {"mode": "int8_dynamic"}}
+        )
         while True:
             db.session.expire_all()
             current = db.session.get(OptimizationSession, session.id)
@@ -102,8 +108,12 @@ def platform(model_path: Path, eval_path: Path, instance: Path) -> dict:
         wall = time.perf_counter() - started
         app.extensions["optideck.executor"].shutdown()
         r = current.results
-        return {"wall_s": wall, "size_reduction_percent": r["size_reduction_percent"],
-                "speedup": r["speedup"], "accuracy_retention_percent": r["accuracy_retention_percent"]}
+        return {
+            "wall_s": wall,
+            "size_reduction_percent": r["size_reduction_percent"],
+            "speedup": r["speedup"],
+            "accuracy_retention_percent": r["accuracy_retention_percent"],
+        }
 
 
 def main() -> None:
@@ -134,12 +144,24 @@ def main() -> None:
     rows = [
         ("wall time (s)", f"{med('platform', 'wall_s'):.2f}", f"{med('direct', 'wall_s'):.2f}", ""),
         ("platform overhead", f"{overhead:+.1f} %", "", "< 10 %"),
-        ("size reduction", f"{med('platform', 'size_reduction_percent'):.1f} %",
-         f"{med('direct', 'size_reduction_percent'):.1f} %", ">= 70 %"),
-        ("speedup (batch 32, 1 thread)", f"{med('platform', 'speedup'):.2f}x",
-         f"{med('direct', 'speedup'):.2f}x", ">= 1.5x"),
-        ("accuracy retention", f"{med('platform', 'accuracy_retention_percent'):.2f} %",
-         f"{med('direct', 'accuracy_retention_percent'):.2f} %", ">= 99 %"),
+        (
+            "size reduction",
+            f"{med('platform', 'size_reduction_percent'):.1f} %",
+            f"{med('direct', 'size_reduction_percent'):.1f} %",
+            ">= 70 %",
+        ),
+        (
+            "speedup (batch 32, 1 thread)",
+            f"{med('platform', 'speedup'):.2f}x",
+            f"{med('direct', 'speedup'):.2f}x",
+            ">= 1.5x",
+        ),
+        (
+            "accuracy retention",
+            f"{med('platform', 'accuracy_retention_percent'):.2f} %",
+            f"{med('direct', 'accuracy_retention_percent'):.2f} %",
+            ">= 99 %",
+        ),
     ]
     print(f"demo MLP (64-1024-1024-10), int8 dynamic, median of {args.repeat} runs")
     print(f"{'metric':<30}{'platform':>12}{'direct':>12}{'target':>10}")

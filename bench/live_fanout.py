@@ -46,8 +46,9 @@ def seed(instance: Path, operators: int) -> dict[str, dict]:
     from webapp.engine import demo_models
     from webapp.services import model_store
 
-    app = create_app({"app": {"instance_dir": str(instance), "secret_key": SECRET},
-                      "logging": {"level": "WARNING"}})
+    app = create_app(
+        {"app": {"instance_dir": str(instance), "secret_key": SECRET}, "logging": {"level": "WARNING"}}
+    )
     data = demo_models.digits(image=False)
     network = demo_models.mlp(hidden=256)
     demo_models.train(network, data, epochs=4)
@@ -63,8 +64,7 @@ def seed(instance: Path, operators: int) -> dict[str, dict]:
             model_id = None
             if user.role != "admin":
                 with files["onnx"].open("rb") as model_file, eval_path.open("rb") as eval_file:
-                    model_id = model_store.add(user, model_file, "mlp.onnx", "bench-mlp",
-                                               eval_file).id
+                    model_id = model_store.add(user, model_file, "mlp.onnx", "bench-mlp", eval_file).id
             accounts[name] = {"id": user.id, "token": token, "model_id": model_id}
         app.extensions["optideck.executor"].shutdown()
     return accounts
@@ -72,10 +72,11 @@ def seed(instance: Path, operators: int) -> dict[str, dict]:
 
 def start_session(url: str, account: dict) -> int:
     request = urllib.request.Request(  # noqa: S310 - the bench's own server
-        f"{url}/api/v1/optimization/sessions", method="POST",
+        f"{url}/api/v1/optimization/sessions",
+        method="POST",
         data=json.dumps({"model_id": account["model_id"], "techniques": ["quantization"]}).encode(),
-        headers={"Authorization": f"Bearer {account['token']}",
-                 "Content-Type": "application/json"})
+        headers={"Authorization": f"Bearer {account['token']}", "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
         return json.load(response)["session_id"]
 
@@ -95,8 +96,9 @@ class Client:
         self.ready = asyncio.Event()
 
     async def run(self, url: str, token: str):
-        async with websockets.connect(url, additional_headers={
-                "Authorization": f"Bearer {token}"}, max_queue=None, ping_interval=None) as ws:
+        async with websockets.connect(
+            url, additional_headers={"Authorization": f"Bearer {token}"}, max_queue=None, ping_interval=None
+        ) as ws:
             self.ws = ws
             await ws.recv()  # the snapshot's system_status
             self.ready.set()
@@ -118,8 +120,11 @@ async def run(args, url: str, port: int, accounts: dict, server: Server) -> dict
     began = time.perf_counter()
     tasks = []
     for client in clients:
-        tasks.append(asyncio.create_task(client.run(
-            f"ws://127.0.0.1:{port}/api/v1/ws", accounts[client.username]["token"])))
+        tasks.append(
+            asyncio.create_task(
+                client.run(f"ws://127.0.0.1:{port}/api/v1/ws", accounts[client.username]["token"])
+            )
+        )
         await asyncio.sleep(0.002)  # a steady stream of connects, not one burst
     await asyncio.wait_for(asyncio.gather(*(c.ready.wait() for c in clients)), 120)
     connect_seconds = time.perf_counter() - began
@@ -133,8 +138,7 @@ async def run(args, url: str, port: int, accounts: dict, server: Server) -> dict
         owner_of[session_id] = accounts[name]["id"]
 
     def finished(client):
-        seen = {e["data"].get("session_id") for _, e in client.events()
-                if e["event"] in TERMINAL}
+        seen = {e["data"].get("session_id") for _, e in client.events() if e["event"] in TERMINAL}
         return all(sid in seen for sid, owner in owner_of.items() if may_see(client, owner))
 
     def may_see(client, owner):
@@ -158,18 +162,31 @@ async def run(args, url: str, port: int, accounts: dict, server: Server) -> dict
             latencies.append((arrived - published.timestamp()) * 1000)
             if event["event"] == "session_progress":
                 progress += 1
-            seen.add((event["event"] if event["event"] in TERMINAL | {"session_started"}
-                      else None, event["data"].get("session_id")))
+            seen.add(
+                (
+                    event["event"] if event["event"] in TERMINAL | {"session_started"} else None,
+                    event["data"].get("session_id"),
+                )
+            )
         for session_id, owner in owner_of.items():
             if may_see(client, owner):
                 expected += 2
                 lost += ("session_started", session_id) not in seen
                 lost += not any((name, session_id) in seen for name in TERMINAL)
     quantiles = statistics.quantiles(latencies, n=100)
-    return {"connect_seconds": connect_seconds, "before": before, "connected": connected,
-            "messages": len(latencies), "progress": progress, "p50": statistics.median(latencies),
-            "p99": quantiles[98], "max": max(latencies), "lost": lost, "expected": expected,
-            "resyncs": resyncs}
+    return {
+        "connect_seconds": connect_seconds,
+        "before": before,
+        "connected": connected,
+        "messages": len(latencies),
+        "progress": progress,
+        "p50": statistics.median(latencies),
+        "p99": quantiles[98],
+        "max": max(latencies),
+        "lost": lost,
+        "expected": expected,
+        "resyncs": resyncs,
+    }
 
 
 def main() -> None:
@@ -183,21 +200,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         instance = Path(tmp)
         accounts = seed(instance, args.users)
-        server = Server(instance, {
-            "OPTIDECK_APP_SECRET_KEY": SECRET, "OPTIDECK_LOGGING_LEVEL": "WARNING",
-            # A thread per open WebSocket, plus some for ordinary requests.
-            "OPTIDECK_SERVER_THREADS": str(args.clients + 50),
-            # Every client comes from this host, a few hundred per account: no such caps.
-            "OPTIDECK_LIVE_MAX_PER_USER": "0", "OPTIDECK_LIVE_MAX_PER_ADDRESS": "0",
-        }).start()
+        server = Server(
+            instance,
+            {
+                "OPTIDECK_APP_SECRET_KEY": SECRET,
+                "OPTIDECK_LOGGING_LEVEL": "WARNING",
+                # A thread per open WebSocket, plus some for ordinary requests.
+                "OPTIDECK_SERVER_THREADS": str(args.clients + 50),
+                # Every client comes from this host, a few hundred per account: no such caps.
+                "OPTIDECK_LIVE_MAX_PER_USER": "0",
+                "OPTIDECK_LIVE_MAX_PER_ADDRESS": "0",
+            },
+        ).start()
         try:
             result = asyncio.run(run(args, server.url, server.port, accounts, server))
         finally:
             server.stop()
 
     rss = result["connected"]["rss_kb"] - result["before"]["rss_kb"]
-    print(f"{args.clients} clients on /api/v1/ws, one gunicorn worker; {args.sessions} sessions "
-          f"(demo MLP, int8) by {args.users} operators; a fifth of the clients are admins")
+    print(
+        f"{args.clients} clients on /api/v1/ws, one gunicorn worker; {args.sessions} sessions "
+        f"(demo MLP, int8) by {args.users} operators; a fifth of the clients are admins"
+    )
     print(f"{'metric':<42}{'value':>14}")
     rows = [
         ("connect all clients (s)", f"{result['connect_seconds']:.1f}"),

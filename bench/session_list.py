@@ -39,22 +39,30 @@ def seed(instance: Path, database_url: str | None, count: int) -> str:
     from webapp.extensions import db
     from webapp.models import ModelMetadata, OptimizationSession, utcnow
 
-    overrides = {"app": {"instance_dir": str(instance), "secret_key": "bench" * 8},
-                 "logging": {"level": "WARNING"}}
+    overrides = {
+        "app": {"instance_dir": str(instance), "secret_key": "bench" * 8},
+        "logging": {"level": "WARNING"},
+    }
     if database_url:
         overrides["database"] = {"url": database_url}
     app = create_app(overrides)
     with app.app_context():
         upgrade()
         admin = users.create("bench-admin", "bench-password-1", "admin")
-        owners = [admin] + [users.create(f"bench-op{n}", "bench-password-1", "operator")
-                            for n in range(4)]
+        owners = [admin] + [users.create(f"bench-op{n}", "bench-password-1", "operator") for n in range(4)]
         models = []
         for n in range(20):
             model = ModelMetadata(
-                name=f"model-{n}", version=1, format="onnx", sha256=f"{n:064x}", size_bytes=1000,
-                parameter_count=10, input_spec=[], analysis={"baseline_latency_ms": 1.0},
-                owner_id=owners[n % len(owners)].id)
+                name=f"model-{n}",
+                version=1,
+                format="onnx",
+                sha256=f"{n:064x}",
+                size_bytes=1000,
+                parameter_count=10,
+                input_spec=[],
+                analysis={"baseline_latency_ms": 1.0},
+                owner_id=owners[n % len(owners)].id,
+            )
             db.session.add(model)
             models.append(model)
         db.session.commit()
@@ -69,16 +77,31 @@ def seed(instance: Path, database_url: str | None, count: int) -> str:
             done = status == "completed"
             size = round(rng.uniform(20, 80), 2) if done else None
             speed = round(rng.uniform(0, 400), 2) if done else None
-            batch.append({
-                "model_id": model.id, "owner_id": model.owner_id, "status": status,
-                "progress": 100.0 if done else 0.0, "techniques": ["quantization"],
-                "parameters": {}, "criteria": {}, "plan": [],
-                "results": {"size_reduction_percent": size, "speed_improvement_percent": speed,
-                            "accuracy_retention_percent": 99.5, "criteria_met": True} if done else None,
-                "size_reduction_percent": size, "speed_improvement_percent": speed,
-                "created_at": created, "updated_at": created,
-                "completed_at": created + timedelta(seconds=30) if done else None,
-            })
+            batch.append(
+                {
+                    "model_id": model.id,
+                    "owner_id": model.owner_id,
+                    "status": status,
+                    "progress": 100.0 if done else 0.0,
+                    "techniques": ["quantization"],
+                    "parameters": {},
+                    "criteria": {},
+                    "plan": [],
+                    "results": {
+                        "size_reduction_percent": size,
+                        "speed_improvement_percent": speed,
+                        "accuracy_retention_percent": 99.5,
+                        "criteria_met": True,
+                    }
+                    if done
+                    else None,
+                    "size_reduction_percent": size,
+                    "speed_improvement_percent": speed,
+                    "created_at": created,
+                    "updated_at": created,
+                    "completed_at": created + timedelta(seconds=30) if done else None,
+                }
+            )
             if len(batch) == 5000:
                 db.session.execute(OptimizationSession.__table__.insert(), batch)
                 db.session.commit()
@@ -96,9 +119,13 @@ def seed(instance: Path, database_url: str | None, count: int) -> str:
 
 
 def serve(instance: Path, database_url: str | None, cache_seconds: int, workers: int) -> Server:
-    env = {"OPTIDECK_APP_SECRET_KEY": "bench" * 8, "OPTIDECK_LOGGING_LEVEL": "WARNING",
-           "OPTIDECK_SERVER_THREADS": "16", "OPTIDECK_SERVER_WORKERS": str(workers),
-           "OPTIDECK_DASHBOARD_STATS_CACHE_SECONDS": str(cache_seconds)}
+    env = {
+        "OPTIDECK_APP_SECRET_KEY": "bench" * 8,
+        "OPTIDECK_LOGGING_LEVEL": "WARNING",
+        "OPTIDECK_SERVER_THREADS": "16",
+        "OPTIDECK_SERVER_WORKERS": str(workers),
+        "OPTIDECK_DASHBOARD_STATS_CACHE_SECONDS": str(cache_seconds),
+    }
     if database_url:
         env["OPTIDECK_DATABASE_URL"] = database_url
     return Server(instance, env).start()
@@ -136,8 +163,12 @@ def load(port: int, token: str, path: str, clients: int, requests: int) -> dict:
         thread.join()
     elapsed = time.perf_counter() - started
     quantiles = statistics.quantiles(latencies, n=100)
-    return {"p50": statistics.median(latencies), "p95": quantiles[94], "p99": quantiles[98],
-            "rps": len(latencies) / elapsed}
+    return {
+        "p50": statistics.median(latencies),
+        "p95": quantiles[94],
+        "p99": quantiles[98],
+        "rps": len(latencies) / elapsed,
+    }
 
 
 def main() -> None:
@@ -153,13 +184,17 @@ def main() -> None:
         instance = Path(tmp)
         started = time.perf_counter()
         token = seed(instance, args.database_url, args.sessions)
-        print(f"seeded {args.sessions:,} sessions in {time.perf_counter() - started:.1f} s "
-              f"({args.database_url or 'SQLite'})")
+        print(
+            f"seeded {args.sessions:,} sessions in {time.perf_counter() - started:.1f} s "
+            f"({args.database_url or 'SQLite'})"
+        )
         deep = (args.sessions * 9 // 10) // 50 * 50
         scenarios = [
             ("list, first page", "/api/v1/optimization/sessions"),
-            ("list, filtered (status+model)",
-             "/api/v1/optimization/sessions?status=completed&status=failed&model_id=3"),
+            (
+                "list, filtered (status+model)",
+                "/api/v1/optimization/sessions?status=completed&status=failed&model_id=3",
+            ),
             ("list, sorted by size", "/api/v1/optimization/sessions?sort=size"),
             (f"list, deep page (skip={deep:,})", f"/api/v1/optimization/sessions?skip={deep}"),
         ]
@@ -170,19 +205,29 @@ def main() -> None:
         try:
             for name, path in scenarios:
                 rows.append((name, load(server.port, token, path, args.clients, args.requests)))
-            rows.append(("stats, cached", load(server.port, token, "/api/v1/dashboard/stats",
-                                               args.clients, args.requests)))
+            rows.append(
+                (
+                    "stats, cached",
+                    load(server.port, token, "/api/v1/dashboard/stats", args.clients, args.requests),
+                )
+            )
         finally:
             server.stop()
         server = serve(instance, args.database_url, 0, args.workers)
         try:
-            rows.append(("stats, uncached", load(server.port, token, "/api/v1/dashboard/stats",
-                                                 args.clients, args.requests)))
+            rows.append(
+                (
+                    "stats, uncached",
+                    load(server.port, token, "/api/v1/dashboard/stats", args.clients, args.requests),
+                )
+            )
         finally:
             server.stop()
 
-    print(f"{args.clients} concurrent clients, {args.requests} requests per scenario, "
-          f"gunicorn ({args.workers} worker(s), 16 threads each)")
+    print(
+        f"{args.clients} concurrent clients, {args.requests} requests per scenario, "
+        f"gunicorn ({args.workers} worker(s), 16 threads each)"
+    )
     print(f"{'scenario':<36}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'req/s':>9}")
     for name, r in rows:
         print(f"{name:<36}{r['p50']:>9.1f}{r['p95']:>9.1f}{r['p99']:>9.1f}{r['rps']:>9.0f}")

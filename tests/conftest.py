@@ -22,8 +22,10 @@ TEST_SECRET = "test-secret-key-" + "x" * 32
 
 def settings_for(instance_dir, **sections) -> dict:
     """Test overrides: a private instance folder, a fixed key, a brisk executor, plus `sections`."""
-    config = {"app": {"instance_dir": str(instance_dir), "secret_key": TEST_SECRET},
-              "executor": {"poll_seconds": 0.1}}
+    config = {
+        "app": {"instance_dir": str(instance_dir), "secret_key": TEST_SECRET},
+        "executor": {"poll_seconds": 0.1},
+    }
     for section, values in sections.items():
         config.setdefault(section, {}).update(values)
     return config

@@ -13,32 +13,58 @@ from webapp.models import ModelMetadata, OptimizationSession, utcnow
 
 
 def gen_model(owner, name="model", **kw) -> ModelMetadata:
-    values = dict(name=name, version=1, format="onnx", sha256=f"{abs(hash(name)):064x}"[:64],
-                  size_bytes=1000, parameter_count=10,
-                  input_spec=[{"name": "input", "shape": [None, 4], "dtype": "float32"}],
-                  analysis={"baseline_latency_ms": 1.0, "baseline_latency_batch": 1, "threads": 1,
-                            "op_histogram": {"Gemm": 1}},
-                  owner_id=owner.id)
+    values = dict(
+        name=name,
+        version=1,
+        format="onnx",
+        sha256=f"{abs(hash(name)):064x}"[:64],
+        size_bytes=1000,
+        parameter_count=10,
+        input_spec=[{"name": "input", "shape": [None, 4], "dtype": "float32"}],
+        analysis={
+            "baseline_latency_ms": 1.0,
+            "baseline_latency_batch": 1,
+            "threads": 1,
+            "op_histogram": {"Gemm": 1},
+        },
+        owner_id=owner.id,
+    )
     model = ModelMetadata(**{**values, **kw})
     db.session.add(model)
     db.session.commit()
     return model
 
 
-def gen_session(model, owner, status="completed", age_days=0, size=None, speed=None,
-                **kw) -> OptimizationSession:
+def gen_session(
+    model, owner, status="completed", age_days=0, size=None, speed=None, **kw
+) -> OptimizationSession:
     created = utcnow() - timedelta(days=age_days)
     results = None
     if status == "completed":
         size = 50.0 if size is None else size
         speed = 100.0 if speed is None else speed
-        results = {"size_reduction_percent": size, "speed_improvement_percent": speed,
-                   "accuracy_retention_percent": 99.5, "criteria_met": True}
+        results = {
+            "size_reduction_percent": size,
+            "speed_improvement_percent": speed,
+            "accuracy_retention_percent": 99.5,
+            "criteria_met": True,
+        }
     session = OptimizationSession(
-        model_id=model.id, owner_id=owner.id, status=status, techniques=["quantization"],
-        parameters={}, criteria={}, plan=[], results=results, size_reduction_percent=size,
-        speed_improvement_percent=speed, created_at=created, updated_at=created,
-        progress=100.0 if status == "completed" else 0.0, **kw)
+        model_id=model.id,
+        owner_id=owner.id,
+        status=status,
+        techniques=["quantization"],
+        parameters={},
+        criteria={},
+        plan=[],
+        results=results,
+        size_reduction_percent=size,
+        speed_improvement_percent=speed,
+        created_at=created,
+        updated_at=created,
+        progress=100.0 if status == "completed" else 0.0,
+        **kw,
+    )
     db.session.add(session)
     db.session.commit()
     return session

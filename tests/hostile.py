@@ -6,7 +6,6 @@ gigabytes, ONNX models that exhaust memory or stall, and references to files out
 upload.
 """
 
-
 import io
 import json
 import pickle
@@ -47,8 +46,7 @@ def torchscript_from_file(target: Path, out: Path, size: int = 16, shared: bool 
         @torch.jit.export
         def __setstate__(self, state: tuple[torch.Tensor, str, bool, int, bool]):
             self.weight, self.path, self.shared, self.size, self.training = state
-            self.leak = torch.from_file(self.path, shared=self.shared, size=self.size,
-                                        dtype=torch.uint8)
+            self.leak = torch.from_file(self.path, shared=self.shared, size=self.size, dtype=torch.uint8)
 
     torch.jit.save(torch.jit.script(Leaky()), str(out))
     return out
@@ -56,8 +54,10 @@ def torchscript_from_file(target: Path, out: Path, size: int = 16, shared: bool 
 
 def zip_with_padding(source: Path, out: Path, padding_bytes: int) -> Path:
     """`source` plus a member of zeros: a few kilobytes that unpack to `padding_bytes`."""
-    with zipfile.ZipFile(source) as archive, \
-            zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as copy:
+    with (
+        zipfile.ZipFile(source) as archive,
+        zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as copy,
+    ):
         prefix = archive.namelist()[0].split("/")[0]
         for info in archive.infolist():
             copy.writestr(info, archive.read(info))
@@ -103,11 +103,19 @@ def pt2_calling(source: Path, out: Path, target: str) -> Path:
             if "/models/" in info.filename and info.filename.endswith(".json"):
                 program = json.loads(data)
                 nodes = program["graph_module"]["graph"]["nodes"]
-                nodes.insert(0, {"target": target, "inputs": [
-                    {"name": "filename", "arg": {"as_string": "/etc/passwd"}},
-                    {"name": "shared", "arg": {"as_bool": False}},
-                    {"name": "size", "arg": {"as_int": 8}}],
-                    "outputs": [{"as_tensor": {"name": "leak"}}], "metadata": {}})
+                nodes.insert(
+                    0,
+                    {
+                        "target": target,
+                        "inputs": [
+                            {"name": "filename", "arg": {"as_string": "/etc/passwd"}},
+                            {"name": "shared", "arg": {"as_bool": False}},
+                            {"name": "size", "arg": {"as_int": 8}},
+                        ],
+                        "outputs": [{"as_tensor": {"name": "leak"}}],
+                        "metadata": {},
+                    },
+                )
                 data = json.dumps(program).encode()
             copy.writestr(info, data)
     return out
@@ -124,8 +132,7 @@ def npz(out: Path, **arrays) -> Path:
 def npz_claiming(out: Path, shape: tuple[int, ...]) -> Path:
     """An .npz whose x.npy header claims `shape` (float32) but holds a few bytes."""
     header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        header, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": shape})
     with zipfile.ZipFile(out, "w") as archive:
         archive.writestr("x.npy", header.getvalue() + bytes(64))
     return out
@@ -148,11 +155,20 @@ def onnx_memory_bomb(out: Path, floats: int) -> Path:
     """A model of a few hundred bytes that asks for `floats` float32s when it runs."""
     shape = numpy_helper.from_array(np.array([floats], dtype=np.int64), "shape")
     model = _model(
-        [helper.make_node("ConstantOfShape", ["shape"], ["big"],
-                          value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
-         helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
-         helper.make_node("Add", ["x", "total"], ["y"])],
-        [_io("x")], [_io("y")], [shape])
+        [
+            helper.make_node(
+                "ConstantOfShape",
+                ["shape"],
+                ["big"],
+                value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0]),
+            ),
+            helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
+            helper.make_node("Add", ["x", "total"], ["y"]),
+        ],
+        [_io("x")],
+        [_io("y")],
+        [shape],
+    )
     onnx.save(model, str(out))
     return out
 
@@ -160,27 +176,45 @@ def onnx_memory_bomb(out: Path, floats: int) -> Path:
 def onnx_stalls_on_batches(out: Path) -> Path:
     """A model that answers at once for one sample (as an upload's analysis runs it) but
     loops ~forever inside ONNX Runtime for a batch of several (as a session measures it)."""
-    constants = [numpy_helper.from_array(np.array(value, dtype=dtype), name) for name, value, dtype
-                 in (("zero", 0, np.int64), ("one", 1, np.int64), ("scale", 10**15, np.int64),
-                     ("cond", True, np.bool_))]
+    constants = [
+        numpy_helper.from_array(np.array(value, dtype=dtype), name)
+        for name, value, dtype in (
+            ("zero", 0, np.int64),
+            ("one", 1, np.int64),
+            ("scale", 10**15, np.int64),
+            ("cond", True, np.bool_),
+        )
+    ]
     body = helper.make_graph(
-        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-         helper.make_node("Add", ["acc_in", "acc_in"], ["acc_out"])],
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Add", ["acc_in", "acc_in"], ["acc_out"]),
+        ],
         "spin",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [])])
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, []),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, []),
+        ],
+    )
     model = _model(
-        [helper.make_node("Shape", ["x"], ["shape"]),
-         helper.make_node("Gather", ["shape", "zero"], ["batch"]),
-         helper.make_node("Sub", ["batch", "one"], ["extra"]),
-         helper.make_node("Mul", ["extra", "scale"], ["trips"]),
-         helper.make_node("ReduceSum", ["x"], ["seed"], keepdims=0),
-         helper.make_node("Loop", ["trips", "cond", "seed"], ["acc"], body=body),
-         helper.make_node("Add", ["x", "acc"], ["y"])],
-        [_io("x")], [_io("y")], constants)
+        [
+            helper.make_node("Shape", ["x"], ["shape"]),
+            helper.make_node("Gather", ["shape", "zero"], ["batch"]),
+            helper.make_node("Sub", ["batch", "one"], ["extra"]),
+            helper.make_node("Mul", ["extra", "scale"], ["trips"]),
+            helper.make_node("ReduceSum", ["x"], ["seed"], keepdims=0),
+            helper.make_node("Loop", ["trips", "cond", "seed"], ["acc"], body=body),
+            helper.make_node("Add", ["x", "acc"], ["y"]),
+        ],
+        [_io("x")],
+        [_io("y")],
+        constants,
+    )
     onnx.save(model, str(out))
     return out
 
@@ -193,15 +227,18 @@ def onnx_external_data(out: Path, location: str) -> Path:
     for key, value in (("location", location), ("offset", "0"), ("length", "64")):
         entry = weight.external_data.add()
         entry.key, entry.value = key, value
-    model = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_io("x")], [_io("y")],
-                   [weight])
+    model = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_io("x")], [_io("y")], [weight])
     onnx.save(model, str(out))
     return out
 
 
 def onnx_custom_domain(out: Path) -> Path:
     """A model calling an operator that only a custom-op library would provide."""
-    model = _model([helper.make_node("Exfiltrate", ["x"], ["y"], domain="evil.ops")],
-                   [_io("x")], [_io("y")], domains=["evil.ops"])
+    model = _model(
+        [helper.make_node("Exfiltrate", ["x"], ["y"], domain="evil.ops")],
+        [_io("x")],
+        [_io("y")],
+        domains=["evil.ops"],
+    )
     onnx.save(model, str(out))
     return out

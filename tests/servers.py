@@ -53,9 +53,13 @@ class Server:
     def start(self) -> Server:
         command = [sys.executable, "-m", "flask", "--app", "webapp", "serve"]
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen(command + (["--demo"] if self.demo else []),
-                                            cwd=ROOT, env=self.env, stdout=out,
-                                            stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                command + (["--demo"] if self.demo else []),
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         wait_until_up(self.url + "/healthz", self.process, self.log)
         return self
 

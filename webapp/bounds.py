@@ -40,8 +40,10 @@ def id_field(**kwargs) -> fields.Integer:
 def parse_id(text: str, smallest: int = 1) -> int:
     """int() for an id from a form or a query string: ValueError unless ASCII digits
     from `smallest` to MAX_ID."""
-    if not (text.isascii() and text.isdigit() and len(text) <= len(str(MAX_ID))) \
-            or not smallest <= int(text) <= MAX_ID:
+    if (
+        not (text.isascii() and text.isdigit() and len(text) <= len(str(MAX_ID)))
+        or not smallest <= int(text) <= MAX_ID
+    ):
         raise ValueError(f"Not an id: {text[:20]!r}.")
     return int(text)
 
@@ -151,15 +153,15 @@ def parse_json(data: str | bytes, **kwargs):
         try:
             text = data.decode(json.detect_encoding(data))
         except UnicodeDecodeError as exc:
-            raise UnsafeJson(f"The body is not UTF-8 text ({exc.reason}).",
-                             data.decode("utf-8", "replace")) from exc
+            raise UnsafeJson(
+                f"The body is not UTF-8 text ({exc.reason}).", data.decode("utf-8", "replace")
+            ) from exc
     else:
         text = data
     if _too_deep(text):
         raise UnsafeJson(f"JSON nested deeper than {MAX_JSON_DEPTH} levels.", text)
     try:
-        value = json.loads(text, **{"parse_float": _finite, "parse_constant": _no_constant,
-                                    **kwargs})
+        value = json.loads(text, **{"parse_float": _finite, "parse_constant": _no_constant, **kwargs})
     except json.JSONDecodeError:
         raise
     except ValueError as exc:
@@ -196,15 +198,23 @@ def _check_request() -> None:
     # PostgreSQL text cannot hold NUL: refused here, before any query or form sees it.
     try:
         sources = (request.args, request.form)
-        fields_with_nul = sorted({key for source in sources
-                                  for key, value in source.items(multi=True)
-                                  if "\x00" in key or "\x00" in value})
+        fields_with_nul = sorted(
+            {
+                key
+                for source in sources
+                for key, value in source.items(multi=True)
+                if "\x00" in key or "\x00" in value
+            }
+        )
     except RequestEntityTooLarge:
         return  # the view says so in its own way
     if fields_with_nul:
-        raise ApiError(400, "validation_error", "Text may not contain NUL characters.",
-                       {name.replace("\x00", "\\0"): ["Contains a NUL character."]
-                        for name in fields_with_nul})
+        raise ApiError(
+            400,
+            "validation_error",
+            "Text may not contain NUL characters.",
+            {name.replace("\x00", "\\0"): ["Contains a NUL character."] for name in fields_with_nul},
+        )
 
 
 def init_app(app: Flask) -> None:

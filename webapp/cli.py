@@ -24,8 +24,9 @@ def _create_user(username: str, password: str, role: str):
     try:
         data = NewUserSchema().load({"username": username, "password": password, "role": role})
     except ValidationError as exc:
-        problems = "; ".join(f"{field}: {' '.join(msgs)}"
-                             for field, msgs in exc.normalized_messages().items())
+        problems = "; ".join(
+            f"{field}: {' '.join(msgs)}" for field, msgs in exc.normalized_messages().items()
+        )
         raise click.ClickException(problems) from exc
     try:
         return users.create(data["username"], data["password"], data["role"])
@@ -104,19 +105,30 @@ def serve_command(demo: bool):
     sys.stdout.flush()
     # Replace this process: gunicorn's workers each build their own app from wsgi.py.
     args = [
-        sys.executable, "-m", "gunicorn",
-        "--chdir", str(ROOT),
-        "--bind", f"{server['host']}:{server['port']}",
-        "--workers", str(server["workers"]),
-        "--worker-class", "gthread",
-        "--threads", str(server["threads"]),
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--chdir",
+        str(ROOT),
+        "--bind",
+        f"{server['host']}:{server['port']}",
+        "--workers",
+        str(server["workers"]),
+        "--worker-class",
+        "gthread",
+        "--threads",
+        str(server["threads"]),
         # gthread counts open connections against this (default 1000); WebSockets stay open.
-        "--worker-connections", str(max(1000, 2 * server["threads"])),
-        "--timeout", str(server["timeout"]),
-        "--graceful-timeout", "10",
+        "--worker-connections",
+        str(max(1000, 2 * server["threads"])),
+        "--timeout",
+        str(server["timeout"]),
+        "--graceful-timeout",
+        "10",
         # Its shared default path would collide between two servers on one host.
         "--no-control-socket",
-        "--config", "python:webapp.gunicorn_conf",
+        "--config",
+        "python:webapp.gunicorn_conf",
         "wsgi:app",
     ]
     os.execv(sys.executable, args)  # noqa: S606 - fixed argv, no shell

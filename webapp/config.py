@@ -103,9 +103,7 @@ def _typed(section: str, key: str, value: Any, default: Any, origin: str) -> Any
         return float(value)
     # bool is an int to Python; a port of `true` is still a mistake.
     if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
-        raise ConfigError(
-            f"{name} in {origin} must be {_type_word(expected)}, got {value!r}"
-        )
+        raise ConfigError(f"{name} in {origin} must be {_type_word(expected)}, got {value!r}")
     if expected is list and not all(isinstance(item, str) for item in value):
         raise ConfigError(f"{name} in {origin} must be a list of strings, got {value!r}")
     return value
@@ -127,7 +125,7 @@ def _from_environ(environ, defaults) -> dict[str, dict[str, Any]]:
     for var, raw in environ.items():
         if not var.startswith(ENV_PREFIX):
             continue
-        name = var[len(ENV_PREFIX):]
+        name = var[len(ENV_PREFIX) :]
         if name in ENV_NOT_SETTINGS or name.startswith(ENV_NOT_SETTINGS_PREFIXES):
             continue
         if name in ENV_ALIASES:
@@ -178,8 +176,7 @@ def _check_values(settings) -> None:
         limits.parse(security["login_rate_limit"])
     except ValueError as exc:
         raise ConfigError(
-            "security.login_rate_limit must read like '10 per minute', "
-            f"got {security['login_rate_limit']!r}"
+            f"security.login_rate_limit must read like '10 per minute', got {security['login_rate_limit']!r}"
         ) from exc
     _check_ranges(settings)
     if settings["live"]["reserved_threads"] >= server["threads"]:
@@ -188,8 +185,10 @@ def _check_values(settings) -> None:
             f"or no WebSocket could ever open; got {settings['live']['reserved_threads']}"
         )
     if settings["sandbox"]["isolation"] not in ISOLATION_CHOICES:
-        raise ConfigError(f"sandbox.isolation must be one of {', '.join(ISOLATION_CHOICES)}, "
-                          f"got {settings['sandbox']['isolation']!r}")
+        raise ConfigError(
+            f"sandbox.isolation must be one of {', '.join(ISOLATION_CHOICES)}, "
+            f"got {settings['sandbox']['isolation']!r}"
+        )
     level = settings["logging"]["level"].upper()
     if level not in LOG_LEVELS:
         raise ConfigError(f"logging.level must be one of {sorted(LOG_LEVELS)}, got {level!r}")
@@ -197,9 +196,7 @@ def _check_values(settings) -> None:
     for origin in settings["cors"]["origins"]:
         parts = urlsplit(origin)
         if origin == "*" or parts.scheme not in {"http", "https"} or not parts.netloc:
-            raise ConfigError(
-                f"cors.origins must list origins like 'https://host:port', got {origin!r}"
-            )
+            raise ConfigError(f"cors.origins must list origins like 'https://host:port', got {origin!r}")
 
 
 # (section, key, lowest, highest): inclusive bounds of numeric settings.

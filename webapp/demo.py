@@ -17,10 +17,20 @@ from .services import model_store, optimization
 # (model name, architecture, saved format, techniques, parameters)
 DEMO_SESSIONS = (
     ("digits-mlp", "mlp", "onnx", ["quantization"], {"quantization": {"mode": "int8_dynamic"}}),
-    ("digits-mlp-torchscript", "mlp", "torchscript", ["pruning", "quantization"],
-     {"pruning": {"sparsity": 0.5}, "quantization": {"mode": "int8_dynamic"}}),
-    ("digits-mlp-export", "mlp", "exported_program", ["compression", "quantization"],
-     {"compression": {"energy": 0.9}, "quantization": {"mode": "int8_dynamic"}}),
+    (
+        "digits-mlp-torchscript",
+        "mlp",
+        "torchscript",
+        ["pruning", "quantization"],
+        {"pruning": {"sparsity": 0.5}, "quantization": {"mode": "int8_dynamic"}},
+    ),
+    (
+        "digits-mlp-export",
+        "mlp",
+        "exported_program",
+        ["compression", "quantization"],
+        {"compression": {"energy": 0.9}, "quantization": {"mode": "int8_dynamic"}},
+    ),
     ("digits-cnn", "cnn", "onnx", ["quantization"], {"quantization": {"mode": "int8_static"}}),
 )
 SESSION_WAIT_SECONDS = 600
@@ -33,8 +43,10 @@ def create_demo_models(owner_name: str) -> list[OptimizationSession]:
     wanted = [entry for entry in DEMO_SESSIONS if entry[0] not in existing]
     sandbox = current_app.extensions["optideck.sandbox"]
     if not sandbox.accepts_code:
-        click.echo("No sandbox works here (install bubblewrap), so uploads that carry code are "
-                   "refused: the demo uploads its ONNX models only.")
+        click.echo(
+            "No sandbox works here (install bubblewrap), so uploads that carry code are "
+            "refused: the demo uploads its ONNX models only."
+        )
         wanted = [entry for entry in wanted if entry[2] == "onnx"]
     if not wanted:
         click.echo("Demo models already exist.")
@@ -50,8 +62,10 @@ def create_demo_models(owner_name: str) -> list[OptimizationSession]:
             model = demo_models.mlp() if architecture == "mlp" else demo_models.cnn()
             started = time.monotonic()
             accuracy = demo_models.train(model, data)
-            click.echo(f"Trained the demo {architecture} on digits in "
-                       f"{time.monotonic() - started:.1f} s: test accuracy {accuracy:.1%}")
+            click.echo(
+                f"Trained the demo {architecture} on digits in "
+                f"{time.monotonic() - started:.1f} s: test accuracy {accuracy:.1%}"
+            )
             files = demo_models.save(model, data.x_test, folder, architecture)
             files["eval"] = demo_models.save_eval_data(data, folder / f"{architecture}_eval.npz")
             trained[architecture] = files
@@ -89,6 +103,8 @@ def _outcome(session: OptimizationSession) -> str:
     if session.status != "completed":
         return f"Session {session.id} ({session.model.name}) {session.status}: {session.error_message}"
     r = session.results
-    return (f"Session {session.id} ({session.model.name}, {'+'.join(session.techniques)}): "
-            f"{r['size_reduction_percent']:.1f} % smaller, {r['speedup']:.2f}x speed, "
-            f"{r['accuracy_retention_percent']:.2f} % accuracy retained")
+    return (
+        f"Session {session.id} ({session.model.name}, {'+'.join(session.techniques)}): "
+        f"{r['size_reduction_percent']:.1f} % smaller, {r['speedup']:.2f}x speed, "
+        f"{r['accuracy_retention_percent']:.2f} % accuracy retained"
+    )

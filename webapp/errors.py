@@ -44,8 +44,14 @@ PAGE_MESSAGES = {
 class ApiError(HTTPException):
     """An API error with its `error` word, message and details."""
 
-    def __init__(self, status: int, error: str, message: str, details: Any = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        message: str,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(description=message)
         self.code = status
         self.data = {"error": error, "message": message, "details": details or {}}
@@ -102,9 +108,9 @@ def handle_http_exception(exc: HTTPException):
         # Framework messages are written for developers; pages get plain words.
         own_words = isinstance(exc, CSRFError | ApiError)
         page_message = message if own_words else PAGE_MESSAGES.get(status, message)
-        response = make_response(render_template(
-            "errors/error.html", status=status, title=exc.name, message=page_message
-        ))
+        response = make_response(
+            render_template("errors/error.html", status=status, title=exc.name, message=page_message)
+        )
     response.status_code = status
     valid_methods = getattr(exc, "valid_methods", None)
     if status == 405 and valid_methods:

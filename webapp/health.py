@@ -35,8 +35,10 @@ def check_database() -> list[Check]:
             conn.execute(text("SELECT 1"))
             current = MigrationContext.configure(conn).get_current_revision()
     except Exception as exc:  # any driver error means "not reachable"
-        return [Check("database", False, f"not reachable: {type(exc).__name__}"),
-                Check("migrations", False, "unknown: database not reachable")]
+        return [
+            Check("database", False, f"not reachable: {type(exc).__name__}"),
+            Check("migrations", False, "unknown: database not reachable"),
+        ]
     migrate: Migrate = current_app.extensions["migrate"].migrate
     head = ScriptDirectory.from_config(migrate.get_config()).get_current_head()
     if current != head:
@@ -78,8 +80,9 @@ def run_checks() -> list[Check]:
 
 def log_checks(checks: list[Check]) -> bool:
     for check in checks:
-        (log.info if check.ok else log.error)("check %s: %s %s", check.name,
-                                             "ok" if check.ok else "FAILED", check.detail)
+        (log.info if check.ok else log.error)(
+            "check %s: %s %s", check.name, "ok" if check.ok else "FAILED", check.detail
+        )
     return all(check.ok for check in checks)
 
 

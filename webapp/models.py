@@ -148,8 +148,7 @@ class SessionStatus(enum.StrEnum):
 
 
 ACTIVE_STATUSES = (SessionStatus.QUEUED.value, SessionStatus.RUNNING.value)
-FINISHED_STATUSES = (SessionStatus.COMPLETED.value, SessionStatus.FAILED.value,
-                     SessionStatus.CANCELLED.value)
+FINISHED_STATUSES = (SessionStatus.COMPLETED.value, SessionStatus.FAILED.value, SessionStatus.CANCELLED.value)
 
 
 class ModelMetadata(db.Model):
@@ -190,13 +189,14 @@ class OptimizationSession(db.Model):
         Index("ix_sessions_speed", "speed_improvement_percent", "id"),
         # PostgreSQL sorts NULLs first in a backward scan, so "largest first, no result
         # last" needs indexes of its own there; SQLite's NULLs sort smallest anyway.
-        Index("ix_sessions_size_desc", text("size_reduction_percent DESC NULLS LAST"),
-              text("id DESC")).ddl_if(dialect="postgresql"),
-        Index("ix_sessions_speed_desc", text("speed_improvement_percent DESC NULLS LAST"),
-              text("id DESC")).ddl_if(dialect="postgresql"),
+        Index(
+            "ix_sessions_size_desc", text("size_reduction_percent DESC NULLS LAST"), text("id DESC")
+        ).ddl_if(dialect="postgresql"),
+        Index(
+            "ix_sessions_speed_desc", text("speed_improvement_percent DESC NULLS LAST"), text("id DESC")
+        ).ddl_if(dialect="postgresql"),
         # Dashboard averages read from the index alone.
-        Index("ix_sessions_status_results", "status", "size_reduction_percent",
-              "speed_improvement_percent"),
+        Index("ix_sessions_status_results", "status", "size_reduction_percent", "speed_improvement_percent"),
         Index("ix_sessions_owner_status", "owner_id", "status"),
     )
 

@@ -36,9 +36,7 @@ def configure_logging(level: str, as_json: bool) -> None:
     handler = logging.StreamHandler()
     setattr(handler, HANDLER_MARK, True)
     if as_json:
-        handler.setFormatter(
-            JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s", timestamp=False)
-        )
+        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s", timestamp=False))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     logger.addHandler(handler)
@@ -72,8 +70,13 @@ def init_app(app: Flask) -> None:
         }
         log.info(
             "%s %s %s %.1fms id=%s user=%s role=%s",
-            fields["method"], fields["path"], fields["status"], duration_ms,
-            fields["request_id"], fields["user"], fields["role"],
+            fields["method"],
+            fields["path"],
+            fields["status"],
+            duration_ms,
+            fields["request_id"],
+            fields["user"],
+            fields["role"],
             extra=fields,
         )
         return response

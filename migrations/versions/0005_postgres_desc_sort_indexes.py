@@ -8,12 +8,13 @@ PostgreSQL puts NULLs first when it reads an ascending index backwards, so the
 session list's "largest size reduction first, no result last" sorted all rows.
 SQLite needs nothing: its NULLs sort smallest.
 """
+
 import sqlalchemy as sa
 from alembic import op
 
 # revision identifiers, used by Alembic.
-revision = '5c1e0d7a9b21'
-down_revision = '3a27db8bcb49'
+revision = "5c1e0d7a9b21"
+down_revision = "3a27db8bcb49"
 branch_labels = None
 depends_on = None
 
@@ -27,8 +28,9 @@ def upgrade():
     if op.get_bind().dialect.name != "postgresql":
         return
     for name, column in INDEXES.items():
-        op.create_index(name, "optimization_sessions",
-                        [sa.text(f"{column} DESC NULLS LAST"), sa.text("id DESC")])
+        op.create_index(
+            name, "optimization_sessions", [sa.text(f"{column} DESC NULLS LAST"), sa.text("id DESC")]
+        )
 
 
 def downgrade():

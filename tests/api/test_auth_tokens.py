@@ -56,12 +56,15 @@ def test_deactivated_user_cannot_log_in(app, client):
     assert login(client, "ada").status_code == 401
 
 
-@pytest.mark.parametrize("body", [
-    {"username": "x" * 65, "password": "p"},
-    {"username": "ada"},
-    {"username": 12, "password": "p"},
-    {"username": "ada", "password": "p" * 257},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"username": "x" * 65, "password": "p"},
+        {"username": "ada"},
+        {"username": 12, "password": "p"},
+        {"username": "ada", "password": "p" * 257},
+    ],
+)
 def test_invalid_login_bodies_are_400_with_field_details(app, client, body):
     response = client.post("/api/v1/auth/token", json=body)
     assert response.status_code == 400
@@ -71,8 +74,11 @@ def test_invalid_login_bodies_are_400_with_field_details(app, client, body):
 
 
 def test_non_utf8_body_is_a_400_not_a_500(app, client):
-    response = client.post("/api/v1/auth/token", data=b'{"username": "\xff\xfe", "password": "x"}',
-                           content_type="application/json")
+    response = client.post(
+        "/api/v1/auth/token",
+        data=b'{"username": "\xff\xfe", "password": "x"}',
+        content_type="application/json",
+    )
     assert response.status_code == 400
     assert response.get_json()["error"] == "validation_error"
 
@@ -84,13 +90,16 @@ def test_missing_header_is_token_missing(app, client):
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
-@pytest.mark.parametrize("header", [
-    "Basic YWRhOnB3",
-    "Bearer",
-    "Bearer not-one-of-ours",
-    "Bearer odk_unknown-token-value",
-    "Bearer odk_" + "a" * 300,
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Basic YWRhOnB3",
+        "Bearer",
+        "Bearer not-one-of-ours",
+        "Bearer odk_unknown-token-value",
+        "Bearer odk_" + "a" * 300,
+    ],
+)
 def test_malformed_or_unknown_tokens_are_token_invalid(app, client, header):
     response = client.delete("/api/v1/auth/token", headers={"Authorization": header})
     assert response.status_code == 401
@@ -152,8 +161,9 @@ def test_revoke_kills_the_access_and_refresh_token(app, client):
     make_user("ada")
     pair = login(client, "ada").get_json()
     assert client.delete("/api/v1/auth/token", headers=bearer(pair["access_token"])).status_code == 204
-    assert client.post("/api/v1/auth/refresh",
-                       json={"refresh_token": pair["refresh_token"]}).status_code == 401
+    assert (
+        client.post("/api/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]}).status_code == 401
+    )
 
 
 def test_token_events_are_audited(app, client):
@@ -161,8 +171,7 @@ def test_token_events_are_audited(app, client):
     pair = login(client, "ada").get_json()
     login(client, "ada", "wrong-password")
     client.delete("/api/v1/auth/token", headers=bearer(pair["access_token"]))
-    trail = [(e.action, e.username, e.allowed) for e in
-             db.session.query(AuditEntry).order_by(AuditEntry.id)]
+    trail = [(e.action, e.username, e.allowed) for e in db.session.query(AuditEntry).order_by(AuditEntry.id)]
     assert ("token.issue", "ada", True) in trail
     assert ("token.issue", "ada", False) in trail
     assert ("token.revoke", "ada", True) in trail

@@ -49,8 +49,9 @@ def test_admin_saves_with_if_match_or_a_version_field(app, api_client):
 def test_invalid_values_are_400_per_field(app, api_client):
     admin = api_client("admin")
     body, etag = current(admin)
-    response = admin.put(URL, json={**body, "min_accuracy_retention_percent": 150,
-                                     "threads": 0}, headers={"If-Match": etag})
+    response = admin.put(
+        URL, json={**body, "min_accuracy_retention_percent": 150, "threads": 0}, headers={"If-Match": etag}
+    )
     assert response.status_code == 400
     assert {"min_accuracy_retention_percent", "threads"} <= set(response.get_json()["details"])
 
@@ -101,8 +102,13 @@ def _process_entry(database_url, instance, worker, count, queue, go):
     from webapp import create_app
     from webapp.extensions import db
 
-    app = create_app({"app": {"instance_dir": instance, "secret_key": "s" * 40},
-                      "database": {"url": database_url}, "logging": {"level": "WARNING"}})
+    app = create_app(
+        {
+            "app": {"instance_dir": instance, "secret_key": "s" * 40},
+            "database": {"url": database_url},
+            "logging": {"level": "WARNING"},
+        }
+    )
     queue.put("ready")
     results = []
     _attempts(app, worker, count, results, go)
@@ -119,11 +125,14 @@ def test_concurrent_saves_from_threads_and_processes_lose_nothing(app, test_data
     results: list = []
     context = multiprocessing.get_context("spawn")
     queue, go = context.Queue(), context.Event()
-    threads = [threading.Thread(target=_attempts, args=(app, f"thread{i}", 5, results, go))
-               for i in range(2)]
-    processes = [context.Process(target=_process_entry,
-                                 args=(test_database_url, str(tmp_path / f"p{i}"), f"process{i}",
-                                       5, queue, go)) for i in range(2)]
+    threads = [threading.Thread(target=_attempts, args=(app, f"thread{i}", 5, results, go)) for i in range(2)]
+    processes = [
+        context.Process(
+            target=_process_entry,
+            args=(test_database_url, str(tmp_path / f"p{i}"), f"process{i}", 5, queue, go),
+        )
+        for i in range(2)
+    ]
     for worker in (*threads, *processes):
         worker.start()
     assert [queue.get(timeout=120) for _ in processes] == ["ready", "ready"]
@@ -142,6 +151,7 @@ def test_concurrent_saves_from_threads_and_processes_lose_nothing(app, test_data
     history = {v.version: v.document["description"] for v in criteria.versions()}
     # Every accepted save is in the history under the number it was given, once.
     assert sorted(history) == list(range(1, len(saved) + 1))
-    assert {(label, version) for _, label, version in saved} == \
-        {(label, version) for version, label in history.items()}
+    assert {(label, version) for _, label, version in saved} == {
+        (label, version) for version, label in history.items()
+    }
     print(f"\n20 concurrent saves: {len(saved)} accepted, {len(refused)} refused with 409")

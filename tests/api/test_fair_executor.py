@@ -15,8 +15,7 @@ from webapp.auth import tokens
 
 def _caller(app, name: str) -> ApiClient:
     user = make_user(name, "operator")
-    return ApiClient(app.test_client(), user,
-                     tokens.create_personal(user, "t", 30, False).access_token)
+    return ApiClient(app.test_client(), user, tokens.create_personal(user, "t", 30, False).access_token)
 
 
 def test_a_model_that_stalls_in_onnx_runtime_fails_as_stalled(make_app, demo_files, tmp_path):
@@ -49,14 +48,15 @@ def test_one_user_cannot_hold_every_worker(make_app, demo_files):
         busy, other = _caller(app, "busy-user"), _caller(app, "other-user")
         mine = upload(busy, demo_files)
         theirs = upload(other, demo_files)
-        own = [start(busy, mine, ["compression", "pruning", "quantization"])
-               .get_json()["session_id"] for _ in range(3)]
+        own = [
+            start(busy, mine, ["compression", "pruning", "quantization"]).get_json()["session_id"]
+            for _ in range(3)
+        ]
         foreign = start(other, theirs).get_json()["session_id"]
         saw_foreign_running = False
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
-            states = [busy.get(f"/api/v1/optimization/sessions/{i}").get_json()["status"]
-                      for i in own]
+            states = [busy.get(f"/api/v1/optimization/sessions/{i}").get_json()["status"] for i in own]
             assert states.count("running") <= 1, states
             foreign_state = other.get(f"/api/v1/optimization/sessions/{foreign}").get_json()
             saw_foreign_running |= foreign_state["status"] in ("running", *TERMINAL)

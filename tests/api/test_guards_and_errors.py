@@ -97,13 +97,16 @@ def test_plain_request_id_is_echoed(app, client):
     assert response.headers["X-Request-ID"] == "trace-abc.123_x"
 
 
-@pytest.mark.parametrize("junk", [
-    "has spaces in it",
-    "x" * 65,
-    "semi;colon",
-    "<script>",
-    "line\\nbreak",
-])
+@pytest.mark.parametrize(
+    "junk",
+    [
+        "has spaces in it",
+        "x" * 65,
+        "semi;colon",
+        "<script>",
+        "line\\nbreak",
+    ],
+)
 def test_junk_request_id_is_replaced_not_echoed(app, client, junk):
     response = client.get("/api/v1/nothing", headers={"X-Request-ID": junk})
     given = response.headers["X-Request-ID"]
@@ -141,8 +144,7 @@ def test_cors_is_off_by_default(app, client):
 def test_cors_answers_only_configured_origins(make_app):
     app = make_app(cors={"origins": ["https://ops.example"]})
     client = app.test_client()
-    preflight = {"Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "Authorization"}
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "Authorization"}
     ok = client.options("/api/v1/auth/token", headers={"Origin": "https://ops.example", **preflight})
     assert ok.headers["Access-Control-Allow-Origin"] == "https://ops.example"
     assert "Access-Control-Allow-Credentials" not in ok.headers

@@ -25,12 +25,12 @@ SECRET_FILES = ("/etc/passwd",)
 @pytest.fixture
 def guarded(make_app):
     """An app with small sandbox limits, its instance folder, and an operator's client."""
-    app = make_app(sandbox={"memory_mb": 1024},
-                   uploads={"max_unpacked_bytes": 32 << 20, "analysis_timeout_seconds": 60})
+    app = make_app(
+        sandbox={"memory_mb": 1024}, uploads={"max_unpacked_bytes": 32 << 20, "analysis_timeout_seconds": 60}
+    )
     with app.app_context():
         user = make_user("hostile-operator", "operator")
-        caller = ApiClient(app.test_client(), user,
-                           tokens.create_personal(user, "t", 30, False).access_token)
+        caller = ApiClient(app.test_client(), user, tokens.create_personal(user, "t", 30, False).access_token)
         yield app, Path(app.config["OPTIDECK"]["app"]["instance_dir"]), caller
 
 
@@ -61,8 +61,10 @@ def _secrets(instance: Path) -> list[bytes]:
 
 def _refused(app, instance, caller, tmp_path, path, *, eval_path=None, words=(), **fields):
     """Upload `path`; assert the refusal and everything an attack must not achieve."""
-    scratch = (Path(app.config["OPTIDECK"]["sandbox"]["work_dir"]),
-               Path(app.config["OPTIDECK"]["storage"]["dir"]) / "tmp")
+    scratch = (
+        Path(app.config["OPTIDECK"]["sandbox"]["work_dir"]),
+        Path(app.config["OPTIDECK"]["storage"]["dir"]) / "tmp",
+    )
     before = _tree(tmp_path, scratch)
     response = upload_file(caller, path, "hostile", eval_path, **fields)
     body = response.get_data()
@@ -90,16 +92,16 @@ def test_torchscript_mapping_server_files_at_load(guarded, tmp_path, shared):
 def test_pt2_with_pickled_weights(guarded, demo_files, tmp_path):
     app, instance, caller = guarded
     canary = tmp_path / "created-by-unpickling"
-    evil = hostile.pt2_with_pickled_weights(demo_files["exported_program"],
-                                           tmp_path / "evil.pt2", canary)
+    evil = hostile.pt2_with_pickled_weights(demo_files["exported_program"], tmp_path / "evil.pt2", canary)
     _refused(app, instance, caller, tmp_path, evil, words=("pickle",))
     assert not canary.exists()
 
 
 def test_pt2_graph_reading_a_file(guarded, demo_files, tmp_path):
     app, instance, caller = guarded
-    evil = hostile.pt2_calling(demo_files["exported_program"], tmp_path / "evil.pt2",
-                               "torch.ops.aten.from_file.default")
+    evil = hostile.pt2_calling(
+        demo_files["exported_program"], tmp_path / "evil.pt2", "torch.ops.aten.from_file.default"
+    )
     _refused(app, instance, caller, tmp_path, evil, words=("aten.from_file",))
 
 
@@ -115,8 +117,9 @@ def test_evaluation_data_bombs(guarded, tmp_path, kind):
     app, instance, caller = guarded
     # Small files: werkzeug's test client spools a body over 500 KB to a file it leaves open.
     if kind == "unused-member":
-        data = hostile.npz(tmp_path / "eval.npz", x=np.zeros((8, 64), dtype=np.float32),
-                           padding=np.zeros(1 << 14))
+        data = hostile.npz(
+            tmp_path / "eval.npz", x=np.zeros((8, 64), dtype=np.float32), padding=np.zeros(1 << 14)
+        )
         words = ("'padding'",)
     else:
         data = hostile.npz_claiming(tmp_path / "eval.npz", (1 << 22, 64))

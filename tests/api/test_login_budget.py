@@ -17,13 +17,13 @@ def from_address(app, address: str):
 
 def on_page(client, username, password=WRONG):
     token = csrf_from(client, "/login")
-    return client.post("/login", data={"username": username, "password": password,
-                                       "csrf_token": token}).status_code
+    return client.post(
+        "/login", data={"username": username, "password": password, "csrf_token": token}
+    ).status_code
 
 
 def on_api(client, username, password=WRONG):
-    return client.post("/api/v1/auth/token",
-                       json={"username": username, "password": password}).status_code
+    return client.post("/api/v1/auth/token", json={"username": username, "password": password}).status_code
 
 
 def test_failures_on_the_page_and_the_api_spend_one_budget(app):
@@ -37,12 +37,16 @@ def test_failures_on_the_page_and_the_api_spend_one_budget(app):
     refused = client.post("/api/v1/auth/token", json={"username": "ada", "password": "x"})
     assert refused.get_json()["error"] == "rate_limited"
     assert int(refused.headers["Retry-After"]) > 0
-    page = client.post("/login", data={"username": "ada", "password": "x",
-                                       "csrf_token": csrf_from(client, "/login")})
+    page = client.post(
+        "/login", data={"username": "ada", "password": "x", "csrf_token": csrf_from(client, "/login")}
+    )
     assert page.status_code == 429 and "Retry-After" in page.headers
     # A forwarded-for header names no other address: it is not trusted.
-    spoofed = client.post("/api/v1/auth/token", json={"username": "bob", "password": "x"},
-                          headers={"X-Forwarded-For": "192.0.2.1"})
+    spoofed = client.post(
+        "/api/v1/auth/token",
+        json={"username": "bob", "password": "x"},
+        headers={"X-Forwarded-For": "192.0.2.1"},
+    )
     assert spoofed.status_code == 429
 
 
@@ -73,18 +77,22 @@ def test_successful_logins_spend_nothing(make_app):
     assert [on_api(client, "ada") for _ in range(4)] == [401, 401, 401, 429]
 
 
-@pytest.mark.parametrize(("body", "content_type"), [
-    ('{"username": "ada", ', "application/json"),
-    ("[1, 2]", "application/json"),
-    ('{"username": 12, "password": "x"}', "application/json"),
-    ("[" * 100_000 + "]" * 100_000, "application/json"),
-    ("username=ada&password=x", "application/x-www-form-urlencoded"),
-])
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        ('{"username": "ada", ', "application/json"),
+        ("[1, 2]", "application/json"),
+        ('{"username": 12, "password": "x"}', "application/json"),
+        ("[" * 100_000 + "]" * 100_000, "application/json"),
+        ("username=ada&password=x", "application/x-www-form-urlencoded"),
+    ],
+)
 def test_malformed_attempts_are_answered_and_counted(make_app, body, content_type):
     """Does a body the budget cannot read a name from still get a 4xx, and spend the
     address's budget?"""
     client = make_app(security={"login_rate_limit": "2 per minute"}).test_client()
-    codes = [client.post("/api/v1/auth/token", data=body, content_type=content_type).status_code
-             for _ in range(3)]
+    codes = [
+        client.post("/api/v1/auth/token", data=body, content_type=content_type).status_code for _ in range(3)
+    ]
     assert all(400 <= code < 500 for code in codes), codes
     assert codes[-1] == 429

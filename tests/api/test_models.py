@@ -27,15 +27,20 @@ def post_model(operator, content, filename="model.onnx", **extra):
 def test_each_format_is_detected_from_content_and_analysed(app, api_client, demo_files, kind):
     operator = api_client("operator")
     # The name says nothing: the format comes from the bytes.
-    response = post_model(operator, demo_files[kind].read_bytes(), filename="upload.bin",
-                          name="digits-mlp",
-                          eval_data=(io.BytesIO(demo_files["eval"].read_bytes()), "eval.npz"))
+    response = post_model(
+        operator,
+        demo_files[kind].read_bytes(),
+        filename="upload.bin",
+        name="digits-mlp",
+        eval_data=(io.BytesIO(demo_files["eval"].read_bytes()), "eval.npz"),
+    )
     assert response.status_code == 201, response.get_json()
     body = response.get_json()
     assert body["format"] == kind
     assert body["parameter_count"] == 64 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10
-    assert body["input_spec"] == [{"name": body["input_spec"][0]["name"], "shape": [None, 64],
-                                   "dtype": "float32"}]
+    assert body["input_spec"] == [
+        {"name": body["input_spec"][0]["name"], "shape": [None, 64], "dtype": "float32"}
+    ]
     assert body["analysis"]["baseline_latency_ms"] > 0
     assert body["analysis"]["op_histogram"]
     assert body["eval_data"] == {"samples": 450, "labels": True}
@@ -52,10 +57,13 @@ def test_same_bytes_are_stored_once_and_versions_count_up(app, api_client, demo_
     assert stored_files(app).count(first["sha256"]) == 1
 
 
-@pytest.mark.parametrize(("content", "status", "words"), [
-    (np.random.default_rng(0).bytes(4096), 422, "not a valid ONNX model"),
-    (b"", 400, "empty"),
-])
+@pytest.mark.parametrize(
+    ("content", "status", "words"),
+    [
+        (np.random.default_rng(0).bytes(4096), 422, "not a valid ONNX model"),
+        (b"", 400, "empty"),
+    ],
+)
 def test_bad_files_are_refused_and_leave_nothing(app, api_client, content, status, words):
     operator = api_client("operator")
     response = post_model(operator, content)
@@ -112,9 +120,11 @@ def test_upload_over_the_limit_is_413_and_leaves_nothing(make_app, api_client):
         user = make_user("big", "operator")
         token = tokens.create_personal(user, "t", 30, False).access_token
         response = app.test_client().post(
-            "/api/v1/models", headers={"Authorization": f"Bearer {token}"},
+            "/api/v1/models",
+            headers={"Authorization": f"Bearer {token}"},
             content_type="multipart/form-data",
-            data={"file": (io.BytesIO(b"x" * 4096), "model.onnx")})
+            data={"file": (io.BytesIO(b"x" * 4096), "model.onnx")},
+        )
         assert response.status_code == 413
         assert response.get_json()["error"] == "too_large"
         assert stored_files(app) == []
@@ -123,8 +133,11 @@ def test_upload_over_the_limit_is_413_and_leaves_nothing(make_app, api_client):
 def test_eval_data_that_does_not_fit_is_refused(app, api_client, demo_files, tmp_path):
     wrong = tmp_path / "wrong.npz"
     np.savez(wrong, x=np.zeros((10, 32), dtype=np.float32), y=np.zeros(10, dtype=np.int64))
-    response = post_model(api_client("operator"), demo_files["onnx"].read_bytes(),
-                         eval_data=(io.BytesIO(wrong.read_bytes()), "wrong.npz"))
+    response = post_model(
+        api_client("operator"),
+        demo_files["onnx"].read_bytes(),
+        eval_data=(io.BytesIO(wrong.read_bytes()), "wrong.npz"),
+    )
     assert response.status_code == 422
     body = response.get_json()
     assert body["error"] == "dataset_rejected"
@@ -152,8 +165,9 @@ def test_viewers_cannot_upload(app, api_client, demo_files):
 
 
 def test_missing_file_field_is_400(app, api_client):
-    response = api_client("operator").post("/api/v1/models", content_type="multipart/form-data",
-                                           data={"name": "nothing"})
+    response = api_client("operator").post(
+        "/api/v1/models", content_type="multipart/form-data", data={"name": "nothing"}
+    )
     assert response.status_code == 400
     assert "file" in response.get_json()["details"]
 

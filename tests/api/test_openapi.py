@@ -15,7 +15,8 @@ def test_every_api_route_is_in_the_spec(app, client):
     documented = {
         (path, method.upper())
         for path, operations in spec(client)["paths"].items()
-        for method in operations if method in {"get", "post", "put", "delete", "patch"}
+        for method in operations
+        if method in {"get", "post", "put", "delete", "patch"}
     }
     for rule in app.url_map.iter_rules():
         if not rule.rule.startswith("/api/v1/") or rule.endpoint.startswith("api-docs."):
@@ -28,7 +29,12 @@ def test_every_api_route_is_in_the_spec(app, client):
 def test_operations_document_their_errors_with_the_error_schema(client):
     document = spec(client)
     assert set(document["components"]["schemas"]["Error"]["properties"]) == {
-        "error", "message", "details", "timestamp", "request_id"}
+        "error",
+        "message",
+        "details",
+        "timestamp",
+        "request_id",
+    }
     public = {("/api/v1/auth/token", "post"), ("/api/v1/auth/refresh", "post")}
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
@@ -48,8 +54,7 @@ def test_bearer_security_and_list_parameters_are_described(client):
     document = spec(client)
     assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
     assert document["security"] == [{"bearerAuth": []}]
-    params = {p["name"]: p for p in
-              document["paths"]["/api/v1/optimization/sessions"]["get"]["parameters"]}
+    params = {p["name"]: p for p in document["paths"]["/api/v1/optimization/sessions"]["get"]["parameters"]}
     assert {"status", "model_id", "created_from", "created_to", "skip", "limit", "sort"} <= set(params)
     assert params["limit"]["schema"]["maximum"] == 100
 
@@ -85,7 +90,10 @@ def test_the_upload_is_one_multipart_body_with_its_files_and_fields(client):
     assert set(fields["properties"]) == {"file", "eval_data", "name", "input_shape"}
     for upload in ("file", "eval_data"):
         assert fields["properties"][upload] | {"description": ""} == {
-            "type": "string", "format": "binary", "description": ""}
+            "type": "string",
+            "format": "binary",
+            "description": "",
+        }
 
 
 def test_path_ids_are_documented_with_their_range(client):

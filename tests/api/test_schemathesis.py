@@ -48,19 +48,23 @@ def answered():
 def api_schema(app, api_client, answered):
     admin = api_client("admin")
     slow = [{"include-name": name, "generation": {"max-examples": n}} for name, n in SLOW.items()]
-    config = schemathesis.Config.from_dict({
-        "headers": {"Authorization": f"Bearer {admin.token}"},
-        "generation": {"mode": "all", "max-examples": 50, "deterministic": True,
-                       "database": "none"},
-        "operations": slow,
-    })
+    config = schemathesis.Config.from_dict(
+        {
+            "headers": {"Authorization": f"Bearer {admin.token}"},
+            "generation": {"mode": "all", "max-examples": 50, "deterministic": True, "database": "none"},
+            "operations": slow,
+        }
+    )
     loaded = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app, config=config)
     app.wsgi_app = recording(app.wsgi_app, answered)  # from here on, only generated requests
     return loaded
 
 
-schema = (schemathesis.pytest.from_fixture("api_schema").exclude(path="/api/v1/ws")
-          .exclude(name="DELETE /api/v1/auth/token"))
+schema = (
+    schemathesis.pytest.from_fixture("api_schema")
+    .exclude(path="/api/v1/ws")
+    .exclude(name="DELETE /api/v1/auth/token")
+)
 
 
 @schema.parametrize()

@@ -17,8 +17,14 @@ def world(app, api_client):
     gen_session(a_model, alice.user, "running", age_days=0)
     gen_session(b_model, bob.user, "queued", age_days=3)
     gen_session(b_model, bob.user, "completed", age_days=10, size=90.0, speed=300.0)
-    return {"alice": alice, "bob": bob, "viewer": viewer, "admin": admin,
-            "a_model": a_model, "b_model": b_model}
+    return {
+        "alice": alice,
+        "bob": bob,
+        "viewer": viewer,
+        "admin": admin,
+        "a_model": a_model,
+        "b_model": b_model,
+    }
 
 
 def listing(caller, query=""):
@@ -34,19 +40,32 @@ def test_operators_see_their_own_and_admins_everything(world):
 
 def test_each_session_has_the_design_fields(world):
     session = listing(world["alice"], "?limit=1").get_json()["sessions"][0]
-    for field in ("session_id", "model_id", "model_name", "status", "progress_percentage",
-                  "techniques", "size_reduction_percent", "speed_improvement_percent",
-                  "created_at", "updated_at", "completed_at"):
+    for field in (
+        "session_id",
+        "model_id",
+        "model_name",
+        "status",
+        "progress_percentage",
+        "techniques",
+        "size_reduction_percent",
+        "speed_improvement_percent",
+        "created_at",
+        "updated_at",
+        "completed_at",
+    ):
         assert field in session
     assert session["model_name"] == "a-model"
 
 
-@pytest.mark.parametrize(("query", "total"), [
-    ("?status=completed", 8),
-    ("?status=failed&status=running", 2),
-    ("?status=queued", 1),
-    ("?owner=api-operator-1", 2),
-])
+@pytest.mark.parametrize(
+    ("query", "total"),
+    [
+        ("?status=completed", 8),
+        ("?status=failed&status=running", 2),
+        ("?status=queued", 1),
+        ("?owner=api-operator-1", 2),
+    ],
+)
 def test_filters(world, query, total):
     body = listing(world["admin"], query).get_json()
     assert body["total"] == total
@@ -68,22 +87,29 @@ def test_date_range_is_inclusive_of_the_last_day(world):
 
 
 def test_sorting_by_size_puts_missing_values_last(world):
-    sizes = [s["size_reduction_percent"] for s in
-             listing(world["alice"], "?sort=size&order=desc").get_json()["sessions"]]
+    sizes = [
+        s["size_reduction_percent"]
+        for s in listing(world["alice"], "?sort=size&order=desc").get_json()["sessions"]
+    ]
     numbers = [v for v in sizes if v is not None]
     assert numbers == sorted(numbers, reverse=True)
-    assert sizes[len(numbers):] == [None] * (len(sizes) - len(numbers))
-    ascending = [s["size_reduction_percent"] for s in
-                 listing(world["alice"], "?sort=size&order=asc").get_json()["sessions"]]
+    assert sizes[len(numbers) :] == [None] * (len(sizes) - len(numbers))
+    ascending = [
+        s["size_reduction_percent"]
+        for s in listing(world["alice"], "?sort=size&order=asc").get_json()["sessions"]
+    ]
     assert [v for v in ascending if v is not None] == sorted(numbers)
 
 
-@pytest.mark.parametrize(("query", "count", "first_skip"), [
-    ("?limit=4", 4, 0),              # first page
-    ("?limit=4&skip=8", 1, 8),       # last page, partly filled
-    ("?limit=4&skip=9", 0, 9),       # beyond the end
-    ("?limit=100", 9, 0),            # everything on one page
-])
+@pytest.mark.parametrize(
+    ("query", "count", "first_skip"),
+    [
+        ("?limit=4", 4, 0),  # first page
+        ("?limit=4&skip=8", 1, 8),  # last page, partly filled
+        ("?limit=4&skip=9", 0, 9),  # beyond the end
+        ("?limit=100", 9, 0),  # everything on one page
+    ],
+)
 def test_pagination_edges(world, query, count, first_skip):
     body = listing(world["alice"], query).get_json()
     assert (len(body["sessions"]), body["total"], body["skip"]) == (count, 9, first_skip)
@@ -92,8 +118,9 @@ def test_pagination_edges(world, query, count, first_skip):
 def test_pages_do_not_overlap(world):
     seen = []
     for skip in (0, 4, 8):
-        seen += [s["session_id"] for s in listing(world["alice"], f"?limit=4&skip={skip}")
-                 .get_json()["sessions"]]
+        seen += [
+            s["session_id"] for s in listing(world["alice"], f"?limit=4&skip={skip}").get_json()["sessions"]
+        ]
     assert len(seen) == len(set(seen)) == 9
 
 
@@ -102,16 +129,19 @@ def test_empty_list(app, api_client):
     assert body == {"sessions": [], "total": 0, "skip": 0, "limit": 50}
 
 
-@pytest.mark.parametrize(("query", "parameter"), [
-    ("?status=exploded", "status"),
-    ("?limit=101", "limit"),
-    ("?limit=0", "limit"),
-    ("?skip=-1", "skip"),
-    ("?created_from=last-tuesday", "created_from"),
-    ("?created_from=2026-11-02&created_to=2026-11-01", "created_to"),
-    ("?sort=colour", "sort"),
-    ("?model_id=abc", "model_id"),
-])
+@pytest.mark.parametrize(
+    ("query", "parameter"),
+    [
+        ("?status=exploded", "status"),
+        ("?limit=101", "limit"),
+        ("?limit=0", "limit"),
+        ("?skip=-1", "skip"),
+        ("?created_from=last-tuesday", "created_from"),
+        ("?created_from=2026-11-02&created_to=2026-11-01", "created_to"),
+        ("?sort=colour", "sort"),
+        ("?model_id=abc", "model_id"),
+    ],
+)
 def test_invalid_parameters_are_400_naming_the_parameter(world, query, parameter):
     response = listing(world["alice"], query)
     assert response.status_code == 400

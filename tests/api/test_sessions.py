@@ -33,18 +33,27 @@ def test_int8_dynamic_session_runs_to_a_smaller_faster_model(app, operator, demo
     assert results["accuracy_kind"] == "accuracy"
     assert results["optimized_size_bytes"] < results["original_size_bytes"] * 0.4
     assert results["size_reduction_percent"] == pytest.approx(
-        100 * (1 - results["optimized_size_bytes"] / results["original_size_bytes"]), abs=0.01)
+        100 * (1 - results["optimized_size_bytes"] / results["original_size_bytes"]), abs=0.01
+    )
     assert results["accuracy_retention_percent"] >= 99.0
     assert done["progress_percentage"] == 100.0
     assert done["size_reduction_percent"] == results["size_reduction_percent"]
 
-    kinds = [e["kind"] for e in operator.get(
-        f"/api/v1/optimization/sessions/{queued['session_id']}/events").get_json()["events"]]
+    kinds = [
+        e["kind"]
+        for e in operator.get(f"/api/v1/optimization/sessions/{queued['session_id']}/events").get_json()[
+            "events"
+        ]
+    ]
     assert kinds[:3] == ["queued", "started", "baseline"]
     assert kinds[-1] == "completed"
     assert "step_completed" in kinds or "step_rolled_back" in kinds
-    progress = [e["progress"] for e in operator.get(
-        f"/api/v1/optimization/sessions/{queued['session_id']}/events").get_json()["events"]]
+    progress = [
+        e["progress"]
+        for e in operator.get(f"/api/v1/optimization/sessions/{queued['session_id']}/events").get_json()[
+            "events"
+        ]
+    ]
     assert progress == sorted(progress)
 
     artifact = operator.get(f"/api/v1/optimization/sessions/{queued['session_id']}/artifact")
@@ -85,8 +94,9 @@ def test_without_labels_the_report_says_agreement(app, operator, demo_files):
 def test_a_step_that_breaks_the_criteria_is_rolled_back(app, operator, demo_files):
     model_id = upload(operator, demo_files)
     # Keeping 1 % of the weights destroys the model: the step must not survive.
-    session_id = start(operator, model_id, ["compression"],
-                       {"compression": {"rank": 1}}).get_json()["session_id"]
+    session_id = start(operator, model_id, ["compression"], {"compression": {"rank": 1}}).get_json()[
+        "session_id"
+    ]
     done = wait_for(operator, session_id)
     assert done["status"] == "completed"
     step = done["results"]["steps"][0]
@@ -99,8 +109,9 @@ def test_a_step_that_breaks_the_criteria_is_rolled_back(app, operator, demo_file
 
 def test_cancel_stops_a_running_session_within_seconds(app, operator, demo_files):
     model_id = upload(operator, demo_files)
-    session_id = start(operator, model_id, ["compression", "pruning", "quantization"]
-                       ).get_json()["session_id"]
+    session_id = start(operator, model_id, ["compression", "pruning", "quantization"]).get_json()[
+        "session_id"
+    ]
     wait_for(operator, session_id, {"running"})
     asked = time.monotonic()
     response = operator.post(f"/api/v1/optimization/sessions/{session_id}/cancel")
@@ -123,8 +134,9 @@ def test_cancel_of_a_finished_session_is_409(app, operator, demo_files):
 
 def test_a_killed_worker_fails_the_session_as_worker_lost(app, operator, demo_files):
     model_id = upload(operator, demo_files)
-    session_id = start(operator, model_id, ["compression", "pruning", "quantization"]
-                       ).get_json()["session_id"]
+    session_id = start(operator, model_id, ["compression", "pruning", "quantization"]).get_json()[
+        "session_id"
+    ]
     wait_for(operator, session_id, {"running"})
     executor = app.extensions["optideck.executor"]
     deadline = time.monotonic() + 10
@@ -143,15 +155,13 @@ def test_sessions_queue_when_every_worker_is_busy(make_app, demo_files):
         from webapp.auth import tokens
 
         user = make_user("queue-operator", "operator")
-        caller = ApiClient(app.test_client(), user,
-                           tokens.create_personal(user, "t", 30, False).access_token)
+        caller = ApiClient(app.test_client(), user, tokens.create_personal(user, "t", 30, False).access_token)
         model_id = upload(caller, demo_files)
         ids = [start(caller, model_id).get_json()["session_id"] for _ in range(3)]
         seen_running = set()
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            states = [caller.get(f"/api/v1/optimization/sessions/{i}").get_json()["status"]
-                      for i in ids]
+            states = [caller.get(f"/api/v1/optimization/sessions/{i}").get_json()["status"] for i in ids]
             assert states.count("running") <= 1
             seen_running |= {i for i, s in zip(ids, states, strict=True) if s == "running"}
             if all(s in TERMINAL for s in states):
@@ -160,16 +170,28 @@ def test_sessions_queue_when_every_worker_is_busy(make_app, demo_files):
         assert states == ["completed"] * 3
 
 
-@pytest.mark.parametrize(("body", "status", "field"), [
-    ({"techniques": ["distillation"]}, 400, "techniques"),
-    ({"techniques": ["pruning"], "parameters": {"pruning": {"sparsity": 2}}}, 400,
-     "parameters.pruning.sparsity"),
-    ({"techniques": ["compression"], "parameters": {"compression": {"rank": 4, "energy": 0.9}}},
-     400, "parameters.compression.rank"),
-    ({"techniques": ["quantization"], "parameters": {"quantization": {"mode": "int4"}}}, 400,
-     "parameters.quantization.mode"),
-    ({"techniques": ["quantization"], "parameters": {"pruning": {}}}, 400, "parameters"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"techniques": ["distillation"]}, 400, "techniques"),
+        (
+            {"techniques": ["pruning"], "parameters": {"pruning": {"sparsity": 2}}},
+            400,
+            "parameters.pruning.sparsity",
+        ),
+        (
+            {"techniques": ["compression"], "parameters": {"compression": {"rank": 4, "energy": 0.9}}},
+            400,
+            "parameters.compression.rank",
+        ),
+        (
+            {"techniques": ["quantization"], "parameters": {"quantization": {"mode": "int4"}}},
+            400,
+            "parameters.quantization.mode",
+        ),
+        ({"techniques": ["quantization"], "parameters": {"pruning": {}}}, 400, "parameters"),
+    ],
+)
 def test_invalid_plans_are_refused_with_the_field(app, operator, demo_files, body, status, field):
     model_id = upload(operator, demo_files)
     response = operator.post("/api/v1/optimization/sessions", json={"model_id": model_id, **body})
@@ -194,8 +216,9 @@ def test_starting_on_a_deleted_model_is_refused(app, operator, demo_files):
 
 def test_a_model_in_use_cannot_be_deleted(app, operator, demo_files):
     model_id = upload(operator, demo_files)
-    session_id = start(operator, model_id, ["compression", "pruning", "quantization"]
-                       ).get_json()["session_id"]
+    session_id = start(operator, model_id, ["compression", "pruning", "quantization"]).get_json()[
+        "session_id"
+    ]
     response = operator.delete(f"/api/v1/models/{model_id}")
     assert response.status_code == 409
     wait_for(operator, session_id)
@@ -223,8 +246,9 @@ def test_users_act_only_on_their_own_sessions(app, api_client, demo_files):
 
 def test_artifact_of_an_unfinished_session_is_404(app, operator, demo_files):
     model_id = upload(operator, demo_files)
-    session_id = start(operator, model_id, ["compression", "pruning", "quantization"]
-                       ).get_json()["session_id"]
+    session_id = start(operator, model_id, ["compression", "pruning", "quantization"]).get_json()[
+        "session_id"
+    ]
     response = operator.get(f"/api/v1/optimization/sessions/{session_id}/artifact")
     assert response.status_code == 404
     wait_for(operator, session_id)

@@ -39,9 +39,15 @@ def test_an_artifact_outlives_a_model_made_of_the_same_bytes(app, api_client, de
     download = owner.get(url)
     artifact = download.get_data()
     download.close()
-    response = copier.post("/api/v1/models", content_type="multipart/form-data", data={
-        "file": (io.BytesIO(artifact), "copy.onnx"), "name": "copy",
-        "eval_data": (io.BytesIO(demo_files["eval"].read_bytes()), "eval.npz")})
+    response = copier.post(
+        "/api/v1/models",
+        content_type="multipart/form-data",
+        data={
+            "file": (io.BytesIO(artifact), "copy.onnx"),
+            "name": "copy",
+            "eval_data": (io.BytesIO(demo_files["eval"].read_bytes()), "eval.npz"),
+        },
+    )
     assert response.status_code == 201, response.get_json()
     assert copier.delete(f"/api/v1/models/{response.get_json()['model_id']}").status_code == 204
     again = owner.get(url)
@@ -53,8 +59,9 @@ def test_an_artifact_outlives_a_model_made_of_the_same_bytes(app, api_client, de
 def _forbid(admin, techniques: list[str]) -> int:
     body = admin.get(CRITERIA).get_json()
     enabled = [t for t in body["enabled_techniques"] if t not in techniques] or ["quantization"]
-    saved = admin.put(CRITERIA, json={**body, "forbidden_techniques": techniques,
-                                      "enabled_techniques": enabled})
+    saved = admin.put(
+        CRITERIA, json={**body, "forbidden_techniques": techniques, "enabled_techniques": enabled}
+    )
     assert saved.status_code == 200, saved.get_json()
     return saved.get_json()["version"]
 

@@ -18,8 +18,13 @@ CHROMIUM = os.environ.get("OPTIDECK_TEST_CHROMIUM", "/usr/bin/chromium")
 # Without these Chromium keeps calling home, and this machine's closed network
 # answers every attempt with an error.
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 ADMIN_PASSWORD = "e2e-admin-password"
 DEMO_PASSWORD = "e2e-demo-password"
@@ -39,15 +44,19 @@ def server(tmp_path_factory):
     if os.environ.get("OPTIDECK_TEST_DATABASE_URL"):
         pytest.skip("e2e runs once, on the embedded default (SQLite)")
     folder = tmp_path_factory.mktemp("e2e-server")
-    server = Server(folder, {
-        "OPTIDECK_ADMIN_PASSWORD": ADMIN_PASSWORD,
-        "OPTIDECK_PASSWORD": DEMO_PASSWORD,
-        "OPTIDECK_SERVER_THREADS": "16",
-        # One worker: sessions started together queue, so a test can catch one queued.
-        "OPTIDECK_EXECUTOR_MAX_WORKERS": "1",
-        # Every browser test logs in; the limit itself is tested in tests/web and tests/api.
-        "OPTIDECK_SECURITY_LOGIN_RATE_LIMIT": "1000 per minute",
-    }, demo=True).start()
+    server = Server(
+        folder,
+        {
+            "OPTIDECK_ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "OPTIDECK_PASSWORD": DEMO_PASSWORD,
+            "OPTIDECK_SERVER_THREADS": "16",
+            # One worker: sessions started together queue, so a test can catch one queued.
+            "OPTIDECK_EXECUTOR_MAX_WORKERS": "1",
+            # Every browser test logs in; the limit itself is tested in tests/web and tests/api.
+            "OPTIDECK_SECURITY_LOGIN_RATE_LIMIT": "1000 per minute",
+        },
+        demo=True,
+    ).start()
     try:
         yield server.url
     finally:

@@ -63,14 +63,23 @@ def test_start_then_download_the_optimized_model(page, tmp_path):
 
 def test_cancel_a_queued_session(page):
     log_in(page, "demo-operator", DEMO_PASSWORD)
-    token = page.request.post("/api/v1/auth/token", data={
-        "username": "demo-operator", "password": DEMO_PASSWORD}).json()["access_token"]
+    token = page.request.post(
+        "/api/v1/auth/token", data={"username": "demo-operator", "password": DEMO_PASSWORD}
+    ).json()["access_token"]
     headers = {"Authorization": f"Bearer {token}"}
     models = page.request.get("/api/v1/models", headers=headers).json()["models"]
     mlp = next(m for m in models if m["name"] == "digits-mlp")
-    ids = [page.request.post("/api/v1/optimization/sessions", headers=headers, data={
-        "model_id": mlp["model_id"], "techniques": ["compression", "pruning", "quantization"],
-    }).json()["session_id"] for _ in range(4)]
+    ids = [
+        page.request.post(
+            "/api/v1/optimization/sessions",
+            headers=headers,
+            data={
+                "model_id": mlp["model_id"],
+                "techniques": ["compression", "pruning", "quantization"],
+            },
+        ).json()["session_id"]
+        for _ in range(4)
+    ]
     page.goto(f"/sessions/{ids[-1]}")
     expect(page.locator(".status-line .badge")).to_have_text("queued")
     page.get_by_role("button", name="Cancel session").click()

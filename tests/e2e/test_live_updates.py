@@ -12,8 +12,7 @@ NOT_RELOADED = "window.__notReloaded === true"
 
 
 def api_headers(page, username="demo-operator", password=DEMO_PASSWORD) -> dict:
-    token = page.request.post("/api/v1/auth/token",
-                              data={"username": username, "password": password})
+    token = page.request.post("/api/v1/auth/token", data={"username": username, "password": password})
     assert token.ok, token.text()
     return {"Authorization": f"Bearer {token.json()['access_token']}"}
 
@@ -25,8 +24,11 @@ def start_sessions(page, headers, count: int) -> list[int]:
     model_id = next(m["model_id"] for m in models if m["format"] == "onnx")
     ids = []
     for _ in range(count):
-        started = page.request.post("/api/v1/optimization/sessions", headers=headers,
-                                    data={"model_id": model_id, "techniques": ["quantization"]})
+        started = page.request.post(
+            "/api/v1/optimization/sessions",
+            headers=headers,
+            data={"model_id": model_id, "techniques": ["quantization"]},
+        )
         assert started.status == 202, started.text()
         ids.append(started.json()["session_id"])
     return ids

@@ -10,8 +10,11 @@ def test_log_in_see_the_dashboard_and_log_out(page):
     expect(page).to_have_url("/dashboard")
     expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
     expect(page.get_by_text("Welcome, admin.")).to_be_visible()
-    for label, heading in [("Sessions", "Optimization sessions"), ("Models", "Models"),
-                           ("Configuration", "Configuration")]:
+    for label, heading in [
+        ("Sessions", "Optimization sessions"),
+        ("Models", "Models"),
+        ("Configuration", "Configuration"),
+    ]:
         page.get_by_role("navigation", name="Main").get_by_role("link", name=label).click()
         expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
     page.get_by_role("button", name="Log out").click()

@@ -15,8 +15,7 @@ def test_logging_out_in_one_tab_ends_the_other_tabs_live_page(page):
     page.get_by_role("button", name="Log out").click()
     expect(page).to_have_url("/login")
 
-    expect(other.locator("#toasts")).to_contain_text("Your session has ended; log in again.",
-                                                     timeout=10_000)
+    expect(other.locator("#toasts")).to_contain_text("Your session has ended; log in again.", timeout=10_000)
     status = other.locator("#live-status")
     expect(status).to_have_attribute("data-state", "offline")
     expect(status).to_have_text("● not live, reload the page")

@@ -20,21 +20,33 @@ from webapp.engine.runner import SessionJob, run_session
 from webapp.engine.techniques.lowrank import compress
 from webapp.engine.techniques.pruning import prune
 
-CRITERIA = {"threads": 1, "latency_batch_size": 32, "min_accuracy_retention_percent": 99.0,
-            "latency_tolerance_percent": 5.0, "rollback_on_violation": True,
-            "max_optimization_time_minutes": 30}
+CRITERIA = {
+    "threads": 1,
+    "latency_batch_size": 32,
+    "min_accuracy_retention_percent": 99.0,
+    "latency_tolerance_percent": 5.0,
+    "rollback_on_violation": True,
+    "max_optimization_time_minutes": 30,
+}
 
 
 def test_engine_never_imports_flask():
-    code = ("import sys, webapp.engine.worker, webapp.engine.runner, webapp.engine.analysis;"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in {'flask', 'sqlalchemy'}))")
+    code = (
+        "import sys, webapp.engine.worker, webapp.engine.runner, webapp.engine.analysis;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'flask', 'sqlalchemy'}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize(("kind", "expected"), [
-    ("onnx", formats.ONNX), ("torchscript", formats.TORCHSCRIPT),
-    ("exported_program", formats.EXPORTED_PROGRAM)])
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("onnx", formats.ONNX),
+        ("torchscript", formats.TORCHSCRIPT),
+        ("exported_program", formats.EXPORTED_PROGRAM),
+    ],
+)
 def test_formats_come_from_content(demo_files, tmp_path, kind, expected):
     renamed = tmp_path / "no-extension"
     shutil.copy(demo_files[kind], renamed)
@@ -43,8 +55,7 @@ def test_formats_come_from_content(demo_files, tmp_path, kind, expected):
 
 def test_pt2_with_a_pickled_weight_is_refused(demo_files, tmp_path):
     tampered = tmp_path / "tampered.pt2"
-    with zipfile.ZipFile(demo_files["exported_program"]) as source, \
-            zipfile.ZipFile(tampered, "w") as target:
+    with zipfile.ZipFile(demo_files["exported_program"]) as source, zipfile.ZipFile(tampered, "w") as target:
         for info in source.infolist():
             data = source.read(info)
             if info.filename.endswith("model_weights_config.json"):
@@ -92,10 +103,12 @@ def test_low_rank_really_drops_parameters_and_keeps_outputs_close(demo_files, tm
 
 def test_low_rank_refuses_a_model_without_large_dense_layers(tmp_path):
     graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])], "tiny",
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "tiny",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, 4])],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, 3])],
-        [numpy_helper.from_array(np.ones((4, 3), dtype=np.float32), "w")])
+        [numpy_helper.from_array(np.ones((4, 3), dtype=np.float32), "w")],
+    )
     path = tmp_path / "tiny.onnx"
     onnx.save(onnx.helper.make_model(graph), str(path))
     with pytest.raises(TechniqueFailed, match="No fully-connected layer"):
@@ -106,17 +119,27 @@ def _job(demo_files, tmp_path, steps, **changes):
     from webapp.engine.analysis import analyse
 
     spec = analyse(demo_files["onnx"], 1, None, demo_files["eval"])["inputs"]
-    values = {"session_id": 1, "model_path": str(demo_files["onnx"]), "model_format": "onnx",
-              "input_specs": spec, "steps": steps, "criteria": CRITERIA,
-              "work_dir": str(tmp_path / "work"), "eval_data_path": str(demo_files["eval"])}
+    values = {
+        "session_id": 1,
+        "model_path": str(demo_files["onnx"]),
+        "model_format": "onnx",
+        "input_specs": spec,
+        "steps": steps,
+        "criteria": CRITERIA,
+        "work_dir": str(tmp_path / "work"),
+        "eval_data_path": str(demo_files["eval"]),
+    }
     return SessionJob(**{**values, **changes})
 
 
 def test_progress_only_moves_forward_and_ends_at_100(demo_files, tmp_path):
     seen = []
-    run_session(_job(demo_files, tmp_path, [{"technique": "pruning", "params": {"sparsity": 0.3}}]),
-                progress=lambda pct, step: seen.append(pct), event=lambda *a: None,
-                cancelled=lambda: False)
+    run_session(
+        _job(demo_files, tmp_path, [{"technique": "pruning", "params": {"sparsity": 0.3}}]),
+        progress=lambda pct, step: seen.append(pct),
+        event=lambda *a: None,
+        cancelled=lambda: False,
+    )
     assert seen == sorted(seen)
     assert seen[-1] == 100
 
@@ -129,15 +152,21 @@ def test_cancel_is_honoured_inside_a_step(demo_files, tmp_path):
         return calls["n"] > 3
 
     with pytest.raises(Cancelled):
-        run_session(_job(demo_files, tmp_path, [{"technique": "quantization",
-                                                  "params": {"mode": "int8_dynamic"}}]),
-                    progress=lambda *a: None, event=lambda *a: None, cancelled=cancelled)
+        run_session(
+            _job(demo_files, tmp_path, [{"technique": "quantization", "params": {"mode": "int8_dynamic"}}]),
+            progress=lambda *a: None,
+            event=lambda *a: None,
+            cancelled=cancelled,
+        )
 
 
 def test_a_session_past_its_deadline_stops(demo_files, tmp_path):
-    job = _job(demo_files, tmp_path, [{"technique": "quantization",
-                                       "params": {"mode": "int8_dynamic"}}],
-               deadline=time.time() - 1)
+    job = _job(
+        demo_files,
+        tmp_path,
+        [{"technique": "quantization", "params": {"mode": "int8_dynamic"}}],
+        deadline=time.time() - 1,
+    )
     with pytest.raises(TimeLimitExceeded):
         run_session(job, progress=lambda *a: None, event=lambda *a: None, cancelled=lambda: False)
 
@@ -145,7 +174,10 @@ def test_a_session_past_its_deadline_stops(demo_files, tmp_path):
 def test_int8_static_calibrates_on_the_data(demo_files, tmp_path):
     outcome = run_session(
         _job(demo_files, tmp_path, [{"technique": "quantization", "params": {"mode": "int8_static"}}]),
-        progress=lambda *a: None, event=lambda *a: None, cancelled=lambda: False)
+        progress=lambda *a: None,
+        event=lambda *a: None,
+        cancelled=lambda: False,
+    )
     step = outcome.steps[0]
     assert step["details"] == {"mode": "int8_static"}
     # Kept or rolled back, the quantized candidate was measured on the data.
@@ -176,7 +208,11 @@ def test_random_bytes_are_not_onnx(tmp_path):
 def test_an_unreached_size_target_means_criteria_not_met(demo_files, tmp_path):
     steps = [{"technique": "pruning", "params": {"sparsity": 0.3}}]
     criteria = {**CRITERIA, "max_size_reduction_percent": 50.0}
-    outcome = run_session(_job(demo_files, tmp_path, steps, criteria=criteria),
-                          progress=lambda *a: None, event=lambda *a: None, cancelled=lambda: False)
+    outcome = run_session(
+        _job(demo_files, tmp_path, steps, criteria=criteria),
+        progress=lambda *a: None,
+        event=lambda *a: None,
+        cancelled=lambda: False,
+    )
     assert outcome.results["size_reduction_percent"] < 50
     assert outcome.results["criteria_met"] is False

@@ -24,26 +24,57 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:Deprec
 def _modules():
     """Standard layers of every family an uploaded model is made of."""
     return {
-        "mlp": (nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Dropout(0.1), nn.Linear(8, 4),
-                              nn.Softmax(-1)), (torch.randn(2, 8),)),
-        "cnn": (nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU6(),
-                              nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, groups=2),
-                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)),
-                (torch.randn(2, 3, 8, 8),)),
-        "conv1d": (nn.Sequential(nn.Conv1d(3, 4, 3), nn.GroupNorm(2, 4), nn.GELU(),
-                                 nn.AvgPool1d(2), nn.ConvTranspose1d(4, 2, 3)),
-                   (torch.randn(2, 3, 16),)),
-        "activations": (nn.Sequential(nn.SiLU(), nn.Hardswish(), nn.ELU(), nn.Tanh(),
-                                      nn.Sigmoid(), nn.Mish(), nn.PReLU(), nn.LayerNorm(8),
-                                      nn.LogSoftmax(-1)), (torch.randn(2, 8),)),
+        "mlp": (
+            nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Dropout(0.1), nn.Linear(8, 4), nn.Softmax(-1)),
+            (torch.randn(2, 8),),
+        ),
+        "cnn": (
+            nn.Sequential(
+                nn.Conv2d(3, 4, 3, padding=1),
+                nn.BatchNorm2d(4),
+                nn.ReLU6(),
+                nn.MaxPool2d(2),
+                nn.Conv2d(4, 4, 3, groups=2),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+                nn.Linear(4, 2),
+            ),
+            (torch.randn(2, 3, 8, 8),),
+        ),
+        "conv1d": (
+            nn.Sequential(
+                nn.Conv1d(3, 4, 3),
+                nn.GroupNorm(2, 4),
+                nn.GELU(),
+                nn.AvgPool1d(2),
+                nn.ConvTranspose1d(4, 2, 3),
+            ),
+            (torch.randn(2, 3, 16),),
+        ),
+        "activations": (
+            nn.Sequential(
+                nn.SiLU(),
+                nn.Hardswish(),
+                nn.ELU(),
+                nn.Tanh(),
+                nn.Sigmoid(),
+                nn.Mish(),
+                nn.PReLU(),
+                nn.LayerNorm(8),
+                nn.LogSoftmax(-1),
+            ),
+            (torch.randn(2, 8),),
+        ),
         "lstm": (nn.LSTM(4, 8, batch_first=True), (torch.randn(2, 5, 4),)),
         "gru": (nn.GRU(4, 8, num_layers=2, bidirectional=True), (torch.randn(5, 2, 4),)),
-        "transformer": (nn.TransformerEncoder(
-            nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 2),
-            (torch.randn(2, 5, 16),)),
-        "upsample": (nn.Sequential(nn.PixelShuffle(2), nn.Upsample(scale_factor=2,
-                                                                    mode="bilinear")),
-                     (torch.randn(1, 4, 4, 4),)),
+        "transformer": (
+            nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 2),
+            (torch.randn(2, 5, 16),),
+        ),
+        "upsample": (
+            nn.Sequential(nn.PixelShuffle(2), nn.Upsample(scale_factor=2, mode="bilinear")),
+            (torch.randn(1, 4, 4, 4),),
+        ),
     }
 
 
@@ -75,10 +106,16 @@ def test_torchscript_calls_are_judged_whatever_their_spelling(tmp_path):
     """torch.X, torch.ops.aten.X, ops.aten.X and getattr(torch, "X") are one call."""
     base = tmp_path / "base.pt"
     torch.jit.save(torch.jit.script(nn.Linear(2, 2)), str(base))
-    spellings = ["torch.from_file(p, False, 8)", "torch.ops.aten.from_file(p, False, 8)",
-                 "ops.aten.from_file(p, False, 8)", 'getattr(torch, "from_file")(p, False, 8)',
-                 "ops.evil.anything(p)", "torch.save(p)", "ops.prim.Print(p)",
-                 "__torch__.torch.classes.evil.Reader(p)"]
+    spellings = [
+        "torch.from_file(p, False, 8)",
+        "torch.ops.aten.from_file(p, False, 8)",
+        "ops.aten.from_file(p, False, 8)",
+        'getattr(torch, "from_file")(p, False, 8)',
+        "ops.evil.anything(p)",
+        "torch.save(p)",
+        "ops.prim.Print(p)",
+        "__torch__.torch.classes.evil.Reader(p)",
+    ]
     for index, call in enumerate(spellings):
         tampered = tmp_path / f"t{index}.pt"
         with zipfile.ZipFile(base) as source, zipfile.ZipFile(tampered, "w") as copy:
@@ -108,16 +145,21 @@ def test_torchscript_pickle_naming_other_globals_is_refused(tmp_path):
 
 def test_pt2_with_legacy_pickled_weights_is_refused_unread(demo_files, tmp_path):
     canary = tmp_path / "created-by-unpickling"
-    evil = hostile.pt2_with_pickled_weights(demo_files["exported_program"],
-                                           tmp_path / "evil.pt2", canary)
+    evil = hostile.pt2_with_pickled_weights(demo_files["exported_program"], tmp_path / "evil.pt2", canary)
     with pytest.raises(ModelRejected, match="pickles"):
         screening.check_exported_program(evil)
     assert not canary.exists()
 
 
-@pytest.mark.parametrize("target", ["torch.ops.aten.from_file.default",
-                                    "torch.ops.aten.save.default", "builtins.open",
-                                    "torch.ops.mylib.read_secret.default"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "torch.ops.aten.from_file.default",
+        "torch.ops.aten.save.default",
+        "builtins.open",
+        "torch.ops.mylib.read_secret.default",
+    ],
+)
 def test_pt2_graph_calling_outside_the_allowlist_is_refused(target, demo_files, tmp_path):
     evil = hostile.pt2_calling(demo_files["exported_program"], tmp_path / "evil.pt2", target)
     with pytest.raises(ModelRejected, match="allowlist"):
@@ -143,8 +185,9 @@ def test_onnx_external_data_and_custom_domains_are_refused(tmp_path):
 
 def test_npz_members_and_sizes_are_judged_before_reading(tmp_path):
     x = np.zeros((4, 8), dtype=np.float32)
-    assert screening.check_npz(hostile.npz(tmp_path / "ok.npz", x=x, y=np.arange(4)),
-                               {"x", "y"}, 1 << 20) == {"x": (4, 8), "y": (4,)}
+    assert screening.check_npz(
+        hostile.npz(tmp_path / "ok.npz", x=x, y=np.arange(4)), {"x", "y"}, 1 << 20
+    ) == {"x": (4, 8), "y": (4,)}
     unused = hostile.npz(tmp_path / "unused.npz", x=x, padding=np.zeros(1 << 20))
     with pytest.raises(DatasetRejected, match="'padding'"):
         screening.check_npz(unused, {"x", "y"}, 1 << 30)
@@ -163,7 +206,11 @@ def test_the_allowlist_holds_tensor_maths_only():
     assert prim >= PRIM_OPS
     assert not {"from_file", "save", "_print"} & ATEN_OPS
     assert "Print" not in PRIM_OPS
-    file_arguments = {name for name, schema in aten.items() if name in ATEN_OPS
-                      for argument in schema.arguments
-                      if re.search(r"file|path", argument.name)}
+    file_arguments = {
+        name
+        for name, schema in aten.items()
+        if name in ATEN_OPS
+        for argument in schema.arguments
+        if re.search(r"file|path", argument.name)
+    }
     assert not file_arguments

@@ -68,8 +68,7 @@ def test_revoking_the_token_closes_its_stream_only(app, live):
     ada, token = token_for("ada")
     other = tokens.create_personal(ada, "other", 1, False).access_token
     revoked_ws, kept_ws = api_stream(live, token), api_stream(live, other)
-    response = app.test_client().delete("/api/v1/auth/token",
-                                        headers={"Authorization": f"Bearer {token}"})
+    response = app.test_client().delete("/api/v1/auth/token", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 204
     code, reason, seen = closed_within(revoked_ws)
     assert code == POLICY_VIOLATION and "revoked" in reason
@@ -82,8 +81,7 @@ def test_a_revocation_by_another_process_is_seen_by_the_periodic_check(app, live
     """Another web process revokes the token: nothing wakes this one, its next check must."""
     ada, token = token_for("ada")
     ws = api_stream(live, token)
-    db.session.execute(update(ApiToken).where(ApiToken.user_id == ada.id)
-                       .values(revoked_at=utcnow()))
+    db.session.execute(update(ApiToken).where(ApiToken.user_id == ada.id).values(revoked_at=utcnow()))
     db.session.commit()
     code, reason, _ = closed_within(ws)
     assert code == POLICY_VIOLATION and "revoked" in reason

@@ -39,8 +39,7 @@ def test_a_failed_session_alerts_admins_and_only_admins(app, live):
     alice, alice_token = token_for("alice")
     _, admin_token = token_for("root", "admin")
     _, viewer_token = token_for("vera", "viewer")
-    alice_ws, admin_ws, viewer_ws = (connect(live, t) for t in
-                                     (alice_token, admin_token, viewer_token))
+    alice_ws, admin_ws, viewer_ws = (connect(live, t) for t in (alice_token, admin_token, viewer_token))
     for ws in (alice_ws, admin_ws, viewer_ws):
         assert receive_json(ws)["event"] == "system_status"
     session = gen_session(gen_model(alice), alice, status="running", heartbeat_at=utcnow())
@@ -61,8 +60,14 @@ def test_a_failed_session_alerts_admins_and_only_admins(app, live):
 def test_the_api_error_rate_raises_and_clears_one_alert(make_app):
     """Do admins get one alert when the API's errors cross the threshold, and one when it
     falls back, however many requests come in between?"""
-    app = make_app(alerts={"api_error_rate_threshold": 0.5, "api_error_min_requests": 4,
-                           "api_error_min_status": 400, "api_error_window_seconds": 60.0})
+    app = make_app(
+        alerts={
+            "api_error_rate_threshold": 0.5,
+            "api_error_min_requests": 4,
+            "api_error_min_status": 400,
+            "api_error_window_seconds": 60.0,
+        }
+    )
     with app.app_context(), serving(app) as address:
         _, admin_token = token_for("root", "admin")
         _, alice_token = token_for("alice")
@@ -71,8 +76,7 @@ def test_the_api_error_rate_raises_and_clears_one_alert(make_app):
         client = app.test_client()
         headers = {"Authorization": f"Bearer {alice_token}"}
         for _ in range(6):
-            assert client.get("/api/v1/optimization/sessions?limit=1000",
-                              headers=headers).status_code == 400
+            assert client.get("/api/v1/optimization/sessions?limit=1000", headers=headers).status_code == 400
         raised = wait_for(admin_ws, lambda m: m["event"] == "alert")
         assert raised["data"]["kind"] == "api_error_rate"
         assert raised["data"]["state"] == "raised" and raised["data"]["error_rate"] >= 0.5
@@ -98,8 +102,9 @@ def test_system_status_follows_the_load(make_app, demo_files):
         start_on(app, alice_token, model_id), start_on(app, alice_token, model_id)
 
         def load(busy, queued):
-            return lambda m: m["event"] == "system_status" and \
-                (m["data"]["busy"], m["data"]["queued"]) == (busy, queued)
+            return lambda m: (
+                m["event"] == "system_status" and (m["data"]["busy"], m["data"]["queued"]) == (busy, queued)
+            )
 
         wait_for(ws, load(busy=1, queued=1), seconds=30)
         wait_for(ws, load(busy=0, queued=0), seconds=120)
@@ -108,6 +113,7 @@ def test_system_status_follows_the_load(make_app, demo_files):
 
 def test_connections_and_messages_are_counted(app, live):
     """Do the Prometheus-style counters follow connections as they open and close?"""
+
     def sample(name, **labels):
         return REGISTRY.get_sample_value(name, {"endpoint": "api", **labels}) or 0.0
 

@@ -22,9 +22,15 @@ def test_a_deeply_nested_auth_message_is_answered(app, live):
     ws.close()
 
 
-@pytest.mark.parametrize("text", [DEEP, '{"action": "subscribe", "session_id": NaN}',
-                                  '{"action": "subscribe", "session_id": ' + "9" * 5000 + "}"],
-                         ids=["nested", "nan", "5000-digits"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        DEEP,
+        '{"action": "subscribe", "session_id": NaN}',
+        '{"action": "subscribe", "session_id": ' + "9" * 5000 + "}",
+    ],
+    ids=["nested", "nan", "5000-digits"],
+)
 def test_an_unparsable_message_after_auth_is_answered_and_the_stream_stays(app, live, text):
     _, token = token_for("alice")
     ws = connect(live, token)
@@ -38,8 +44,9 @@ def test_an_unparsable_message_after_auth_is_answered_and_the_stream_stays(app, 
     ws.close()
 
 
-@pytest.mark.parametrize("since", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00",
-                                   "99999-01-01", "garbage"])
+@pytest.mark.parametrize(
+    "since", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00", "99999-01-01", "garbage"]
+)
 def test_any_since_still_gives_a_snapshot(app, live, since):
     _, token = token_for("alice")
     ws = connect(live, token, path=f"/api/v1/ws?since={since}")
@@ -47,8 +54,9 @@ def test_any_since_still_gives_a_snapshot(app, live, since):
     ws.close()
 
 
-@pytest.mark.parametrize("session", [str(2**64), "%C2%B2", "9" * 5000],
-                         ids=["past-bigint", "superscript-two", "5000-digits"])
+@pytest.mark.parametrize(
+    "session", [str(2**64), "%C2%B2", "9" * 5000], ids=["past-bigint", "superscript-two", "5000-digits"]
+)
 def test_a_browser_socket_for_an_impossible_session_is_refused_not_crashed(app, live, session):
     make_user("alice")
     client = app.test_client()

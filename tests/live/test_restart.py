@@ -21,8 +21,9 @@ def server(app, test_database_url, tmp_path):
     """`flask serve` (gunicorn) on this test's database."""
     folder = tmp_path / "server"
     folder.mkdir()
-    server = Server(folder, {"OPTIDECK_DATABASE_URL": test_database_url,
-                             "OPTIDECK_ADMIN_PASSWORD": PASSWORD}).start()
+    server = Server(
+        folder, {"OPTIDECK_DATABASE_URL": test_database_url, "OPTIDECK_ADMIN_PASSWORD": PASSWORD}
+    ).start()
     yield server
     if server.process.poll() is None:
         server.stop()
@@ -30,9 +31,11 @@ def server(app, test_database_url, tmp_path):
 
 def sign_in(server) -> dict:
     request = urllib.request.Request(  # noqa: S310 - localhost
-        f"{server.url}/api/v1/auth/token", method="POST",
+        f"{server.url}/api/v1/auth/token",
+        method="POST",
         data=json.dumps({"username": "admin", "password": PASSWORD}).encode(),
-        headers={"Content-Type": "application/json"})
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - localhost
         return {"Authorization": f"Bearer {json.load(response)['access_token']}"}
 

@@ -24,9 +24,15 @@ class StalledClient:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         self.sock.connect((host, int(port)))
         self.ws = WSConnection(ConnectionType.CLIENT)
-        self.sock.sendall(self.ws.send(Request(
-            host=address, target="/api/v1/ws",
-            extra_headers=[(b"authorization", f"Bearer {token}".encode())])))
+        self.sock.sendall(
+            self.ws.send(
+                Request(
+                    host=address,
+                    target="/api/v1/ws",
+                    extra_headers=[(b"authorization", f"Bearer {token}".encode())],
+                )
+            )
+        )
         self.pending: list[str] = []
         self._text = ""
         while not any(isinstance(e, AcceptConnection) for e in self._read_once(5)):
@@ -85,8 +91,7 @@ def test_a_stalled_client_neither_delays_others_nor_misses_the_state(make_app):
         # After the resync comes the state from the database, starting with the load.
         assert names[names.index("resync") + 1] == "system_status"
         assert len([n for n in names if n == "session_started"]) < EVENTS
-        assert REGISTRY.get_sample_value("optideck_ws_resyncs_total",
-                                         {"endpoint": "api"}) > resyncs
+        assert REGISTRY.get_sample_value("optideck_ws_resyncs_total", {"endpoint": "api"}) > resyncs
         stalled.close()
 
 
@@ -97,8 +102,7 @@ def test_a_client_that_stops_answering_pings_is_dropped(make_app):
         _, token = token_for("root", "admin")
 
         def open_now():
-            return REGISTRY.get_sample_value("optideck_ws_connections_open",
-                                             {"endpoint": "api"}) or 0
+            return REGISTRY.get_sample_value("optideck_ws_connections_open", {"endpoint": "api"}) or 0
 
         before = open_now()
         silent = StalledClient(address, token)

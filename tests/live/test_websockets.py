@@ -103,9 +103,14 @@ def browser_socket(live, path, cookie):
     so the page's origin has none either.)"""
     from importlib.metadata import version
 
-    return open_socket(f"ws://{live}{path}", headers={
-        "Cookie": f"session={cookie.value}", "Origin": "http://127.0.0.1",
-        "User-Agent": f"Werkzeug/{version('werkzeug')}"})
+    return open_socket(
+        f"ws://{live}{path}",
+        headers={
+            "Cookie": f"session={cookie.value}",
+            "Origin": "http://127.0.0.1",
+            "User-Agent": f"Werkzeug/{version('werkzeug')}",
+        },
+    )
 
 
 def test_the_browser_socket_sends_the_session_pages_fragment(app, live, demo_files):
@@ -143,8 +148,9 @@ def test_the_dashboard_follows_a_session_that_ends(app, live):
     session = gen_session(gen_model(user), user, status="running", heartbeat_at=utcnow())
     browser = app.test_client()
     AuthActions(browser).login("dave")
-    ws = browser_socket(live, f"/ws?page=dashboard&since={utcnow().isoformat()}",
-                        browser.get_cookie("session"))
+    ws = browser_socket(
+        live, f"/ws?page=dashboard&since={utcnow().isoformat()}", browser.get_cookie("session")
+    )
     status = ws.receive(timeout=10)  # the snapshot: nothing changed since, but the load
     assert 'id="system-status"' in status
     optimization.record_failed(session.id, "engine_error", "out of memory")

@@ -22,8 +22,7 @@ def token_for(username, role="operator"):
 def open_socket(url, headers=None):
     """A client whose reader thread cannot keep pytest alive when a test fails before
     closing it."""
-    return Client.connect(url, headers=headers,
-                          thread_class=functools.partial(threading.Thread, daemon=True))
+    return Client.connect(url, headers=headers, thread_class=functools.partial(threading.Thread, daemon=True))
 
 
 def connect(live, token=None, path="/api/v1/ws", **headers):
@@ -54,16 +53,20 @@ def closed_within(ws, seconds=5.0):
 
 def upload_model(app, token, demo_files) -> int:
     model = app.test_client().post(
-        "/api/v1/models", headers={"Authorization": f"Bearer {token}"},
+        "/api/v1/models",
+        headers={"Authorization": f"Bearer {token}"},
         content_type="multipart/form-data",
-        data={"file": (io.BytesIO(demo_files["onnx"].read_bytes()), "m.onnx")})
+        data={"file": (io.BytesIO(demo_files["onnx"].read_bytes()), "m.onnx")},
+    )
     return model.get_json()["model_id"]
 
 
 def start_on(app, token, model_id) -> int:
     session = app.test_client().post(
-        "/api/v1/optimization/sessions", headers={"Authorization": f"Bearer {token}"},
-        json={"model_id": model_id, "techniques": ["pruning", "quantization"]})
+        "/api/v1/optimization/sessions",
+        headers={"Authorization": f"Bearer {token}"},
+        json={"model_id": model_id, "techniques": ["pruning", "quantization"]},
+    )
     return session.get_json()["session_id"]
 
 

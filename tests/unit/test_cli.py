@@ -14,8 +14,9 @@ def test_create_user_takes_the_password_from_the_environment(app, runner, monkey
 
 def test_create_user_prompts_when_no_password_is_set(app, runner, monkeypatch):
     monkeypatch.delenv("OPTIDECK_PASSWORD", raising=False)
-    result = runner.invoke(args=["create-user", "dave", "--role", "viewer"],
-                           input="typed-password-1\ntyped-password-1\n")
+    result = runner.invoke(
+        args=["create-user", "dave", "--role", "viewer"], input="typed-password-1\ntyped-password-1\n"
+    )
     assert result.exit_code == 0, result.output
     assert "typed-password-1" not in result.output
 

@@ -14,13 +14,15 @@ def test_defaults_come_from_the_shipped_file():
 
 
 def test_environment_overrides_with_the_settings_type(tmp_path):
-    settings = load_config(environ={
-        "OPTIDECK_SERVER_PORT": "8123",
-        "OPTIDECK_LOGGING_JSON": "yes",
-        "OPTIDECK_CORS_ORIGINS": "https://a.example, https://b.example",
-        "OPTIDECK_DATABASE_URL": "postgresql+psycopg://u@h/db",
-        "OPTIDECK_STORAGE_DIR": str(tmp_path / "store"),
-    })
+    settings = load_config(
+        environ={
+            "OPTIDECK_SERVER_PORT": "8123",
+            "OPTIDECK_LOGGING_JSON": "yes",
+            "OPTIDECK_CORS_ORIGINS": "https://a.example, https://b.example",
+            "OPTIDECK_DATABASE_URL": "postgresql+psycopg://u@h/db",
+            "OPTIDECK_STORAGE_DIR": str(tmp_path / "store"),
+        }
+    )
     assert settings["server"]["port"] == 8123
     assert settings["logging"]["json"] is True
     assert settings["cors"]["origins"] == ["https://a.example", "https://b.example"]
@@ -38,30 +40,36 @@ def test_config_file_then_environment(tmp_path):
     assert settings["app"]["instance_dir"] == str(tmp_path / "data")
 
 
-@pytest.mark.parametrize(("environ", "named"), [
-    ({"OPTIDECK_SERVER_PORT": "eighty"}, "OPTIDECK_SERVER_PORT"),
-    ({"OPTIDECK_LOGGING_JSON": "maybe"}, "OPTIDECK_LOGGING_JSON"),
-    ({"OPTIDECK_SERVER_PORTS": "80"}, "OPTIDECK_SERVER_PORTS"),
-    ({"OPTIDECK_SERVER_PORT": "70000"}, "server.port"),
-    ({"OPTIDECK_LOGGING_LEVEL": "LOUD"}, "logging.level"),
-    ({"OPTIDECK_CORS_ORIGINS": "*"}, "cors.origins"),
-    ({"OPTIDECK_SECURITY_LOGIN_RATE_LIMIT": "lots"}, "security.login_rate_limit"),
-])
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"OPTIDECK_SERVER_PORT": "eighty"}, "OPTIDECK_SERVER_PORT"),
+        ({"OPTIDECK_LOGGING_JSON": "maybe"}, "OPTIDECK_LOGGING_JSON"),
+        ({"OPTIDECK_SERVER_PORTS": "80"}, "OPTIDECK_SERVER_PORTS"),
+        ({"OPTIDECK_SERVER_PORT": "70000"}, "server.port"),
+        ({"OPTIDECK_LOGGING_LEVEL": "LOUD"}, "logging.level"),
+        ({"OPTIDECK_CORS_ORIGINS": "*"}, "cors.origins"),
+        ({"OPTIDECK_SECURITY_LOGIN_RATE_LIMIT": "lots"}, "security.login_rate_limit"),
+    ],
+)
 def test_bad_environment_values_name_the_setting(environ, named):
     with pytest.raises(ConfigError) as caught:
         load_config(environ=environ)
     assert named in caught.value.message
 
 
-@pytest.mark.parametrize(("text", "named"), [
-    ("[server]\nport = \"5000\"\n", "server.port"),
-    ("[server]\nworkers = true\n", "server.workers"),
-    ("[security]\nsession_cookie_secure = 1\n", "security.session_cookie_secure"),
-    ("[cors]\norigins = [1]\n", "cors.origins"),
-    ("[server]\nprot = 1\n", "server.prot"),
-    ("[nosuch]\nkey = 1\n", "[nosuch]"),
-    ("[server\nport = 1\n", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ('[server]\nport = "5000"\n', "server.port"),
+        ("[server]\nworkers = true\n", "server.workers"),
+        ("[security]\nsession_cookie_secure = 1\n", "security.session_cookie_secure"),
+        ("[cors]\norigins = [1]\n", "cors.origins"),
+        ("[server]\nprot = 1\n", "server.prot"),
+        ("[nosuch]\nkey = 1\n", "[nosuch]"),
+        ("[server\nport = 1\n", "not valid TOML"),
+    ],
+)
 def test_config_file_of_the_wrong_type_names_the_key(tmp_path, text, named):
     path = tmp_path / "bad.toml"
     path.write_text(text)
@@ -93,12 +101,14 @@ def test_secret_key_is_generated_once_and_kept(tmp_path):
 
 
 def test_masked_settings_hide_secrets_but_not_the_rest(tmp_path):
-    settings = load_config(environ={
-        "OPTIDECK_SECRET_KEY": "s3cr3t-value",
-        "OPTIDECK_ADMIN_PASSWORD": "hunter2hunter2",
-        "OPTIDECK_DATABASE_URL": "postgresql+psycopg://app:dbpass@db.local:5432/optideck",
-        "OPTIDECK_REDIS_URL": "redis://:redispass@127.0.0.1:6379/0",
-    })
+    settings = load_config(
+        environ={
+            "OPTIDECK_SECRET_KEY": "s3cr3t-value",
+            "OPTIDECK_ADMIN_PASSWORD": "hunter2hunter2",
+            "OPTIDECK_DATABASE_URL": "postgresql+psycopg://app:dbpass@db.local:5432/optideck",
+            "OPTIDECK_REDIS_URL": "redis://:redispass@127.0.0.1:6379/0",
+        }
+    )
     shown = repr(masked(settings))
     for secret in ("s3cr3t-value", "hunter2hunter2", "dbpass", "redispass"):
         assert secret not in shown

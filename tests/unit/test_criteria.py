@@ -24,28 +24,31 @@ def test_defaults_are_version_zero(app):
     assert current.document["name"] == "default"
 
 
-@pytest.mark.parametrize(("changes", "field"), [
-    ({"min_accuracy_retention_percent": 101}, "min_accuracy_retention_percent"),
-    ({"min_accuracy_retention_percent": -1}, "min_accuracy_retention_percent"),
-    ({"max_size_reduction_percent": 100.5}, "max_size_reduction_percent"),
-    ({"max_inference_time_ms": -5}, "max_inference_time_ms"),
-    ({"max_optimization_time_minutes": 0}, "max_optimization_time_minutes"),
-    ({"max_optimization_time_minutes": 1.5}, "max_optimization_time_minutes"),
-    ({"latency_batch_size": 0}, "latency_batch_size"),
-    ({"threads": "4"}, "threads"),
-    ({"pruning_sparsity": math.nan}, "pruning_sparsity"),
-    ({"compression_energy": math.inf}, "compression_energy"),
-    ({"weight_accuracy": 0.9}, "weight_size"),
-    ({"weight_accuracy": -0.1, "weight_latency": 0.9}, "weight_accuracy"),
-    ({"target_deployment": "moon"}, "target_deployment"),
-    ({"hardware_runtime": "tpu"}, "hardware_runtime"),
-    ({"quantization_mode": "int4"}, "quantization_mode"),
-    ({"enabled_techniques": ["distillation"]}, "enabled_techniques"),
-    ({"enabled_techniques": []}, "enabled_techniques"),
-    ({"forbidden_techniques": ["nas"]}, "forbidden_techniques"),
-    ({"name": ""}, "name"),
-    ({"rollback_on_violation": "sometimes"}, "rollback_on_violation"),
-])
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"min_accuracy_retention_percent": 101}, "min_accuracy_retention_percent"),
+        ({"min_accuracy_retention_percent": -1}, "min_accuracy_retention_percent"),
+        ({"max_size_reduction_percent": 100.5}, "max_size_reduction_percent"),
+        ({"max_inference_time_ms": -5}, "max_inference_time_ms"),
+        ({"max_optimization_time_minutes": 0}, "max_optimization_time_minutes"),
+        ({"max_optimization_time_minutes": 1.5}, "max_optimization_time_minutes"),
+        ({"latency_batch_size": 0}, "latency_batch_size"),
+        ({"threads": "4"}, "threads"),
+        ({"pruning_sparsity": math.nan}, "pruning_sparsity"),
+        ({"compression_energy": math.inf}, "compression_energy"),
+        ({"weight_accuracy": 0.9}, "weight_size"),
+        ({"weight_accuracy": -0.1, "weight_latency": 0.9}, "weight_accuracy"),
+        ({"target_deployment": "moon"}, "target_deployment"),
+        ({"hardware_runtime": "tpu"}, "hardware_runtime"),
+        ({"quantization_mode": "int4"}, "quantization_mode"),
+        ({"enabled_techniques": ["distillation"]}, "enabled_techniques"),
+        ({"enabled_techniques": []}, "enabled_techniques"),
+        ({"forbidden_techniques": ["nas"]}, "forbidden_techniques"),
+        ({"name": ""}, "name"),
+        ({"rollback_on_violation": "sometimes"}, "rollback_on_violation"),
+    ],
+)
 def test_each_invalid_value_is_named(app, admin_user, changes, field):
     with pytest.raises(ServiceError) as caught:
         criteria.save(doc(**changes), 0, admin_user)
@@ -54,22 +57,33 @@ def test_each_invalid_value_is_named(app, admin_user, changes, field):
 
 
 def test_weights_within_a_hundredth_of_one_pass(app, admin_user):
-    saved = criteria.save(doc(weight_accuracy=0.505, weight_latency=0.3, weight_size=0.2), 0,
-                          admin_user)
+    saved = criteria.save(doc(weight_accuracy=0.505, weight_latency=0.3, weight_size=0.2), 0, admin_user)
     assert saved.version == 1
 
 
-@pytest.mark.parametrize(("changes", "field"), [
-    ({"enabled_techniques": ["quantization", "pruning"], "forbidden_techniques": ["pruning"]},
-     "forbidden_techniques"),
-    ({"enabled_techniques": ["pruning"], "max_size_reduction_percent": 30.0},
-     "max_size_reduction_percent"),
-    ({"enabled_techniques": ["quantization"], "quantization_mode": "fp16",
-      "max_size_reduction_percent": 60.0}, "max_size_reduction_percent"),
-    ({"enabled_techniques": ["quantization"], "quantization_mode": "int8_static"},
-     "quantization_mode"),
-    ({"min_accuracy_retention_percent": 100.0}, "min_accuracy_retention_percent"),
-])
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        (
+            {"enabled_techniques": ["quantization", "pruning"], "forbidden_techniques": ["pruning"]},
+            "forbidden_techniques",
+        ),
+        (
+            {"enabled_techniques": ["pruning"], "max_size_reduction_percent": 30.0},
+            "max_size_reduction_percent",
+        ),
+        (
+            {
+                "enabled_techniques": ["quantization"],
+                "quantization_mode": "fp16",
+                "max_size_reduction_percent": 60.0,
+            },
+            "max_size_reduction_percent",
+        ),
+        ({"enabled_techniques": ["quantization"], "quantization_mode": "int8_static"}, "quantization_mode"),
+        ({"min_accuracy_retention_percent": 100.0}, "min_accuracy_retention_percent"),
+    ],
+)
 def test_conflicting_combinations_are_409(app, admin_user, changes, field):
     with pytest.raises(ServiceError) as caught:
         criteria.save(doc(**changes), 0, admin_user)
@@ -142,5 +156,9 @@ def test_bad_defaults_stop_start_up(tmp_path):
     from webapp.config import ConfigError
 
     with pytest.raises(ConfigError, match="criteria.weight_size"):
-        create_app({"app": {"instance_dir": str(tmp_path), "secret_key": "k" * 40},
-                    "criteria": {"weight_accuracy": 0.9}})
+        create_app(
+            {
+                "app": {"instance_dir": str(tmp_path), "secret_key": "k" * 40},
+                "criteria": {"weight_accuracy": 0.9},
+            }
+        )

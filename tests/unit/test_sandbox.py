@@ -46,8 +46,7 @@ def settings(tmp_path):
     instance.mkdir()
     (instance / "secret_key").write_text(TEST_SECRET)
     (instance / "optideck.db").write_bytes(b"SQLite format 3\0")
-    return load_config(overrides={"app": {"instance_dir": str(instance)},
-                                  "sandbox": {"memory_mb": 1024}})
+    return load_config(overrides={"app": {"instance_dir": str(instance)}, "sandbox": {"memory_mb": 1024}})
 
 
 def _run_probe(sandbox: Sandbox, tmp_path, settings) -> dict:
@@ -57,14 +56,17 @@ def _run_probe(sandbox: Sandbox, tmp_path, settings) -> dict:
     argv, env = sandbox.command(worker_dir, "probe", 1, 30, sandbox.isolation)
     python = argv.index("-m")
     instance = settings["app"]["instance_dir"]
-    targets = {"secret": f"{instance}/secret_key", "database": f"{instance}/optideck.db",
-               "storage": settings["storage"]["dir"], "outside": str(tmp_path / "pwned"),
-               "allocate": 2 << 30}
+    targets = {
+        "secret": f"{instance}/secret_key",
+        "database": f"{instance}/optideck.db",
+        "storage": settings["storage"]["dir"],
+        "outside": str(tmp_path / "pwned"),
+        "allocate": 2 << 30,
+    }
     argv = argv[:python] + ["-c", PROBE, json.dumps(targets)]
     # A secret in the server's environment must not reach the worker by any route.
     env = {**env, "OPTIDECK_SECRET_KEY": TEST_SECRET}
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60,
-                            cwd=worker_dir / "out")
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, cwd=worker_dir / "out")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -78,8 +80,15 @@ def test_bubblewrap_walls(settings, tmp_path):
         pytest.skip(f"bubblewrap is not usable here ({sandbox.describe()})")
     found = _run_probe(sandbox, tmp_path, settings)
     assert found["uid"] == 65534
-    for attempt in ("read_secret", "read_database", "list_storage", "write_outside",
-                    "write_libraries", "network", "memory"):
+    for attempt in (
+        "read_secret",
+        "read_database",
+        "list_storage",
+        "write_outside",
+        "write_libraries",
+        "network",
+        "memory",
+    ):
         assert found[attempt].startswith("refused"), (attempt, found[attempt])
     assert TEST_SECRET not in json.dumps(found)
     assert not (tmp_path / "pwned").exists()
@@ -90,16 +99,18 @@ def test_bubblewrap_walls(settings, tmp_path):
 def test_no_isolation_refuses_code_uploads_unless_allowed(settings):
     """Where no sandbox works, TorchScript and .pt2 (which carry code) are refused
     unless the operator of the server opted in."""
-    none = load_config(overrides={"app": {"instance_dir": settings["app"]["instance_dir"]},
-                                  "sandbox": {"isolation": "none"}})
+    none = load_config(
+        overrides={"app": {"instance_dir": settings["app"]["instance_dir"]}, "sandbox": {"isolation": "none"}}
+    )
     assert not Sandbox(none).accepts_code
     none["sandbox"]["allow_torch_without_isolation"] = True
     assert Sandbox(none).accepts_code
 
 
 def test_a_named_isolation_that_cannot_work_stops_start_up(settings, monkeypatch):
-    monkeypatch.setattr(sandbox_module.shutil, "which",
-                        lambda name: None if name == "bwrap" else "/usr/bin/" + name)
+    monkeypatch.setattr(
+        sandbox_module.shutil, "which", lambda name: None if name == "bwrap" else "/usr/bin/" + name
+    )
     settings["sandbox"]["isolation"] = "bubblewrap"
     settings["sandbox"]["work_dir"] = os.path.join(settings["sandbox"]["work_dir"], "other")
     with pytest.raises(SystemExit, match="bwrap is not installed"):
@@ -108,24 +119,24 @@ def test_a_named_isolation_that_cannot_work_stops_start_up(settings, monkeypatch
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("shared", [False, True], ids=["reads-secret", "writes-file"])
-def test_a_model_that_slips_past_the_screening_still_meets_the_walls(settings, tmp_path,
-                                                                      shared):
+def test_a_model_that_slips_past_the_screening_still_meets_the_walls(settings, tmp_path, shared):
     """Loaded in the sandbox with no screening at all, a TorchScript model mapping a
     server file at load time reads nothing and creates nothing outside the sandbox."""
     sandbox = Sandbox(settings)
     if sandbox.isolation != BUBBLEWRAP:
         pytest.skip(f"bubblewrap is not usable here ({sandbox.describe()})")
-    target = (tmp_path / "planted.pth" if shared
-              else Path(settings["app"]["instance_dir"]) / "secret_key")
+    target = tmp_path / "planted.pth" if shared else Path(settings["app"]["instance_dir"]) / "secret_key"
     job = tmp_path / "job"
     (job / "out" / "tmp").mkdir(parents=True)
     (job / "in").mkdir()
     hostile.torchscript_from_file(target, job / "in" / "evil.pt", size=16, shared=shared)
     argv, env = sandbox.command(job, "probe", 1, 60, sandbox.isolation)
-    load = ("import torch\ntry:\n    m = torch.jit.load('/job/in/evil.pt')\n"
-            "    print(bytes(m.leak.tolist()))\nexcept Exception as exc:\n"
-            "    print('refused', type(exc).__name__)\n")
-    argv = argv[:argv.index("-m")] + ["-c", load]
+    load = (
+        "import torch\ntry:\n    m = torch.jit.load('/job/in/evil.pt')\n"
+        "    print(bytes(m.leak.tolist()))\nexcept Exception as exc:\n"
+        "    print('refused', type(exc).__name__)\n"
+    )
+    argv = argv[: argv.index("-m")] + ["-c", load]
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     assert result.stdout.startswith("refused") or shared, result.stdout + result.stderr
     assert TEST_SECRET not in result.stdout

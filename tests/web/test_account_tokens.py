@@ -43,13 +43,16 @@ def test_token_can_be_used_on_the_api_then_revoked(app, operator):
     assert denied.get_json()["error"] == "token_invalid"
 
 
-@pytest.mark.parametrize(("form", "field"), [
-    ({"name": ""}, "name"),
-    ({"name": "x" * 101}, "name"),
-    ({"expires_in_days": "abc"}, "expires_in_days"),
-    ({"expires_in_days": "3"}, "expires_in_days"),
-    ({"expires_in_days": "100000"}, "expires_in_days"),
-])
+@pytest.mark.parametrize(
+    ("form", "field"),
+    [
+        ({"name": ""}, "name"),
+        ({"name": "x" * 101}, "name"),
+        ({"expires_in_days": "abc"}, "expires_in_days"),
+        ({"expires_in_days": "3"}, "expires_in_days"),
+        ({"expires_in_days": "100000"}, "expires_in_days"),
+    ],
+)
 def test_bad_token_form_shows_inline_errors_and_creates_nothing(operator, form, field):
     response = create(operator, **form)
     assert response.status_code == 400

@@ -21,20 +21,24 @@ def test_non_admins_get_an_audited_403(request, who, path):
 
 
 def test_admin_adds_a_user(admin):
-    response = admin.auth.post("/admin/users",
-                               {"username": "Newbie", "password": "a-long-password", "role": "viewer"})
+    response = admin.auth.post(
+        "/admin/users", {"username": "Newbie", "password": "a-long-password", "role": "viewer"}
+    )
     assert response.status_code == 302
     user = db.session.query(User).filter_by(username="newbie").one()
     assert user.role == "viewer"
     assert user.password_hash.startswith("scrypt:")
 
 
-@pytest.mark.parametrize(("form", "field"), [
-    ({"username": "bad name", "password": "a-long-password", "role": "viewer"}, "username"),
-    ({"username": "ok", "password": "short", "role": "viewer"}, "password"),
-    ({"username": "ok", "password": "a-long-password", "role": "root"}, "role"),
-    ({"username": "admin-user", "password": "a-long-password", "role": "viewer"}, "username"),
-])
+@pytest.mark.parametrize(
+    ("form", "field"),
+    [
+        ({"username": "bad name", "password": "a-long-password", "role": "viewer"}, "username"),
+        ({"username": "ok", "password": "short", "role": "viewer"}, "password"),
+        ({"username": "ok", "password": "a-long-password", "role": "root"}, "role"),
+        ({"username": "admin-user", "password": "a-long-password", "role": "viewer"}, "username"),
+    ],
+)
 def test_bad_new_user_shows_inline_errors(admin, form, field):
     before = db.session.query(User).count()
     response = admin.auth.post("/admin/users", form)
@@ -51,7 +55,9 @@ def test_admin_changes_a_role_and_deactivates(admin):
     assert (target.role, target.active) == ("operator", False)
     actions = [e.action for e in db.session.query(AuditEntry).filter_by(resource="user:bob")]
     assert actions == ["user.create", "user.role", "user.deactivate"] or actions[-2:] == [
-        "user.role", "user.deactivate"]
+        "user.role",
+        "user.deactivate",
+    ]
 
 
 def test_the_last_admin_cannot_be_demoted_or_deactivated(admin):
@@ -85,8 +91,9 @@ def test_audit_trail_answers_htmx_with_the_table_only(admin):
     assert "<html" in full.get_data(as_text=True)
     assert partial.get_data(as_text=True).lstrip().startswith('<div id="audit-table">')
     assert "HX-Request" in partial.headers["Vary"]
-    restore = admin.client.get("/admin/audit", headers={"HX-Request": "true",
-                                                        "HX-History-Restore-Request": "true"})
+    restore = admin.client.get(
+        "/admin/audit", headers={"HX-Request": "true", "HX-History-Restore-Request": "true"}
+    )
     assert "<html" in restore.get_data(as_text=True)
 
 

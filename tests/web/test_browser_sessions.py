@@ -34,8 +34,9 @@ def test_a_cookie_saved_before_logout_opens_nothing_after_it(app, client, auth):
 
     thief = replay(app, saved)
     assert_signed_out(thief)
-    minted = thief.post("/account/tokens", data={"name": "stolen", "expires_in_days": "7",
-                                                 "csrf_token": form_token})
+    minted = thief.post(
+        "/account/tokens", data={"name": "stolen", "expires_in_days": "7", "csrf_token": form_token}
+    )
     assert minted.status_code == 302 and minted.headers["Location"].startswith("/login")
     assert db.session.query(ApiToken).count() == 0
 

@@ -38,8 +38,9 @@ def test_admin_saves_a_new_version(admin):
 
 def test_invalid_values_show_beside_their_fields(admin):
     document = criteria.current().document
-    response = admin.auth.post("/config", form_for(document, 0, threads="many",
-                                                   min_accuracy_retention_percent="150"))
+    response = admin.auth.post(
+        "/config", form_for(document, 0, threads="many", min_accuracy_retention_percent="150")
+    )
     assert response.status_code == 400
     text = response.get_data(as_text=True)
     assert 'id="threads-error"' in text and 'id="min_accuracy_retention_percent-error"' in text
@@ -50,8 +51,10 @@ def test_invalid_values_show_beside_their_fields(admin):
 def test_htmx_validation_answers_with_the_form_and_saves_nothing(admin):
     document = criteria.current().document
     token = csrf_from(admin.client, "/config")
-    data = {**form_for(document, 0, enabled_techniques=["pruning"],
-                       forbidden_techniques=["pruning"]), "csrf_token": token}
+    data = {
+        **form_for(document, 0, enabled_techniques=["pruning"], forbidden_techniques=["pruning"]),
+        "csrf_token": token,
+    }
     response = admin.client.post("/config/validate", data=data, headers={"HX-Request": "true"})
     text = response.get_data(as_text=True)
     assert "<form" not in text  # only the error boxes come back, out of band
@@ -76,8 +79,7 @@ def test_compare_and_revert(admin):
     criteria.save({**document, "threads": 3}, 0, admin.user)
     page = admin.client.get("/config/versions/0").get_data(as_text=True)
     assert "threads" in page and "Restore version 0" in page
-    response = admin.auth.post("/config/versions/0/revert", {"version": "1"},
-                               page="/config/versions/0")
+    response = admin.auth.post("/config/versions/0/revert", {"version": "1"}, page="/config/versions/0")
     assert response.status_code == 302
     assert criteria.current().version == 2
     assert criteria.current().document["threads"] == 1

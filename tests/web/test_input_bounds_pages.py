@@ -13,8 +13,9 @@ from webapp.services import criteria
 HUGE = 2**64
 
 
-@pytest.mark.parametrize("path", ["/models/{n}", "/sessions/{n}", "/sessions/{n}/artifact",
-                                  "/config/versions/{n}"])
+@pytest.mark.parametrize(
+    "path", ["/models/{n}", "/sessions/{n}", "/sessions/{n}/artifact", "/config/versions/{n}"]
+)
 @pytest.mark.parametrize("number", [HUGE, 2**31])
 def test_huge_ids_in_page_paths_are_404_pages(admin, path, number):
     response = admin.client.get(path.format(n=number))
@@ -22,18 +23,34 @@ def test_huge_ids_in_page_paths_are_404_pages(admin, path, number):
     assert "There is nothing at this address." in response.get_data(as_text=True)
 
 
-@pytest.mark.parametrize("path", ["/models/{n}/delete", "/sessions/{n}/cancel",
-                                  "/admin/users/{n}/role", "/admin/users/{n}/active",
-                                  "/account/tokens/{n}/revoke", "/config/versions/{n}/revert"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/models/{n}/delete",
+        "/sessions/{n}/cancel",
+        "/admin/users/{n}/role",
+        "/admin/users/{n}/active",
+        "/account/tokens/{n}/revoke",
+        "/config/versions/{n}/revert",
+    ],
+)
 def test_huge_ids_in_page_forms_are_404(admin, path):
     token = csrf_from(admin.client, "/dashboard")
     response = admin.client.post(path.format(n=HUGE), data={"csrf_token": token})
     assert response.status_code == 404
 
 
-@pytest.mark.parametrize("query", [f"skip={HUGE}", "skip=" + "9" * 5000, f"model_id={HUGE}",
-                                   "created_to=9999-12-31", "created_from=9999-12-31",
-                                   "created_from=0001-01-01T00:00:00%2B05:00"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"skip={HUGE}",
+        "skip=" + "9" * 5000,
+        f"model_id={HUGE}",
+        "created_to=9999-12-31",
+        "created_from=9999-12-31",
+        "created_from=0001-01-01T00:00:00%2B05:00",
+    ],
+)
 def test_out_of_range_list_filters_show_an_inline_message(operator, query):
     response = operator.client.get(f"/sessions?{query}")
     assert response.status_code == 400
@@ -46,9 +63,15 @@ def test_out_of_range_list_filters_show_an_inline_message(operator, query):
 def test_starting_a_session_with_an_impossible_model_is_an_inline_error(operator, model_id):
     gen_model(operator.user, "m")
     token = csrf_from(operator.client, "/sessions")
-    response = operator.client.post("/sessions", data={
-        "csrf_token": token, "model_id": model_id, "techniques": ["quantization"],
-        "quantization_mode": "int8_dynamic"})
+    response = operator.client.post(
+        "/sessions",
+        data={
+            "csrf_token": token,
+            "model_id": model_id,
+            "techniques": ["quantization"],
+            "quantization_mode": "int8_dynamic",
+        },
+    )
     assert response.status_code == 400
     assert "Choose a model." in response.get_data(as_text=True)
 
@@ -56,8 +79,7 @@ def test_starting_a_session_with_an_impossible_model_is_an_inline_error(operator
 @pytest.mark.parametrize("version", [str(HUGE), "²", "9" * 5000])
 def test_saving_criteria_based_on_an_impossible_version_is_4xx(admin, version):
     document = criteria.current().document
-    data = {key: ("on" if value is True else value) for key, value in document.items()
-            if value is not False}
+    data = {key: ("on" if value is True else value) for key, value in document.items() if value is not False}
     data["version"] = version
     data["csrf_token"] = csrf_from(admin.client, "/config")
     response = admin.client.post("/config", data=data)
@@ -74,8 +96,11 @@ def test_the_audit_trail_takes_any_page_number(admin, page):
 @pytest.mark.parametrize("name", ["two\r\nlines", "nul\x00", "tab\t", "\u202eexe.txt"])
 def test_a_model_name_with_control_characters_is_refused_beside_the_field(operator, name):
     token = csrf_from(operator.client, "/models")
-    response = operator.client.post("/models", content_type="multipart/form-data", data={
-        "csrf_token": token, "name": name, "file": (io.BytesIO(b"not a model"), "m.onnx")})
+    response = operator.client.post(
+        "/models",
+        content_type="multipart/form-data",
+        data={"csrf_token": token, "name": name, "file": (io.BytesIO(b"not a model"), "m.onnx")},
+    )
     assert response.status_code == 400
     text = response.get_data(as_text=True)
     assert 'id="name-error"' in text or "NUL" in text
@@ -84,9 +109,14 @@ def test_a_model_name_with_control_characters_is_refused_beside_the_field(operat
 
 def test_a_file_name_with_control_characters_never_becomes_the_model_name(operator, demo_files):
     token = csrf_from(operator.client, "/models")
-    response = operator.client.post("/models", content_type="multipart/form-data", data={
-        "csrf_token": token,
-        "file": (io.BytesIO(demo_files["onnx"].read_bytes()), "di\x1bgi\x07ts.onnx")})
+    response = operator.client.post(
+        "/models",
+        content_type="multipart/form-data",
+        data={
+            "csrf_token": token,
+            "file": (io.BytesIO(demo_files["onnx"].read_bytes()), "di\x1bgi\x07ts.onnx"),
+        },
+    )
     assert response.status_code == 302, response.get_data(as_text=True)[:500]
     assert db.session.query(ModelMetadata).one().name == "digits"
 
@@ -100,8 +130,7 @@ def test_nul_in_a_query_string_is_a_400_page(admin, path):
 
 def test_nul_in_a_login_form_is_a_400(client):
     token = csrf_from(client, "/login")
-    response = client.post("/login", data={"username": "ad\x00min", "password": "x",
-                                           "csrf_token": token})
+    response = client.post("/login", data={"username": "ad\x00min", "password": "x", "csrf_token": token})
     assert response.status_code == 400
 
 
@@ -112,15 +141,17 @@ def test_the_artifact_page_download_has_a_safe_name(admin):
     assert response.status_code == 200
     response.close()
     assert response.headers["Content-Disposition"] == (
-        f"attachment; filename=bad_name-session{session.id}-optimized.onnx")
+        f"attachment; filename=bad_name-session{session.id}-optimized.onnx"
+    )
 
 
 @pytest.mark.parametrize("target", ["/models%0d%0aSet-Cookie:%20x=1", "/models%00", "/%e2%80%a8"])
 def test_a_next_address_with_control_characters_goes_to_the_dashboard(client, target):
     make_user("ada")
     token = csrf_from(client, "/login")
-    response = client.post(f"/login?next={target}", data={
-        "username": "ada", "password": PASSWORD, "csrf_token": token})
+    response = client.post(
+        f"/login?next={target}", data={"username": "ada", "password": PASSWORD, "csrf_token": token}
+    )
     assert response.status_code in (302, 400)
     if response.status_code == 302:
         assert response.headers["Location"] == "/dashboard"

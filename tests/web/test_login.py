@@ -91,17 +91,21 @@ def test_logout_needs_csrf_too(operator):
     assert operator.client.get("/dashboard").status_code == 200
 
 
-@pytest.mark.parametrize(("target", "landing"), [
-    ("/config", "/config"),
-    ("//evil.example/x", "/dashboard"),
-    ("https://evil.example/", "/dashboard"),
-    ("/\\evil.example", "/dashboard"),
-])
+@pytest.mark.parametrize(
+    ("target", "landing"),
+    [
+        ("/config", "/config"),
+        ("//evil.example/x", "/dashboard"),
+        ("https://evil.example/", "/dashboard"),
+        ("/\\evil.example", "/dashboard"),
+    ],
+)
 def test_next_only_leads_to_this_site(app, client, target, landing):
     make_user("ada")
     token = csrf_from(client, "/login")
-    response = client.post(f"/login?next={target}",
-                           data={"username": "ada", "password": PASSWORD, "csrf_token": token})
+    response = client.post(
+        f"/login?next={target}", data={"username": "ada", "password": PASSWORD, "csrf_token": token}
+    )
     assert response.headers["Location"] == landing
 
 
@@ -111,8 +115,9 @@ def test_login_page_is_rate_limited(make_app):
     codes = []
     for _ in range(3):
         token = csrf_from(client, "/login")
-        codes.append(client.post("/login", data={"username": "x", "password": "y",
-                                                 "csrf_token": token}).status_code)
+        codes.append(
+            client.post("/login", data={"username": "x", "password": "y", "csrf_token": token}).status_code
+        )
     assert codes == [400, 400, 429]
 
 

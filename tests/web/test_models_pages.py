@@ -14,8 +14,12 @@ def post_upload(role_client, content, filename="digits.onnx", **fields):
 
 
 def test_operator_uploads_and_sees_the_analysis(operator, demo_files):
-    response = post_upload(operator, demo_files["onnx"].read_bytes(), name="digits",
-                           eval_data=(io.BytesIO(demo_files["eval"].read_bytes()), "eval.npz"))
+    response = post_upload(
+        operator,
+        demo_files["onnx"].read_bytes(),
+        name="digits",
+        eval_data=(io.BytesIO(demo_files["eval"].read_bytes()), "eval.npz"),
+    )
     assert response.status_code == 302
     page = operator.client.get(response.headers["Location"]).get_data(as_text=True)
     assert "digits" in page and "analysed as onnx" in page
@@ -34,8 +38,9 @@ def test_a_bad_upload_shows_the_reason_beside_the_field(operator):
 
 def test_upload_without_a_file_is_an_inline_error(operator):
     token = csrf_from(operator.client, "/models")
-    response = operator.client.post("/models", data={"csrf_token": token, "name": "x"},
-                                    content_type="multipart/form-data")
+    response = operator.client.post(
+        "/models", data={"csrf_token": token, "name": "x"}, content_type="multipart/form-data"
+    )
     assert response.status_code == 400
     assert "Choose a model file." in response.get_data(as_text=True)
 
@@ -82,8 +87,11 @@ def test_search_answers_htmx_with_the_table(operator, demo_files):
 def test_upload_through_htmx_redirects_with_a_header(operator, demo_files):
     token = csrf_from(operator.client, "/models")
     response = operator.client.post(
-        "/models", headers={"HX-Request": "true"}, content_type="multipart/form-data",
-        data={"csrf_token": token, "file": (io.BytesIO(demo_files["onnx"].read_bytes()), "m.onnx")})
+        "/models",
+        headers={"HX-Request": "true"},
+        content_type="multipart/form-data",
+        data={"csrf_token": token, "file": (io.BytesIO(demo_files["onnx"].read_bytes()), "m.onnx")},
+    )
     assert response.status_code == 204
     assert response.headers["HX-Redirect"].startswith("/models/")
 
@@ -91,9 +99,15 @@ def test_upload_through_htmx_redirects_with_a_header(operator, demo_files):
 def test_a_refused_htmx_upload_returns_the_panel_with_the_reason(operator):
     token = csrf_from(operator.client, "/models")
     response = operator.client.post(
-        "/models", headers={"HX-Request": "true"}, content_type="multipart/form-data",
-        data={"csrf_token": token, "file": (io.BytesIO(b"not a model at all"), "m.onnx"),
-              "name": "kept-name"})
+        "/models",
+        headers={"HX-Request": "true"},
+        content_type="multipart/form-data",
+        data={
+            "csrf_token": token,
+            "file": (io.BytesIO(b"not a model at all"), "m.onnx"),
+            "name": "kept-name",
+        },
+    )
     assert response.status_code == 422
     text = response.get_data(as_text=True)
     assert text.lstrip().startswith('<section class="panel" id="upload-panel">')
@@ -110,7 +124,10 @@ def test_an_upload_over_the_limit_explains_itself_on_the_page(make_app):
         AuthActions(client).login("big-uploader")
         token = csrf_from(client, "/models")
         response = client.post(
-            "/models", headers={"HX-Request": "true"}, content_type="multipart/form-data",
-            data={"csrf_token": token, "file": (io.BytesIO(b"x" * 10_000), "m.onnx")})
+            "/models",
+            headers={"HX-Request": "true"},
+            content_type="multipart/form-data",
+            data={"csrf_token": token, "file": (io.BytesIO(b"x" * 10_000), "m.onnx")},
+        )
         assert response.status_code == 413
         assert "larger than this server accepts" in response.get_data(as_text=True)

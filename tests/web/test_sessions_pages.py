@@ -59,9 +59,14 @@ def test_a_row_whose_model_was_deleted_says_so(operator):
 def _upload(role_client, demo_files):
     token = csrf_from(role_client.client, "/models")
     response = role_client.client.post(
-        "/models", content_type="multipart/form-data",
-        data={"csrf_token": token, "file": (io.BytesIO(demo_files["onnx"].read_bytes()), "m.onnx"),
-              "eval_data": (io.BytesIO(demo_files["eval"].read_bytes()), "e.npz")})
+        "/models",
+        content_type="multipart/form-data",
+        data={
+            "csrf_token": token,
+            "file": (io.BytesIO(demo_files["onnx"].read_bytes()), "m.onnx"),
+            "eval_data": (io.BytesIO(demo_files["eval"].read_bytes()), "e.npz"),
+        },
+    )
     return int(response.headers["Location"].rsplit("/", 1)[1])
 
 
@@ -78,9 +83,16 @@ def _wait(session_id, statuses=("completed", "failed", "cancelled"), seconds=120
 
 def test_start_follow_and_download_from_the_pages(operator, demo_files):
     model_id = _upload(operator, demo_files)
-    response = operator.auth.post("/sessions", {
-        "model_id": str(model_id), "techniques": ["pruning", "quantization"],
-        "pruning_sparsity": "0.4", "quantization_mode": "int8_dynamic"}, page="/sessions")
+    response = operator.auth.post(
+        "/sessions",
+        {
+            "model_id": str(model_id),
+            "techniques": ["pruning", "quantization"],
+            "pruning_sparsity": "0.4",
+            "quantization_mode": "int8_dynamic",
+        },
+        page="/sessions",
+    )
     assert response.status_code == 302
     location = response.headers["Location"]
     session_id = int(location.rsplit("/", 1)[1])
@@ -97,9 +109,11 @@ def test_start_follow_and_download_from_the_pages(operator, demo_files):
 
 def test_bad_start_values_show_beside_their_fields(operator, demo_files):
     model_id = _upload(operator, demo_files)
-    response = operator.auth.post("/sessions", {
-        "model_id": str(model_id), "techniques": ["pruning"], "pruning_sparsity": "2"},
-        page="/sessions")
+    response = operator.auth.post(
+        "/sessions",
+        {"model_id": str(model_id), "techniques": ["pruning"], "pruning_sparsity": "2"},
+        page="/sessions",
+    )
     assert response.status_code == 400
     text = response.get_data(as_text=True)
     assert 'id="pruning_sparsity-error"' in text
@@ -108,8 +122,7 @@ def test_bad_start_values_show_beside_their_fields(operator, demo_files):
 
 def test_cancel_from_the_page(operator):
     session = gen_session(gen_model(operator.user, "m"), operator.user, "queued")
-    response = operator.auth.post(f"/sessions/{session.id}/cancel", {},
-                                  page=f"/sessions/{session.id}")
+    response = operator.auth.post(f"/sessions/{session.id}/cancel", {}, page=f"/sessions/{session.id}")
     assert response.status_code == 302
     db.session.refresh(session)
     assert session.status == "cancelled"

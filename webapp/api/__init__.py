@@ -24,8 +24,7 @@ class _Parser(FlaskParser):
     DEFAULT_VALIDATION_STATUS = 400
     # A multipart body's files and fields in one schema, so OpenAPI documents one requestBody.
     __location_map__ = {**FlaskParser.__location_map__, "form_and_files": "load_form_and_files"}
-    DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION,
-                                   "form_and_files": ma.EXCLUDE}
+    DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION, "form_and_files": ma.EXCLUDE}
 
     def load_form_and_files(self, req, schema):
         return self._makeproxy(CombinedMultiDict([req.files, req.form]), schema)
@@ -44,8 +43,10 @@ class ApiBlueprint(Blueprint):
     """A resource blueprint: token required unless a view is marked @public."""
 
     ARGUMENTS_PARSER = _Parser()
-    DEFAULT_LOCATION_CONTENT_TYPE_MAPPING = {**Blueprint.DEFAULT_LOCATION_CONTENT_TYPE_MAPPING,
-                                             "form_and_files": "multipart/form-data"}
+    DEFAULT_LOCATION_CONTENT_TYPE_MAPPING = {
+        **Blueprint.DEFAULT_LOCATION_CONTENT_TYPE_MAPPING,
+        "form_and_files": "multipart/form-data",
+    }
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -65,19 +66,28 @@ def init_app(app: Flask) -> None:
         OPENAPI_SWAGGER_UI_PATH="docs",
         OPENAPI_SWAGGER_UI_URL="/static/vendor/swagger-ui/",
         OPENAPI_SWAGGER_UI_CONFIG={"tryItOutEnabled": True, "persistAuthorization": False},
-        API_SPEC_OPTIONS={"info": {"description": (
-            "The JSON face of Optideck: models, optimization sessions, dashboard statistics. "
-            "Authenticate with `Authorization: Bearer <token>`: get one from "
-            "POST /api/v1/auth/token or the API tokens page, then press Authorize. "
-            "How to obtain, refresh and revoke tokens, and what each 401 and 403 means: "
-            "/docs/api-tokens. Every error has the body {error, message, details, "
-            "timestamp, request_id}.")}},
+        API_SPEC_OPTIONS={
+            "info": {
+                "description": (
+                    "The JSON face of Optideck: models, optimization sessions, dashboard statistics. "
+                    "Authenticate with `Authorization: Bearer <token>`: get one from "
+                    "POST /api/v1/auth/token or the API tokens page, then press Authorize. "
+                    "How to obtain, refresh and revoke tokens, and what each 401 and 403 means: "
+                    "/docs/api-tokens. Every error has the body {error, message, details, "
+                    "timestamp, request_id}."
+                )
+            }
+        },
     )
     api.ERROR_SCHEMA = ErrorSchema
     api.init_app(app, spec_kwargs={"extra_plugins": [AuthErrorsPlugin()]})
     api.spec.components.security_scheme(
-        "bearerAuth", {"type": "http", "scheme": "bearer",
-                       "description": "A token from POST /api/v1/auth/token or /account/tokens."}
+        "bearerAuth",
+        {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A token from POST /api/v1/auth/token or /account/tokens.",
+        },
     )
     api.spec.options["security"] = [{"bearerAuth": []}]
 

@@ -35,14 +35,16 @@ def _token_body(issued: tokens.IssuedToken) -> dict:
 @blp.arguments(LoginSchema)
 @blp.response(200, TokenSchema)
 @blp.alt_response(401, schema=ErrorSchema, description="Wrong username or password.")
-@blp.alt_response(429, schema=ErrorSchema,
-                  description="Too many failed logins from this address or for this account.")
+@blp.alt_response(
+    429, schema=ErrorSchema, description="Too many failed logins from this address or for this account."
+)
 def issue_token(credentials):
     """Log in with a username and password; get an access and a refresh token."""
     user = users.authenticate(credentials["username"], credentials["password"])
     if user is None:
-        audit.record("token.issue", username=credentials["username"], allowed=False,
-                     detail="wrong credentials")
+        audit.record(
+            "token.issue", username=credentials["username"], allowed=False, detail="wrong credentials"
+        )
         raise ApiError(401, "invalid_credentials", "Wrong username or password.")
     return _token_body(tokens.issue_login_token(user))
 

@@ -16,8 +16,9 @@ from ..services.errors import ServiceError
 from . import ApiBlueprint
 from .schemas import ErrorSchema
 
-blp = ApiBlueprint("Configuration", __name__,
-                   description="The optimization criteria that plan and judge sessions.")
+blp = ApiBlueprint(
+    "Configuration", __name__, description="The optimization criteria that plan and judge sessions."
+)
 
 ETAG = re.compile(r'^(?:W/)?"criteria-v(\d{1,10})"$', re.ASCII)
 
@@ -31,8 +32,11 @@ class CriteriaOutSchema(criteria.CriteriaSchema):
 
 
 class CriteriaInSchema(criteria.CriteriaSchema):
-    version = fields.Integer(strict=True, validate=validate.Range(min=0, max=MAX_ID),
-                             metadata={"description": "The version you edited (or If-Match)"})
+    version = fields.Integer(
+        strict=True,
+        validate=validate.Range(min=0, max=MAX_ID),
+        metadata={"description": "The version you edited (or If-Match)"},
+    )
 
 
 class VersionSchema(Schema):
@@ -54,8 +58,12 @@ def _based_on(body: dict) -> int | None:
     if header:
         match = ETAG.match(header.strip())
         if not match or int(match.group(1)) > MAX_ID:
-            raise ServiceError(400, "validation_error", "If-Match must be an ETag this API gave.",
-                               {"If-Match": ['Expected "criteria-v<number>".']})
+            raise ServiceError(
+                400,
+                "validation_error",
+                "If-Match must be an ETag this API gave.",
+                {"If-Match": ['Expected "criteria-v<number>".']},
+            )
         return int(match.group(1))
     return body.get("version")
 
@@ -72,8 +80,11 @@ class OptimizationCriteria(MethodView):
     @blp.arguments(CriteriaInSchema)
     @blp.response(200, CriteriaOutSchema)
     @blp.alt_response(400, schema=ErrorSchema, description="A value is invalid; `details` names it.")
-    @blp.alt_response(409, schema=ErrorSchema, description="Stale version (details hold the "
-                      "current criteria) or a contradictory combination.")
+    @blp.alt_response(
+        409,
+        schema=ErrorSchema,
+        description="Stale version (details hold the current criteria) or a contradictory combination.",
+    )
     @blp.alt_response(428, schema=ErrorSchema, description="No If-Match header or version field.")
     def put(self, body):
         """Save the whole criteria as a new version (admins only).
@@ -88,5 +99,7 @@ class OptimizationCriteria(MethodView):
 @blp.response(200, VersionListSchema)
 def criteria_versions():
     """Every saved version, newest first (version 0 is the config.toml defaults)."""
-    return {"versions": [*criteria.versions(), criteria.get_version(0)],
-            "current_version": criteria.current().version}
+    return {
+        "versions": [*criteria.versions(), criteria.get_version(0)],
+        "current_version": criteria.current().version,
+    }

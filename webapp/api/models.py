@@ -18,8 +18,11 @@ blp = ApiBlueprint("Models", __name__, description="The model store: upload and 
 
 
 class ModelQuerySchema(Schema):
-    q = fields.String(load_default="", validate=validate.Length(max=200),
-                      metadata={"description": "Part of the name or format, any case"})
+    q = fields.String(
+        load_default="",
+        validate=validate.Length(max=200),
+        metadata={"description": "Part of the name or format, any case"},
+    )
 
 
 class _File(Upload):
@@ -51,13 +54,19 @@ class Models(MethodView):
     @blp.arguments(ModelUploadRequestSchema, location="form_and_files")
     @blp.response(201, ModelSchema)
     @blp.alt_response(413, schema=ErrorSchema, description="Larger than uploads.max_bytes.")
-    @blp.alt_response(422, schema=ErrorSchema, description="Not a model we accept, or data "
-                      "that does not fit it; `details` names the field.")
+    @blp.alt_response(
+        422,
+        schema=ErrorSchema,
+        description="Not a model we accept, or data that does not fit it; `details` names the field.",
+    )
     def post(self, upload):
         """Upload a model (multipart); it is analysed before this returns."""
         eval_data = upload.get("eval_data")
         return model_store.add(
-            g.api_user, upload["file"].stream, upload["file"].filename, upload.get("name"),
+            g.api_user,
+            upload["file"].stream,
+            upload["file"].filename,
+            upload.get("name"),
             eval_data.stream if eval_data else None,
             model_store.parse_input_shape(upload.get("input_shape")),
         )

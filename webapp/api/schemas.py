@@ -8,10 +8,14 @@ from ..bounds import Printable, id_field
 class ErrorSchema(Schema):
     """The body of every API error (DESIGN.md)."""
 
-    error = fields.String(required=True, metadata={
-        "description": "A stable word to switch on: validation_error, token_missing, "
-                       "token_invalid, token_expired, forbidden, not_found, conflict, ...",
-        "example": "token_expired"})
+    error = fields.String(
+        required=True,
+        metadata={
+            "description": "A stable word to switch on: validation_error, token_missing, "
+            "token_invalid, token_expired, forbidden, not_found, conflict, ...",
+            "example": "token_expired",
+        },
+    )
     message = fields.String(required=True, metadata={"example": "The token has expired."})
     details = fields.Raw(metadata={"description": "Field errors or other specifics."})
     timestamp = fields.DateTime(required=True)
@@ -27,8 +31,9 @@ class TokenSchema(Schema):
 
 class InputSpecSchema(Schema):
     name = fields.String()
-    shape = fields.List(fields.Integer(allow_none=True),
-                        metadata={"description": "null marks a free dimension (the batch)"})
+    shape = fields.List(
+        fields.Integer(allow_none=True), metadata={"description": "null marks a free dimension (the batch)"}
+    )
     dtype = fields.String()
 
 
@@ -42,8 +47,11 @@ class ModelSchema(Schema):
     parameter_count = fields.Integer()
     input_spec = fields.List(fields.Nested(InputSpecSchema))
     analysis = fields.Dict(metadata={"description": "Layer types, baseline latency and more"})
-    eval_data = fields.Dict(attribute="eval_data_summary", allow_none=True,
-                            metadata={"description": "Samples and whether labels came with them"})
+    eval_data = fields.Dict(
+        attribute="eval_data_summary",
+        allow_none=True,
+        metadata={"description": "Samples and whether labels came with them"},
+    )
     owner = fields.Function(lambda m: m.owner.username if m.owner else None)
     created_at = fields.DateTime()
 
@@ -57,17 +65,25 @@ class ModelUploadSchema(Schema):
     """The text fields of an upload: the Models page and POST /models share them."""
 
     name = fields.String(validate=[validate.Length(max=200), Printable()])
-    input_shape = fields.String(validate=validate.Length(max=10_000), metadata={
-        "description": "JSON, when the file does not carry it: [1, 64] or {\"input\": [1, 64]}"})
+    input_shape = fields.String(
+        validate=validate.Length(max=10_000),
+        metadata={"description": 'JSON, when the file does not carry it: [1, 64] or {"input": [1, 64]}'},
+    )
 
 
 class SessionStartSchema(Schema):
     model_id = id_field(required=True, strict=True)
-    techniques = fields.List(fields.String(), load_default=list, metadata={
-        "description": "quantization, pruning, compression; empty: the criteria's choice"})
-    parameters = fields.Dict(keys=fields.String(), values=fields.Dict(), load_default=dict,
-                             metadata={"example": {"quantization": {"mode": "int8_dynamic"},
-                                                   "pruning": {"sparsity": 0.5}}})
+    techniques = fields.List(
+        fields.String(),
+        load_default=list,
+        metadata={"description": "quantization, pruning, compression; empty: the criteria's choice"},
+    )
+    parameters = fields.Dict(
+        keys=fields.String(),
+        values=fields.Dict(),
+        load_default=dict,
+        metadata={"example": {"quantization": {"mode": "int8_dynamic"}, "pruning": {"sparsity": 0.5}}},
+    )
 
 
 class SessionSchema(Schema):
@@ -82,7 +98,8 @@ class SessionSchema(Schema):
     techniques = fields.List(fields.String())
     size_reduction_percent = fields.Float(allow_none=True)
     speed_improvement_percent = fields.Float(
-        allow_none=True, metadata={"description": "(original latency / optimized latency - 1) x 100"})
+        allow_none=True, metadata={"description": "(original latency / optimized latency - 1) x 100"}
+    )
     accuracy_retention_percent = fields.Float(allow_none=True)
     criteria_met = fields.Boolean(allow_none=True)
     created_at = fields.DateTime()
@@ -106,22 +123,28 @@ class DashboardStatsSchema(Schema):
     active_optimizations = fields.Integer(allow_none=True)
     completed_optimizations = fields.Integer(allow_none=True)
     failed_optimizations = fields.Integer(allow_none=True)
-    average_size_reduction = fields.Float(allow_none=True,
-                                          metadata={"description": "Percent, over completed"})
-    average_speed_improvement = fields.Float(allow_none=True,
-                                             metadata={"description": "Percent, over completed"})
+    average_size_reduction = fields.Float(
+        allow_none=True, metadata={"description": "Percent, over completed"}
+    )
+    average_speed_improvement = fields.Float(
+        allow_none=True, metadata={"description": "Percent, over completed"}
+    )
     total_sessions = fields.Integer(allow_none=True)
     last_updated = fields.DateTime()
-    unavailable = fields.List(fields.String(), metadata={
-        "description": "Parts that could not be computed (their fields are null): "
-                       "total_models, sessions"})
+    unavailable = fields.List(
+        fields.String(),
+        metadata={
+            "description": "Parts that could not be computed (their fields are null): total_models, sessions"
+        },
+    )
 
 
 class SessionDetailSchema(SessionSchema):
     parameters = fields.Dict()
     criteria = fields.Dict(metadata={"description": "The criteria frozen when it started"})
-    criteria_version = fields.Integer(allow_none=True, metadata={
-        "description": "The criteria version that allowed its plan"})
+    criteria_version = fields.Integer(
+        allow_none=True, metadata={"description": "The criteria version that allowed its plan"}
+    )
     plan = fields.List(fields.Dict())
     results = fields.Dict(allow_none=True)
 

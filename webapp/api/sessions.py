@@ -21,9 +21,14 @@ blp = ApiBlueprint("Sessions", __name__, description="Optimization sessions.")
 
 
 def _detail(session) -> dict:
-    return {**optimization.summary(session), "parameters": session.parameters,
-            "criteria": session.criteria, "criteria_version": session.criteria_version,
-            "plan": session.plan, "results": session.results}
+    return {
+        **optimization.summary(session),
+        "parameters": session.parameters,
+        "criteria": session.criteria,
+        "criteria_version": session.criteria_version,
+        "plan": session.plan,
+        "results": session.results,
+    }
 
 
 @blp.route("/optimization/sessions", methods=["GET"])
@@ -50,8 +55,7 @@ def list_sessions(filters):
 @blp.alt_response(422, schema=ErrorSchema, description="The techniques do not fit this model.")
 def start_session(body):
     """Start a session: it is queued and runs in a background worker."""
-    session = optimization.start(g.api_user, body["model_id"], body["techniques"],
-                                 body["parameters"])
+    session = optimization.start(g.api_user, body["model_id"], body["techniques"], body["parameters"])
     return _detail(session)
 
 
@@ -84,12 +88,15 @@ def session_events(session_id):
 
 
 @blp.route("/optimization/sessions/<int:session_id>/artifact")
-@blp.response(200, description="The optimized model (ONNX).",
-              content_type="application/octet-stream")
+@blp.response(200, description="The optimized model (ONNX).", content_type="application/octet-stream")
 @blp.alt_response(404, schema=ErrorSchema, description="Not completed, or no such session.")
 def session_artifact(session_id):
     """Download the optimized model of a completed session."""
     session = optimization.get_for(g.api_user, session_id)
     path = optimization.artifact_path(session)
-    return send_file(path, mimetype="application/octet-stream", as_attachment=True,
-                     download_name=optimization.artifact_download_name(session))
+    return send_file(
+        path,
+        mimetype="application/octet-stream",
+        as_attachment=True,
+        download_name=optimization.artifact_download_name(session),
+    )

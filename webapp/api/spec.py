@@ -5,8 +5,11 @@ from __future__ import annotations
 from apispec import BasePlugin
 
 ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-UNAUTHORIZED = {**ERROR, "description": "No valid token: `error` is token_missing, token_invalid "
-                                        "or token_expired (see /docs/api-tokens)."}
+UNAUTHORIZED = {
+    **ERROR,
+    "description": "No valid token: `error` is token_missing, token_invalid "
+    "or token_expired (see /docs/api-tokens).",
+}
 FORBIDDEN = {**ERROR, "description": "Your role, or a read-only token, may not do this."}
 
 

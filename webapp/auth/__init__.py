@@ -34,8 +34,7 @@ def init_app(app: Flask) -> None:
         if not user_id.isdigit() or len(user_id) > 12 or not nonce:
             return None
         user = db.session.get(User, int(user_id))
-        if user is None or not user.active or not secrets.compare_digest(
-                user.session_nonce, nonce):
+        if user is None or not user.active or not secrets.compare_digest(user.session_nonce, nonce):
             return None
         return user
 

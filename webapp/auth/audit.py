@@ -17,9 +17,16 @@ log = logging.getLogger("optideck.audit")
 PER_PAGE = 50
 
 
-def record(action: str, *, user: User | None = None, username: str | None = None,
-           resource: str | None = None, allowed: bool = True, detail: str | None = None,
-           commit: bool = True) -> AuditEntry:
+def record(
+    action: str,
+    *,
+    user: User | None = None,
+    username: str | None = None,
+    resource: str | None = None,
+    allowed: bool = True,
+    detail: str | None = None,
+    commit: bool = True,
+) -> AuditEntry:
     """Add an audit entry; `commit=False` lets it share the action's transaction."""
     entry = AuditEntry(
         user_id=user.id if user else None,
@@ -34,13 +41,13 @@ def record(action: str, *, user: User | None = None, username: str | None = None
     db.session.add(entry)
     if commit:
         db.session.commit()
-    log.info("audit action=%s user=%s resource=%s allowed=%s",
-             action, entry.username, resource, allowed)
+    log.info("audit action=%s user=%s resource=%s allowed=%s", action, entry.username, resource, allowed)
     return entry
 
 
-def deny(action: str, user: User | None, resource: str | None = None,
-         detail: str | None = None, status: int = 403):
+def deny(
+    action: str, user: User | None, resource: str | None = None, detail: str | None = None, status: int = 403
+):
     """Record a denial, then stop the request with `status`."""
     # The denied request may have left pending changes; none of them may land.
     db.session.rollback()
@@ -70,8 +77,13 @@ class AuditFilters:
 
     def query_args(self, **changes) -> dict[str, str | int]:
         """The filters as URL arguments, so pagination keeps them."""
-        values = {"user": self.username, "action": self.action, "outcome": self.outcome,
-                  "page": self.page, **changes}
+        values = {
+            "user": self.username,
+            "action": self.action,
+            "outcome": self.outcome,
+            "page": self.page,
+            **changes,
+        }
         return {key: value for key, value in values.items() if value not in ("", None, 1)}
 
 
@@ -96,7 +108,8 @@ def search(filters: AuditFilters, per_page: int = PER_PAGE) -> AuditPage:
     page = min(filters.page, pages)
     entries = db.session.scalars(
         query.order_by(AuditEntry.created_at.desc(), AuditEntry.id.desc())
-        .offset((page - 1) * per_page).limit(per_page)
+        .offset((page - 1) * per_page)
+        .limit(per_page)
     )
     return AuditPage(list(entries), total, page, pages)
 

@@ -39,10 +39,12 @@ def _refused(response) -> bool:
     return 400 <= response.status_code < 500 and response.status_code != 429
 
 
-_by_address = limiter.shared_limit(_limit, scope="login-address", key_func=get_remote_address,
-                                   methods=["POST"], deduct_when=_refused)
-_by_account = limiter.shared_limit(_limit, scope="login-account", key_func=_account,
-                                   methods=["POST"], deduct_when=_refused)
+_by_address = limiter.shared_limit(
+    _limit, scope="login-address", key_func=get_remote_address, methods=["POST"], deduct_when=_refused
+)
+_by_account = limiter.shared_limit(
+    _limit, scope="login-account", key_func=_account, methods=["POST"], deduct_when=_refused
+)
 
 
 def login_budget(view):

@@ -54,14 +54,16 @@ def authenticate_api_request() -> None:
     try:
         user, token = tokens.authenticate(request.headers.get("Authorization"))
     except tokens.TokenRejected as exc:
-        raise ApiError(401, exc.code, exc.message,
-                       headers={"WWW-Authenticate": 'Bearer realm="optideck"'}) from exc
+        raise ApiError(
+            401, exc.code, exc.message, headers={"WWW-Authenticate": 'Bearer realm="optideck"'}
+        ) from exc
     g.api_user, g.api_token = user, token
-    if token.read_only and request.method not in SAFE_METHODS and not _view_flag(
-        "optideck_read_only_allowed"
+    if (
+        token.read_only
+        and request.method not in SAFE_METHODS
+        and not _view_flag("optideck_read_only_allowed")
     ):
-        audit.deny(f"api.{request.method.lower()}", user, resource=request.path,
-                   detail="read-only token")
+        audit.deny(f"api.{request.method.lower()}", user, resource=request.path, detail="read-only token")
 
 
 def roles_required(*roles: Role):
@@ -73,8 +75,12 @@ def roles_required(*roles: Role):
         def wrapper(*args, **kwargs):
             actor = current_actor()
             if actor is None or actor.role not in allowed:
-                audit.deny(f"{request.method.lower()} {request.endpoint}", actor,
-                           resource=request.path, detail=f"needs role {sorted(allowed)}")
+                audit.deny(
+                    f"{request.method.lower()} {request.endpoint}",
+                    actor,
+                    resource=request.path,
+                    detail=f"needs role {sorted(allowed)}",
+                )
             return view(*args, **kwargs)
 
         return wrapper

@@ -12,9 +12,7 @@ USERNAME_RULE = validate.Regexp(
     error="Use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit.",
 )
 PASSWORD_LENGTH = validate.Length(min=1, max=256)
-NEW_PASSWORD_LENGTH = validate.Length(
-    min=12, max=256, error="Use between {min} and {max} characters."
-)
+NEW_PASSWORD_LENGTH = validate.Length(min=12, max=256, error="Use between {min} and {max} characters.")
 
 
 class _Username(fields.String):
@@ -31,8 +29,7 @@ class LoginSchema(Schema):
 
 
 class RefreshSchema(Schema):
-    refresh_token = fields.String(required=True, load_only=True,
-                                  validate=validate.Length(min=1, max=200))
+    refresh_token = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=200))
 
 
 class NewUserSchema(Schema):

@@ -58,8 +58,12 @@ def issue_login_token(user: User) -> IssuedToken:
     now = utcnow()
     access, refresh = _new(TOKEN_PREFIX), _new(REFRESH_PREFIX)
     record = ApiToken(
-        user_id=user.id, name="API login", kind="login", prefix=access[:10],
-        token_hash=_hash(access), refresh_hash=_hash(refresh),
+        user_id=user.id,
+        name="API login",
+        kind="login",
+        prefix=access[:10],
+        token_hash=_hash(access),
+        refresh_hash=_hash(refresh),
         created_at=now,
         expires_at=now + timedelta(minutes=_settings()["access_token_minutes"]),
         refresh_expires_at=now + timedelta(days=_settings()["refresh_token_days"]),
@@ -73,9 +77,7 @@ def issue_login_token(user: User) -> IssuedToken:
 
 def refresh(refresh_token: str) -> IssuedToken:
     """Swap a refresh token for a new pair; the old pair stops working."""
-    record = db.session.scalar(
-        select(ApiToken).where(ApiToken.refresh_hash == _hash(refresh_token))
-    )
+    record = db.session.scalar(select(ApiToken).where(ApiToken.refresh_hash == _hash(refresh_token)))
     now = utcnow()
     if record is None or record.revoked_at is not None or not record.owner.active:
         raise TokenRejected("token_invalid", "The refresh token is not valid.")
@@ -98,14 +100,24 @@ def create_personal(user: User, name: str, expires_in_days: int, read_only: bool
     now = utcnow()
     access = _new(TOKEN_PREFIX)
     record = ApiToken(
-        user_id=user.id, name=name, kind="personal", prefix=access[:10],
-        token_hash=_hash(access), read_only=read_only, created_at=now,
+        user_id=user.id,
+        name=name,
+        kind="personal",
+        prefix=access[:10],
+        token_hash=_hash(access),
+        read_only=read_only,
+        created_at=now,
         expires_at=now + timedelta(days=expires_in_days),
     )
     db.session.add(record)
     db.session.flush()
-    audit.record("token.issue", user=user, resource=f"token:{record.id}",
-                 detail=f"personal name={name!r} read_only={read_only}", commit=False)
+    audit.record(
+        "token.issue",
+        user=user,
+        resource=f"token:{record.id}",
+        detail=f"personal name={name!r} read_only={read_only}",
+        commit=False,
+    )
     db.session.commit()
     return IssuedToken(record, access)
 
@@ -126,8 +138,9 @@ def authenticate(header: str | None) -> tuple[User, ApiToken]:
     token = token.strip()
     if scheme.lower() != "bearer" or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         raise TokenRejected("token_invalid", "The Authorization header is not a bearer token.")
-    record = db.session.scalar(select(ApiToken).options(joinedload(ApiToken.owner))
-                               .where(ApiToken.token_hash == _hash(token)))
+    record = db.session.scalar(
+        select(ApiToken).options(joinedload(ApiToken.owner)).where(ApiToken.token_hash == _hash(token))
+    )
     if record is None or record.revoked_at is not None:
         raise TokenRejected("token_invalid", "The token is unknown or has been revoked.")
     if not record.owner.active:
@@ -142,10 +155,13 @@ def authenticate(header: str | None) -> tuple[User, ApiToken]:
 
 
 def for_user(user: User) -> list[ApiToken]:
-    return list(db.session.scalars(
-        select(ApiToken).where(ApiToken.user_id == user.id)
-        .order_by(ApiToken.revoked_at.is_not(None), ApiToken.created_at.desc())
-    ))
+    return list(
+        db.session.scalars(
+            select(ApiToken)
+            .where(ApiToken.user_id == user.id)
+            .order_by(ApiToken.revoked_at.is_not(None), ApiToken.created_at.desc())
+        )
+    )
 
 
 def get_owned(user: User, token_id: int) -> ApiToken | None:

@@ -36,12 +36,19 @@ def authenticate(username: str, password: str) -> User | None:
 def create(username: str, password: str, role: str, *, by: User | None = None) -> User:
     if find(username) is not None:
         raise UserError(f"A user named {username!r} already exists.")
-    user = User(username=username.lower(), password_hash=generate_password_hash(password),
-                role=Role(role).value)
+    user = User(
+        username=username.lower(), password_hash=generate_password_hash(password), role=Role(role).value
+    )
     db.session.add(user)
     db.session.flush()
-    audit.record("user.create", user=by, username=None if by else "cli",
-                 resource=f"user:{user.username}", detail=f"role={user.role}", commit=False)
+    audit.record(
+        "user.create",
+        user=by,
+        username=None if by else "cli",
+        resource=f"user:{user.username}",
+        detail=f"role={user.role}",
+        commit=False,
+    )
     db.session.commit()
     return user
 
@@ -55,8 +62,9 @@ def set_role(user: User, role: str, *, by: User) -> None:
         # Its browsers sign in again: a page or live stream opened under the old role
         # must not keep showing what that role could see.
         user.end_browser_sessions()
-    audit.record("user.role", user=by, resource=f"user:{user.username}",
-                 detail=f"{old} -> {role}", commit=False)
+    audit.record(
+        "user.role", user=by, resource=f"user:{user.username}", detail=f"{old} -> {role}", commit=False
+    )
     db.session.commit()
     announce_access_change()
 
@@ -72,8 +80,12 @@ def set_active(user: User, active: bool, *, by: User) -> None:
             if token.revoked_at is None:
                 token.revoked_at = utcnow()
         user.end_browser_sessions()
-    audit.record("user.activate" if active else "user.deactivate", user=by,
-                 resource=f"user:{user.username}", commit=False)
+    audit.record(
+        "user.activate" if active else "user.deactivate",
+        user=by,
+        resource=f"user:{user.username}",
+        commit=False,
+    )
     db.session.commit()
     announce_access_change()
 
@@ -88,9 +100,9 @@ def sign_out(user: User) -> None:
 
 def _keep_one_admin(user: User) -> None:
     others = db.session.scalar(
-        select(func.count()).select_from(User).where(
-            User.role == Role.ADMIN, User.active.is_(True), User.id != user.id
-        )
+        select(func.count())
+        .select_from(User)
+        .where(User.role == Role.ADMIN, User.active.is_(True), User.id != user.id)
     )
     if not others:
         raise UserError("This is the last active administrator; make another one first.")

@@ -27,8 +27,13 @@ def _safe_next(target: str | None) -> str:
     break would split the Location header)."""
     if target and target.isprintable():
         parts = urlsplit(target)
-        if not parts.scheme and not parts.netloc and target.startswith("/") \
-                and not target.startswith("//") and "\\" not in target:
+        if (
+            not parts.scheme
+            and not parts.netloc
+            and target.startswith("/")
+            and not target.startswith("//")
+            and "\\" not in target
+        ):
             return target
     return url_for("dashboard.index")
 
@@ -51,8 +56,12 @@ def login():
             db.session.commit()
             return redirect(_safe_next(request.args.get("next")))
         # One message whatever was wrong, so the page never tells whether a name exists.
-        audit.record("login", username=data.get("username") if data else None,
-                     allowed=False, detail="wrong credentials")
+        audit.record(
+            "login",
+            username=data.get("username") if data else None,
+            allowed=False,
+            detail="wrong credentials",
+        )
         errors = {"form": [WRONG_CREDENTIALS]}
     status = 200 if not errors else 400
     return render_template("auth/login.html", errors=errors, username=username), status

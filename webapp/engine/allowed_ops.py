@@ -6,7 +6,8 @@ optimizers or accelerators this server does not have. An operator torch adds lat
 refused until it is listed here. tests/engine/test_screening.py holds the list to that rule.
 """
 
-ATEN_OPS = frozenset("""
+ATEN_OPS = frozenset(
+    """
 Bool Complex ComplexImplicit Delete Float FloatImplicit Generator Int IntImplicit ScalarImplicit
 Size __and__ __contains__ __derive_index __getitem__ __iand__ __ilshift__ __interpolate __ior__
 __irshift__ __is__ __isnot__ __ixor__ __lshift__ __not__ __or__ __range_length
@@ -222,13 +223,16 @@ upsample_nearest1d upsample_nearest2d upsample_nearest3d upsample_trilinear3d va
 vander var var_mean vdot view view_as view_as_complex view_as_complex_copy view_as_real
 view_as_real_copy view_copy vsplit vstack wait warn where xlogy xlogy_ zero zero_ zeros
 zeros_like zfill
-""".split())
+""".split()
+)
 
 # TorchScript's own primitives: control flow, type queries and error raising. Not here:
 # prim::Print (output), profiling and RPC.
-PRIM_OPS = frozenset("""
+PRIM_OPS = frozenset(
+    """
 NumToTensor RaiseException StringIndex TupleIndex TupleUnpack Uninitialized abs data device
 dtype grad id index is_cpu is_cuda is_meta is_mkldnn is_nested is_quantized is_sparse
 is_sparse_csr itemsize layout max min name nbytes rangelist requires_grad tolist type
 unchecked_cast unchecked_unwrap_optional EnumName EnumValue
-""".split())
+""".split()
+)

@@ -20,18 +20,27 @@ def _given_specs(input_shape) -> list[InputSpec] | None:
     named = input_shape if isinstance(input_shape, dict) else {DEFAULT_INPUT_NAME: input_shape}
     specs = []
     for name, shape in named.items():
-        if not isinstance(shape, list) or not shape or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape
+        if (
+            not isinstance(shape, list)
+            or not shape
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
         ):
-            raise ModelRejected(f"input_shape for {name!r} must be a list of positive whole "
-                                f"numbers such as [1, 64], got {shape!r}.")
+            raise ModelRejected(
+                f"input_shape for {name!r} must be a list of positive whole "
+                f"numbers such as [1, 64], got {shape!r}."
+            )
         # The first dimension counts samples: leave it free so any batch fits.
         specs.append(InputSpec(str(name), [None, *shape[1:]]))
     return specs
 
 
-def analyse(path: Path, threads: int, input_shape=None, eval_path: Path | None = None,
-            max_unpacked_bytes: int = datasets.DEFAULT_MAX_BYTES) -> dict:
+def analyse(
+    path: Path,
+    threads: int,
+    input_shape=None,
+    eval_path: Path | None = None,
+    max_unpacked_bytes: int = datasets.DEFAULT_MAX_BYTES,
+) -> dict:
     model_format = formats.detect_format(path)
     if model_format != formats.ONNX:
         screening.check_zip(path, max_unpacked_bytes)
@@ -43,21 +52,24 @@ def analyse(path: Path, threads: int, input_shape=None, eval_path: Path | None =
     if model_format == formats.ONNX and specs:
         # The file's own names win; the user's shape fills dimensions it leaves open.
         for spec, given in zip(model.inputs, specs, strict=False):
-            spec.shape = [d if d is not None else g for d, g in zip(spec.shape, given.shape,
-                                                                      strict=False)]
+            spec.shape = [d if d is not None else g for d, g in zip(spec.shape, given.shape, strict=False)]
     if any(d is None for spec in model.inputs for d in spec.shape[1:]):
-        raise ModelRejected("The model leaves input dimensions other than the batch open; "
-                            "send input_shape to fix them, e.g. [1, 3, 224, 224].")
+        raise ModelRejected(
+            "The model leaves input dimensions other than the batch open; "
+            "send input_shape to fix them, e.g. [1, 3, 224, 224]."
+        )
     eval_summary = None
     if eval_path is not None:
         data = datasets.load_npz(eval_path, model.inputs, max_unpacked_bytes)
         outputs = model.run({k: v[: model.inputs[0].fixed_batch or 1] for k, v in data.inputs.items()})
         if data.labels is not None and not (outputs[0].ndim == 2 and outputs[0].shape[1] > 1):
-            raise DatasetRejected("Labels 'y' need a classifier: the model's first output "
-                                  "must be [samples, classes].")
+            raise DatasetRejected(
+                "Labels 'y' need a classifier: the model's first output must be [samples, classes]."
+            )
         if data.labels is not None and data.labels.max(initial=0) >= outputs[0].shape[1]:
-            raise DatasetRejected(f"'y' has class {int(data.labels.max())} but the model "
-                                  f"outputs {outputs[0].shape[1]} classes.")
+            raise DatasetRejected(
+                f"'y' has class {int(data.labels.max())} but the model outputs {outputs[0].shape[1]} classes."
+            )
         eval_summary = {"samples": data.count, "labels": data.labels is not None}
     sample = generate(model.inputs, count=model.inputs[0].fixed_batch or 1)
     baseline = latency_ms(model, sample, model.inputs[0].fixed_batch or 1, lambda: None)

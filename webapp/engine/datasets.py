@@ -46,8 +46,9 @@ def load_npz(path: Path, specs: list[InputSpec], max_bytes: int = DEFAULT_MAX_BY
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise DatasetRejected("The evaluation data is not a readable .npz file of plain "
-                              "numeric arrays.") from exc
+        raise DatasetRejected(
+            "The evaluation data is not a readable .npz file of plain numeric arrays."
+        ) from exc
     if "x" not in arrays:
         raise DatasetRejected("The evaluation .npz needs an array named 'x' (the inputs).")
     if len(specs) != 1:
@@ -75,8 +76,9 @@ def load_npz(path: Path, specs: list[InputSpec], max_bytes: int = DEFAULT_MAX_BY
     labels = arrays.get("y")
     if labels is not None:
         if labels.ndim != 1 or len(labels) != len(x):
-            raise DatasetRejected(f"'y' must be one label per sample: {len(x)} values, "
-                                  f"got shape {list(labels.shape)}.")
+            raise DatasetRejected(
+                f"'y' must be one label per sample: {len(x)} values, got shape {list(labels.shape)}."
+            )
         if not np.issubdtype(labels.dtype, np.integer):
             raise DatasetRejected("'y' must hold integer class labels.")
     return EvalData({spec.name: x}, labels, "dataset")

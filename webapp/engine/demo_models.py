@@ -47,8 +47,10 @@ def mlp(hidden: int = 1024):
 
     torch.manual_seed(SEED)
     return torch.nn.Sequential(
-        torch.nn.Linear(64, hidden), torch.nn.ReLU(),
-        torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
+        torch.nn.Linear(64, hidden),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden, hidden),
+        torch.nn.ReLU(),
         torch.nn.Linear(hidden, 10),
     )
 
@@ -58,10 +60,14 @@ def cnn():
 
     torch.manual_seed(SEED)
     return torch.nn.Sequential(
-        torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(),
-        torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(),
-        torch.nn.MaxPool2d(2), torch.nn.Flatten(),
-        torch.nn.Linear(32 * 4 * 4, 256), torch.nn.ReLU(),
+        torch.nn.Conv2d(1, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 32, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(32 * 4 * 4, 256),
+        torch.nn.ReLU(),
         torch.nn.Linear(256, 10),
     )
 
@@ -77,7 +83,7 @@ def train(model, data: DemoData, epochs: int = 12, batch: int = 64) -> float:
     for _ in range(epochs):
         order = torch.randperm(len(x))
         for start in range(0, len(x), batch):
-            idx = order[start:start + batch]
+            idx = order[start : start + batch]
             optimizer.zero_grad()
             torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             optimizer.step()
@@ -114,9 +120,16 @@ def save(model, example: np.ndarray, folder: Path, stem: str) -> dict[str, Path]
         program = torch.export.export(model, (sample,), dynamic_shapes=({0: batch},))
         torch.export.save(program, str(paths["exported_program"]))
         torch.jit.save(torch.jit.trace(model, sample), str(paths["torchscript"]))
-        torch.onnx.export(model, (sample,), str(paths["onnx"]), dynamo=True, external_data=False,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_shapes=({0: batch},))
+        torch.onnx.export(
+            model,
+            (sample,),
+            str(paths["onnx"]),
+            dynamo=True,
+            external_data=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+        )
     return paths
 
 

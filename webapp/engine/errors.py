@@ -12,7 +12,7 @@ def public_message(exc: BaseException) -> str:
     or the server's), whole lines up to a readable length, never empty."""
     text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
     text = _PATH.sub(r"\1", text) or type(exc).__name__
-    return text if len(text) <= MESSAGE_LIMIT else text[:MESSAGE_LIMIT - 1] + "…"
+    return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 1] + "…"
 
 
 class EngineError(Exception):

@@ -60,8 +60,7 @@ def batches(data: EvalData, batch: int):
         yield feeds, stop - start
 
 
-def predict(model: LoadedModel, data: EvalData, batch: int,
-            check: Callable[[], None]) -> np.ndarray:
+def predict(model: LoadedModel, data: EvalData, batch: int, check: Callable[[], None]) -> np.ndarray:
     """The first output of the model over the whole data set."""
     outputs = []
     for feeds, used in batches(data, batch):
@@ -70,8 +69,7 @@ def predict(model: LoadedModel, data: EvalData, batch: int,
     return np.concatenate(outputs).astype(np.float32, copy=False)
 
 
-def latency_ms(model: LoadedModel, data: EvalData, batch: int,
-               check: Callable[[], None]) -> float:
+def latency_ms(model: LoadedModel, data: EvalData, batch: int, check: Callable[[], None]) -> float:
     feeds, _ = next(batches(data, batch))
     for _ in range(WARMUP_RUNS):
         model.run(feeds)
@@ -104,9 +102,15 @@ def score(outputs: np.ndarray, data: EvalData, reference: np.ndarray) -> tuple[f
     return float(cosine.mean()), COSINE_SIMILARITY
 
 
-def measure(path: Path, model: LoadedModel, data: EvalData, batch: int,
-            reference: np.ndarray | None, check: Callable[[], None],
-            compressed: bool = False) -> tuple[Measurement, np.ndarray]:
+def measure(
+    path: Path,
+    model: LoadedModel,
+    data: EvalData,
+    batch: int,
+    reference: np.ndarray | None,
+    check: Callable[[], None],
+    compressed: bool = False,
+) -> tuple[Measurement, np.ndarray]:
     outputs = predict(model, data, batch, check)
     value, kind = score(outputs, data, outputs if reference is None else reference)
     measurement = Measurement(

@@ -80,8 +80,10 @@ def safe_exported_program_copy(path: Path, target: Path) -> Path:
     torch.export.load would otherwise unpickle (falling back to a full unpickle).
     """
     try:
-        with zipfile.ZipFile(path) as source, \
-                zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as copy:
+        with (
+            zipfile.ZipFile(path) as source,
+            zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as copy,
+        ):
             for info in source.infolist():
                 if "/data/sample_inputs/" in info.filename:
                     copy.writestr(info, b"")

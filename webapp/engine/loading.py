@@ -19,9 +19,14 @@ import numpy as np
 from . import formats, screening
 from .errors import ModelRejected, public_message
 
-ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16",
-              "tensor(double)": "float64", "tensor(int32)": "int32", "tensor(int64)": "int64",
-              "tensor(bool)": "bool"}
+ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(bool)": "bool",
+}
 # ONNX TensorProto element types we can feed, as numpy dtypes.
 ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 6: "int32", 7: "int64", 9: "bool"}
 
@@ -60,8 +65,13 @@ class LoadedModel:
         return self.runner(feeds)
 
 
-def load(path: Path, model_format: str, threads: int,
-         input_specs: list[InputSpec] | None = None, inspect: bool = True) -> LoadedModel:
+def load(
+    path: Path,
+    model_format: str,
+    threads: int,
+    input_specs: list[InputSpec] | None = None,
+    inspect: bool = True,
+) -> LoadedModel:
     if model_format == formats.ONNX:
         return load_onnx(path, threads) if inspect else run_onnx(path, threads)
     if model_format == formats.TORCHSCRIPT:
@@ -78,8 +88,10 @@ def load_onnx(path: Path, threads: int) -> LoadedModel:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's decode errors have no common base
-        raise ModelRejected("The file is not a valid ONNX model (nor a TorchScript or .pt2 "
-                            "file): it could not be read as any of them.") from exc
+        raise ModelRejected(
+            "The file is not a valid ONNX model (nor a TorchScript or .pt2 "
+            "file): it could not be read as any of them."
+        ) from exc
     screening.check_onnx(model)
     try:
         onnx.checker.check_model(model)
@@ -113,8 +125,12 @@ def run_onnx(path: Path, threads: int) -> LoadedModel:
     except Exception as exc:  # onnxruntime raises its own untyped errors
         raise ModelRejected(f"ONNX Runtime cannot run this model: {public_message(exc)}") from exc
     output_names = [o.name for o in session.get_outputs()]
-    inputs = [InputSpec(i.name, [d if isinstance(d, int) else None for d in i.shape],
-                        ORT_DTYPES.get(i.type, "float32")) for i in session.get_inputs()]
+    inputs = [
+        InputSpec(
+            i.name, [d if isinstance(d, int) else None for d in i.shape], ORT_DTYPES.get(i.type, "float32")
+        )
+        for i in session.get_inputs()
+    ]
 
     def run(feeds):
         return session.run(output_names, feeds)
@@ -158,15 +174,25 @@ def _load_torchscript(path: Path, threads: int, specs: list[InputSpec] | None) -
         raise ModelRejected(f"The TorchScript file cannot be loaded: {public_message(exc)}") from exc
     module.eval()
     if not specs:
-        raise ModelRejected("TorchScript files do not record their input shapes: send "
-                            "input_shape (for example [1, 64]) or evaluation data.")
+        raise ModelRejected(
+            "TorchScript files do not record their input shapes: send "
+            "input_shape (for example [1, 64]) or evaluation data."
+        )
     params = sum(p.numel() for p in module.parameters())
     ops = collections.Counter(
-        node.kind().split("::", 1)[1] for node in module.inlined_graph.nodes()
+        node.kind().split("::", 1)[1]
+        for node in module.inlined_graph.nodes()
         if node.kind().startswith("aten::")
     )
-    return LoadedModel(formats.TORCHSCRIPT, specs, [], int(params), dict(ops),
-                       _torch_runner(module, specs), torch_module=module)
+    return LoadedModel(
+        formats.TORCHSCRIPT,
+        specs,
+        [],
+        int(params),
+        dict(ops),
+        _torch_runner(module, specs),
+        torch_module=module,
+    )
 
 
 def _load_exported_program(path: Path, threads: int, specs: list[InputSpec] | None) -> LoadedModel:
@@ -187,11 +213,19 @@ def _load_exported_program(path: Path, threads: int, specs: list[InputSpec] | No
     params = sum(t.numel() for t in program.state_dict.values())
     ops = collections.Counter(
         str(node.target).split(".")[1] if str(node.target).startswith("aten.") else str(node.target)
-        for node in program.graph.nodes if node.op == "call_function"
+        for node in program.graph.nodes
+        if node.op == "call_function"
     )
     module = program.module()
-    return LoadedModel(formats.EXPORTED_PROGRAM, specs, [], int(params), dict(ops),
-                       _torch_runner(module, specs), torch_module=program)
+    return LoadedModel(
+        formats.EXPORTED_PROGRAM,
+        specs,
+        [],
+        int(params),
+        dict(ops),
+        _torch_runner(module, specs),
+        torch_module=program,
+    )
 
 
 def _exported_inputs(program) -> list[InputSpec]:

@@ -27,14 +27,21 @@ def criteria_defaults(criteria: dict) -> dict[str, dict]:
     }
 
 
-def build_plan(model_format: str, techniques: list[str], parameters: dict,
-               criteria: dict, has_eval_data: bool) -> list[dict]:
+def build_plan(
+    model_format: str, techniques: list[str], parameters: dict, criteria: dict, has_eval_data: bool
+) -> list[dict]:
     chosen = list(dict.fromkeys(techniques or criteria["enabled_techniques"]))
     unknown = [t for t in chosen if t not in TECHNIQUES]
     if unknown:
-        raise PlanError("Unknown technique.", {"techniques": [
-            f"{t!r} is not a technique Optideck has; choose from {sorted(TECHNIQUES)}."
-            for t in unknown]})
+        raise PlanError(
+            "Unknown technique.",
+            {
+                "techniques": [
+                    f"{t!r} is not a technique Optideck has; choose from {sorted(TECHNIQUES)}."
+                    for t in unknown
+                ]
+            },
+        )
     if not chosen:
         raise PlanError("Choose at least one technique.", {"techniques": ["Empty."]})
     forbidden = [t for t in chosen if t in criteria.get("forbidden_techniques", ())]
@@ -43,11 +50,14 @@ def build_plan(model_format: str, techniques: list[str], parameters: dict,
             f"The optimization criteria (version {criteria.get('version', 0)}) forbid "
             f"{', '.join(forbidden)}.",
             {"techniques": [f"{t!r} is forbidden by the optimization criteria." for t in forbidden]},
-            unprocessable=True)
+            unprocessable=True,
+        )
     extra = sorted(set(parameters) - set(chosen))
     if extra:
-        raise PlanError("Parameters for techniques not chosen.", {"parameters": [
-            f"{name!r} is not among the chosen techniques." for name in extra]})
+        raise PlanError(
+            "Parameters for techniques not chosen.",
+            {"parameters": [f"{name!r} is not among the chosen techniques." for name in extra]},
+        )
     defaults = criteria_defaults(criteria)
     steps, errors = [], {}
     for technique_id in sorted(chosen, key=lambda t: TECHNIQUES[t].order):
@@ -65,9 +75,11 @@ def build_plan(model_format: str, techniques: list[str], parameters: dict,
                 errors[f"parameters.{technique_id}.{field}"] = messages
             continue
         if model_format not in technique.formats:
-            raise PlanError(f"{technique.label} does not support {model_format} models.",
-                            {"techniques": [f"{technique_id!r} does not support {model_format}."]},
-                            unprocessable=True)
+            raise PlanError(
+                f"{technique.label} does not support {model_format} models.",
+                {"techniques": [f"{technique_id!r} does not support {model_format}."]},
+                unprocessable=True,
+            )
         if technique_id == "quantization" and params["mode"] == "int8_static" and not has_eval_data:
             raise PlanError(
                 "int8 static quantization calibrates on evaluation data; attach an .npz "

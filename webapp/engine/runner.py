@@ -48,8 +48,9 @@ class SessionOutcome:
 
 
 class _Session:
-    def __init__(self, job: SessionJob, progress: Progress, event: Event,
-                 cancelled: Callable[[], bool], phase: Phase):
+    def __init__(
+        self, job: SessionJob, progress: Progress, event: Event, cancelled: Callable[[], bool], phase: Phase
+    ):
         self.job = job
         self.criteria = job.criteria
         self.work = Path(job.work_dir)
@@ -65,8 +66,10 @@ class _Session:
         if self._cancelled():
             raise Cancelled()
         if self.job.deadline is not None and time.time() > self.job.deadline:
-            raise TimeLimitExceeded("The session ran past its time limit "
-                                    f"({self.criteria.get('max_optimization_time_minutes')} min).")
+            raise TimeLimitExceeded(
+                "The session ran past its time limit "
+                f"({self.criteria.get('max_optimization_time_minutes')} min)."
+            )
 
     def progress(self, pct: float, step: str) -> None:
         self._pct = max(self._pct, min(pct, 100.0))
@@ -82,19 +85,26 @@ class _Session:
         self.progress(1, "analysis")
         self.phase("transform")
         # The upload was checked and inspected when it was analysed.
-        original = loading.load(Path(job.model_path), job.model_format, self.threads, specs,
-                                inspect=False)
+        original = loading.load(Path(job.model_path), job.model_format, self.threads, specs, inspect=False)
         if job.model_format == formats.ONNX:
             original.inputs = specs
-        data = (load_npz(Path(job.eval_data_path), specs, job.max_unpacked_bytes)
-                if job.eval_data_path else generate(specs))
+        data = (
+            load_npz(Path(job.eval_data_path), specs, job.max_unpacked_bytes)
+            if job.eval_data_path
+            else generate(specs)
+        )
         self.check()
         self.progress(5, "baseline")
         self.phase("inference")
-        baseline, reference = measure(Path(job.model_path), original, data,
-                                      self.batch_for(original), None, self.check, self.compressed)
-        self._event("baseline", "baseline", self._describe(baseline, None),
-                    {"measurement": baseline.as_dict(), "inputs": data.source})
+        baseline, reference = measure(
+            Path(job.model_path), original, data, self.batch_for(original), None, self.check, self.compressed
+        )
+        self._event(
+            "baseline",
+            "baseline",
+            self._describe(baseline, None),
+            {"measurement": baseline.as_dict(), "inputs": data.source},
+        )
         self.progress(15, "baseline")
 
         best_path, best = Path(job.model_path), baseline
@@ -104,8 +114,9 @@ class _Session:
         span = (95 - 25) / max(len(job.steps), 1)
         for index, step in enumerate(job.steps):
             start = 25 + index * span
-            kept, info, measurement = self._step(step, best_path, best, baseline, data, reference,
-                                                 start, span, index)
+            kept, info, measurement = self._step(
+                step, best_path, best, baseline, data, reference, start, span, index
+            )
             steps.append(info)
             if kept:
                 best_path, best = kept, measurement
@@ -127,17 +138,26 @@ class _Session:
         exported = loading.run_onnx(target, self.threads)
         self.phase("inference")
         # The exporter may rename inputs; the data follows them by position.
-        data = EvalData({spec.name: array for spec, array in
-                         zip(exported.inputs, data.inputs.values(), strict=True)},
-                        data.labels, data.source)
-        measurement, _ = measure(target, exported, data, self.batch_for(exported), reference,
-                                 self.check, self.compressed)
+        data = EvalData(
+            {spec.name: array for spec, array in zip(exported.inputs, data.inputs.values(), strict=True)},
+            data.labels,
+            data.source,
+        )
+        measurement, _ = measure(
+            target, exported, data, self.batch_for(exported), reference, self.check, self.compressed
+        )
         retention = _retention(baseline, measurement)
         if retention < 99.0:
-            raise TechniqueFailed(f"The ONNX export changed the model's outputs "
-                                  f"(retention {retention:.1f} %); the session stops here.")
-        self._event("step_completed", "export_onnx", self._describe(measurement, baseline),
-                    {"measurement": measurement.as_dict(), **info})
+            raise TechniqueFailed(
+                f"The ONNX export changed the model's outputs "
+                f"(retention {retention:.1f} %); the session stops here."
+            )
+        self._event(
+            "step_completed",
+            "export_onnx",
+            self._describe(measurement, baseline),
+            {"measurement": measurement.as_dict(), **info},
+        )
         self.progress(25, "export_onnx")
         return target, measurement, data
 
@@ -149,8 +169,9 @@ class _Session:
         candidate = self.work / f"step{index + 1}_{name}.onnx"
         self.phase("transform")
         try:
-            details = technique.apply(best_path, candidate, step["params"], data,
-                                      best.latency_batch, self.check)
+            details = technique.apply(
+                best_path, candidate, step["params"], data, best.latency_batch, self.check
+            )
         except TechniqueFailed as exc:
             self._event("step_skipped", name, exc.message, {"params": step["params"]})
             return None, {"technique": name, "outcome": "skipped", "reason": exc.message}, None
@@ -158,12 +179,17 @@ class _Session:
         self.progress(start + span * 0.6, name)
         model = loading.run_onnx(candidate, self.threads)
         self.phase("inference")
-        measurement, _ = measure(candidate, model, data, self.batch_for(model), reference,
-                                 self.check, self.compressed)
+        measurement, _ = measure(
+            candidate, model, data, self.batch_for(model), reference, self.check, self.compressed
+        )
         self.progress(start + span, name)
         reason = self._violation(baseline, best, measurement)
-        info = {"technique": name, "params": step["params"], "details": details,
-                "measurement": measurement.as_dict()}
+        info = {
+            "technique": name,
+            "params": step["params"],
+            "details": details,
+            "measurement": measurement.as_dict(),
+        }
         if reason and self.criteria.get("rollback_on_violation", True):
             candidate.unlink(missing_ok=True)
             self._event("step_rolled_back", name, f"Rolled back: {reason}", info)
@@ -179,16 +205,19 @@ class _Session:
             return f"accuracy retention {retention:.2f} % is below the minimum {minimum:g} %"
         tolerance = float(self.criteria.get("latency_tolerance_percent", 5.0))
         if candidate.latency_ms > best.latency_ms * (1 + tolerance / 100):
-            return (f"slower than before: {candidate.latency_ms:.3f} ms against "
-                    f"{best.latency_ms:.3f} ms")
+            return f"slower than before: {candidate.latency_ms:.3f} ms against {best.latency_ms:.3f} ms"
         return None
 
     def _describe(self, m: Measurement, before: Measurement | None) -> str:
-        text = (f"{m.size_bytes / 1e6:.2f} MB, {m.latency_ms:.3f} ms per batch of "
-                f"{m.latency_batch}, {m.score_kind.replace('_', ' ')} {m.score * 100:.2f} %")
+        text = (
+            f"{m.size_bytes / 1e6:.2f} MB, {m.latency_ms:.3f} ms per batch of "
+            f"{m.latency_batch}, {m.score_kind.replace('_', ' ')} {m.score * 100:.2f} %"
+        )
         if before is not None:
-            text += (f" ({_reduction(before.size_bytes, m.size_bytes):.1f} % smaller, "
-                     f"{_speedup(before.latency_ms, m.latency_ms):.2f}x speed)")
+            text += (
+                f" ({_reduction(before.size_bytes, m.size_bytes):.1f} % smaller, "
+                f"{_speedup(before.latency_ms, m.latency_ms):.2f}x speed)"
+            )
         return text
 
     def _results(self, baseline: Measurement, best: Measurement, data: EvalData) -> dict:
@@ -197,8 +226,11 @@ class _Session:
         minimum = float(self.criteria.get("min_accuracy_retention_percent", 99.0))
         size_target = float(self.criteria.get("max_size_reduction_percent", 0) or 0)
         reduction = _reduction(baseline.size_bytes, best.size_bytes)
-        met = (retention >= minimum and (max_ms <= 0 or best.latency_ms <= max_ms)
-               and (size_target <= 0 or reduction >= size_target))
+        met = (
+            retention >= minimum
+            and (max_ms <= 0 or best.latency_ms <= max_ms)
+            and (size_target <= 0 or reduction >= size_target)
+        )
         return {
             "original_size_bytes": baseline.size_bytes,
             "optimized_size_bytes": best.size_bytes,
@@ -212,8 +244,7 @@ class _Session:
             "accuracy_kind": best.score_kind,
             "evaluation_inputs": data.source,
             "size_reduction_percent": round(_reduction(baseline.size_bytes, best.size_bytes), 2),
-            "speed_improvement_percent": round(
-                (_speedup(baseline.latency_ms, best.latency_ms) - 1) * 100, 2),
+            "speed_improvement_percent": round((_speedup(baseline.latency_ms, best.latency_ms) - 1) * 100, 2),
             "speedup": round(_speedup(baseline.latency_ms, best.latency_ms), 3),
             "accuracy_retention_percent": round(retention, 2),
             "criteria_met": met,
@@ -250,18 +281,26 @@ def warm_up() -> None:
     from onnx import helper
 
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])], "warm-up",
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "warm-up",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2])],
-        [onnx.numpy_helper.from_array(np.eye(2, dtype=np.float32), "w")])
+        [onnx.numpy_helper.from_array(np.eye(2, dtype=np.float32), "w")],
+    )
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(helper.make_model(graph).SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        helper.make_model(graph).SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
     session.run(None, {"x": np.ones((1, 2), dtype=np.float32)})
 
 
-def run_session(job: SessionJob, progress: Progress, event: Event,
-                cancelled: Callable[[], bool], phase: Phase = lambda name: None) -> SessionOutcome:
+def run_session(
+    job: SessionJob,
+    progress: Progress,
+    event: Event,
+    cancelled: Callable[[], bool],
+    phase: Phase = lambda name: None,
+) -> SessionOutcome:
     """Run `job`; raises Cancelled, TimeLimitExceeded or another EngineError to stop."""
     return _Session(job, progress, event, cancelled, phase).run()

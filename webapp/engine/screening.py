@@ -28,9 +28,17 @@ MAX_MEMBERS = 20_000
 
 # Operator domains ONNX Runtime itself implements; a node of any other domain needs a
 # custom-op library, which is code we would have to load.
-ONNX_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview", "ai.onnx.preview.training",
-                "ai.onnx.training", "com.microsoft", "com.microsoft.nchwc",
-                "com.microsoft.experimental"}
+ONNX_DOMAINS = {
+    "",
+    "ai.onnx",
+    "ai.onnx.ml",
+    "ai.onnx.preview",
+    "ai.onnx.preview.training",
+    "ai.onnx.training",
+    "com.microsoft",
+    "com.microsoft.nchwc",
+    "com.microsoft.experimental",
+}
 
 # The globals a TorchScript archive's pickles may name: how tensors and TorchScript
 # objects are rebuilt. TorchScript's unpickler resolves nothing else either; the list is
@@ -47,27 +55,92 @@ PICKLE_GLOBALS = {
     ("torch.jit._pickle", "build_tensor_from_id"),
     ("torch.jit._pickle", "restore_type_tag"),
 }
-STRING_OPCODES = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE",
-                  "SHORT_BINSTRING", "BINSTRING"}
+STRING_OPCODES = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING"}
 
 # Names TorchScript's serialized code calls without a module: its builtins.
 TORCHSCRIPT_BUILTINS = {
-    "range", "annotate", "uninitialized", "isinstance", "unchecked_cast", "int", "float",
-    "bool", "str", "len", "list", "tuple", "dict", "min", "max", "abs", "enumerate", "zip",
-    "round", "divmod", "ord", "chr", "all", "any", "sum", "sorted", "reversed", "hash",
+    "range",
+    "annotate",
+    "uninitialized",
+    "isinstance",
+    "unchecked_cast",
+    "int",
+    "float",
+    "bool",
+    "str",
+    "len",
+    "list",
+    "tuple",
+    "dict",
+    "min",
+    "max",
+    "abs",
+    "enumerate",
+    "zip",
+    "round",
+    "divmod",
+    "ord",
+    "chr",
+    "all",
+    "any",
+    "sum",
+    "sorted",
+    "reversed",
+    "hash",
 }
 # What a torch.export graph may call besides aten operators: Python's arithmetic on
 # symbolic sizes, and the control-flow operators whose bodies are graphs checked alike.
 EXPORT_TARGETS = {
-    *(f"_operator.{name}" for name in (
-        "getitem", "add", "sub", "mul", "floordiv", "truediv", "mod", "pow", "neg", "pos",
-        "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "not_", "abs")),
+    *(
+        f"_operator.{name}"
+        for name in (
+            "getitem",
+            "add",
+            "sub",
+            "mul",
+            "floordiv",
+            "truediv",
+            "mod",
+            "pow",
+            "neg",
+            "pos",
+            "eq",
+            "ne",
+            "lt",
+            "le",
+            "gt",
+            "ge",
+            "and_",
+            "or_",
+            "not_",
+            "abs",
+        )
+    ),
     *(f"math.{name}" for name in ("ceil", "floor", "trunc", "sqrt")),
-    *(f"torch.{name}" for name in ("sym_max", "sym_min", "sym_float", "sym_int", "sym_not",
-                                   "sym_ite", "sym_sqrt", "_assert_async")),
-    *(f"torch.ops.higher_order.{name}" for name in ("cond", "while_loop", "map_impl", "scan",
-                                                    "wrap_with_set_grad_enabled",
-                                                    "wrap_with_autocast")),
+    *(
+        f"torch.{name}"
+        for name in (
+            "sym_max",
+            "sym_min",
+            "sym_float",
+            "sym_int",
+            "sym_not",
+            "sym_ite",
+            "sym_sqrt",
+            "_assert_async",
+        )
+    ),
+    *(
+        f"torch.ops.higher_order.{name}"
+        for name in (
+            "cond",
+            "while_loop",
+            "map_impl",
+            "scan",
+            "wrap_with_set_grad_enabled",
+            "wrap_with_autocast",
+        )
+    ),
 }
 ATEN_TARGET = re.compile(r"^torch\.ops\.aten\.([A-Za-z0-9_]+)\.[A-Za-z0-9_]+$")
 
@@ -80,12 +153,12 @@ def check_zip(path: Path, max_unpacked_bytes: int) -> None:
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise ModelRejected("The file is a damaged zip archive.") from exc
     if len(infos) > MAX_MEMBERS:
-        raise ModelRejected(f"The archive holds {len(infos):,} files; at most "
-                            f"{MAX_MEMBERS:,} are accepted.")
+        raise ModelRejected(f"The archive holds {len(infos):,} files; at most {MAX_MEMBERS:,} are accepted.")
     total = sum(info.file_size for info in infos)
     if total > max_unpacked_bytes:
-        raise ModelRejected(f"The archive unpacks to {total:,} bytes; at most "
-                            f"{max_unpacked_bytes:,} are accepted.")
+        raise ModelRejected(
+            f"The archive unpacks to {total:,} bytes; at most {max_unpacked_bytes:,} are accepted."
+        )
 
 
 def _members(archive: zipfile.ZipFile, suffixes: tuple[str, ...]) -> Iterator[tuple[str, bytes]]:
@@ -95,6 +168,7 @@ def _members(archive: zipfile.ZipFile, suffixes: tuple[str, ...]) -> Iterator[tu
 
 
 # TorchScript -----------------------------------------------------------------------------
+
 
 def check_torchscript(path: Path) -> None:
     """Refuse a TorchScript archive whose code calls anything but tensor maths, or whose
@@ -107,12 +181,17 @@ def check_torchscript(path: Path) -> None:
         for name, text in sources.items():
             try:
                 trees[name] = ast.parse(text.decode("utf-8"), filename=Path(name).name)
-            except (SyntaxError, UnicodeDecodeError, ValueError, RecursionError,
-                    MemoryError) as exc:
-                raise ModelRejected(f"The TorchScript code in {Path(name).name} cannot be "
-                                    "checked; Optideck refuses code it cannot read.") from exc
-        defined = {node.name for tree in trees.values() for node in ast.walk(tree)
-                   if isinstance(node, ast.FunctionDef | ast.ClassDef)}
+            except (SyntaxError, UnicodeDecodeError, ValueError, RecursionError, MemoryError) as exc:
+                raise ModelRejected(
+                    f"The TorchScript code in {Path(name).name} cannot be "
+                    "checked; Optideck refuses code it cannot read."
+                ) from exc
+        defined = {
+            node.name
+            for tree in trees.values()
+            for node in ast.walk(tree)
+            if isinstance(node, ast.FunctionDef | ast.ClassDef)
+        }
         refused = set()
         for tree in trees.values():
             refused |= _refused_calls(tree, defined)
@@ -120,7 +199,8 @@ def check_torchscript(path: Path) -> None:
             raise ModelRejected(
                 "The TorchScript model calls operations outside Optideck's allowlist of tensor "
                 f"maths: {', '.join(sorted(refused)[:10])}. Files, printing, processes and "
-                "custom C++ classes are not allowed in uploaded models.")
+                "custom C++ classes are not allowed in uploaded models."
+            )
         for name, data in _members(archive, (".pkl",)):
             _check_pickle(name, data)
 
@@ -140,12 +220,19 @@ def _chain(node: ast.AST) -> list[str] | None:
 def _refused_calls(tree: ast.AST, defined: set[str]) -> set[str]:
     refused: set[str] = set()
     inner = set()  # attribute nodes that are part of a longer chain, judged with it
-    assigned = {target.id for node in ast.walk(tree) if isinstance(node, ast.Assign | ast.For)
-                for target in ast.walk(node.targets[0] if isinstance(node, ast.Assign)
-                                       else node.target)
-                if isinstance(target, ast.Name)}
-    arguments = {arg.arg for node in ast.walk(tree) if isinstance(node, ast.arguments)
-                 for arg in (*node.args, *node.kwonlyargs)}
+    assigned = {
+        target.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign | ast.For)
+        for target in ast.walk(node.targets[0] if isinstance(node, ast.Assign) else node.target)
+        if isinstance(target, ast.Name)
+    }
+    arguments = {
+        arg.arg
+        for node in ast.walk(tree)
+        if isinstance(node, ast.arguments)
+        for arg in (*node.args, *node.kwonlyargs)
+    }
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and node not in inner:
             value = node.value
@@ -182,8 +269,11 @@ def _refused_calls(tree: ast.AST, defined: set[str]) -> set[str]:
 def _refused_getattr(node: ast.Call) -> str | None:
     """getattr(obj, "name") as TorchScript writes submodule access (Sequential's "0"): only
     with a constant name, and judged like obj.name when obj is torch or ops."""
-    if len(node.args) != 2 or node.keywords or not (
-            isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)):
+    if (
+        len(node.args) != 2
+        or node.keywords
+        or not (isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str))
+    ):
         return "getattr with a computed name"
     chain = _chain(node.args[0])
     if chain is not None and chain[0] in ("torch", "ops"):
@@ -234,14 +324,18 @@ def _check_global(member: str, module: str, attr: str) -> None:
         return
     if module == "torch" and attr.endswith("Storage"):
         return
-    if (module == "__torch__" or module.startswith("__torch__.")) and \
-            not module.startswith("__torch__.torch.classes"):
+    if (module == "__torch__" or module.startswith("__torch__.")) and not module.startswith(
+        "__torch__.torch.classes"
+    ):
         return  # a TorchScript class of the archive, whose code was checked above
-    raise ModelRejected(f"{Path(member).name} in the archive would build {module}.{attr}; "
-                        "uploaded models may hold tensors and TorchScript objects only.")
+    raise ModelRejected(
+        f"{Path(member).name} in the archive would build {module}.{attr}; "
+        "uploaded models may hold tensors and TorchScript objects only."
+    )
 
 
 # torch.export programs ---------------------------------------------------------------------
+
 
 def check_exported_program(path: Path) -> None:
     """Refuse a .pt2 archive with any pickled payload or a graph calling anything but
@@ -256,20 +350,23 @@ def check_exported_program(path: Path) -> None:
             if "/data/sample_inputs/" in name:
                 continue  # dropped unread before loading (formats.safe_exported_program_copy)
             if name.endswith((".pt", ".pkl", ".pickle", ".pth")):
-                raise ModelRejected("The .pt2 archive stores data as pickles (an old or "
-                                    "custom format); re-save it with torch.export.save.")
+                raise ModelRejected(
+                    "The .pt2 archive stores data as pickles (an old or "
+                    "custom format); re-save it with torch.export.save."
+                )
             if name.endswith(("weights_config.json", "constants_config.json")):
                 _check_payload_config(_json(archive, name))
         program = _json(archive, models[0])
-    refused = sorted({target for target in _graph_targets(program)
-                      if not _allowed_target(target)})
+    refused = sorted({target for target in _graph_targets(program) if not _allowed_target(target)})
     if refused:
         raise ModelRejected(
             "The exported program calls operations outside Optideck's allowlist of tensor "
-            f"maths: {', '.join(refused[:10])}.")
+            f"maths: {', '.join(refused[:10])}."
+        )
     if _has_custom_objects(program):
-        raise ModelRejected("The exported program holds custom objects; Optideck accepts "
-                            "tensor programs only.")
+        raise ModelRejected(
+            "The exported program holds custom objects; Optideck accepts tensor programs only."
+        )
 
 
 def _json(archive: zipfile.ZipFile, name: str):
@@ -285,11 +382,14 @@ def _check_payload_config(config) -> None:
         raise ModelRejected("The .pt2 archive's payload description is damaged.")
     for fqn, meta in entries.items():
         if not isinstance(meta, dict) or meta.get("use_pickle"):
-            raise ModelRejected(f"The .pt2 archive stores {str(fqn)[:80]!r} as a pickle; "
-                                "Optideck accepts only plain tensor payloads.")
+            raise ModelRejected(
+                f"The .pt2 archive stores {str(fqn)[:80]!r} as a pickle; "
+                "Optideck accepts only plain tensor payloads."
+            )
         if str(meta.get("path_name", "")).startswith(("custom_obj", "opaque_obj")):
-            raise ModelRejected(f"The .pt2 archive holds a custom object ({str(fqn)[:80]!r}); "
-                                "Optideck accepts only tensors.")
+            raise ModelRejected(
+                f"The .pt2 archive holds a custom object ({str(fqn)[:80]!r}); Optideck accepts only tensors."
+            )
 
 
 def _walk(value) -> Iterator[dict]:
@@ -323,6 +423,7 @@ def _has_custom_objects(program) -> bool:
 
 # ONNX ---------------------------------------------------------------------------------------
 
+
 def check_onnx(model) -> None:
     """Refuse an ONNX model that would read files next to it or need a custom-op library."""
     import onnx
@@ -336,14 +437,16 @@ def check_onnx(model) -> None:
             if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
                 raise ModelRejected(
                     "The ONNX model keeps weights in external files; save it as one file "
-                    "(onnx.save(..., save_as_external_data=False)).")
+                    "(onnx.save(..., save_as_external_data=False))."
+                )
     for function in model.functions:
         unknown |= {node.domain for node in function.node} - allowed
     if unknown:
         raise ModelRejected(
             f"The ONNX model uses operators of the domain(s) {', '.join(sorted(unknown))}, "
             "which need a custom-operator library; only ONNX's own operators and ONNX "
-            "Runtime's built-in ones are accepted.")
+            "Runtime's built-in ones are accepted."
+        )
 
 
 def _onnx_graphs(model):
@@ -351,8 +454,12 @@ def _onnx_graphs(model):
     import onnx
 
     stack = [model.graph]
-    stack.extend(node_graph for function in model.functions for node in function.node
-                 for node_graph in _attribute_graphs(node, onnx))
+    stack.extend(
+        node_graph
+        for function in model.functions
+        for node in function.node
+        for node_graph in _attribute_graphs(node, onnx)
+    )
     while stack:
         graph = stack.pop()
         yield graph
@@ -386,6 +493,7 @@ def _graph_tensors(graph, onnx):
 
 # Evaluation data ----------------------------------------------------------------------------
 
+
 def check_npz(path: Path, members: set[str], max_bytes: int) -> dict[str, tuple]:
     """Every member of an evaluation .npz is one we use, holds plain numbers and fits the
     limit, judged from the zip directory and the .npy headers before any array is read.
@@ -396,23 +504,28 @@ def check_npz(path: Path, members: set[str], max_bytes: int) -> dict[str, tuple]
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
             if len(infos) > len(members):
-                raise DatasetRejected(f"The evaluation .npz holds {len(infos)} arrays; it may "
-                                      f"hold only {_listed(members)}.")
+                raise DatasetRejected(
+                    f"The evaluation .npz holds {len(infos)} arrays; it may hold only {_listed(members)}."
+                )
             for info in infos:
                 name = info.filename.removesuffix(".npy")
                 if name not in members or name in shapes:
-                    raise DatasetRejected(f"The evaluation .npz holds an array named "
-                                          f"{name[:60]!r}; it may hold only {_listed(members)}.")
+                    raise DatasetRejected(
+                        f"The evaluation .npz holds an array named "
+                        f"{name[:60]!r}; it may hold only {_listed(members)}."
+                    )
                 if info.file_size > max_bytes:
-                    raise DatasetRejected(f"'{name}' unpacks to {info.file_size:,} bytes; the "
-                                          f"limit is {max_bytes:,}.")
+                    raise DatasetRejected(
+                        f"'{name}' unpacks to {info.file_size:,} bytes; the limit is {max_bytes:,}."
+                    )
                 with archive.open(info) as member:
                     shape, dtype = _npy_header(member, name)
                 count = int(np.prod(shape, dtype=np.float64))
                 total += count * dtype.itemsize
                 if total > max_bytes:
-                    raise DatasetRejected(f"The evaluation arrays hold more than the limit of "
-                                          f"{max_bytes:,} bytes.")
+                    raise DatasetRejected(
+                        f"The evaluation arrays hold more than the limit of {max_bytes:,} bytes."
+                    )
                 shapes[name] = shape
     except DatasetRejected:
         raise

@@ -31,9 +31,15 @@ import traceback
 BEAT_SECONDS = 1.0
 # Libraries say "out of memory" in their own words when an allocation hits the sandbox's
 # memory limit; these are the ones seen from numpy, torch and ONNX Runtime.
-ALLOCATION_FAILURES = ("bad_alloc", "bad allocation", "can't allocate memory",
-                       "failed to allocate memory", "out of memory", "cannot allocate memory",
-                       "unable to allocate")
+ALLOCATION_FAILURES = (
+    "bad_alloc",
+    "bad allocation",
+    "can't allocate memory",
+    "failed to allocate memory",
+    "out of memory",
+    "cannot allocate memory",
+    "unable to allocate",
+)
 
 
 class Channel:
@@ -89,7 +95,8 @@ def _failure(exc: BaseException, limits: dict) -> tuple[str, str]:
     if isinstance(exc, MemoryError) or any(word in text for word in ALLOCATION_FAILURES):
         exc = ResourceLimit(
             "The model needed more memory than the sandbox allows "
-            f"({limits.get('memory_mb', '?')} MB, sandbox.memory_mb).")
+            f"({limits.get('memory_mb', '?')} MB, sandbox.memory_mb)."
+        )
     if isinstance(exc, EngineError):
         return exc.kind, exc.message
     return "internal_error", f"{type(exc).__name__}: {public_message(exc)}"
@@ -100,9 +107,13 @@ def _analyse(job: dict, channel: Channel) -> None:
 
     from .analysis import analyse
 
-    analysis = analyse(Path(job["model_path"]), job["threads"], job.get("input_shape"),
-                       Path(job["eval_data_path"]) if job.get("eval_data_path") else None,
-                       job["limits"]["max_unpacked_bytes"])
+    analysis = analyse(
+        Path(job["model_path"]),
+        job["threads"],
+        job.get("input_shape"),
+        Path(job["eval_data_path"]) if job.get("eval_data_path") else None,
+        job["limits"]["max_unpacked_bytes"],
+    )
     channel.send("result", analysis)
 
 
@@ -115,8 +126,7 @@ def _session(job: dict, channel: Channel) -> None:
         outcome = run_session(
             SessionJob(**fields, max_unpacked_bytes=job["limits"]["max_unpacked_bytes"]),
             progress=lambda pct, step: channel.send("progress", pct, step),
-            event=lambda kind, step, message, data: channel.send("event", kind, step, message,
-                                                                 data),
+            event=lambda kind, step, message, data: channel.send("event", kind, step, message, data),
             cancelled=channel.checkpoint,
             phase=lambda name: channel.send("phase", name),
         )

@@ -27,16 +27,19 @@ def init_app(app: Flask) -> None:
 
     app.extensions["optideck.admission"] = Admission(app.config["OPTIDECK"])
     app.extensions["optideck.access_watch"] = AccessWatch(app)
-    app.config.setdefault("SOCK_SERVER_OPTIONS", {
-        "ping_interval": app.config["OPTIDECK"]["live"]["ping_seconds"],
-        # Clients send only small JSON actions; a stranger may not buffer megabytes in
-        # the seconds it has to authenticate.
-        "max_message_size": MAX_MESSAGE_BYTES,
-        "event_class": WakingEvent,
-        # Each connection's reader thread may outlive its handler by a ping interval (when
-        # gunicorn closes the socket under it); as a daemon it cannot hold up a worker's exit.
-        "thread_class": functools.partial(threading.Thread, daemon=True),
-    })
+    app.config.setdefault(
+        "SOCK_SERVER_OPTIONS",
+        {
+            "ping_interval": app.config["OPTIDECK"]["live"]["ping_seconds"],
+            # Clients send only small JSON actions; a stranger may not buffer megabytes in
+            # the seconds it has to authenticate.
+            "max_message_size": MAX_MESSAGE_BYTES,
+            "event_class": WakingEvent,
+            # Each connection's reader thread may outlive its handler by a ping interval (when
+            # gunicorn closes the socket under it); as a daemon it cannot hold up a worker's exit.
+            "thread_class": functools.partial(threading.Thread, daemon=True),
+        },
+    )
     sock.init_app(app)
 
     @app.before_request
@@ -45,14 +48,22 @@ def init_app(app: Flask) -> None:
         # zlib state cost ~150 KiB and every message a compression (bench/live_fanout.py).
         if request.path in ("/ws", "/api/v1/ws"):
             request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
+
     ws_rule = next(rule for rule in app.url_map.iter_rules() if rule.rule == "/api/v1/ws")
-    api.spec.path(rule=ws_rule, operations={"get": {
-        "tags": ["Live events"],
-        "summary": "WebSocket of JSON events (upgrade with a WebSocket client)",
-        "description": WS_DOC,
-        "responses": {"101": {"description": "Switching to the WebSocket protocol."},
-                      "default": {"$ref": "#/components/responses/DEFAULT_ERROR"}},
-    }})
+    api.spec.path(
+        rule=ws_rule,
+        operations={
+            "get": {
+                "tags": ["Live events"],
+                "summary": "WebSocket of JSON events (upgrade with a WebSocket client)",
+                "description": WS_DOC,
+                "responses": {
+                    "101": {"description": "Switching to the WebSocket protocol."},
+                    "default": {"$ref": "#/components/responses/DEFAULT_ERROR"},
+                },
+            }
+        },
+    )
 
 
 WS_DOC = """Connect with a WebSocket client; authenticate with `Authorization: Bearer <token>`

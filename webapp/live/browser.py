@@ -26,9 +26,14 @@ TOAST_EVENTS = {"session_completed": "completed", "session_failed": "failed"}
 
 def _session_fragment(user: User, session: OptimizationSession) -> str:
     return render_template(
-        "sessions/_live.html", oob=True, session=session, s=optimization.summary(session),
-        events=optimization.events(session), results=session.results or {},
-        can_change=visibility.can_change(user, session.owner_id))
+        "sessions/_live.html",
+        oob=True,
+        session=session,
+        s=optimization.summary(session),
+        events=optimization.events(session),
+        results=session.results or {},
+        can_change=visibility.can_change(user, session.owner_id),
+    )
 
 
 class Row(str):
@@ -39,8 +44,14 @@ class Row(str):
 
 
 def _row_fragment(user: User, session: OptimizationSession) -> Row:
-    return Row(render_template("sessions/_row.html", oob=True, s=optimization.summary(session),
-                               show_owner=visibility.sees_everything(user)))
+    return Row(
+        render_template(
+            "sessions/_row.html",
+            oob=True,
+            s=optimization.summary(session),
+            show_owner=visibility.sees_everything(user),
+        )
+    )
 
 
 def _messages(fragments: list[str]) -> list[str]:
@@ -52,9 +63,9 @@ def _messages(fragments: list[str]) -> list[str]:
 def _dashboard_fragment(user: User) -> str:
     lists = dashboard.safely(dashboard.active_and_recent, user)
     active, recent = lists if lists is not None else ([], None)
-    return (render_template("dashboard/_live.html", oob=True, stats=dashboard.cached_stats(user),
-                            active=active)
-            + render_template("dashboard/_recent.html", oob=True, recent=recent))
+    return render_template(
+        "dashboard/_live.html", oob=True, stats=dashboard.cached_stats(user), active=active
+    ) + render_template("dashboard/_recent.html", oob=True, recent=recent)
 
 
 def _status_fragment(status: dict) -> str:
@@ -62,8 +73,12 @@ def _status_fragment(status: dict) -> str:
 
 
 def _toast(session: OptimizationSession, event: str) -> str:
-    return render_template("_toast.html", session_id=session.id, outcome=TOAST_EVENTS[event],
-                           model=session.model.name if session.model else "a model")
+    return render_template(
+        "_toast.html",
+        session_id=session.id,
+        outcome=TOAST_EVENTS[event],
+        model=session.model.name if session.model else "a model",
+    )
 
 
 def _alert(alert: dict) -> str:
@@ -118,8 +133,7 @@ class FragmentStream(LiveStream):
 
     def deliver(self, batch: list[Notification]) -> list[str]:
         sessions = [n for n in batch if n.event.startswith("session_")]
-        out = self._sessions([n.data["session_id"] for n in sessions],
-                             [n.event for n in sessions])
+        out = self._sessions([n.data["session_id"] for n in sessions], [n.event for n in sessions])
         for notification in batch:
             if notification.event == "alert":
                 out.append(_alert(notification.data))

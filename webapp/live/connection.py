@@ -130,13 +130,15 @@ def changed_sessions(user: User, since: datetime | None, active: bool = False):
     if since is not None:
         condition = OptimizationSession.updated_at >= since
     if active:
-        running = OptimizationSession.status.in_(
-            (SessionStatus.QUEUED.value, SessionStatus.RUNNING.value))
+        running = OptimizationSession.status.in_((SessionStatus.QUEUED.value, SessionStatus.RUNNING.value))
         condition = running if condition is None else condition | running
     if condition is None:
         return []
-    return list(db.session.scalars(query.where(condition).order_by(
-        OptimizationSession.updated_at, OptimizationSession.id)))
+    return list(
+        db.session.scalars(
+            query.where(condition).order_by(OptimizationSession.updated_at, OptimizationSession.id)
+        )
+    )
 
 
 def drain_latest(subscription, first: Notification) -> list[Notification]:
@@ -152,9 +154,11 @@ def drain_latest(subscription, first: Notification) -> list[Notification]:
     for index, item in enumerate(batch):
         if item.event == "session_progress":
             latest_progress[item.data.get("session_id")] = index
-    return [item for index, item in enumerate(batch)
-            if item.event != "session_progress"
-            or latest_progress.get(item.data.get("session_id")) == index]
+    return [
+        item
+        for index, item in enumerate(batch)
+        if item.event != "session_progress" or latest_progress.get(item.data.get("session_id")) == index
+    ]
 
 
 # Changes reach the database before their event is published, from one executor thread;
@@ -225,8 +229,7 @@ class LiveStream(ABC):
         """The account afresh, so every later event is filtered by its new role; then the
         state as that role sees it."""
         self.user = db.session.get(User, self.user_id)
-        log.info("%s stream of user %s follows its new role %s",
-                 self.endpoint, self.user_id, self.user.role)
+        log.info("%s stream of user %s follows its new role %s", self.endpoint, self.user_id, self.user.role)
         return self.resync(f"your role changed to {self.user.role}")
 
     def _catch_up(self, messages) -> None:

@@ -55,8 +55,13 @@ def _authenticate(ws):
         first = _first_message(ws)
         if first is None:
             seconds = current_app.config["OPTIDECK"]["live"]["auth_timeout_seconds"]
-            ws.send(error("token_missing", f"Authenticate within {seconds:g} seconds: send "
-                          "'Authorization: Bearer <token>' or {\"action\": \"auth\", ...} first."))
+            ws.send(
+                error(
+                    "token_missing",
+                    f"Authenticate within {seconds:g} seconds: send "
+                    '\'Authorization: Bearer <token>\' or {"action": "auth", ...} first.',
+                )
+            )
             raise Refused("authentication timed out")
         try:
             data = parse_json(first or "")
@@ -85,8 +90,11 @@ class EventStream(LiveStream):
         out = [message("system_status", system_status.current())]
         for session in changed_sessions(self.user, self.since, active=True):
             if self.rooms is None or session.id in self.rooms:
-                out.append(message(EVENT_FOR_STATUS[session.status],
-                                   optimization.jsonable(optimization.summary(session))))
+                out.append(
+                    message(
+                        EVENT_FOR_STATUS[session.status], optimization.jsonable(optimization.summary(session))
+                    )
+                )
         return out
 
     def resync(self, reason: str) -> list[str]:
@@ -119,8 +127,7 @@ class EventStream(LiveStream):
         action = data.get("action") if isinstance(data, dict) else None
         session_id = data.get("session_id") if isinstance(data, dict) else None
         if action not in ("subscribe", "unsubscribe"):
-            return [error("validation_error",
-                          "Actions: subscribe, unsubscribe (with session_id).")]
+            return [error("validation_error", "Actions: subscribe, unsubscribe (with session_id).")]
         if not isinstance(session_id, int) or isinstance(session_id, bool):
             return [error("validation_error", "session_id must be a number.")]
         if action == "subscribe":

@@ -42,8 +42,7 @@ class AccessWatch:
             self._streams.add(stream)
             # The thread runs only while there are streams to watch.
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="optideck-access-watch",
-                                                daemon=True)
+                self._thread = threading.Thread(target=self._run, name="optideck-access-watch", daemon=True)
                 self._thread.start()
 
     def discard(self, stream) -> None:
@@ -71,12 +70,24 @@ class AccessWatch:
     def review(self, streams: list) -> None:
         user_ids = {stream.user_id for stream in streams}
         token_ids = {stream.token_id for stream in streams if stream.token_id is not None}
-        accounts = {row.id: row for row in db.session.execute(
-            select(User.id, User.active, User.role, User.session_nonce)
-            .where(User.id.in_(user_ids)))}
-        tokens = {row.id: row for row in db.session.execute(
-            select(ApiToken.id, ApiToken.revoked_at, ApiToken.expires_at)
-            .where(ApiToken.id.in_(token_ids)))} if token_ids else {}
+        accounts = {
+            row.id: row
+            for row in db.session.execute(
+                select(User.id, User.active, User.role, User.session_nonce).where(User.id.in_(user_ids))
+            )
+        }
+        tokens = (
+            {
+                row.id: row
+                for row in db.session.execute(
+                    select(ApiToken.id, ApiToken.revoked_at, ApiToken.expires_at).where(
+                        ApiToken.id.in_(token_ids)
+                    )
+                )
+            }
+            if token_ids
+            else {}
+        )
         now = utcnow()
         for stream in streams:
             stream.review(accounts.get(stream.user_id), tokens.get(stream.token_id), now)

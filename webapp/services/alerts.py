@@ -20,21 +20,33 @@ from . import get, metrics
 def _publish(kind: str, level: str, message: str, **data) -> None:
     metrics.ALERTS.labels(kind).inc()
     get("notifications").publish(
-        "alert", {"kind": kind, "level": level, "message": message, **data}, admins_only=True)
+        "alert", {"kind": kind, "level": level, "message": message, **data}, admins_only=True
+    )
 
 
 def session_failed(session: OptimizationSession) -> None:
     model = session.model.name if session.model else f"model {session.model_id}"
-    _publish("session_failed", "error",
-             f"Session {session.id} ({model}) failed: {session.error_message}",
-             session_id=session.id, owner_id=session.owner_id, error_type=session.error_type)
+    _publish(
+        "session_failed",
+        "error",
+        f"Session {session.id} ({model}) failed: {session.error_message}",
+        session_id=session.id,
+        owner_id=session.owner_id,
+        error_type=session.error_type,
+    )
 
 
 class ErrorRateMonitor:
     """Counts /api/ responses in a sliding window and alerts on crossing the threshold."""
 
-    def __init__(self, threshold: float, window_seconds: float, min_requests: int,
-                 min_status: int, clock=time.monotonic):
+    def __init__(
+        self,
+        threshold: float,
+        window_seconds: float,
+        min_requests: int,
+        min_status: int,
+        clock=time.monotonic,
+    ):
         self.threshold, self.window, self.min_requests = threshold, window_seconds, min_requests
         self.min_status, self._clock = min_status, clock
         self._lock = threading.Lock()
@@ -57,23 +69,34 @@ class ErrorRateMonitor:
             self._raised = high
         if not changed:
             return
-        detail = {"error_rate": round(rate, 4), "threshold": self.threshold, "errors": errors,
-                  "requests": requests, "window_seconds": self.window, "state":
-                  "raised" if high else "cleared"}
+        detail = {
+            "error_rate": round(rate, 4),
+            "threshold": self.threshold,
+            "errors": errors,
+            "requests": requests,
+            "window_seconds": self.window,
+            "state": "raised" if high else "cleared",
+        }
         if high:
-            _publish("api_error_rate", "warning",
-                     f"{rate:.0%} of the API's last {requests} responses were errors "
-                     f"(threshold {self.threshold:.0%}).", **detail)
+            _publish(
+                "api_error_rate",
+                "warning",
+                f"{rate:.0%} of the API's last {requests} responses were errors "
+                f"(threshold {self.threshold:.0%}).",
+                **detail,
+            )
         else:
-            _publish("api_error_rate", "info",
-                     f"The API's error rate is back to {rate:.0%}.", **detail)
+            _publish("api_error_rate", "info", f"The API's error rate is back to {rate:.0%}.", **detail)
 
 
 def init_app(app) -> None:
     config = app.config["OPTIDECK"]["alerts"]
-    monitor = ErrorRateMonitor(config["api_error_rate_threshold"],
-                               config["api_error_window_seconds"],
-                               config["api_error_min_requests"], config["api_error_min_status"])
+    monitor = ErrorRateMonitor(
+        config["api_error_rate_threshold"],
+        config["api_error_window_seconds"],
+        config["api_error_min_requests"],
+        config["api_error_min_status"],
+    )
     app.extensions["optideck.error_rate"] = monitor
 
     @app.after_request

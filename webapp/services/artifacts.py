@@ -15,10 +15,16 @@ from ..engine import screening
 from ..engine.errors import ModelRejected
 from . import get
 
-NUMBERS = ("original_latency_ms", "optimized_latency_ms", "accuracy_before", "accuracy_after",
-           "speed_improvement_percent", "speedup", "accuracy_retention_percent")
-OPTIONAL_NUMBERS = ("original_compressed_size_bytes", "optimized_compressed_size_bytes",
-                    "latency_batch_size")
+NUMBERS = (
+    "original_latency_ms",
+    "optimized_latency_ms",
+    "accuracy_before",
+    "accuracy_after",
+    "speed_improvement_percent",
+    "speedup",
+    "accuracy_retention_percent",
+)
+OPTIONAL_NUMBERS = ("original_compressed_size_bytes", "optimized_compressed_size_bytes", "latency_batch_size")
 WORDS = ("accuracy_kind", "evaluation_inputs")
 
 
@@ -60,7 +66,8 @@ def results(outcome, original_size: int, artifact_size: int) -> dict:
     cleaned["original_size_bytes"] = original_size
     cleaned["optimized_size_bytes"] = artifact_size
     cleaned["size_reduction_percent"] = round(
-        100.0 * (original_size - artifact_size) / original_size if original_size else 0.0, 2)
+        100.0 * (original_size - artifact_size) / original_size if original_size else 0.0, 2
+    )
     steps = outcome.get("steps", [])
     if not isinstance(steps, list) or not all(isinstance(step, dict) for step in steps):
         raise Refused("steps is not a list of steps")

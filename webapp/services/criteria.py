@@ -41,8 +41,13 @@ RUNTIMES = ("onnxruntime-cpu",)
 WEIGHT_TOLERANCE = 0.01
 # The most a technique can take off a float32 model's size on disk. Pruning
 # writes zeros densely, so it takes nothing off the file itself.
-BEST_SIZE_REDUCTION = {"int8_dynamic": 75.0, "int8_static": 75.0, "fp16": 50.0,
-                       "pruning": 0.0, "compression": 95.0}
+BEST_SIZE_REDUCTION = {
+    "int8_dynamic": 75.0,
+    "int8_static": 75.0,
+    "fp16": 50.0,
+    "pruning": 0.0,
+    "compression": 95.0,
+}
 
 
 def _finite(**kwargs):
@@ -68,11 +73,11 @@ class CriteriaSchema(Schema):
     min_accuracy_retention_percent = _finite(required=True, validate=validate.Range(min=0, max=100))
     max_size_reduction_percent = _finite(required=True, validate=validate.Range(min=0, max=100))
     max_inference_time_ms = _finite(required=True, validate=validate.Range(min=0))
-    latency_batch_size = fields.Integer(required=True, strict=True,
-                                        validate=validate.Range(min=1, max=4096))
+    latency_batch_size = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=4096))
     latency_tolerance_percent = _finite(required=True, validate=validate.Range(min=0, max=1000))
-    max_optimization_time_minutes = fields.Integer(required=True, strict=True,
-                                                   validate=validate.Range(min=1, max=24 * 60))
+    max_optimization_time_minutes = fields.Integer(
+        required=True, strict=True, validate=validate.Range(min=1, max=24 * 60)
+    )
     weight_accuracy = _finite(required=True, validate=validate.Range(min=0, max=1))
     weight_latency = _finite(required=True, validate=validate.Range(min=0, max=1))
     weight_size = _finite(required=True, validate=validate.Range(min=0, max=1))
@@ -92,8 +97,9 @@ class CriteriaSchema(Schema):
     def _known(value):
         unknown = [t for t in value if t not in TECHNIQUES]
         if unknown:
-            raise ValidationError(f"Not techniques Optideck has: {unknown}; "
-                                  f"choose from {sorted(TECHNIQUES)}.")
+            raise ValidationError(
+                f"Not techniques Optideck has: {unknown}; choose from {sorted(TECHNIQUES)}."
+            )
 
     @validates_schema
     def _weights_sum_to_one(self, data, **kwargs):
@@ -101,8 +107,9 @@ class CriteriaSchema(Schema):
         if all(k in data for k in keys):
             total = sum(data[k] for k in keys)
             if not math.isclose(total, 1.0, abs_tol=WEIGHT_TOLERANCE):
-                raise ValidationError(f"The priority weights sum to {total:g}; they must sum to 1.",
-                                      "weight_size")
+                raise ValidationError(
+                    f"The priority weights sum to {total:g}; they must sum to 1.", "weight_size"
+                )
 
 
 def conflicts(document: dict, has_calibration_data: bool = True) -> dict[str, list[str]]:
@@ -119,18 +126,28 @@ def conflicts(document: dict, has_calibration_data: bool = True) -> dict[str, li
         if target > reachable:
             found["max_size_reduction_percent"] = [
                 f"No enabled technique can take {target:g} % off the size (at most "
-                f"{reachable:g} % with {sorted(usable)})."]
-    if usable == {"quantization"} and document["quantization_mode"] == "int8_static" \
-            and not has_calibration_data:
+                f"{reachable:g} % with {sorted(usable)})."
+            ]
+    if (
+        usable == {"quantization"}
+        and document["quantization_mode"] == "int8_static"
+        and not has_calibration_data
+    ):
         found["quantization_mode"] = [
             "int8 static quantization is the only technique, and no model has evaluation "
-            "data to calibrate on."]
+            "data to calibrate on."
+        ]
     lossy = {"quantization", "pruning", "compression"}
-    if document["min_accuracy_retention_percent"] >= 100 and usable and usable <= lossy \
-            and document["rollback_on_violation"]:
+    if (
+        document["min_accuracy_retention_percent"] >= 100
+        and usable
+        and usable <= lossy
+        and document["rollback_on_violation"]
+    ):
         found["min_accuracy_retention_percent"] = [
             "100 % retention with only lossy techniques rolls back every step; "
-            "allow some loss or leave rollback off."]
+            "allow some loss or leave rollback off."
+        ]
     return found
 
 
@@ -153,8 +170,12 @@ class Criteria:
         return f'"criteria-v{self.version}"'
 
     def as_dict(self) -> dict:
-        return {**self.document, "version": self.version, "updated_at": self.updated_at,
-                "updated_by": self.updated_by}
+        return {
+            **self.document,
+            "version": self.version,
+            "updated_at": self.updated_at,
+            "updated_by": self.updated_by,
+        }
 
 
 def defaults() -> dict:
@@ -175,8 +196,7 @@ def check_defaults(settings: dict) -> None:
 def _from_row(row: CriteriaVersion | None) -> Criteria:
     if row is None:
         return Criteria(0, defaults(), None, None)
-    return Criteria(row.version, dict(row.document), row.created_at, row.created_by_name,
-                    row.reverted_from)
+    return Criteria(row.version, dict(row.document), row.created_at, row.created_by_name, row.reverted_from)
 
 
 def current() -> Criteria:
@@ -184,8 +204,7 @@ def current() -> Criteria:
     found = cache.get(CACHE_KEY)
     if found is not None:
         return found
-    row = db.session.scalar(select(CriteriaVersion).order_by(CriteriaVersion.version.desc())
-                            .limit(1))
+    row = db.session.scalar(select(CriteriaVersion).order_by(CriteriaVersion.version.desc()).limit(1))
     criteria = _from_row(row)
     cache.set(CACHE_KEY, criteria, timeout=0)
     return criteria
@@ -210,33 +229,46 @@ def validate_document(data: dict) -> dict:
     try:
         return CriteriaSchema().load(data)
     except ValidationError as exc:
-        raise ServiceError(400, "validation_error", "Some criteria are invalid; see details.",
-                           exc.normalized_messages()) from exc
+        raise ServiceError(
+            400, "validation_error", "Some criteria are invalid; see details.", exc.normalized_messages()
+        ) from exc
 
 
 def _has_calibration_data() -> bool:
     from ..models import ModelMetadata
 
-    return bool(db.session.scalar(select(func.count()).select_from(ModelMetadata).where(
-        ModelMetadata.deleted_at.is_(None), ModelMetadata.eval_data_sha256.is_not(None))))
+    return bool(
+        db.session.scalar(
+            select(func.count())
+            .select_from(ModelMetadata)
+            .where(ModelMetadata.deleted_at.is_(None), ModelMetadata.eval_data_sha256.is_not(None))
+        )
+    )
 
 
 def save(data: dict, based_on: int | None, by: User, reverted_from: int | None = None) -> Criteria:
     """Store `data` as the next version, if `based_on` is still the current one."""
     document = validate_document(data)
     if based_on is None:
-        raise ServiceError(428, "precondition_required",
-                           "Say which version you edited: an If-Match header or a `version` field.",
-                           {"version": ["Required."]})
+        raise ServiceError(
+            428,
+            "precondition_required",
+            "Say which version you edited: an If-Match header or a `version` field.",
+            {"version": ["Required."]},
+        )
     clash = conflicts(document, _has_calibration_data())
     if clash:
-        raise ServiceError(409, "conflict", "The criteria contradict each other; see details.",
-                           clash)
+        raise ServiceError(409, "conflict", "The criteria contradict each other; see details.", clash)
     latest = current_number()
     if based_on != latest:
         raise _stale(based_on, latest)
-    row = CriteriaVersion(version=latest + 1, document=document, created_by_id=by.id,
-                          created_by_name=by.username, reverted_from=reverted_from)
+    row = CriteriaVersion(
+        version=latest + 1,
+        document=document,
+        created_by_id=by.id,
+        created_by_name=by.username,
+        reverted_from=reverted_from,
+    )
     db.session.add(row)
     try:
         db.session.flush()
@@ -244,11 +276,14 @@ def save(data: dict, based_on: int | None, by: User, reverted_from: int | None =
         # Another process saved version latest + 1 between our read and our write.
         db.session.rollback()
         raise _stale(based_on, current_number()) from None
-    audit.record("criteria.revert" if reverted_from is not None else "criteria.save", user=by,
-                 resource=f"criteria:v{row.version}",
-                 detail=f"based on v{based_on}" + (f", restoring v{reverted_from}"
-                                                   if reverted_from is not None else ""),
-                 commit=False)
+    audit.record(
+        "criteria.revert" if reverted_from is not None else "criteria.save",
+        user=by,
+        resource=f"criteria:v{row.version}",
+        detail=f"based on v{based_on}"
+        + (f", restoring v{reverted_from}" if reverted_from is not None else ""),
+        commit=False,
+    )
     db.session.commit()
     cache.delete(CACHE_KEY)
     return _from_row(row)
@@ -267,11 +302,11 @@ def current_number() -> int:
 def _stale(based_on: int, latest: int) -> ServiceError:
     current_criteria = get_version(latest)
     return ServiceError(
-        409, "stale_version",
+        409,
+        "stale_version",
         f"You edited version {based_on}, but version {latest} was saved meanwhile "
         f"by {current_criteria.updated_by or 'the defaults'}. Review it and save again.",
-        {"current_version": latest,
-         "current": {**current_criteria.document, "version": latest}},
+        {"current_version": latest, "current": {**current_criteria.document, "version": latest}},
     )
 
 

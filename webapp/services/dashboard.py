@@ -58,8 +58,9 @@ def _scope_key(user: User) -> str:
 
 
 def cached_stats(user: User) -> dict:
-    return cached_for_generation(user, "dashboard:stats", lambda: stats(user),
-                                 keep=lambda fresh: not fresh["unavailable"])
+    return cached_for_generation(
+        user, "dashboard:stats", lambda: stats(user), keep=lambda fresh: not fresh["unavailable"]
+    )
 
 
 def _scoped(query, user: User):
@@ -78,14 +79,19 @@ def _model_count(user: User) -> dict:
 def _session_figures(user: User) -> dict:
     # One pass over ix_sessions_status_results (status, size, speed), without touching the
     # rows, gives the counts by status and the averages over completed sessions.
-    rows = db.session.execute(_scoped(
-        select(OptimizationSession.status, func.count(),
-               func.avg(OptimizationSession.size_reduction_percent),
-               func.avg(OptimizationSession.speed_improvement_percent))
-        .group_by(OptimizationSession.status), user)).all()
+    rows = db.session.execute(
+        _scoped(
+            select(
+                OptimizationSession.status,
+                func.count(),
+                func.avg(OptimizationSession.size_reduction_percent),
+                func.avg(OptimizationSession.speed_improvement_percent),
+            ).group_by(OptimizationSession.status),
+            user,
+        )
+    ).all()
     by_status = {status: count for status, count, _, _ in rows}
-    completed = next((row for row in rows if row[0] == SessionStatus.COMPLETED.value),
-                     (None, 0, None, None))
+    completed = next((row for row in rows if row[0] == SessionStatus.COMPLETED.value), (None, 0, None, None))
     return {
         "total_sessions": sum(by_status.values()),
         "active_optimizations": sum(by_status.get(s, 0) for s in ACTIVE_STATUSES),
@@ -102,8 +108,14 @@ PARTS = {
 }
 PART_FIELDS = {
     "total_models": ("total_models",),
-    "sessions": ("total_sessions", "active_optimizations", "completed_optimizations",
-                 "failed_optimizations", "average_size_reduction", "average_speed_improvement"),
+    "sessions": (
+        "total_sessions",
+        "active_optimizations",
+        "completed_optimizations",
+        "failed_optimizations",
+        "average_size_reduction",
+        "average_speed_improvement",
+    ),
 }
 
 
@@ -136,22 +148,33 @@ def active_and_recent(user: User, recent: int = 8) -> tuple[list[dict], list[dic
     base = optimization.query_for(user)
     active = db.session.scalars(
         base.where(OptimizationSession.status.in_(ACTIVE_STATUSES))
-        .order_by(OptimizationSession.created_at.desc()).limit(20))
+        .order_by(OptimizationSession.created_at.desc())
+        .limit(20)
+    )
     finished = db.session.scalars(
         base.where(OptimizationSession.status.in_(FINISHED_STATUSES))
-        .order_by(OptimizationSession.completed_at.desc()).limit(recent))
+        .order_by(OptimizationSession.completed_at.desc())
+        .limit(recent)
+    )
     return ([optimization.summary(s) for s in active], [optimization.summary(s) for s in finished])
 
 
 def chart(user: User, width: int = 640, height: int = 200) -> dict | None:
     """Size reduction and speed-up of the latest completed sessions, as SVG coordinates."""
     rows = db.session.execute(
-        optimization.query_for(user).with_only_columns(
-            OptimizationSession.id, OptimizationSession.completed_at,
-            OptimizationSession.size_reduction_percent, OptimizationSession.speed_improvement_percent)
-        .where(OptimizationSession.status == SessionStatus.COMPLETED.value,
-               OptimizationSession.size_reduction_percent.is_not(None))
-        .order_by(OptimizationSession.completed_at.desc()).limit(CHART_POINTS)
+        optimization.query_for(user)
+        .with_only_columns(
+            OptimizationSession.id,
+            OptimizationSession.completed_at,
+            OptimizationSession.size_reduction_percent,
+            OptimizationSession.speed_improvement_percent,
+        )
+        .where(
+            OptimizationSession.status == SessionStatus.COMPLETED.value,
+            OptimizationSession.size_reduction_percent.is_not(None),
+        )
+        .order_by(OptimizationSession.completed_at.desc())
+        .limit(CHART_POINTS)
     ).all()[::-1]
     if len(rows) < 2:
         return None
@@ -166,11 +189,15 @@ def chart(user: User, width: int = 640, height: int = 200) -> dict | None:
         return round(height - pad - fraction * (height - 2 * pad), 1)
 
     size_points = [(x(i), y(max(0.0, r.size_reduction_percent) / 100)) for i, r in enumerate(rows)]
-    speed_points = [(x(i), y((1 + r.speed_improvement_percent / 100) / top))
-                    for i, r in enumerate(rows)]
+    speed_points = [(x(i), y((1 + r.speed_improvement_percent / 100) / top)) for i, r in enumerate(rows)]
     return {
-        "width": width, "height": height, "pad": pad, "top_speedup": top,
+        "width": width,
+        "height": height,
+        "pad": pad,
+        "top_speedup": top,
         "size": " ".join(f"{a},{b}" for a, b in size_points),
         "speed": " ".join(f"{a},{b}" for a, b in speed_points),
-        "first": rows[0].completed_at, "last": rows[-1].completed_at, "count": len(rows),
+        "first": rows[0].completed_at,
+        "last": rows[-1].completed_at,
+        "count": len(rows),
     }

@@ -89,8 +89,7 @@ class LocalExecutor:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._stop.clear()
-                self._thread = threading.Thread(target=self._loop, daemon=True,
-                                                name="optideck-executor")
+                self._thread = threading.Thread(target=self._loop, daemon=True, name="optideck-executor")
                 self._thread.start()
 
     def wake(self) -> None:
@@ -113,8 +112,9 @@ class LocalExecutor:
         with self.app.app_context():
             for running in list(self._running.values()):
                 running.worker.kill()
-                optimization.record_failed(running.session_id, "worker_lost",
-                                           "The server shut down while the session ran.")
+                optimization.record_failed(
+                    running.session_id, "worker_lost", "The server shut down while the session ran."
+                )
                 self._forget(running)
             db.session.remove()
         self._drop_spare()
@@ -144,8 +144,7 @@ class LocalExecutor:
             optimization.fail_stale(self.heartbeat_timeout)
             # Warm one worker now, so that the first session starts at once too.
             self._drop_spare()
-            self._spare = self.sandbox.start(
-                "session", self.app.config["OPTIDECK"]["criteria"]["threads"])
+            self._spare = self.sandbox.start("session", self.app.config["OPTIDECK"]["criteria"]["threads"])
             while not self._stop.is_set():
                 try:
                     self._tick()
@@ -181,16 +180,15 @@ class LocalExecutor:
                 taken = self._take_worker(int(job["criteria"]["threads"]))
                 job["model_path"] = str(taken.place(Path(job["model_path"]), "model"))
                 if job["eval_data_path"]:
-                    job["eval_data_path"] = str(taken.place(Path(job["eval_data_path"]),
-                                                            "eval.npz"))
-                job.update(kind="session", work_dir=taken.out_path(),
-                           limits=self.sandbox.limits.for_job())
+                    job["eval_data_path"] = str(taken.place(Path(job["eval_data_path"]), "eval.npz"))
+                job.update(kind="session", work_dir=taken.out_path(), limits=self.sandbox.limits.for_job())
                 taken.send(job)
             except OSError as exc:
                 if taken is not None:
                     taken.close()
-                optimization.record_failed(session.id, "worker_lost",
-                                           f"Could not start a worker: {exc.strerror or exc}")
+                optimization.record_failed(
+                    session.id, "worker_lost", f"Could not start a worker: {exc.strerror or exc}"
+                )
                 continue
             self._running[session.id] = _Running(session.id, taken, job["deadline"])
             log.info("session %s runs in sandboxed worker pid %s", session.id, taken.pid)
@@ -213,10 +211,13 @@ class LocalExecutor:
                 try:
                     self._handle(running, message)
                 except (TypeError, ValueError, IndexError, KeyError) as exc:
-                    log.warning("session %s: malformed worker message %r: %s",
-                                running.session_id, str(message)[:200], exc)
-                    self._fail(running, "worker_lost", "The worker broke the protocol and "
-                               "was stopped.")
+                    log.warning(
+                        "session %s: malformed worker message %r: %s",
+                        running.session_id,
+                        str(message)[:200],
+                        exc,
+                    )
+                    self._fail(running, "worker_lost", "The worker broke the protocol and was stopped.")
 
     def _handle(self, running: _Running, message: list) -> None:
         kind, *args = message
@@ -229,9 +230,13 @@ class LocalExecutor:
             optimization.record_progress(session_id, pct, step)
         elif kind == "event":
             data = args[3] if isinstance(args[3], dict) else {}
-            optimization.record_event(session_id, str(args[0])[:32],
-                                      None if args[1] is None else str(args[1])[:64],
-                                      str(args[2])[:2000], data)
+            optimization.record_event(
+                session_id,
+                str(args[0])[:32],
+                None if args[1] is None else str(args[1])[:64],
+                str(args[2])[:2000],
+                data,
+            )
         elif kind == "phase":
             running.phase = str(args[0])
         elif kind == "completed":
@@ -253,12 +258,14 @@ class LocalExecutor:
         except subprocess.TimeoutExpired:
             worker.kill()  # it has said all it had to say
         try:
-            artifact = worker.take_output(ARTIFACT_NAME, self.app.extensions["optideck.blobs"]
-                                          .tmp_dir, self.output_limit)
+            artifact = worker.take_output(
+                ARTIFACT_NAME, self.app.extensions["optideck.blobs"].tmp_dir, self.output_limit
+            )
         except SandboxError as exc:
             log.warning("session %s: %s", running.session_id, exc)
-            optimization.record_failed(running.session_id, "worker_lost",
-                                       "The worker finished without a usable optimized model.")
+            optimization.record_failed(
+                running.session_id, "worker_lost", "The worker finished without a usable optimized model."
+            )
             return
         optimization.record_completed(running.session_id, outcome, artifact)
 
@@ -284,8 +291,9 @@ class LocalExecutor:
                     optimization.record_cancelled(running.session_id)
                 else:
                     error_type, message = worker.exit_reason()
-                    log.info("session %s: worker ended: %s\n%s", running.session_id, message,
-                             worker.stderr_tail())
+                    log.info(
+                        "session %s: worker ended: %s\n%s", running.session_id, message, worker.stderr_tail()
+                    )
                     optimization.record_failed(running.session_id, error_type, message)
             self._forget(running)
 
@@ -304,8 +312,9 @@ class LocalExecutor:
                 optimization.record_heartbeat(running.session_id)
             if running.cancel_sent_at is not None:
                 if now - running.cancel_sent_at > self.grace:
-                    log.warning("session %s ignored cancel; killing pid %s",
-                                running.session_id, running.worker.pid)
+                    log.warning(
+                        "session %s ignored cancel; killing pid %s", running.session_id, running.worker.pid
+                    )
                     running.worker.kill()
                 continue
             problem = self._watchdog(running, now)
@@ -316,19 +325,25 @@ class LocalExecutor:
         if time.time() > running.deadline + self.grace:
             return "timeout", "The session ran past its time limit and was stopped."
         if running.phase == "inference" and now - running.last_beat > self.inference_timeout:
-            return "stalled", (f"The model stopped making progress: one run of it took longer "
-                               f"than {self.inference_timeout:g} s "
-                               "(executor.inference_timeout_seconds), so its worker was stopped.")
+            return "stalled", (
+                f"The model stopped making progress: one run of it took longer "
+                f"than {self.inference_timeout:g} s "
+                "(executor.inference_timeout_seconds), so its worker was stopped."
+            )
         if now - running.step_started > self.step_timeout:
-            return "stalled", (f"The step {running.step or 'starting'} took longer than "
-                               f"{self.step_timeout:g} s (executor.step_timeout_seconds), so its "
-                               "worker was stopped.")
+            return "stalled", (
+                f"The step {running.step or 'starting'} took longer than "
+                f"{self.step_timeout:g} s (executor.step_timeout_seconds), so its "
+                "worker was stopped."
+            )
         if now - running.output_checked > OUTPUT_CHECK_SECONDS:
             running.output_checked = now
             if running.worker.output_bytes() > self.output_limit:
-                return "resource_limit", (f"The session wrote more than "
-                                          f"{self.output_limit >> 20} MB (sandbox.output_mb) and "
-                                          "was stopped.")
+                return "resource_limit", (
+                    f"The session wrote more than "
+                    f"{self.output_limit >> 20} MB (sandbox.output_mb) and "
+                    "was stopped."
+                )
         return None
 
     def _forget(self, running: _Running) -> None:

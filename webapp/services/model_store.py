@@ -37,16 +37,30 @@ def parse_input_shape(text: str | None):
     try:
         value = parse_json(text)
     except json.JSONDecodeError as exc:
-        raise ServiceError(400, "validation_error", "input_shape is not valid JSON.",
-                           {"input_shape": [f"Not JSON: {exc.msg}. Example: [1, 64]"]}) from exc
+        raise ServiceError(
+            400,
+            "validation_error",
+            "input_shape is not valid JSON.",
+            {"input_shape": [f"Not JSON: {exc.msg}. Example: [1, 64]"]},
+        ) from exc
     if not isinstance(value, list | dict):
-        raise ServiceError(400, "validation_error", "input_shape must be a list or an object.",
-                           {"input_shape": ["Example: [1, 64] or {\"input\": [1, 64]}"]})
+        raise ServiceError(
+            400,
+            "validation_error",
+            "input_shape must be a list or an object.",
+            {"input_shape": ['Example: [1, 64] or {"input": [1, 64]}']},
+        )
     return value
 
 
-def add(owner: User, stream: BinaryIO, filename: str, name: str | None,
-        eval_stream: BinaryIO | None = None, input_shape=None) -> ModelMetadata:
+def add(
+    owner: User,
+    stream: BinaryIO,
+    filename: str,
+    name: str | None,
+    eval_stream: BinaryIO | None = None,
+    input_shape=None,
+) -> ModelMetadata:
     """Store and analyse an upload; on any failure nothing stays behind."""
     # A name taken from the file's name was never checked like a typed one.
     name = (name or printable(Path(filename or "model").stem) or "model").strip()[:MAX_NAME]
@@ -61,20 +75,36 @@ def add(owner: User, stream: BinaryIO, filename: str, name: str | None,
             eval_tmp, eval_sha, _ = _spool(blobs, eval_stream, limit, "eval_data", suffix=".npz")
             spooled.append(eval_tmp)
         analysis = _analyse(model_tmp, eval_tmp, input_shape)
-        version = 1 + (db.session.scalar(
-            select(func.max(ModelMetadata.version)).where(
-                ModelMetadata.name == name, ModelMetadata.owner_id == owner.id)
-        ) or 0)
+        version = 1 + (
+            db.session.scalar(
+                select(func.max(ModelMetadata.version)).where(
+                    ModelMetadata.name == name, ModelMetadata.owner_id == owner.id
+                )
+            )
+            or 0
+        )
         model = ModelMetadata(
-            name=name, version=version, format=analysis["format"], sha256=sha, size_bytes=size,
-            parameter_count=analysis["parameter_count"], input_spec=analysis["inputs"],
-            analysis=analysis, eval_data_sha256=eval_sha, eval_data_summary=analysis["eval_data"],
+            name=name,
+            version=version,
+            format=analysis["format"],
+            sha256=sha,
+            size_bytes=size,
+            parameter_count=analysis["parameter_count"],
+            input_spec=analysis["inputs"],
+            analysis=analysis,
+            eval_data_sha256=eval_sha,
+            eval_data_summary=analysis["eval_data"],
             owner_id=owner.id,
         )
         db.session.add(model)
         db.session.flush()
-        audit.record("model.upload", user=owner, resource=f"model:{model.id}",
-                     detail=f"{model.format} {size} bytes sha256={sha[:12]}", commit=False)
+        audit.record(
+            "model.upload",
+            user=owner,
+            resource=f"model:{model.id}",
+            detail=f"{model.format} {size} bytes sha256={sha[:12]}",
+            commit=False,
+        )
         stored_files.keep(model_tmp, sha, size)
         if eval_tmp is not None:
             stored_files.keep(eval_tmp, eval_sha, eval_tmp.stat().st_size)
@@ -103,7 +133,8 @@ def _analyse(model_path: Path, eval_path: Path | None, input_shape) -> dict:
                 raise EngineError(
                     "TorchScript and .pt2 files carry code, and this server cannot isolate "
                     "the code of uploads (no sandbox works here; see /config). Upload an "
-                    "ONNX export of the model instead.")
+                    "ONNX export of the model instead."
+                )
         if eval_path is not None:
             screening.check_npz(eval_path, datasets.MEMBERS, unpacked)
     except EngineError as exc:
@@ -113,13 +144,18 @@ def _analyse(model_path: Path, eval_path: Path | None, input_shape) -> dict:
     if eval_path is not None:
         inputs["eval_data_path"] = eval_path
     try:
-        message = run_job(sandbox, {"kind": "analyse", "threads": threads,
-                                    "input_shape": input_shape},
-                          inputs, settings["uploads"]["analysis_timeout_seconds"], threads)
+        message = run_job(
+            sandbox,
+            {"kind": "analyse", "threads": threads, "input_shape": input_shape},
+            inputs,
+            settings["uploads"]["analysis_timeout_seconds"],
+            threads,
+        )
     except (SandboxError, OSError) as exc:
         log.warning("analysis worker failed: %s", exc)
-        raise _rejected("crashed", "The analyser failed on this file; it is damaged or not "
-                        "a model.", False) from exc
+        raise _rejected(
+            "crashed", "The analyser failed on this file; it is damaged or not a model.", False
+        ) from exc
     if message[0] == "result" and isinstance(message[1], dict):
         return message[1]
     error_type, text = str(message[1])[:32], str(message[2])[:2000]
@@ -127,20 +163,24 @@ def _analyse(model_path: Path, eval_path: Path | None, input_shape) -> dict:
 
 
 def _rejected(error_type: str, message: str, about_data: bool) -> ServiceError:
-    return ServiceError(422, error_type, message,
-                        {"eval_data" if about_data else "file": [message]})
+    return ServiceError(422, error_type, message, {"eval_data" if about_data else "file": [message]})
 
 
 def _spool(blobs, stream, limit, field, suffix=""):
     try:
         path, sha, size = blobs.spool(stream, limit, suffix=suffix)
     except TooLarge as exc:
-        raise ServiceError(413, "too_large", f"The upload is larger than {limit} bytes.",
-                           {field: [f"Larger than {limit} bytes."]}) from exc
+        raise ServiceError(
+            413,
+            "too_large",
+            f"The upload is larger than {limit} bytes.",
+            {field: [f"Larger than {limit} bytes."]},
+        ) from exc
     if size == 0:
         path.unlink(missing_ok=True)
-        raise ServiceError(400, "validation_error", "The uploaded file is empty.",
-                           {field: ["The file is empty (0 bytes)."]})
+        raise ServiceError(
+            400, "validation_error", "The uploaded file is empty.", {field: ["The file is empty (0 bytes)."]}
+        )
     return path, sha, size
 
 
@@ -156,10 +196,11 @@ def list_for(user: User, search: str = "") -> list[ModelMetadata]:
     query = query_for(user)
     if search.strip():
         text = search.strip()[:200]
-        query = query.where(ModelMetadata.name.icontains(text, autoescape=True)
-                            | ModelMetadata.format.icontains(text, autoescape=True))
-    return list(db.session.scalars(query.order_by(ModelMetadata.created_at.desc(),
-                                                  ModelMetadata.id.desc())))
+        query = query.where(
+            ModelMetadata.name.icontains(text, autoescape=True)
+            | ModelMetadata.format.icontains(text, autoescape=True)
+        )
+    return list(db.session.scalars(query.order_by(ModelMetadata.created_at.desc(), ModelMetadata.id.desc())))
 
 
 def get_for(user: User, model_id: int) -> ModelMetadata:
@@ -174,14 +215,17 @@ def delete(model: ModelMetadata, by: User) -> None:
     if not visibility.can_change(by, model.owner_id):
         audit.deny("model.delete", by, resource=f"model:{model.id}")
     busy = db.session.scalar(
-        select(func.count()).select_from(OptimizationSession).where(
-            OptimizationSession.model_id == model.id,
-            OptimizationSession.status.in_(ACTIVE_STATUSES))
+        select(func.count())
+        .select_from(OptimizationSession)
+        .where(OptimizationSession.model_id == model.id, OptimizationSession.status.in_(ACTIVE_STATUSES))
     )
     if busy:
-        raise ServiceError(409, "conflict",
-                           f"Model {model.id} is used by {busy} queued or running session(s); "
-                           "cancel them or wait for them to finish.")
+        raise ServiceError(
+            409,
+            "conflict",
+            f"Model {model.id} is used by {busy} queued or running session(s); "
+            "cancel them or wait for them to finish.",
+        )
     model.deleted_at = utcnow()
     audit.record("model.delete", user=by, resource=f"model:{model.id}", commit=False)
     # The bytes stay while another model, evaluation set or artifact still needs them.

@@ -19,8 +19,15 @@ from . import metrics
 
 log = logging.getLogger("optideck.notifications")
 
-EVENTS = ("session_started", "session_progress", "session_completed", "session_failed",
-          "session_cancelled", "system_status", "alert")
+EVENTS = (
+    "session_started",
+    "session_progress",
+    "session_completed",
+    "session_failed",
+    "session_cancelled",
+    "system_status",
+    "alert",
+)
 
 
 @dataclass
@@ -29,20 +36,18 @@ class Notification:
     data: dict
     owner_id: int | None  # who may see it (admins see all); None: everyone
     admins_only: bool = False  # alerts: for administrators whoever owns what
-    timestamp: str = field(
-        default_factory=lambda: datetime.now(UTC).isoformat().replace("+00:00", "Z")
-    )
+    timestamp: str = field(default_factory=lambda: datetime.now(UTC).isoformat().replace("+00:00", "Z"))
 
     @cached_property
     def json(self) -> str:
         """The event as scripts receive it; made once, however many clients it goes to."""
-        return json.dumps({"event": self.event, "data": self.data, "timestamp": self.timestamp},
-                          default=str)
+        return json.dumps({"event": self.event, "data": self.data, "timestamp": self.timestamp}, default=str)
 
 
 class Subscription:
-    def __init__(self, service: NotificationService, size: int,
-                 accepts: Callable[[Notification], bool] | None):
+    def __init__(
+        self, service: NotificationService, size: int, accepts: Callable[[Notification], bool] | None
+    ):
         self._service = service
         self.accepts = accepts
         self.size = size
@@ -104,8 +109,9 @@ class NotificationService:
         with self._lock:
             self._subscribers.discard(subscription)
 
-    def publish(self, event: str, data: dict, owner_id: int | None = None,
-                admins_only: bool = False) -> Notification:
+    def publish(
+        self, event: str, data: dict, owner_id: int | None = None, admins_only: bool = False
+    ) -> Notification:
         if event not in EVENTS:
             raise ValueError(f"unknown event {event!r}")
         notification = Notification(event, data, owner_id, admins_only)
@@ -119,6 +125,12 @@ class NotificationService:
             if not subscription.put(notification):
                 metrics.EVENTS_DROPPED.inc()
         metrics.EVENTS_PUBLISHED.labels(event).inc()
-        log.debug("published %s owner=%s admins_only=%s to %d of %d subscribers",
-                  event, owner_id, admins_only, delivered, len(subscribers))
+        log.debug(
+            "published %s owner=%s admins_only=%s to %d of %d subscribers",
+            event,
+            owner_id,
+            admins_only,
+            delivered,
+            len(subscribers),
+        )
         return notification

@@ -29,7 +29,6 @@ from .errors import ServiceError
 log = logging.getLogger("optideck.sessions")
 
 
-
 def current_criteria() -> dict:
     """The optimization criteria new sessions start with (a copy: sessions freeze it)."""
     in_force = criteria_service.current()
@@ -39,27 +38,52 @@ def current_criteria() -> dict:
 def summary(session: OptimizationSession) -> dict:
     """The session as DESIGN.md names it: the API, the pages and live events all use this."""
     model = session.model
-    return _summary(session, model.name if model is not None else None,
-                    model is None or model.deleted_at is not None,
-                    session.owner.username if session.owner else None)
+    return _summary(
+        session,
+        model.name if model is not None else None,
+        model is None or model.deleted_at is not None,
+        session.owner.username if session.owner else None,
+    )
 
 
 def summaries(query) -> list[dict]:
     """summary() of each session `query` selects, read as plain columns: for lists, where
     loading 50 whole sessions (criteria, plan and all) cost more than the rest together."""
-    rows = db.session.execute(query.with_only_columns(
-        *(getattr(OptimizationSession, name) for name in SUMMARY_COLUMNS),
-        ModelMetadata.name.label("model_name"), ModelMetadata.deleted_at.label("model_deleted_at"),
-        ModelMetadata.id.label("model_found"), User.username.label("owner_name"),
-    ).outerjoin(ModelMetadata, ModelMetadata.id == OptimizationSession.model_id)
-     .outerjoin(User, User.id == OptimizationSession.owner_id))
-    return [_summary(row, row.model_name, row.model_found is None or row.model_deleted_at is not None,
-                     row.owner_name) for row in rows]
+    rows = db.session.execute(
+        query.with_only_columns(
+            *(getattr(OptimizationSession, name) for name in SUMMARY_COLUMNS),
+            ModelMetadata.name.label("model_name"),
+            ModelMetadata.deleted_at.label("model_deleted_at"),
+            ModelMetadata.id.label("model_found"),
+            User.username.label("owner_name"),
+        )
+        .outerjoin(ModelMetadata, ModelMetadata.id == OptimizationSession.model_id)
+        .outerjoin(User, User.id == OptimizationSession.owner_id)
+    )
+    return [
+        _summary(
+            row, row.model_name, row.model_found is None or row.model_deleted_at is not None, row.owner_name
+        )
+        for row in rows
+    ]
 
 
-SUMMARY_COLUMNS = ("id", "model_id", "status", "progress", "current_step", "techniques",
-                   "results", "created_at", "updated_at", "started_at", "completed_at",
-                   "estimated_completion_at", "error_type", "error_message")
+SUMMARY_COLUMNS = (
+    "id",
+    "model_id",
+    "status",
+    "progress",
+    "current_step",
+    "techniques",
+    "results",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "completed_at",
+    "estimated_completion_at",
+    "error_type",
+    "error_message",
+)
 
 
 def _summary(s, model_name: str | None, model_deleted: bool, owner: str | None) -> dict:
@@ -92,32 +116,45 @@ def _summary(s, model_name: str | None, model_deleted: bool, owner: str | None) 
 def start(user: User, model_id: int, techniques: list[str], parameters: dict) -> OptimizationSession:
     model = db.session.get(ModelMetadata, model_id)
     if model is None or not visibility.can_see(user, model.owner_id):
-        raise ServiceError(404, "not_found", f"No model {model_id}.",
-                           {"model_id": [f"No model {model_id}."]})
+        raise ServiceError(404, "not_found", f"No model {model_id}.", {"model_id": [f"No model {model_id}."]})
     if model.deleted_at is not None:
-        raise ServiceError(409, "model_deleted", f"Model {model_id} was deleted.",
-                           {"model_id": ["The model was deleted."]})
+        raise ServiceError(
+            409, "model_deleted", f"Model {model_id} was deleted.", {"model_id": ["The model was deleted."]}
+        )
     if not visibility.can_change(user, model.owner_id):
         audit.deny("session.start", user, resource=f"model:{model.id}")
     criteria = current_criteria()
     try:
-        plan = build_plan(model.format, techniques, parameters, criteria,
-                          has_eval_data=model.eval_data_sha256 is not None)
+        plan = build_plan(
+            model.format, techniques, parameters, criteria, has_eval_data=model.eval_data_sha256 is not None
+        )
     except PlanError as exc:
-        raise ServiceError(422 if exc.unprocessable else 400,
-                           "unprocessable" if exc.unprocessable else "validation_error",
-                           exc.message, exc.details) from exc
+        raise ServiceError(
+            422 if exc.unprocessable else 400,
+            "unprocessable" if exc.unprocessable else "validation_error",
+            exc.message,
+            exc.details,
+        ) from exc
     session = OptimizationSession(
-        model_id=model.id, owner_id=user.id, status=SessionStatus.QUEUED.value,
+        model_id=model.id,
+        owner_id=user.id,
+        status=SessionStatus.QUEUED.value,
         techniques=[step["technique"] for step in plan],
         parameters={step["technique"]: step["params"] for step in plan},
-        criteria=criteria, plan=plan, criteria_version=criteria["version"],
+        criteria=criteria,
+        plan=plan,
+        criteria_version=criteria["version"],
     )
     db.session.add(session)
     db.session.flush()
     _event(session, "queued", None, f"Queued with plan: {_plan_text(plan)}")
-    audit.record("session.start", user=user, resource=f"session:{session.id}",
-                 detail=f"model:{model.id} {session.techniques}", commit=False)
+    audit.record(
+        "session.start",
+        user=user,
+        resource=f"session:{session.id}",
+        detail=f"model:{model.id} {session.techniques}",
+        commit=False,
+    )
     db.session.commit()
     dashboard.invalidate()
     get("status").publish_if_changed()
@@ -138,9 +175,11 @@ def query_for(user: User):
 
 def for_model(user: User, model_id: int, limit: int = 50) -> list[OptimizationSession]:
     query = query_for(user).where(OptimizationSession.model_id == model_id)
-    return list(db.session.scalars(
-        query.order_by(OptimizationSession.created_at.desc(), OptimizationSession.id.desc())
-        .limit(limit)))
+    return list(
+        db.session.scalars(
+            query.order_by(OptimizationSession.created_at.desc(), OptimizationSession.id.desc()).limit(limit)
+        )
+    )
 
 
 def get_for(user: User, session_id: int) -> OptimizationSession:
@@ -155,16 +194,17 @@ def cancel(session: OptimizationSession, by: User) -> OptimizationSession:
     if not visibility.can_change(by, session.owner_id):
         audit.deny("session.cancel", by, resource=f"session:{session.id}")
     if session.is_finished:
-        raise ServiceError(409, "conflict",
-                           f"Session {session.id} is already {session.status}; nothing to cancel.")
+        raise ServiceError(
+            409, "conflict", f"Session {session.id} is already {session.status}; nothing to cancel."
+        )
     now = utcnow()
     # Queued: cancelled here and now, unless a worker claimed it meanwhile.
     claimed = db.session.execute(
         update(OptimizationSession)
-        .where(OptimizationSession.id == session.id,
-               OptimizationSession.status == SessionStatus.QUEUED.value)
-        .values(status=SessionStatus.CANCELLED.value, completed_at=now, updated_at=now,
-                cancel_requested_at=now)
+        .where(OptimizationSession.id == session.id, OptimizationSession.status == SessionStatus.QUEUED.value)
+        .values(
+            status=SessionStatus.CANCELLED.value, completed_at=now, updated_at=now, cancel_requested_at=now
+        )
     ).rowcount
     if not claimed:
         # Running: the executor stops the worker within its grace period.
@@ -187,8 +227,9 @@ def events(session: OptimizationSession) -> list[SessionEvent]:
 
 def artifact_path(session: OptimizationSession) -> Path:
     if session.status != SessionStatus.COMPLETED.value or not session.artifact_sha256:
-        raise ServiceError(404, "not_found", f"Session {session.id} has no optimized model "
-                           f"({session.status}).")
+        raise ServiceError(
+            404, "not_found", f"Session {session.id} has no optimized model ({session.status})."
+        )
     path = get("blobs").path_for(session.artifact_sha256)
     if not path.is_file():
         raise ServiceError(404, "not_found", "The optimized model file is missing from storage.")
@@ -203,31 +244,44 @@ def artifact_download_name(session: OptimizationSession) -> str:
 
 # The executor reports what its workers say through the functions below.
 
+
 def claim_next(per_user: int) -> OptimizationSession | None:
     """Take the oldest queued session whose owner runs fewer than `per_user` sessions;
     several dispatchers never take the same one."""
-    busy_owners = (select(OptimizationSession.owner_id)
-                   .where(OptimizationSession.status == SessionStatus.RUNNING.value,
-                          OptimizationSession.owner_id.is_not(None))
-                   .group_by(OptimizationSession.owner_id)
-                   .having(func.count() >= per_user))
+    busy_owners = (
+        select(OptimizationSession.owner_id)
+        .where(
+            OptimizationSession.status == SessionStatus.RUNNING.value,
+            OptimizationSession.owner_id.is_not(None),
+        )
+        .group_by(OptimizationSession.owner_id)
+        .having(func.count() >= per_user)
+    )
     while True:
         candidate = db.session.scalar(
             select(OptimizationSession.id)
-            .where(OptimizationSession.status == SessionStatus.QUEUED.value,
-                   OptimizationSession.owner_id.is_(None)
-                   | OptimizationSession.owner_id.not_in(busy_owners))
-            .order_by(OptimizationSession.created_at, OptimizationSession.id).limit(1)
+            .where(
+                OptimizationSession.status == SessionStatus.QUEUED.value,
+                OptimizationSession.owner_id.is_(None) | OptimizationSession.owner_id.not_in(busy_owners),
+            )
+            .order_by(OptimizationSession.created_at, OptimizationSession.id)
+            .limit(1)
         )
         if candidate is None:
             return None
         now = utcnow()
         won = db.session.execute(
             update(OptimizationSession)
-            .where(OptimizationSession.id == candidate,
-                   OptimizationSession.status == SessionStatus.QUEUED.value)
-            .values(status=SessionStatus.RUNNING.value, started_at=now, updated_at=now,
-                    heartbeat_at=now, current_step="starting")
+            .where(
+                OptimizationSession.id == candidate, OptimizationSession.status == SessionStatus.QUEUED.value
+            )
+            .values(
+                status=SessionStatus.RUNNING.value,
+                started_at=now,
+                updated_at=now,
+                heartbeat_at=now,
+                current_step="starting",
+            )
         ).rowcount
         db.session.commit()
         if won:
@@ -253,8 +307,9 @@ def job_for(session: OptimizationSession) -> dict:
         "steps": session.plan,
         "criteria": criteria,
         "eval_data_path": str(eval_path) if eval_path else None,
-        "deadline": (session.started_at + timedelta(
-            minutes=criteria["max_optimization_time_minutes"])).timestamp(),
+        "deadline": (
+            session.started_at + timedelta(minutes=criteria["max_optimization_time_minutes"])
+        ).timestamp(),
     }
 
 
@@ -310,8 +365,7 @@ def record_completed(session_id: int, outcome: dict, artifact: Path) -> None:
             results = artifacts.results(outcome, session.model.size_bytes, size)
         except artifacts.Refused as exc:
             log.warning("session %s: artifact refused: %s", session_id, exc)
-            record_failed(session_id, "worker_lost",
-                          f"The worker's optimized model was refused: {exc}")
+            record_failed(session_id, "worker_lost", f"The worker's optimized model was refused: {exc}")
             return
         stored_files.keep(artifact, sha, size)
         session.artifact_sha256, session.artifact_size_bytes = sha, size
@@ -326,10 +380,16 @@ def _finish_completed(session: OptimizationSession, results: dict) -> None:
     session.speed_improvement_percent = results["speed_improvement_percent"]
     _finish(session, SessionStatus.COMPLETED, utcnow())
     met = "criteria met" if results["criteria_met"] else "criteria NOT met"
-    _event(session, "completed", None, (
-        f"Done: {results['size_reduction_percent']:.1f} % smaller, "
-        f"{results['speedup']:.2f}x speed, "
-        f"{results['accuracy_retention_percent']:.2f} % accuracy retention; {met}."))
+    _event(
+        session,
+        "completed",
+        None,
+        (
+            f"Done: {results['size_reduction_percent']:.1f} % smaller, "
+            f"{results['speedup']:.2f}x speed, "
+            f"{results['accuracy_retention_percent']:.2f} % accuracy retention; {met}."
+        ),
+    )
     db.session.commit()
     _publish("session_completed", session)
 
@@ -361,23 +421,27 @@ def fail_stale(heartbeat_timeout: float, except_ids: set[int] = frozenset()) -> 
     stale = db.session.scalars(
         select(OptimizationSession.id).where(
             OptimizationSession.status == SessionStatus.RUNNING.value,
-            (OptimizationSession.heartbeat_at.is_(None)) | (OptimizationSession.heartbeat_at < cutoff))
+            (OptimizationSession.heartbeat_at.is_(None)) | (OptimizationSession.heartbeat_at < cutoff),
+        )
     ).all()
     lost = [sid for sid in stale if sid not in except_ids]
     for session_id in lost:
-        record_failed(session_id, "worker_lost",
-                      f"The worker stopped reporting for more than {heartbeat_timeout:g} s.")
+        record_failed(
+            session_id, "worker_lost", f"The worker stopped reporting for more than {heartbeat_timeout:g} s."
+        )
     return lost
 
 
 def cancel_requests(session_ids: list[int]) -> set[int]:
     if not session_ids:
         return set()
-    return set(db.session.scalars(
-        select(OptimizationSession.id).where(
-            OptimizationSession.id.in_(session_ids),
-            OptimizationSession.cancel_requested_at.is_not(None))
-    ))
+    return set(
+        db.session.scalars(
+            select(OptimizationSession.id).where(
+                OptimizationSession.id.in_(session_ids), OptimizationSession.cancel_requested_at.is_not(None)
+            )
+        )
+    )
 
 
 def _finish(session: OptimizationSession, status: SessionStatus, now) -> None:
@@ -390,8 +454,11 @@ def _finish(session: OptimizationSession, status: SessionStatus, now) -> None:
 
 
 def _event(session, kind: str, step: str | None, message: str, data: dict | None = None) -> None:
-    db.session.add(SessionEvent(session_id=session.id, kind=kind, step=step,
-                                progress=session.progress, message=message, data=data))
+    db.session.add(
+        SessionEvent(
+            session_id=session.id, kind=kind, step=step, progress=session.progress, message=message, data=data
+        )
+    )
 
 
 def _publish(event: str, session: OptimizationSession) -> None:

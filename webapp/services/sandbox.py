@@ -74,8 +74,7 @@ class Limits:
     def for_job(self) -> dict:
         """What the worker is told of its limits (to word its errors, and for the archives
         it unpacks)."""
-        return {"memory_mb": self.memory_bytes >> 20,
-                "max_unpacked_bytes": self.max_unpacked_bytes}
+        return {"memory_mb": self.memory_bytes >> 20, "max_unpacked_bytes": self.max_unpacked_bytes}
 
 
 def _code_dirs(protected: list[Path]) -> list[Path]:
@@ -86,10 +85,13 @@ def _code_dirs(protected: list[Path]) -> list[Path]:
 
     import webapp
 
-    candidates = [Path(sys.base_prefix), Path(sys.prefix), Path(webapp.__file__).parent,
-                  *map(Path, site.getsitepackages())]
-    candidates += [Path(p) for p in sys.path
-                   if p and Path(p).name in ("site-packages", "dist-packages")]
+    candidates = [
+        Path(sys.base_prefix),
+        Path(sys.prefix),
+        Path(webapp.__file__).parent,
+        *map(Path, site.getsitepackages()),
+    ]
+    candidates += [Path(p) for p in sys.path if p and Path(p).name in ("site-packages", "dist-packages")]
     home = Path.home().resolve()
     chosen: list[Path] = []
     for path in (p.resolve() for p in candidates if p.is_dir()):
@@ -115,12 +117,15 @@ class Sandbox:
         self.user = sandbox["user"]
         self.allow_torch_unisolated = sandbox["allow_torch_without_isolation"]
         self.scratch_dir = self.root
-        self.code_dirs = _code_dirs([instance.resolve(), Path(settings["storage"]["dir"]).resolve(),
-                                     self.root])
+        self.code_dirs = _code_dirs(
+            [instance.resolve(), Path(settings["storage"]["dir"]).resolve(), self.root]
+        )
         self.isolation = _detect(self, sandbox["isolation"])
         if self.isolation == NONE and self.allow_torch_unisolated:
-            log.warning("NO SANDBOX: sandbox.allow_torch_without_isolation is on, so the code in "
-                        "uploaded TorchScript and .pt2 files runs with resource limits alone")
+            log.warning(
+                "NO SANDBOX: sandbox.allow_torch_without_isolation is on, so the code in "
+                "uploaded TorchScript and .pt2 files runs with resource limits alone"
+            )
         elif self.isolation == NONE:
             log.warning("no sandbox works here: TorchScript and .pt2 uploads are refused")
         else:
@@ -134,9 +139,8 @@ class Sandbox:
     def describe(self) -> str:
         return {
             BUBBLEWRAP: "bubblewrap: own mount, user, PID, IPC and network namespaces, "
-                        "uid 65534, read-only libraries, resource limits",
-            USER: f"dedicated user {self.user!r} with resource limits (bubblewrap cannot "
-                  "run here)",
+            "uid 65534, read-only libraries, resource limits",
+            USER: f"dedicated user {self.user!r} with resource limits (bubblewrap cannot run here)",
             NONE: "resource limits only: no isolation tool works here",
         }[self.isolation]
 
@@ -147,22 +151,32 @@ class Sandbox:
 
     # The command line ------------------------------------------------------------------
 
-    def command(self, job_dir: Path, kind: str, threads: int, cpu_seconds: int,
-                isolation: str) -> tuple[list[str], dict]:
+    def command(
+        self, job_dir: Path, kind: str, threads: int, cpu_seconds: int, isolation: str
+    ) -> tuple[list[str], dict]:
         """The worker's command line and the environment prlimit starts with (never the
         server's own: a sandbox's PID 1 is a bubblewrap process whose environment the
         worker could read)."""
         limits = self.limits
-        prlimit = ["prlimit", f"--as={limits.memory_bytes}", f"--cpu={cpu_seconds}",
-                   f"--fsize={limits.file_bytes}", f"--nofile={limits.open_files}",
-                   "--core=0"]
+        prlimit = [
+            "prlimit",
+            f"--as={limits.memory_bytes}",
+            f"--cpu={cpu_seconds}",
+            f"--fsize={limits.file_bytes}",
+            f"--nofile={limits.open_files}",
+            "--core=0",
+        ]
         if isolation == USER:
             # Counted per uid, so only meaningful for a uid of its own.
             prlimit.append(f"--nproc={limits.processes}")
         env = {
-            "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
-            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-            "OPENBLAS_NUM_THREADS": str(threads), "OPTIDECK_WORKER_KIND": kind,
+            "PATH": "/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+            "OPENBLAS_NUM_THREADS": str(threads),
+            "OPTIDECK_WORKER_KIND": kind,
         }
         python = [sys.executable, "-I", "-m", "webapp.engine.worker"]
         if isolation != BUBBLEWRAP:
@@ -172,9 +186,24 @@ class Sandbox:
         env.update({"HOME": str(INSIDE_JOB / "out"), "TMPDIR": str(INSIDE_JOB / "out" / "tmp")})
         # --as-pid-1: the worker is the namespace's PID 1, so no bubblewrap process (whose
         # environment is the one it was started with) is there to be read through /proc.
-        bwrap = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--as-pid-1",
-                 "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-                 "--uid", "65534", "--gid", "65534", "--hostname", "sandbox", "--clearenv"]
+        bwrap = [
+            "bwrap",
+            "--unshare-all",
+            "--unshare-user",
+            "--disable-userns",
+            "--as-pid-1",
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop",
+            "ALL",
+            "--uid",
+            "65534",
+            "--gid",
+            "65534",
+            "--hostname",
+            "sandbox",
+            "--clearenv",
+        ]
         for name, value in env.items():
             bwrap += ["--setenv", name, value]
         for top in ("bin", "lib", "lib32", "lib64", "libx32", "sbin"):
@@ -187,15 +216,37 @@ class Sandbox:
         for path in self.code_dirs:
             if not str(path).startswith("/usr/"):
                 bwrap += ["--ro-bind", str(path), str(path)]
-        for path in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d",
-                     "/sys/devices/system/cpu"):  # the linker; CPU features for the kernels
+        for path in (
+            "/etc/ld.so.cache",
+            "/etc/ld.so.conf",
+            "/etc/ld.so.conf.d",
+            "/sys/devices/system/cpu",
+        ):  # the linker; CPU features for the kernels
             bwrap += ["--ro-bind-try", path, path]
-        bwrap += ["--ro-bind", str(self._identity("passwd")), "/etc/passwd",
-                  "--ro-bind", str(self._identity("group")), "/etc/group",
-                  "--proc", "/proc", "--dev", "/dev", "--size", str(16 << 20), "--tmpfs", "/tmp",  # noqa: S108 - the sandbox's own
-                  "--ro-bind", str(job_dir / "in"), str(INSIDE_JOB / "in"),
-                  "--bind", str(job_dir / "out"), str(INSIDE_JOB / "out"),
-                  "--chdir", str(INSIDE_JOB / "out")]
+        bwrap += [
+            "--ro-bind",
+            str(self._identity("passwd")),
+            "/etc/passwd",
+            "--ro-bind",
+            str(self._identity("group")),
+            "/etc/group",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--size",
+            str(16 << 20),
+            "--tmpfs",
+            "/tmp",  # noqa: S108 - the sandbox's own
+            "--ro-bind",
+            str(job_dir / "in"),
+            str(INSIDE_JOB / "in"),
+            "--bind",
+            str(job_dir / "out"),
+            str(INSIDE_JOB / "out"),
+            "--chdir",
+            str(INSIDE_JOB / "out"),
+        ]
         return [*prlimit, "--", *bwrap, "--", *python], {"PATH": env["PATH"], "LANG": "C.UTF-8"}
 
     def _identity(self, name: str) -> Path:
@@ -203,8 +254,11 @@ class Sandbox:
         look the current user up."""
         path = self.root / f"sandbox-{name}"
         if not path.exists():
-            line = ("sandbox:x:65534:65534::/job/out:/usr/sbin/nologin\n" if name == "passwd"
-                    else "sandbox:x:65534:\n")
+            line = (
+                "sandbox:x:65534:65534::/job/out:/usr/sbin/nologin\n"
+                if name == "passwd"
+                else "sandbox:x:65534:\n"
+            )
             path.write_text(line)
         return path
 
@@ -219,8 +273,15 @@ def in_job(worker: Worker | None, path: Path) -> str:
 class Worker:
     """One sandboxed engine process and its job folder (in/ read-only, out/ its own)."""
 
-    def __init__(self, sandbox: Sandbox, job_dir: Path, kind: str, threads: int,
-                 cpu_seconds: int, isolation: str | None = None):
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        job_dir: Path,
+        kind: str,
+        threads: int,
+        cpu_seconds: int,
+        isolation: str | None = None,
+    ):
         self.sandbox, self.job_dir, self.threads = sandbox, job_dir, threads
         self.isolation = isolation or sandbox.isolation
         self.in_dir, self.out_dir = job_dir / "in", job_dir / "out"
@@ -241,20 +302,27 @@ class Worker:
         self._stderr_size = 0
         try:
             self.process = subprocess.Popen(  # noqa: S603 - our own argv, no shell
-                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                env=env, cwd=str(self.out_dir), close_fds=True,
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                cwd=str(self.out_dir),
+                close_fds=True,
                 # A process group of its own: kill() reaches whatever bubblewrap forked,
                 # even a child still setting the sandbox up (it would hold our pipes open).
                 start_new_session=True,
-                user=ids[0] if ids else None, group=ids[1] if ids else None,
+                user=ids[0] if ids else None,
+                group=ids[1] if ids else None,
                 extra_groups=[] if ids else None,
             )
         except BaseException:
             shutil.rmtree(job_dir, ignore_errors=True)
             raise
         os.set_blocking(self.process.stdout.fileno(), False)
-        self._stderr_reader = threading.Thread(target=self._drain_stderr, daemon=True,
-                                               name=f"sandbox-stderr-{self.process.pid}")
+        self._stderr_reader = threading.Thread(
+            target=self._drain_stderr, daemon=True, name=f"sandbox-stderr-{self.process.pid}"
+        )
         self._stderr_reader.start()
 
     @property
@@ -338,16 +406,23 @@ class Worker:
     def exit_reason(self) -> tuple[str, str]:
         """Why the process ended without a final message: (error type, message)."""
         code = self.process.poll()
-        signal_number = -code if code is not None and code < 0 else (
-            code - 128 if code is not None and code > 128 else None)
+        signal_number = (
+            -code
+            if code is not None and code < 0
+            else (code - 128 if code is not None and code > 128 else None)
+        )
         limits = self.sandbox.limits
         if signal_number == 24:  # SIGXCPU
-            return "resource_limit", (f"The model used more CPU time than the sandbox allows "
-                                      f"({limits.cpu_seconds} s, sandbox.cpu_seconds).")
+            return "resource_limit", (
+                f"The model used more CPU time than the sandbox allows "
+                f"({limits.cpu_seconds} s, sandbox.cpu_seconds)."
+            )
         if signal_number == 25:  # SIGXFSZ
-            return "resource_limit", (f"The worker tried to write a file larger than the "
-                                      f"sandbox allows ({limits.file_bytes >> 20} MB, "
-                                      "sandbox.output_mb).")
+            return "resource_limit", (
+                f"The worker tried to write a file larger than the "
+                f"sandbox allows ({limits.file_bytes >> 20} MB, "
+                "sandbox.output_mb)."
+            )
         return "worker_lost", f"The worker process died (exit code {code})."
 
     def output_bytes(self) -> int:
@@ -408,8 +483,7 @@ class Worker:
         shutil.rmtree(self.job_dir, ignore_errors=True)
 
 
-def run_job(sandbox: Sandbox, job: dict, inputs: dict[str, Path], timeout: float,
-            threads: int) -> list:
+def run_job(sandbox: Sandbox, job: dict, inputs: dict[str, Path], timeout: float, threads: int) -> list:
     """Run one short job (an analysis) to its final message: ["result", ...] or
     ["failed", error_type, message]. Raises SandboxError when the worker breaks or hangs."""
     worker = sandbox.start("analyse", threads, cpu_seconds=max(1, int(timeout * threads) + 5))
@@ -429,13 +503,15 @@ def run_job(sandbox: Sandbox, job: dict, inputs: dict[str, Path], timeout: float
                         return message
                 error_type, text = worker.exit_reason()
                 log.info("analysis worker ended: %s\n%s", text, worker.stderr_tail())
-                return ["failed", error_type if error_type != "worker_lost" else "crashed",
-                        text if error_type != "worker_lost" else
-                        "Opening the file crashed the analyser; the file is damaged or not a "
-                        "model."]
+                return [
+                    "failed",
+                    error_type if error_type != "worker_lost" else "crashed",
+                    text
+                    if error_type != "worker_lost"
+                    else "Opening the file crashed the analyser; the file is damaged or not a model.",
+                ]
             if time.monotonic() > deadline:
-                return ["failed", "timeout", f"Analysing the upload took longer than "
-                                             f"{timeout:g} s."]
+                return ["failed", "timeout", f"Analysing the upload took longer than {timeout:g} s."]
             _wait_readable(worker, min(0.5, max(0.0, deadline - time.monotonic())))
     finally:
         worker.close()
@@ -492,8 +568,9 @@ def _try(sandbox: Sandbox, isolation: str) -> str | None:
         return "prlimit is not installed (Debian: util-linux)"
     worker = None
     try:
-        worker = Worker(sandbox, sandbox.root / f"probe-{uuid.uuid4().hex}", "probe", 1,
-                        PROBE_TIMEOUT, isolation)
+        worker = Worker(
+            sandbox, sandbox.root / f"probe-{uuid.uuid4().hex}", "probe", 1, PROBE_TIMEOUT, isolation
+        )
         worker.send({"kind": "probe"})
         worker.process.stdin.close()
         worker.process.wait(PROBE_TIMEOUT)

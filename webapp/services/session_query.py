@@ -26,8 +26,10 @@ SORTS = {
 class _When(fields.Field):
     """An ISO date or date-time; a bare date or naive time is taken as UTC."""
 
-    default_error_messages = {"invalid": "Not a date: use 2026-11-27 or 2026-11-27T13:00:00Z, "
-                                         f"with a year from {MIN_YEAR} to {MAX_YEAR}."}
+    default_error_messages = {
+        "invalid": "Not a date: use 2026-11-27 or 2026-11-27T13:00:00Z, "
+        f"with a year from {MIN_YEAR} to {MAX_YEAR}."
+    }
 
     def _deserialize(self, value, attr, data, **kwargs):
         if not isinstance(value, str):
@@ -46,24 +48,27 @@ class _When(fields.Field):
 
 
 class SessionQuerySchema(Schema):
-    status = fields.List(fields.String(validate=validate.OneOf([s.value for s in SessionStatus])),
-                         metadata={"description": "Repeat for several: status=queued&status=running"})
+    status = fields.List(
+        fields.String(validate=validate.OneOf([s.value for s in SessionStatus])),
+        metadata={"description": "Repeat for several: status=queued&status=running"},
+    )
     model_id = id_field()
-    owner = fields.String(validate=validate.Length(max=64),
-                          metadata={"description": "Username; for those who see every session"})
+    owner = fields.String(
+        validate=validate.Length(max=64),
+        metadata={"description": "Username; for those who see every session"},
+    )
     created_from = _When(metadata={"description": "Created at or after (ISO date or date-time)"})
-    created_to = _When(end_of_day=True, metadata={
-        "description": "Created before (a bare date includes that day)"})
+    created_to = _When(
+        end_of_day=True, metadata={"description": "Created before (a bare date includes that day)"}
+    )
     sort = fields.String(load_default="created", validate=validate.OneOf(list(SORTS)))
     order = fields.String(load_default="desc", validate=validate.OneOf(["asc", "desc"]))
     skip = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_ID))
-    limit = fields.Integer(load_default=DEFAULT_LIMIT,
-                           validate=validate.Range(min=1, max=MAX_LIMIT))
+    limit = fields.Integer(load_default=DEFAULT_LIMIT, validate=validate.Range(min=1, max=MAX_LIMIT))
 
     @validates_schema
     def _dates_in_order(self, data, **kwargs):
-        if "created_from" in data and "created_to" in data and \
-                data["created_from"] >= data["created_to"]:
+        if "created_from" in data and "created_to" in data and data["created_from"] >= data["created_to"]:
             raise ValidationError("Must be after created_from.", "created_to")
 
 
@@ -78,8 +83,9 @@ def parse(args) -> dict:
     try:
         return SessionQuerySchema().load(raw)
     except ValidationError as exc:
-        raise ServiceError(400, "validation_error", "Invalid list parameters; see details.",
-                           exc.normalized_messages()) from exc
+        raise ServiceError(
+            400, "validation_error", "Invalid list parameters; see details.", exc.normalized_messages()
+        ) from exc
 
 
 def search(user: User, filters: dict) -> dict:
@@ -91,8 +97,12 @@ def search(user: User, filters: dict) -> dict:
         query = query.where(OptimizationSession.model_id == filters["model_id"])
     if filters.get("owner"):
         if not visibility.sees_everything(user):
-            raise ServiceError(400, "validation_error", "Only you own your sessions.",
-                               {"owner": ["Filtering by owner needs a role that sees everyone."]})
+            raise ServiceError(
+                400,
+                "validation_error",
+                "Only you own your sessions.",
+                {"owner": ["Filtering by owner needs a role that sees everyone."]},
+            )
         owner_id = db.session.scalar(select(User.id).where(User.username == filters["owner"].lower()))
         query = query.where(OptimizationSession.owner_id == owner_id)
     if "created_from" in filters:
@@ -108,13 +118,22 @@ def search(user: User, filters: dict) -> dict:
     tiebreak = OptimizationSession.id.asc() if filters["order"] == "asc" else OptimizationSession.id.desc()
     # The page's ids first, from the sort's index alone; then only those 50 rows. Skipping
     # 90,000 whole rows with their joins took 0.7 s; skipping index entries takes 2 ms.
-    page_ids = (query.with_only_columns(OptimizationSession.id).order_by(ordering, tiebreak)
-                .offset(filters["skip"]).limit(filters["limit"]).scalar_subquery())
+    page_ids = (
+        query.with_only_columns(OptimizationSession.id)
+        .order_by(ordering, tiebreak)
+        .offset(filters["skip"])
+        .limit(filters["limit"])
+        .scalar_subquery()
+    )
     sessions = optimization.summaries(
-        select(OptimizationSession).where(OptimizationSession.id.in_(page_ids))
-        .order_by(ordering, tiebreak))
-    return {"sessions": sessions, "total": _total(user, filters, query),
-            "skip": filters["skip"], "limit": filters["limit"]}
+        select(OptimizationSession).where(OptimizationSession.id.in_(page_ids)).order_by(ordering, tiebreak)
+    )
+    return {
+        "sessions": sessions,
+        "total": _total(user, filters, query),
+        "skip": filters["skip"],
+        "limit": filters["limit"],
+    }
 
 
 COUNTED = ("status", "model_id", "owner", "created_from", "created_to")
@@ -126,5 +145,7 @@ def _total(user: User, filters: dict, query) -> int:
     state, which is when the dashboard's cache generation moves on."""
     key = repr([(name, filters.get(name)) for name in COUNTED])
     return dashboard.cached_for_generation(
-        user, f"sessions:total:{key}",
-        lambda: db.session.scalar(select(func.count()).select_from(query.subquery())) or 0)
+        user,
+        f"sessions:total:{key}",
+        lambda: db.session.scalar(select(func.count()).select_from(query.subquery())) or 0,
+    )

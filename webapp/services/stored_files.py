@@ -27,10 +27,17 @@ def _lock(sha256: str, size: int | None = None) -> StoredFile:
     the insert alone takes the database's write lock, which serves the same end.)"""
     dialect = db.session.get_bind().dialect.name
     insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(StoredFile)
-    db.session.execute(insert.values(sha256=sha256, size_bytes=size, created_at=utcnow())
-                       .on_conflict_do_nothing(index_elements=["sha256"]))
-    return db.session.scalars(select(StoredFile).where(StoredFile.sha256 == sha256)
-                              .with_for_update().execution_options(populate_existing=True)).one()
+    db.session.execute(
+        insert.values(sha256=sha256, size_bytes=size, created_at=utcnow()).on_conflict_do_nothing(
+            index_elements=["sha256"]
+        )
+    )
+    return db.session.scalars(
+        select(StoredFile)
+        .where(StoredFile.sha256 == sha256)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
 
 
 def keep(spooled: Path, sha256: str, size: int) -> None:
@@ -44,11 +51,19 @@ def keep(spooled: Path, sha256: str, size: int) -> None:
 
 def references(sha256: str) -> int:
     """Models (not deleted), evaluation sets and artifacts that need these bytes."""
-    models = db.session.scalar(select(func.count()).select_from(ModelMetadata).where(
-        ModelMetadata.deleted_at.is_(None),
-        (ModelMetadata.sha256 == sha256) | (ModelMetadata.eval_data_sha256 == sha256)))
-    artifacts = db.session.scalar(select(func.count()).select_from(OptimizationSession).where(
-        OptimizationSession.artifact_sha256 == sha256))
+    models = db.session.scalar(
+        select(func.count())
+        .select_from(ModelMetadata)
+        .where(
+            ModelMetadata.deleted_at.is_(None),
+            (ModelMetadata.sha256 == sha256) | (ModelMetadata.eval_data_sha256 == sha256),
+        )
+    )
+    artifacts = db.session.scalar(
+        select(func.count())
+        .select_from(OptimizationSession)
+        .where(OptimizationSession.artifact_sha256 == sha256)
+    )
     return (models or 0) + (artifacts or 0)
 
 

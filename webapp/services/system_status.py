@@ -24,15 +24,21 @@ SETTLE_SECONDS = 0.25
 
 
 def current() -> dict:
-    counts = dict(db.session.execute(
-        select(OptimizationSession.status, func.count())
-        .where(OptimizationSession.status.in_((SessionStatus.QUEUED.value,
-                                               SessionStatus.RUNNING.value)))
-        .group_by(OptimizationSession.status)).all())
+    counts = dict(
+        db.session.execute(
+            select(OptimizationSession.status, func.count())
+            .where(OptimizationSession.status.in_((SessionStatus.QUEUED.value, SessionStatus.RUNNING.value)))
+            .group_by(OptimizationSession.status)
+        ).all()
+    )
     busy = counts.get(SessionStatus.RUNNING.value, 0)
     capacity = get("executor").status()["capacity"]
-    return {"busy": busy, "idle": max(capacity - busy, 0), "capacity": capacity,
-            "queued": counts.get(SessionStatus.QUEUED.value, 0)}
+    return {
+        "busy": busy,
+        "idle": max(capacity - busy, 0),
+        "capacity": capacity,
+        "queued": counts.get(SessionStatus.QUEUED.value, 0),
+    }
 
 
 class StatusWatch:

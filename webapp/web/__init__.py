@@ -9,8 +9,7 @@ from flask_login import login_required
 
 def is_partial() -> bool:
     """htmx asks for a fragment; a reload, a shared link or a history restore for the page."""
-    return bool(request.headers.get("HX-Request")) and not request.headers.get(
-        "HX-History-Restore-Request")
+    return bool(request.headers.get("HX-Request")) and not request.headers.get("HX-History-Restore-Request")
 
 
 def page_blueprint(name: str, import_name: str, **kwargs) -> Blueprint:
@@ -39,16 +38,17 @@ def when(value) -> str:
     return value.strftime("%Y-%m-%d %H:%M") if value else "—"
 
 
-LIVE_PAGES = {"sessions.index": "sessions", "dashboard.index": "dashboard",
-              "sessions.detail": "session"}
+LIVE_PAGES = {"sessions.index": "sessions", "dashboard.index": "dashboard", "sessions.detail": "session"}
 
 
 def live_url() -> str:
     """Where this page's WebSocket connects: its kind, its session, and when the page began
     reading the database (the socket then catches up on everything changed since)."""
-    args = {"page": LIVE_PAGES.get(request.endpoint or "", "other"),
-            # (An error page may come before note_read_time ran.)
-            "since": (g.get("page_read_from") or datetime.now(UTC)).isoformat()}
+    args = {
+        "page": LIVE_PAGES.get(request.endpoint or "", "other"),
+        # (An error page may come before note_read_time ran.)
+        "since": (g.get("page_read_from") or datetime.now(UTC)).isoformat(),
+    }
     if args["page"] == "session":
         args["session"] = request.view_args.get("session_id")
     return "/ws?" + urlencode(args)

@@ -42,7 +42,9 @@ def token_create():
     if errors:
         return _page(errors=errors, form=request.form, status=400)
     issued = tokens.create_personal(
-        current_user._get_current_object(), data["name"], data["expires_in_days"],
+        current_user._get_current_object(),
+        data["name"],
+        data["expires_in_days"],
         data["read_only"],
     )
     # Rendered directly, never redirected or flashed: the token exists only in

@@ -22,9 +22,12 @@ def require_admin():
 
 def _users_page(errors=None, form=None, status=200):
     return render_template(
-        "admin/users.html", users=users.list_all(), roles=[r.value for r in Role],
+        "admin/users.html",
+        users=users.list_all(),
+        roles=[r.value for r in Role],
         role_options=[(r.value, r.value) for r in Role],
-        errors=errors or {}, form=form or {},
+        errors=errors or {},
+        form=form or {},
     ), status
 
 
@@ -45,8 +48,9 @@ def user_create():
     data, errors = load_form(NewUserSchema(), request.form)
     if not errors:
         try:
-            users.create(data["username"], data["password"], data["role"],
-                         by=current_user._get_current_object())
+            users.create(
+                data["username"], data["password"], data["role"], by=current_user._get_current_object()
+            )
         except users.UserError as exc:
             errors = {"username": [str(exc)]}
     if errors:
@@ -87,6 +91,5 @@ def audit_trail():
     filters = audit.AuditFilters.from_args(request.args)
     page = audit.search(filters)
     template = "admin/_audit_table.html" if is_partial() else "admin/audit.html"
-    response = render_template(template, page=page, filters=filters,
-                               actions=audit.known_actions())
+    response = render_template(template, page=page, filters=filters, actions=audit.known_actions())
     return response, 200, {"Vary": "HX-Request"}

@@ -29,8 +29,13 @@ def form_to_document(form) -> dict:
         elif name in form:
             raw = form[name].strip()
             try:
-                document[name] = (int(raw) if isinstance(field, fields.Integer)
-                                  else float(raw) if isinstance(field, fields.Float) else raw)
+                document[name] = (
+                    int(raw)
+                    if isinstance(field, fields.Integer)
+                    else float(raw)
+                    if isinstance(field, fields.Float)
+                    else raw
+                )
             except ValueError:
                 document[name] = raw  # left as typed; the schema names the field
     return document
@@ -47,16 +52,23 @@ def _page(document=None, errors=None, stale=None, status=200, dirty=False):
     in_force = criteria.current()
     user = current_user._get_current_object()
     context = {
-        "in_force": in_force, "document": document or in_force.document,
+        "in_force": in_force,
+        "document": document or in_force.document,
         "version": in_force.version if stale is None else stale["based_on"],
-        "errors": errors or {}, "stale": stale, "dirty": dirty,
+        "errors": errors or {},
+        "stale": stale,
+        "dirty": dirty,
         "can_edit": user.role == Role.ADMIN,
-        "techniques": list(TECHNIQUES), "modes": QUANTIZATION_MODES,
-        "deployments": criteria.DEPLOYMENTS, "runtimes": criteria.RUNTIMES,
+        "techniques": list(TECHNIQUES),
+        "modes": QUANTIZATION_MODES,
+        "deployments": criteria.DEPLOYMENTS,
+        "runtimes": criteria.RUNTIMES,
     }
-    context.update(versions=[*criteria.versions(), criteria.get_version(0)],
-                   settings=masked(current_app.config["OPTIDECK"]),
-                   sandbox=current_app.extensions["optideck.sandbox"])
+    context.update(
+        versions=[*criteria.versions(), criteria.get_version(0)],
+        settings=masked(current_app.config["OPTIDECK"]),
+        sandbox=current_app.extensions["optideck.sandbox"],
+    )
     return render_template("config/index.html", **context), status
 
 
@@ -76,8 +88,9 @@ def validate_form():
         errors = criteria.conflicts(loaded)
     except ServiceError as exc:
         errors = exc.details
-    return render_template("config/_validation.html", errors=errors,
-                           fields=list(criteria.CriteriaSchema().fields))
+    return render_template(
+        "config/_validation.html", errors=errors, fields=list(criteria.CriteriaSchema().fields)
+    )
 
 
 @bp.post("/config")
@@ -90,8 +103,11 @@ def save():
     except ServiceError as exc:
         if exc.error == "stale_version":
             theirs = exc.details["current"]
-            stale = {"based_on": based_on, "current_version": exc.details["current_version"],
-                     "changes": criteria.diff(criteria.get_version(based_on).document, theirs)}
+            stale = {
+                "based_on": based_on,
+                "current_version": exc.details["current_version"],
+                "changes": criteria.diff(criteria.get_version(based_on).document, theirs),
+            }
             return _page(document, {}, stale, 409, dirty=True)
         return _page(document, exc.details, status=exc.status, dirty=True)
     flash(f"Saved the criteria as version {saved.version}.", "success")
@@ -102,9 +118,13 @@ def save():
 def version(number: int):
     old = criteria.get_version(number)
     in_force = criteria.current()
-    return render_template("config/version.html", old=old, in_force=in_force,
-                           changes=criteria.diff(old.document, in_force.document),
-                           can_edit=current_user.role == Role.ADMIN)
+    return render_template(
+        "config/version.html",
+        old=old,
+        in_force=in_force,
+        changes=criteria.diff(old.document, in_force.document),
+        can_edit=current_user.role == Role.ADMIN,
+    )
 
 
 @bp.post("/config/versions/<int:number>/revert")

@@ -29,8 +29,13 @@ def _can_upload(user) -> bool:
 def index():
     user = _user()
     q = request.args.get("q", "").strip()[:200]
-    context = {"models": model_store.list_for(user, q), "q": q, "can_upload": _can_upload(user),
-               "errors": {}, "form": {}}
+    context = {
+        "models": model_store.list_for(user, q),
+        "q": q,
+        "can_upload": _can_upload(user),
+        "errors": {},
+        "form": {},
+    }
     template = "models/_table.html" if is_partial() else "models/index.html"
     return render_template(template, **context), 200, {"Vary": "HX-Request"}
 
@@ -41,8 +46,14 @@ def _upload_failed(errors: dict, status: int):
     form = request.form if request.content_length and status != 413 else {}
     if is_partial():
         return render_template("models/_upload.html", errors=errors, form=form), status
-    return render_template("models/index.html", models=model_store.list_for(user), q="",
-                           can_upload=True, errors=errors, form=form), status
+    return render_template(
+        "models/index.html",
+        models=model_store.list_for(user),
+        q="",
+        can_upload=True,
+        errors=errors,
+        form=form,
+    ), status
 
 
 @bp.post("/models")
@@ -60,14 +71,16 @@ def upload():
     eval_file = request.files.get("eval_data")
     try:
         model = model_store.add(
-            _user(), upload_file.stream, upload_file.filename, data.get("name"),
+            _user(),
+            upload_file.stream,
+            upload_file.filename,
+            data.get("name"),
             eval_file.stream if eval_file and eval_file.filename else None,
             model_store.parse_input_shape(data.get("input_shape")),
         )
     except ServiceError as exc:
         return _upload_failed(exc.details or {"file": [exc.message]}, exc.status)
-    flash(f"Uploaded {model.name} (version {model.version}), analysed as {model.format}.",
-          "success")
+    flash(f"Uploaded {model.name} (version {model.version}), analysed as {model.format}.", "success")
     target = url_for("models.detail", model_id=model.id)
     if is_partial():
         return "", 204, {"HX-Redirect": target}
@@ -79,9 +92,12 @@ def detail(model_id: int):
     user = _user()
     model = model_store.get_for(user, model_id)
     sessions = optimization.for_model(user, model.id)
-    return render_template("models/detail.html", model=model,
-                           sessions=[optimization.summary(s) for s in sessions],
-                           can_change=visibility.can_change(user, model.owner_id))
+    return render_template(
+        "models/detail.html",
+        model=model,
+        sessions=[optimization.summary(s) for s in sessions],
+        can_change=visibility.can_change(user, model.owner_id),
+    )
 
 
 @bp.post("/models/<int:model_id>/delete")

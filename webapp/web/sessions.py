@@ -28,8 +28,9 @@ def list_query_args(filters: dict, **changes) -> MultiDict:
         args.add("status", status)
     for key in ("model_id", "owner", "sort", "order", "skip", "limit"):
         value = values.get(key)
-        default = {"sort": "created", "order": "desc", "skip": 0,
-                   "limit": session_query.DEFAULT_LIMIT}.get(key)
+        default = {"sort": "created", "order": "desc", "skip": 0, "limit": session_query.DEFAULT_LIMIT}.get(
+            key
+        )
         if value not in (None, "", default):
             args[key] = value
     for key in ("created_from", "created_to"):
@@ -49,9 +50,14 @@ def _list_context(user, args) -> dict:
         filters = session_query.parse(MultiDict())
         page = {"sessions": [], "total": 0, "skip": 0, "limit": filters["limit"]}
     return {
-        "page": page, "filters": filters, "errors": errors, "args": args,
-        "statuses": [s.value for s in SessionStatus], "list_query_args": list_query_args,
-        "models": model_store.list_for(user), "sees_everyone": visibility.sees_everything(user),
+        "page": page,
+        "filters": filters,
+        "errors": errors,
+        "args": args,
+        "statuses": [s.value for s in SessionStatus],
+        "list_query_args": list_query_args,
+        "models": model_store.list_for(user),
+        "sees_everyone": visibility.sees_everything(user),
     }
 
 
@@ -79,16 +85,22 @@ def _start_form_context(user, form=None, errors=None) -> dict:
     criteria = optimization.current_criteria()
     can_start = user.role in (Role.ADMIN, Role.OPERATOR)
     models = [m for m in model_store.list_for(user) if visibility.can_change(user, m.owner_id)]
-    return {"can_start": can_start, "startable_models": models, "criteria": criteria,
-            "start_form": form or {}, "start_errors": errors or {}}
+    return {
+        "can_start": can_start,
+        "startable_models": models,
+        "criteria": criteria,
+        "start_form": form or {},
+        "start_errors": errors or {},
+    }
 
 
 def _chosen_model(form) -> int:
     try:
         return parse_id(form.get("model_id", ""))
     except ValueError:
-        raise ServiceError(400, "validation_error", "Choose a model.",
-                           {"model_id": ["Choose a model."]}) from None
+        raise ServiceError(
+            400, "validation_error", "Choose a model.", {"model_id": ["Choose a model."]}
+        ) from None
 
 
 @bp.post("/sessions")
@@ -119,8 +131,11 @@ def detail(session_id: int):
     user = _user()
     session = optimization.get_for(user, session_id)
     return render_template(
-        "sessions/detail.html", session=session, s=optimization.summary(session),
-        events=optimization.events(session), results=session.results or {},
+        "sessions/detail.html",
+        session=session,
+        s=optimization.summary(session),
+        events=optimization.events(session),
+        results=session.results or {},
         can_change=visibility.can_change(user, session.owner_id),
     )
 
@@ -142,5 +157,9 @@ def cancel(session_id: int):
 def artifact(session_id: int):
     session = optimization.get_for(_user(), session_id)
     path = optimization.artifact_path(session)
-    return send_file(path, mimetype="application/octet-stream", as_attachment=True,
-                     download_name=optimization.artifact_download_name(session))
+    return send_file(
+        path,
+        mimetype="application/octet-stream",
+        as_attachment=True,
+        download_name=optimization.artifact_download_name(session),
+    )

@@ -21,23 +21,35 @@ QUANTIZATION_MODES = ("int8_dynamic", "int8_static", "fp16")
 
 
 class QuantizationParams(Schema):
-    mode = fields.String(load_default="int8_dynamic", validate=validate.OneOf(QUANTIZATION_MODES),
-                         metadata={"description": "int8_dynamic, int8_static (calibrates on the "
-                                                  "model's evaluation data) or fp16"})
+    mode = fields.String(
+        load_default="int8_dynamic",
+        validate=validate.OneOf(QUANTIZATION_MODES),
+        metadata={
+            "description": "int8_dynamic, int8_static (calibrates on the model's evaluation data) or fp16"
+        },
+    )
 
 
 class PruningParams(Schema):
-    sparsity = fields.Float(load_default=0.5, allow_nan=False,
-                            validate=validate.Range(min=0.05, max=0.95),
-                            metadata={"description": "Share of weights set to zero, 0.05 to 0.95"})
+    sparsity = fields.Float(
+        load_default=0.5,
+        allow_nan=False,
+        validate=validate.Range(min=0.05, max=0.95),
+        metadata={"description": "Share of weights set to zero, 0.05 to 0.95"},
+    )
 
 
 class CompressionParams(Schema):
-    energy = fields.Float(allow_nan=False, validate=validate.Range(min=0.5, max=0.9999),
-                          metadata={"description": "Share of spectral energy kept, 0.5 to 0.9999"})
+    energy = fields.Float(
+        allow_nan=False,
+        validate=validate.Range(min=0.5, max=0.9999),
+        metadata={"description": "Share of spectral energy kept, 0.5 to 0.9999"},
+    )
     # A layer with both sides past this holds 4 billion weights: bigger than any upload.
-    rank = fields.Integer(validate=validate.Range(min=1, max=65_536),
-                          metadata={"description": "Fixed rank of each factorized layer"})
+    rank = fields.Integer(
+        validate=validate.Range(min=1, max=65_536),
+        metadata={"description": "Fixed rank of each factorized layer"},
+    )
 
     @validates_schema
     def _one_of(self, data, **kwargs):
@@ -80,11 +92,10 @@ def _compress(src: Path, dst: Path, params: dict, data, batch, check) -> dict:
 
 
 TECHNIQUES: dict[str, Technique] = {
-    t.id: t for t in (
-        Technique("compression", "Low-rank compression", 1, formats.FORMATS, CompressionParams,
-                  _compress),
+    t.id: t
+    for t in (
+        Technique("compression", "Low-rank compression", 1, formats.FORMATS, CompressionParams, _compress),
         Technique("pruning", "Magnitude pruning", 2, formats.FORMATS, PruningParams, _prune),
-        Technique("quantization", "Quantization", 3, formats.FORMATS, QuantizationParams,
-                  _quantize),
+        Technique("quantization", "Quantization", 3, formats.FORMATS, QuantizationParams, _quantize),
     )
 }

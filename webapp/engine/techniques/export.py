@@ -44,12 +44,23 @@ def to_onnx(model: LoadedModel, dst: Path) -> dict:
                 # torch.onnx's dynamo path cannot take a ScriptModule; the
                 # TorchScript exporter can, and is kept for exactly this input.
                 torch.onnx.export(
-                    model.torch_module, examples, str(dst), dynamo=False, opset_version=OPSET,
-                    input_names=[s.name for s in specs], dynamic_axes=dynamic or None,
+                    model.torch_module,
+                    examples,
+                    str(dst),
+                    dynamo=False,
+                    opset_version=OPSET,
+                    input_names=[s.name for s in specs],
+                    dynamic_axes=dynamic or None,
                 )
             else:
-                torch.onnx.export(model.torch_module, examples, str(dst), dynamo=True,
-                                  opset_version=OPSET, external_data=False)
+                torch.onnx.export(
+                    model.torch_module,
+                    examples,
+                    str(dst),
+                    dynamo=True,
+                    opset_version=OPSET,
+                    external_data=False,
+                )
     except Exception as exc:  # exporter failures come in many types
         raise TechniqueFailed(f"Exporting to ONNX failed: {str(exc).splitlines()[0][:300]}") from exc
     return {"opset": OPSET, "from_format": model.format}

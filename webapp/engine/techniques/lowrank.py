@@ -21,7 +21,7 @@ MIN_DIMENSION = 32  # smaller layers cost more in extra nodes than they save
 def _rank(singular: np.ndarray, energy: float | None, rank: int | None) -> int:
     if rank is not None:
         return min(rank, len(singular))
-    share = np.cumsum(singular ** 2) / np.sum(singular ** 2)
+    share = np.cumsum(singular**2) / np.sum(singular**2)
     return int(np.searchsorted(share, energy) + 1)
 
 
@@ -31,9 +31,7 @@ def compress(src: Path, dst: Path, energy: float | None = None, rank: int | None
     params_before = params_after = 0
     for use in weight_uses(model, ops={"MatMul", "Gemm"}):
         node, tensor = use.node, use.initializer
-        if len(tensor.dims) != 2 or any(
-            a.name == "transA" and a.i for a in node.attribute
-        ):
+        if len(tensor.dims) != 2 or any(a.name == "transA" and a.i for a in node.attribute):
             continue
         trans_b = any(a.name == "transB" and a.i for a in node.attribute)
         weight = numpy_helper.to_array(tensor).astype(np.float64)
@@ -51,12 +49,16 @@ def compress(src: Path, dst: Path, energy: float | None = None, rank: int | None
         hidden = unique_name(model, node.output[0] + "_lowrank")
         data_input = node.input[0]
         position = list(model.graph.node).index(node)
-        model.graph.node.insert(position, helper.make_node(
-            "MatMul", [data_input, first_name], [hidden], name=unique_name(model, node.name + "_a")
-        ))
+        model.graph.node.insert(
+            position,
+            helper.make_node(
+                "MatMul", [data_input, first_name], [hidden], name=unique_name(model, node.name + "_a")
+            ),
+        )
         node.input[0] = hidden
-        node.input[1] = replace_initializer(model, tensor, second.T if trans_b else second,
-                                            unique_name(model, tensor.name + "_lowrank_b"))
+        node.input[1] = replace_initializer(
+            model, tensor, second.T if trans_b else second, unique_name(model, tensor.name + "_lowrank_b")
+        )
         params_before += n_in * n_out
         params_after += r * (n_in + n_out)
         layers.append({"layer": node.name or tensor.name, "shape": [n_in, n_out], "rank": r})

@@ -38,8 +38,9 @@ def weight_uses(model: onnx.ModelProto, ops=WEIGHT_OPS) -> list[WeightUse]:
     return found
 
 
-def replace_initializer(model: onnx.ModelProto, old: onnx.TensorProto, array: np.ndarray,
-                        name: str | None = None) -> str:
+def replace_initializer(
+    model: onnx.ModelProto, old: onnx.TensorProto, array: np.ndarray, name: str | None = None
+) -> str:
     """Put `array` in place of `old` (under `name`, or the old name)."""
     new = numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), name or old.name)
     model.graph.initializer.remove(old)

@@ -39,8 +39,9 @@ def _preprocessed(src: Path, workdir: Path) -> Path:
     return target
 
 
-def quantize(src: Path, dst: Path, mode: str, data: EvalData | None,
-             batch: int, check: Callable[[], None]) -> dict:
+def quantize(
+    src: Path, dst: Path, mode: str, data: EvalData | None, batch: int, check: Callable[[], None]
+) -> dict:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
@@ -49,12 +50,18 @@ def quantize(src: Path, dst: Path, mode: str, data: EvalData | None,
             quantize_dynamic(str(source), str(dst), weight_type=QuantType.QInt8)
         elif mode == "int8_static":
             if data is None or data.source != "dataset":
-                raise TechniqueFailed("int8 static quantization calibrates on evaluation data; "
-                                      "attach an .npz to the model first.")
+                raise TechniqueFailed(
+                    "int8 static quantization calibrates on evaluation data; "
+                    "attach an .npz to the model first."
+                )
             quantize_static(
-                str(source), str(dst), _CalibrationReader(data, batch, check),
-                quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                str(source),
+                str(dst),
+                _CalibrationReader(data, batch, check),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
             )
         elif mode == "fp16":
             from onnxconverter_common import float16
@@ -73,11 +80,15 @@ class _CalibrationReader:
     def __init__(self, data: EvalData, batch: int, check: Callable[[], None]):
         count = min(data.count, CALIBRATION_SAMPLES)
         starts = range(0, max(count - batch, 0) + 1, batch)
-        self._feeds = iter([
-            {name: np.ascontiguousarray(array[start:start + batch])
-             for name, array in data.inputs.items()}
-            for start in starts
-        ])
+        self._feeds = iter(
+            [
+                {
+                    name: np.ascontiguousarray(array[start : start + batch])
+                    for name, array in data.inputs.items()
+                }
+                for start in starts
+            ]
+        )
         self._check = check
 
     def get_next(self):

@@ -75,10 +75,9 @@ def platform(model_path: Path, eval_path: Path, instance: Path) -> dict:
     from flask_migrate import upgrade
 
     from webapp import create_app
-    from webapp.auth import users
     from webapp.extensions import db
-    from webapp.models import OptimizationSession
-    from webapp.services import model_store, optimization
+    from webapp.services import model_store, optimization, users
+    from webapp.tables import OptimizationSession
 
     app = create_app(
         {

@@ -42,9 +42,8 @@ def seed(instance: Path, operators: int) -> dict[str, dict]:
     from flask_migrate import upgrade
 
     from webapp import create_app
-    from webapp.auth import tokens, users
     from webapp.engine import demo_models
-    from webapp.services import model_store
+    from webapp.services import model_store, tokens, users
 
     app = create_app(
         {"app": {"instance_dir": str(instance), "secret_key": SECRET}, "logging": {"level": "WARNING"}}

@@ -35,9 +35,9 @@ def seed(instance: Path, database_url: str | None, count: int) -> str:
     from flask_migrate import upgrade
 
     from webapp import create_app
-    from webapp.auth import tokens, users
     from webapp.extensions import db
-    from webapp.models import ModelMetadata, OptimizationSession, utcnow
+    from webapp.services import tokens, users
+    from webapp.tables import ModelMetadata, OptimizationSession, utcnow
 
     overrides = {
         "app": {"instance_dir": str(instance), "secret_key": "bench" * 8},
@@ -110,7 +110,7 @@ def seed(instance: Path, database_url: str | None, count: int) -> str:
             db.session.execute(OptimizationSession.__table__.insert(), batch)
             db.session.commit()
         db.session.commit()
-        # Statistics for the planner; on PostgreSQL also the visibility map autovacuum
+        # Statistics for the planner; on PostgreSQL also the policy map autovacuum
         # would build on a live system (without it index-only scans read the table).
         analyze = "VACUUM ANALYZE" if db.engine.dialect.name == "postgresql" else "ANALYZE"
         with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:

@@ -29,7 +29,7 @@ def run_migrations_offline():
 
 def render_item(type_, obj, autogen_context):
     """Write the app's UTCDateTime as a plain DateTime: migrations never import the app."""
-    from webapp.models import UTCDateTime
+    from webapp.tables import UTCDateTime
 
     if type_ == "type" and isinstance(obj, UTCDateTime):
         return "sa.DateTime()"

@@ -13,8 +13,8 @@ from flask_migrate import upgrade
 from sqlalchemy import create_engine, make_url, text
 
 from webapp import create_app
-from webapp.auth import tokens, users
 from webapp.extensions import db
+from webapp.services import tokens, users
 
 PASSWORD = "correct-horse-battery"
 TEST_SECRET = "test-secret-key-" + "x" * 32

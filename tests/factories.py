@@ -9,7 +9,7 @@ import hashlib
 from datetime import timedelta
 
 from webapp.extensions import db
-from webapp.models import ModelMetadata, OptimizationSession, utcnow
+from webapp.tables import ModelMetadata, OptimizationSession, utcnow
 
 
 def gen_model(owner, name="model", **kw) -> ModelMetadata:

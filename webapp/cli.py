@@ -11,11 +11,11 @@ from flask import Flask, current_app
 from flask_migrate import upgrade
 from marshmallow import ValidationError
 
-from .auth import users
 from .auth.schemas import NewUserSchema
 from .config import ROOT
 from .health import log_checks, run_checks
-from .models import Role
+from .services import users
+from .tables import Role
 
 DEMO_ACCOUNTS = (("demo-operator", Role.OPERATOR), ("demo-viewer", Role.VIEWER))
 

@@ -9,10 +9,9 @@ from pathlib import Path
 import click
 from flask import current_app
 
-from .auth import users
 from .extensions import db
-from .models import FINISHED_STATUSES, ModelMetadata, OptimizationSession
-from .services import model_store, optimization
+from .services import model_store, optimization, users
+from .tables import FINISHED_STATUSES, ModelMetadata, OptimizationSession
 
 # (model name, architecture, saved format, techniques, parameters)
 DEMO_SESSIONS = (

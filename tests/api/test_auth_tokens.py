@@ -5,9 +5,9 @@ from datetime import timedelta
 import pytest
 
 from tests.conftest import PASSWORD, make_user
-from webapp.auth import users
 from webapp.extensions import db
-from webapp.models import ApiToken, AuditEntry, utcnow
+from webapp.services import users
+from webapp.tables import ApiToken, AuditEntry, utcnow
 
 
 def login(client, username, password=PASSWORD):
@@ -172,8 +172,9 @@ def test_token_events_are_audited(app, client):
     login(client, "ada", "wrong-password")
     client.delete("/api/v1/auth/token", headers=bearer(pair["access_token"]))
     trail = [(e.action, e.username, e.allowed) for e in db.session.query(AuditEntry).order_by(AuditEntry.id)]
+    assert ("login", "ada", True) in trail
     assert ("token.issue", "ada", True) in trail
-    assert ("token.issue", "ada", False) in trail
+    assert ("login", "ada", False) in trail
     assert ("token.revoke", "ada", True) in trail
 
 
@@ -197,3 +198,12 @@ def test_with_redis_the_login_limit_is_shared_by_all_processes(make_app):
     first, second = make_app(**settings).test_client(), make_app(**settings).test_client()
     codes = [login(client, "nobody", "wrong").status_code for client in (first, second, first, second)]
     assert codes == [401, 401, 401, 429]
+
+
+def test_an_api_login_is_a_login(app, client):
+    """Does logging in through the API record the last login, as the page does?"""
+    user = make_user("ada")
+    assert user.last_login_at is None
+    assert login(client, "ada").status_code == 200
+    db.session.refresh(user)
+    assert user.last_login_at is not None

@@ -77,9 +77,8 @@ def test_a_save_without_a_version_is_428(app, api_client):
 
 def _attempts(app, worker, count, results, go=None):
     """Each attempt: read the current version, save an edit based on it."""
-    from webapp.auth import users
     from webapp.extensions import db
-    from webapp.services import criteria
+    from webapp.services import criteria, users
     from webapp.services.errors import ServiceError
 
     with app.app_context():

@@ -10,7 +10,7 @@ import numpy as np
 from tests import hostile
 from tests.conftest import ApiClient, make_user
 from tests.helpers import TERMINAL, start, upload, upload_file, wait_for
-from webapp.auth import tokens
+from webapp.services import tokens
 
 
 def _caller(app, name: str) -> ApiClient:

@@ -10,7 +10,7 @@ from flask import g
 from webapp.api import ApiBlueprint
 from webapp.auth.guards import roles_required
 from webapp.extensions import db
-from webapp.models import AuditEntry, Role
+from webapp.tables import AuditEntry, Role
 
 ERROR_FIELDS = {"error", "message", "details", "timestamp", "request_id"}
 

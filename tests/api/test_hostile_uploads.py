@@ -13,9 +13,9 @@ import pytest
 from tests import hostile
 from tests.conftest import TEST_SECRET, ApiClient, make_user
 from tests.helpers import upload_file
-from webapp.auth import tokens
 from webapp.extensions import db
-from webapp.models import ModelMetadata
+from webapp.services import tokens
+from webapp.tables import ModelMetadata
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:DeprecationWarning")
 

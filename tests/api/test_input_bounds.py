@@ -11,7 +11,7 @@ import pytest
 
 from tests.factories import gen_artifact, gen_model, gen_session
 from webapp.extensions import db
-from webapp.models import ModelMetadata
+from webapp.tables import ModelMetadata
 
 HUGE = 2**64  # past SQLite's and PostgreSQL's bigint
 PAST_INT4 = 2**31  # past PostgreSQL's integer, the type of every id column

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from webapp.extensions import db
-from webapp.models import ModelMetadata
+from webapp.tables import ModelMetadata
 
 
 def stored_files(app):
@@ -115,7 +115,7 @@ def test_upload_over_the_limit_is_413_and_leaves_nothing(make_app, api_client):
     app = make_app(uploads={"max_bytes": 1024})
     with app.app_context():
         from tests.conftest import make_user
-        from webapp.auth import tokens
+        from webapp.services import tokens
 
         user = make_user("big", "operator")
         token = tokens.create_personal(user, "t", 30, False).access_token

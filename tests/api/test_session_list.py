@@ -78,7 +78,7 @@ def test_model_filter(world):
 
 
 def test_date_range_is_inclusive_of_the_last_day(world):
-    from webapp.models import utcnow
+    from webapp.tables import utcnow
 
     today = utcnow().date().isoformat()
     body = listing(world["alice"], f"?created_from={today}&created_to={today}").get_json()
@@ -163,7 +163,7 @@ def test_another_users_session_is_404(world):
 
 def test_a_session_whose_model_is_gone_is_listed_as_deleted(world):
     from webapp.extensions import db
-    from webapp.models import utcnow
+    from webapp.tables import utcnow
 
     world["b_model"].deleted_at = utcnow()
     db.session.commit()
@@ -197,8 +197,8 @@ def test_a_listed_row_is_the_sessions_summary(world):
     for a deleted model and an ordinary one alike?"""
     from webapp.api.schemas import SessionSchema
     from webapp.extensions import db
-    from webapp.models import OptimizationSession, utcnow
-    from webapp.services import optimization
+    from webapp.services import session_summaries
+    from webapp.tables import OptimizationSession, utcnow
 
     world["b_model"].deleted_at = utcnow()
     db.session.commit()
@@ -206,7 +206,7 @@ def test_a_listed_row_is_the_sessions_summary(world):
     assert len(listed) == 11
     for row in listed:
         session = db.session.get(OptimizationSession, row["session_id"])
-        assert row == optimization.jsonable(optimization.summary(session))
+        assert row == session_summaries.jsonable(session_summaries.summary(session))
         assert set(row) == set(SessionSchema().fields)  # what the API docs promise
     assert {r["model_deleted"] for r in listed if r["model_id"] == world["b_model"].id} == {True}
 

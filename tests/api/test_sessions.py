@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from tests.helpers import TERMINAL, start, upload, wait_for
-from webapp.models import AuditEntry
+from webapp.tables import AuditEntry
 
 
 @pytest.fixture
@@ -152,7 +152,7 @@ def test_sessions_queue_when_every_worker_is_busy(make_app, demo_files):
     app = make_app(executor={"max_workers": 1, "poll_seconds": 0.1})
     with app.app_context():
         from tests.conftest import ApiClient, make_user
-        from webapp.auth import tokens
+        from webapp.services import tokens
 
         user = make_user("queue-operator", "operator")
         caller = ApiClient(app.test_client(), user, tokens.create_personal(user, "t", 30, False).access_token)

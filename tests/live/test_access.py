@@ -12,9 +12,9 @@ from sqlalchemy import update
 from tests.conftest import AuthActions, make_user
 from tests.live.test_websockets import browser_socket
 from tests.live.wsclient import closed_within, connect, receive_json, token_for
-from webapp.auth import tokens, users
 from webapp.extensions import db
-from webapp.models import ApiToken, utcnow
+from webapp.services import tokens, users
+from webapp.tables import ApiToken, utcnow
 
 POLICY_VIOLATION = 1008
 WITHIN = 5.0

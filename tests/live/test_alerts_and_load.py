@@ -8,8 +8,8 @@ from prometheus_client import REGISTRY
 from tests.factories import gen_model, gen_session
 from tests.live.conftest import serving
 from tests.live.wsclient import connect, receive_json, start_on, token_for, upload_model
-from webapp.models import utcnow
-from webapp.services import optimization
+from webapp.services import session_runs
+from webapp.tables import utcnow
 
 
 def messages_within(ws, seconds=3.0):
@@ -43,7 +43,7 @@ def test_a_failed_session_alerts_admins_and_only_admins(app, live):
     for ws in (alice_ws, admin_ws, viewer_ws):
         assert receive_json(ws)["event"] == "system_status"
     session = gen_session(gen_model(alice), alice, status="running", heartbeat_at=utcnow())
-    optimization.record_failed(session.id, "engine_error", "the model would not load")
+    session_runs.record_failed(session.id, "engine_error", "the model would not load")
 
     alert = wait_for(admin_ws, lambda m: m["event"] == "alert")
     assert alert["data"]["kind"] == "session_failed"

@@ -11,7 +11,7 @@ from tests.factories import gen_model, gen_session
 from tests.live.wsclient import open_socket, receive_json
 from tests.servers import Server
 from webapp.extensions import db
-from webapp.models import User
+from webapp.tables import User
 
 PASSWORD = "restart-admin-password"
 

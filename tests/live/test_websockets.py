@@ -141,8 +141,8 @@ def test_the_dashboard_follows_a_session_that_ends(app, live):
     """When a session fails, does an open dashboard get its cards, its recent list (with
     that session) and the new load, and its owner a toast?"""
     from tests.factories import gen_model, gen_session
-    from webapp.models import utcnow
-    from webapp.services import optimization
+    from webapp.services import session_runs
+    from webapp.tables import utcnow
 
     user, _ = token_for("dave")
     session = gen_session(gen_model(user), user, status="running", heartbeat_at=utcnow())
@@ -153,7 +153,7 @@ def test_the_dashboard_follows_a_session_that_ends(app, live):
     )
     status = ws.receive(timeout=10)  # the snapshot: nothing changed since, but the load
     assert 'id="system-status"' in status
-    optimization.record_failed(session.id, "engine_error", "out of memory")
+    session_runs.record_failed(session.id, "engine_error", "out of memory")
     received = ""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and "toast failed" not in received:

@@ -9,7 +9,7 @@ import time
 from simple_websocket import Client, ConnectionClosed
 
 from tests.conftest import make_user
-from webapp.auth import tokens
+from webapp.services import tokens
 
 TERMINAL = {"session_completed", "session_failed", "session_cancelled"}
 

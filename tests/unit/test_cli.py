@@ -1,7 +1,7 @@
 """The flask commands deployment scripts rely on."""
 
 from webapp.extensions import db
-from webapp.models import ModelMetadata, OptimizationSession, User
+from webapp.tables import ModelMetadata, OptimizationSession, User
 
 
 def test_create_user_takes_the_password_from_the_environment(app, runner, monkeypatch):

@@ -5,9 +5,9 @@ import re
 import pytest
 
 from tests.conftest import make_user
-from webapp.auth import tokens
 from webapp.extensions import db
-from webapp.models import ApiToken
+from webapp.services import tokens
+from webapp.tables import ApiToken
 
 SHOWN_TOKEN = re.compile(r'id="new-token-value">(odk_[^<]+)<')
 

@@ -3,9 +3,9 @@
 import pytest
 
 from tests.conftest import make_user
-from webapp.auth import audit
 from webapp.extensions import db
-from webapp.models import AuditEntry, User
+from webapp.services import audit
+from webapp.tables import AuditEntry, User
 
 
 @pytest.mark.parametrize("who", ["operator", "viewer"])

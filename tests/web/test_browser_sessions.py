@@ -1,9 +1,9 @@
 """A browser session ends on the server: logout, deactivation and a role change."""
 
 from tests.conftest import AuthActions, csrf_from, make_user
-from webapp.auth import users
 from webapp.extensions import db
-from webapp.models import ApiToken
+from webapp.services import users
+from webapp.tables import ApiToken
 
 PAGES = ["/dashboard", "/sessions", "/models", "/config", "/account/tokens"]
 

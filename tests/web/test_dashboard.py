@@ -4,7 +4,7 @@ from sqlalchemy import text
 
 from tests.factories import gen_model, gen_session
 from webapp.extensions import db
-from webapp.services import dashboard
+from webapp.services import caching, dashboard
 
 
 def test_the_page_shows_cards_active_sessions_and_the_chart(operator):
@@ -32,7 +32,7 @@ def test_stats_are_cached_until_a_session_changes_state(app, operator, api_clien
     gen_session(model, caller.user, "completed")
     assert caller.get("/api/v1/dashboard/stats").get_json()["total_sessions"] == first["total_sessions"]
     # ...and a state change through the services clears it.
-    dashboard.invalidate()
+    caching.invalidate()
     assert caller.get("/api/v1/dashboard/stats").get_json()["total_sessions"] == 1
 
 
@@ -66,6 +66,6 @@ def test_with_redis_a_change_in_one_process_clears_every_process(make_app):
         gen_model(user, "m")
         assert dashboard.cached_stats(user)["total_models"] == 0  # still cached
     with second.app_context():
-        dashboard.invalidate()
+        caching.invalidate()
     with first.app_context():
         assert dashboard.cached_stats(db.session.merge(user))["total_models"] == 1

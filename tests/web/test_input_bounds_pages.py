@@ -7,8 +7,8 @@ import pytest
 from tests.conftest import PASSWORD, csrf_from, make_user
 from tests.factories import gen_artifact, gen_model, gen_session
 from webapp.extensions import db
-from webapp.models import ModelMetadata
 from webapp.services import criteria
+from webapp.tables import ModelMetadata
 
 HUGE = 2**64
 

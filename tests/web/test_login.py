@@ -3,9 +3,9 @@
 import pytest
 
 from tests.conftest import PASSWORD, csrf_from, make_user
-from webapp.auth import users
 from webapp.extensions import db
-from webapp.models import AuditEntry
+from webapp.services import users
+from webapp.tables import AuditEntry
 
 PAGES = ["/dashboard", "/sessions", "/models", "/config", "/account/tokens"]
 

@@ -4,7 +4,7 @@ import io
 
 from tests.conftest import csrf_from
 from webapp.extensions import db
-from webapp.models import AuditEntry, ModelMetadata
+from webapp.tables import AuditEntry, ModelMetadata
 
 
 def post_upload(role_client, content, filename="digits.onnx", **fields):

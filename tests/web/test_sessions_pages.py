@@ -6,7 +6,7 @@ import time
 from tests.conftest import csrf_from
 from tests.factories import gen_model, gen_session
 from webapp.extensions import db
-from webapp.models import OptimizationSession
+from webapp.tables import OptimizationSession
 
 
 def test_filters_answer_htmx_with_the_list_and_links_with_the_page(operator):
@@ -47,7 +47,7 @@ def test_empty_states(operator):
 
 
 def test_a_row_whose_model_was_deleted_says_so(operator):
-    from webapp.models import utcnow
+    from webapp.tables import utcnow
 
     model = gen_model(operator.user, "gone")
     gen_session(model, operator.user, "completed")

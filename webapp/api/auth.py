@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from flask import g
 
-from ..auth import audit, tokens, users
 from ..auth.budget import login_budget
 from ..auth.guards import public, read_only_allowed
 from ..auth.schemas import LoginSchema, RefreshSchema
 from ..auth.views import login_limit
 from ..errors import ApiError
 from ..extensions import limiter
-from ..models import utcnow
+from ..services import tokens, users
+from ..tables import utcnow
 from . import ApiBlueprint
 from .schemas import ErrorSchema, TokenSchema
 
@@ -40,11 +40,8 @@ def _token_body(issued: tokens.IssuedToken) -> dict:
 )
 def issue_token(credentials):
     """Log in with a username and password; get an access and a refresh token."""
-    user = users.authenticate(credentials["username"], credentials["password"])
+    user = users.log_in(credentials["username"], credentials["password"], "api")
     if user is None:
-        audit.record(
-            "token.issue", username=credentials["username"], allowed=False, detail="wrong credentials"
-        )
         raise ApiError(401, "invalid_credentials", "Wrong username or password.")
     return _token_body(tokens.issue_login_token(user))
 

@@ -10,8 +10,7 @@ from marshmallow import Schema, fields, validate
 
 from ..auth.guards import roles_required
 from ..bounds import MAX_ID
-from ..models import Role
-from ..services import criteria
+from ..services import criteria, policy
 from ..services.errors import ServiceError
 from . import ApiBlueprint
 from .schemas import ErrorSchema
@@ -76,7 +75,7 @@ class OptimizationCriteria(MethodView):
         in_force = criteria.current()
         return in_force.as_dict(), 200, {"ETag": in_force.etag}
 
-    @roles_required(Role.ADMIN)
+    @roles_required(*policy.ADMINISTRATORS)
     @blp.arguments(CriteriaInSchema)
     @blp.response(200, CriteriaOutSchema)
     @blp.alt_response(400, schema=ErrorSchema, description="A value is invalid; `details` names it.")

@@ -9,10 +9,10 @@ from marshmallow import Schema, ValidationError, fields, validate
 from werkzeug.datastructures import FileStorage
 
 from ..auth.guards import roles_required
-from ..models import Role
-from ..services import model_store
+from ..services import model_store, policy
+from ..services.model_store import ModelUploadSchema
 from . import ApiBlueprint
-from .schemas import ErrorSchema, ModelListSchema, ModelSchema, ModelUploadSchema
+from .schemas import ErrorSchema, ModelListSchema, ModelSchema
 
 blp = ApiBlueprint("Models", __name__, description="The model store: upload and inspect models.")
 
@@ -50,7 +50,7 @@ class Models(MethodView):
         models = model_store.list_for(g.api_user, query["q"])
         return {"models": models, "total": len(models)}
 
-    @roles_required(Role.ADMIN, Role.OPERATOR)
+    @roles_required(*policy.CREATORS)
     @blp.arguments(ModelUploadRequestSchema, location="form_and_files")
     @blp.response(201, ModelSchema)
     @blp.alt_response(413, schema=ErrorSchema, description="Larger than uploads.max_bytes.")
@@ -80,7 +80,7 @@ class ModelItem(MethodView):
         """One model with its analysis."""
         return model_store.get_for(g.api_user, model_id)
 
-    @roles_required(Role.ADMIN, Role.OPERATOR)
+    @roles_required(*policy.CREATORS)
     @blp.response(204)
     @blp.alt_response(409, schema=ErrorSchema, description="A session still uses the model.")
     def delete(self, model_id):

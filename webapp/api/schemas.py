@@ -1,8 +1,8 @@
 """Marshmallow schemas of the API's shared shapes."""
 
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, fields
 
-from ..bounds import Printable, id_field
+from ..bounds import id_field
 
 
 class ErrorSchema(Schema):
@@ -59,16 +59,6 @@ class ModelSchema(Schema):
 class ModelListSchema(Schema):
     models = fields.List(fields.Nested(ModelSchema))
     total = fields.Integer()
-
-
-class ModelUploadSchema(Schema):
-    """The text fields of an upload: the Models page and POST /models share them."""
-
-    name = fields.String(validate=[validate.Length(max=200), Printable()])
-    input_shape = fields.String(
-        validate=validate.Length(max=10_000),
-        metadata={"description": 'JSON, when the file does not carry it: [1, 64] or {"input": [1, 64]}'},
-    )
 
 
 class SessionStartSchema(Schema):

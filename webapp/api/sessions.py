@@ -6,8 +6,7 @@ from flask import g, jsonify, send_file
 from flask.views import MethodView
 
 from ..auth.guards import roles_required
-from ..models import Role
-from ..services import optimization, session_query
+from ..services import optimization, policy, session_query, session_summaries
 from . import ApiBlueprint
 from .schemas import (
     ErrorSchema,
@@ -22,7 +21,7 @@ blp = ApiBlueprint("Sessions", __name__, description="Optimization sessions.")
 
 def _detail(session) -> dict:
     return {
-        **optimization.summary(session),
+        **session_summaries.summary(session),
         "parameters": session.parameters,
         "criteria": session.criteria,
         "criteria_version": session.criteria_version,
@@ -42,12 +41,12 @@ def list_sessions(filters):
     # Already plain values: dumping 50 rows through the schema took longer than reading
     # them (bench/session_list.py). The schema still documents the response, and a test
     # holds the two together.
-    page["sessions"] = [optimization.jsonable(s) for s in page["sessions"]]
+    page["sessions"] = [session_summaries.jsonable(s) for s in page["sessions"]]
     return jsonify(page)
 
 
 @blp.route("/optimization/sessions", methods=["POST"])
-@roles_required(Role.ADMIN, Role.OPERATOR)
+@roles_required(*policy.CREATORS)
 @blp.arguments(SessionStartSchema)
 @blp.response(202, SessionDetailSchema)
 @blp.alt_response(404, schema=ErrorSchema, description="No such model.")
@@ -69,7 +68,7 @@ class SessionItem(MethodView):
 
 
 @blp.route("/optimization/sessions/<int:session_id>/cancel", methods=["POST"])
-@roles_required(Role.ADMIN, Role.OPERATOR)
+@roles_required(*policy.CREATORS)
 @blp.response(202, SessionDetailSchema)
 @blp.alt_response(409, schema=ErrorSchema, description="The session already finished.")
 def cancel_session(session_id):

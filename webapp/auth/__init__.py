@@ -1,21 +1,13 @@
-"""Users, roles, login, API tokens and the audit trail."""
+"""Signing in: the login page, flask-login's session loader, the guards every route
+passes and the login budget. The rules about accounts, tokens and the audit trail
+are services (services/users.py, tokens.py, audit.py)."""
 
 import secrets
 
-from blinker import Namespace
-from flask import Flask, current_app
+from flask import Flask
 
 from ..extensions import db, login_manager
-from ..models import User
-
-# Sent, with the app as sender, once a change to what an account or token may do is
-# committed (deactivation, role change, logout, revocation): this process's open live
-# streams re-check at once instead of at their next periodic check.
-access_changed = Namespace().signal("access-changed")
-
-
-def announce_access_change() -> None:
-    access_changed.send(current_app._get_current_object())
+from ..tables import User
 
 
 def init_app(app: Flask) -> None:

@@ -12,8 +12,8 @@ from flask import current_app, g, request
 from flask_login import current_user
 
 from ..errors import ApiError, is_api_request
-from ..models import Role, User
-from . import audit, tokens
+from ..services import audit, tokens
+from ..tables import Role, User
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from marshmallow import Schema, ValidationError, fields, pre_load, validate
 
 from ..bounds import Printable
-from ..models import Role
+from ..tables import Role
 
 USERNAME_RULE = validate.Regexp(
     r"^[a-z0-9][a-z0-9_.-]{0,63}$",

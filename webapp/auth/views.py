@@ -7,9 +7,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 
-from ..extensions import db
-from ..models import utcnow
-from . import audit, users
+from ..services import users
 from .budget import login_budget
 from .schemas import LoginSchema, load_form
 
@@ -48,20 +46,11 @@ def login():
     if request.method == "POST":
         data, errors = load_form(LoginSchema(), request.form)
         username = request.form.get("username", "")[:64]
-        user = users.authenticate(data["username"], data["password"]) if data else None
+        user = users.log_in(data["username"], data["password"], "page") if data else None
         if user is not None:
-            user.last_login_at = utcnow()
             login_user(user)
-            audit.record("login", user=user, commit=False)
-            db.session.commit()
             return redirect(_safe_next(request.args.get("next")))
         # One message whatever was wrong, so the page never tells whether a name exists.
-        audit.record(
-            "login",
-            username=data.get("username") if data else None,
-            allowed=False,
-            detail="wrong credentials",
-        )
         errors = {"form": [WRONG_CREDENTIALS]}
     status = 200 if not errors else 400
     return render_template("auth/login.html", errors=errors, username=username), status

@@ -13,10 +13,10 @@ from flask_login import current_user
 
 from ..bounds import parse_id
 from ..extensions import db
-from ..models import OptimizationSession, User
-from ..services import dashboard, optimization, system_status, visibility
+from ..services import dashboard, optimization, policy, session_summaries, system_status
 from ..services.errors import ServiceError
 from ..services.notifications import Notification
+from ..tables import OptimizationSession, User
 from .admission import Refused
 from .connection import LiveStream, changed_sessions, live_route, since_param
 
@@ -25,15 +25,7 @@ TOAST_EVENTS = {"session_completed": "completed", "session_failed": "failed"}
 
 
 def _session_fragment(user: User, session: OptimizationSession) -> str:
-    return render_template(
-        "sessions/_live.html",
-        oob=True,
-        session=session,
-        s=optimization.summary(session),
-        events=optimization.events(session),
-        results=session.results or {},
-        can_change=visibility.can_change(user, session.owner_id),
-    )
+    return render_template("sessions/_live.html", oob=True, **session_summaries.page_context(user, session))
 
 
 class Row(str):
@@ -48,8 +40,8 @@ def _row_fragment(user: User, session: OptimizationSession) -> Row:
         render_template(
             "sessions/_row.html",
             oob=True,
-            s=optimization.summary(session),
-            show_owner=visibility.sees_everything(user),
+            s=session_summaries.summary(session),
+            show_owner=policy.sees_everything(user),
         )
     )
 
@@ -108,7 +100,7 @@ class FragmentStream(LiveStream):
         out = []
         for session_id, event in zip(session_ids, events, strict=True):
             session = db.session.get(OptimizationSession, session_id)
-            if session is None or not visibility.can_see(self.user, session.owner_id):
+            if session is None or not policy.can_see(self.user, session.owner_id):
                 continue
             if self.page == "session" and session.id == self.room:
                 out.append(_session_fragment(self.user, session))

@@ -15,9 +15,9 @@ from flask import current_app, request
 
 from ..bounds import parse_datetime
 from ..extensions import db, sock
-from ..models import OptimizationSession, Role, SessionStatus, User, utcnow
-from ..services import get, metrics, optimization, visibility
+from ..services import get, metrics, optimization, policy
 from ..services.notifications import Notification
+from ..tables import ACTIVE_STATUSES, OptimizationSession, SessionStatus, User, utcnow
 from .admission import POLICY_VIOLATION, Refused
 
 log = logging.getLogger("optideck.live")
@@ -113,13 +113,13 @@ def may_see(user: User, notification: Notification, rooms: set[int] | None) -> b
     """Alerts go to admins; session events to those who may see the session (and joined
     its room, if any); platform-wide events (no owner) to everyone."""
     if notification.admins_only:
-        return user.role == Role.ADMIN
+        return policy.can_administer(user)
     session_id = notification.data.get("session_id")
     if rooms is not None and session_id is not None and session_id not in rooms:
         return False
     if notification.owner_id is None:
         return True
-    return visibility.can_see(user, notification.owner_id)
+    return policy.can_see(user, notification.owner_id)
 
 
 def changed_sessions(user: User, since: datetime | None, active: bool = False):
@@ -130,7 +130,7 @@ def changed_sessions(user: User, since: datetime | None, active: bool = False):
     if since is not None:
         condition = OptimizationSession.updated_at >= since
     if active:
-        running = OptimizationSession.status.in_((SessionStatus.QUEUED.value, SessionStatus.RUNNING.value))
+        running = OptimizationSession.status.in_(ACTIVE_STATUSES)
         condition = running if condition is None else condition | running
     if condition is None:
         return []

@@ -7,9 +7,8 @@ import time
 
 from flask import current_app, request
 
-from ..auth import tokens
 from ..bounds import parse_json
-from ..services import optimization, system_status
+from ..services import session_summaries, system_status, tokens
 from ..services.notifications import Notification
 from .admission import Refused
 from .connection import (
@@ -92,7 +91,8 @@ class EventStream(LiveStream):
             if self.rooms is None or session.id in self.rooms:
                 out.append(
                     message(
-                        EVENT_FOR_STATUS[session.status], optimization.jsonable(optimization.summary(session))
+                        EVENT_FOR_STATUS[session.status],
+                        session_summaries.jsonable(session_summaries.summary(session)),
                     )
                 )
         return out

@@ -5,7 +5,7 @@ role changed, its browser sessions ended (logout) or its token revoked or
 expired. Every `live.recheck_seconds` one thread per worker reads the accounts
 and tokens behind all its open streams, two queries whatever their number, and
 hands each stream what it found. A change committed in this process
-(auth.access_changed) wakes the thread at once; one made by another process is
+(services.signals.access_changed) wakes the thread at once; one made by another process is
 seen at the next read.
 """
 
@@ -17,9 +17,9 @@ import threading
 from flask import Flask
 from sqlalchemy import select
 
-from ..auth import access_changed
 from ..extensions import db
-from ..models import ApiToken, User, utcnow
+from ..services.signals import access_changed
+from ..tables import ApiToken, User, utcnow
 
 log = logging.getLogger("optideck.live")
 

@@ -13,7 +13,7 @@ from collections import deque
 
 from flask import request
 
-from ..models import OptimizationSession
+from ..tables import OptimizationSession
 from . import get, metrics
 
 

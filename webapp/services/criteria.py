@@ -26,11 +26,11 @@ from marshmallow import (
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from ..auth import audit
 from ..bounds import Printable
 from ..engine.techniques import QUANTIZATION_MODES, TECHNIQUES
 from ..extensions import cache, db
-from ..models import CriteriaVersion, User
+from ..tables import CriteriaVersion, User
+from . import audit
 from .errors import ServiceError
 
 log = logging.getLogger("optideck.criteria")
@@ -235,7 +235,7 @@ def validate_document(data: dict) -> dict:
 
 
 def _has_calibration_data() -> bool:
-    from ..models import ModelMetadata
+    from ..tables import ModelMetadata
 
     return bool(
         db.session.scalar(

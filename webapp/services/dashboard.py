@@ -9,12 +9,11 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from flask import current_app
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..extensions import cache, db
-from ..models import (
+from ..extensions import db
+from ..tables import (
     ACTIVE_STATUSES,
     FINISHED_STATUSES,
     ModelMetadata,
@@ -22,58 +21,27 @@ from ..models import (
     SessionStatus,
     User,
 )
-from . import optimization, visibility
+from . import caching, policy, session_summaries
+from .optimization import query_for
 
 log = logging.getLogger("optideck.dashboard")
 
-GENERATION_KEY = "dashboard:generation"
 CHART_POINTS = 60
 
 
-def invalidate() -> None:
-    """Forget every cached figure (a session changed state, a model came or went)."""
-    try:
-        cache.set(GENERATION_KEY, (cache.get(GENERATION_KEY) or 0) + 1, timeout=0)
-    except Exception:  # a cache outage must not fail the action that changed the data
-        log.warning("could not invalidate dashboard statistics", exc_info=True)
-
-
-def cached_for_generation(user: User, name: str, compute, keep=lambda value: True):
-    """compute()'s value for this user's scope, until the next invalidate() or the TTL
-    (a value `keep` refuses is not cached)."""
-    if not current_app.config["OPTIDECK"]["dashboard"]["stats_cache_seconds"]:
-        return compute()  # caching turned off
-    key = f"{name}:{cache.get(GENERATION_KEY) or 0}:{_scope_key(user)}"
-    found = cache.get(key)
-    if found is not None:
-        return found
-    fresh = compute()
-    if keep(fresh):
-        cache.set(key, fresh)
-    return fresh
-
-
-def _scope_key(user: User) -> str:
-    return "all" if visibility.sees_everything(user) else f"user:{user.id}"
-
-
 def cached_stats(user: User) -> dict:
-    return cached_for_generation(
+    return caching.cached_for_generation(
         user, "dashboard:stats", lambda: stats(user), keep=lambda fresh: not fresh["unavailable"]
     )
 
 
 def _scoped(query, user: User):
-    if not visibility.sees_everything(user):
-        query = query.where(OptimizationSession.owner_id == user.id)
-    return query
+    return policy.scope(query, OptimizationSession.owner_id, user)
 
 
 def _model_count(user: User) -> dict:
     query = select(func.count()).select_from(ModelMetadata).where(ModelMetadata.deleted_at.is_(None))
-    if not visibility.sees_everything(user):
-        query = query.where(ModelMetadata.owner_id == user.id)
-    return {"total_models": db.session.scalar(query) or 0}
+    return {"total_models": db.session.scalar(policy.scope(query, ModelMetadata.owner_id, user)) or 0}
 
 
 def _session_figures(user: User) -> dict:
@@ -145,7 +113,7 @@ def safely(compute, *args, **kwargs):
 
 
 def active_and_recent(user: User, recent: int = 8) -> tuple[list[dict], list[dict]]:
-    base = optimization.query_for(user)
+    base = query_for(user)
     active = db.session.scalars(
         base.where(OptimizationSession.status.in_(ACTIVE_STATUSES))
         .order_by(OptimizationSession.created_at.desc())
@@ -156,13 +124,13 @@ def active_and_recent(user: User, recent: int = 8) -> tuple[list[dict], list[dic
         .order_by(OptimizationSession.completed_at.desc())
         .limit(recent)
     )
-    return ([optimization.summary(s) for s in active], [optimization.summary(s) for s in finished])
+    return ([session_summaries.summary(s) for s in active], [session_summaries.summary(s) for s in finished])
 
 
 def chart(user: User, width: int = 640, height: int = 200) -> dict | None:
     """Size reduction and speed-up of the latest completed sessions, as SVG coordinates."""
     rows = db.session.execute(
-        optimization.query_for(user)
+        query_for(user)
         .with_only_columns(
             OptimizationSession.id,
             OptimizationSession.completed_at,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..engine.runner import ARTIFACT_NAME
 from ..extensions import db
-from . import optimization
+from . import session_runs
 from .sandbox import SandboxError, Worker
 
 log = logging.getLogger("optideck.executor")
@@ -112,7 +112,7 @@ class LocalExecutor:
         with self.app.app_context():
             for running in list(self._running.values()):
                 running.worker.kill()
-                optimization.record_failed(
+                session_runs.record_failed(
                     running.session_id, "worker_lost", "The server shut down while the session ran."
                 )
                 self._forget(running)
@@ -141,7 +141,7 @@ class LocalExecutor:
 
     def _loop(self) -> None:
         with self.app.app_context():
-            optimization.fail_stale(self.heartbeat_timeout)
+            session_runs.fail_stale(self.heartbeat_timeout)
             # Warm one worker now, so that the first session starts at once too.
             self._drop_spare()
             self._spare = self.sandbox.start("session", self.app.config["OPTIDECK"]["criteria"]["threads"])
@@ -164,17 +164,17 @@ class LocalExecutor:
         self._dispatch()
         if time.monotonic() - self._last_sweep > STALE_SWEEP_SECONDS:
             self._last_sweep = time.monotonic()
-            optimization.fail_stale(self.heartbeat_timeout, set(self._running))
+            session_runs.fail_stale(self.heartbeat_timeout, set(self._running))
         if not self._running:
             self._wake.wait(self.poll)
             self._wake.clear()
 
     def _dispatch(self) -> None:
         while len(self._running) < self.max_workers and not self._stop.is_set():
-            session = optimization.claim_next(self.per_user)
+            session = session_runs.claim_next(self.per_user)
             if session is None:
                 return
-            job = optimization.job_for(session)
+            job = session_runs.job_for(session)
             taken = None
             try:
                 taken = self._take_worker(int(job["criteria"]["threads"]))
@@ -186,7 +186,7 @@ class LocalExecutor:
             except OSError as exc:
                 if taken is not None:
                     taken.close()
-                optimization.record_failed(
+                session_runs.record_failed(
                     session.id, "worker_lost", f"Could not start a worker: {exc.strerror or exc}"
                 )
                 continue
@@ -227,10 +227,10 @@ class LocalExecutor:
             pct, step = float(args[0]), str(args[1])[:64]
             if step != running.step:
                 running.step, running.step_started = step, time.monotonic()
-            optimization.record_progress(session_id, pct, step)
+            session_runs.record_progress(session_id, pct, step)
         elif kind == "event":
             data = args[3] if isinstance(args[3], dict) else {}
-            optimization.record_event(
+            session_runs.record_event(
                 session_id,
                 str(args[0])[:32],
                 None if args[1] is None else str(args[1])[:64],
@@ -245,7 +245,7 @@ class LocalExecutor:
             self._fail(running, str(args[0])[:32], str(args[1])[:2000])
         elif kind == "cancelled":
             running.finished = True
-            optimization.record_cancelled(session_id)
+            session_runs.record_cancelled(session_id)
         elif kind != "beat":
             raise ValueError(f"unknown message {kind!r}")
 
@@ -263,16 +263,16 @@ class LocalExecutor:
             )
         except SandboxError as exc:
             log.warning("session %s: %s", running.session_id, exc)
-            optimization.record_failed(
+            session_runs.record_failed(
                 running.session_id, "worker_lost", "The worker finished without a usable optimized model."
             )
             return
-        optimization.record_completed(running.session_id, outcome, artifact)
+        session_runs.record_completed(running.session_id, outcome, artifact)
 
     def _fail(self, running: _Running, error_type: str, message: str) -> None:
         running.finished = True
         running.worker.kill()
-        optimization.record_failed(running.session_id, error_type, message)
+        session_runs.record_failed(running.session_id, error_type, message)
 
     def _reap(self) -> None:
         for running in list(self._running.values()):
@@ -288,18 +288,18 @@ class LocalExecutor:
                     pass  # judged below, as a worker that ended without a word
             if not running.finished:
                 if running.cancel_sent_at is not None:
-                    optimization.record_cancelled(running.session_id)
+                    session_runs.record_cancelled(running.session_id)
                 else:
                     error_type, message = worker.exit_reason()
                     log.info(
                         "session %s: worker ended: %s\n%s", running.session_id, message, worker.stderr_tail()
                     )
-                    optimization.record_failed(running.session_id, error_type, message)
+                    session_runs.record_failed(running.session_id, error_type, message)
             self._forget(running)
 
     def _enforce_limits(self) -> None:
         now = time.monotonic()
-        for session_id in optimization.cancel_requests(list(self._running)):
+        for session_id in session_runs.cancel_requests(list(self._running)):
             running = self._running[session_id]
             if running.cancel_sent_at is None:
                 running.worker.cancel()
@@ -309,7 +309,7 @@ class LocalExecutor:
                 continue
             if now - running.heartbeat_written > HEARTBEAT_SECONDS:
                 running.heartbeat_written = now
-                optimization.record_heartbeat(running.session_id)
+                session_runs.record_heartbeat(running.session_id)
             if running.cancel_sent_at is not None:
                 if now - running.cancel_sent_at > self.grace:
                     log.warning(

@@ -8,15 +8,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 from flask import current_app
+from marshmallow import Schema, fields, validate
 from sqlalchemy import func, select
 
-from ..auth import audit
-from ..bounds import parse_json, printable
+from ..bounds import Printable, parse_json, printable
 from ..engine import datasets, formats, screening
 from ..engine.errors import DatasetRejected, EngineError
 from ..extensions import db
-from ..models import ACTIVE_STATUSES, ModelMetadata, OptimizationSession, User, utcnow
-from . import dashboard, get, stored_files, visibility
+from ..tables import ACTIVE_STATUSES, ModelMetadata, OptimizationSession, User, utcnow
+from . import audit, caching, get, policy, stored_files
 from .errors import ServiceError
 from .sandbox import SandboxError, run_job
 from .storage import TooLarge
@@ -24,6 +24,16 @@ from .storage import TooLarge
 log = logging.getLogger("optideck.models")
 
 MAX_NAME = 200
+
+
+class ModelUploadSchema(Schema):
+    """The text fields of an upload: the Models page and POST /models share them."""
+
+    name = fields.String(validate=[validate.Length(max=200), Printable()])
+    input_shape = fields.String(
+        validate=validate.Length(max=10_000),
+        metadata={"description": 'JSON, when the file does not carry it: [1, 64] or {"input": [1, 64]}'},
+    )
 
 
 def _settings() -> dict:
@@ -109,7 +119,7 @@ def add(
         if eval_tmp is not None:
             stored_files.keep(eval_tmp, eval_sha, eval_tmp.stat().st_size)
         db.session.commit()
-        dashboard.invalidate()
+        caching.invalidate()
         return model
     except BaseException:
         db.session.rollback()
@@ -186,9 +196,7 @@ def _spool(blobs, stream, limit, field, suffix=""):
 
 def query_for(user: User):
     query = select(ModelMetadata).where(ModelMetadata.deleted_at.is_(None))
-    if not visibility.sees_everything(user):
-        query = query.where(ModelMetadata.owner_id == user.id)
-    return query
+    return policy.scope(query, ModelMetadata.owner_id, user)
 
 
 def list_for(user: User, search: str = "") -> list[ModelMetadata]:
@@ -206,13 +214,13 @@ def list_for(user: User, search: str = "") -> list[ModelMetadata]:
 def get_for(user: User, model_id: int) -> ModelMetadata:
     """The model if this user may see it; 404 alike for missing and not theirs."""
     model = db.session.get(ModelMetadata, model_id)
-    if model is None or model.deleted_at is not None or not visibility.can_see(user, model.owner_id):
+    if model is None or model.deleted_at is not None or not policy.can_see(user, model.owner_id):
         raise ServiceError(404, "not_found", f"No model {model_id}.")
     return model
 
 
 def delete(model: ModelMetadata, by: User) -> None:
-    if not visibility.can_change(by, model.owner_id):
+    if not policy.can_change(by, model.owner_id):
         audit.deny("model.delete", by, resource=f"model:{model.id}")
     busy = db.session.scalar(
         select(func.count())
@@ -230,7 +238,7 @@ def delete(model: ModelMetadata, by: User) -> None:
     audit.record("model.delete", user=by, resource=f"model:{model.id}", commit=False)
     # The bytes stay while another model, evaluation set or artifact still needs them.
     stored_files.commit_releasing([model.sha256, model.eval_data_sha256])
-    dashboard.invalidate()
+    caching.invalidate()
 
 
 def file_path(model: ModelMetadata) -> Path:

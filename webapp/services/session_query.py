@@ -9,8 +9,8 @@ from sqlalchemy import func, select
 
 from ..bounds import MAX_ID, MAX_YEAR, MIN_YEAR, id_field, parse_datetime
 from ..extensions import db
-from ..models import OptimizationSession, SessionStatus, User
-from . import dashboard, optimization, visibility
+from ..tables import OptimizationSession, SessionStatus, User
+from . import caching, optimization, policy, session_summaries
 from .errors import ServiceError
 
 DEFAULT_LIMIT = 50
@@ -96,7 +96,7 @@ def search(user: User, filters: dict) -> dict:
     if "model_id" in filters:
         query = query.where(OptimizationSession.model_id == filters["model_id"])
     if filters.get("owner"):
-        if not visibility.sees_everything(user):
+        if not policy.sees_everything(user):
             raise ServiceError(
                 400,
                 "validation_error",
@@ -125,7 +125,7 @@ def search(user: User, filters: dict) -> dict:
         .limit(filters["limit"])
         .scalar_subquery()
     )
-    sessions = optimization.summaries(
+    sessions = session_summaries.summaries(
         select(OptimizationSession).where(OptimizationSession.id.in_(page_ids)).order_by(ordering, tiebreak)
     )
     return {
@@ -144,7 +144,7 @@ def _total(user: User, filters: dict, query) -> int:
     cost more than the page; the count only changes when a session is created or changes
     state, which is when the dashboard's cache generation moves on."""
     key = repr([(name, filters.get(name)) for name in COUNTED])
-    return dashboard.cached_for_generation(
+    return caching.cached_for_generation(
         user,
         f"sessions:total:{key}",
         lambda: db.session.scalar(select(func.count()).select_from(query.subquery())) or 0,

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..extensions import db
-from ..models import ModelMetadata, OptimizationSession, StoredFile, utcnow
+from ..tables import ModelMetadata, OptimizationSession, StoredFile, utcnow
 from . import get
 
 log = logging.getLogger("optideck.storage")

@@ -13,7 +13,7 @@ from flask import Flask
 from sqlalchemy import func, select
 
 from ..extensions import db
-from ..models import OptimizationSession, SessionStatus
+from ..tables import OptimizationSession, SessionStatus
 from . import get
 
 log = logging.getLogger("optideck.status")

@@ -6,6 +6,8 @@ from urllib.parse import urlencode
 from flask import Blueprint, Flask, g, redirect, request, url_for
 from flask_login import login_required
 
+from ..services import policy
+
 
 def is_partial() -> bool:
     """htmx asks for a fragment; a reload, a shared link or a history restore for the page."""
@@ -64,6 +66,9 @@ def init_app(app: Flask) -> None:
     app.add_template_filter(filesize)
     app.add_template_filter(when)
     app.add_template_global(live_url)
+    # Role rules for templates, from the one module that holds them.
+    for rule in (policy.can_administer, policy.can_create, policy.sees_everything):
+        app.add_template_global(rule)
 
     from . import account, admin, config, dashboard, docs, models, sessions
 

@@ -3,8 +3,8 @@
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from ..auth import tokens
 from ..auth.schemas import NewTokenSchema, load_form
+from ..services import tokens
 from . import page_blueprint
 
 bp = page_blueprint("account", __name__)

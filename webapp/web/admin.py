@@ -5,17 +5,17 @@ from __future__ import annotations
 from flask import abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from ..auth import audit, users
 from ..auth.guards import roles_required
 from ..auth.schemas import NewUserSchema, RoleChangeSchema, load_form
-from ..models import Role
+from ..services import audit, policy, users
+from ..tables import Role
 from . import is_partial, page_blueprint
 
 bp = page_blueprint("admin", __name__, url_prefix="/admin")
 
 
 @bp.before_request
-@roles_required(Role.ADMIN)
+@roles_required(*policy.ADMINISTRATORS)
 def require_admin():
     return None
 

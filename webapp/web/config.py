@@ -10,8 +10,7 @@ from ..auth.guards import roles_required
 from ..bounds import parse_id
 from ..config import masked
 from ..engine.techniques import QUANTIZATION_MODES, TECHNIQUES
-from ..models import Role
-from ..services import criteria
+from ..services import criteria, policy
 from ..services.errors import ServiceError
 from . import page_blueprint
 
@@ -58,7 +57,7 @@ def _page(document=None, errors=None, stale=None, status=200, dirty=False):
         "errors": errors or {},
         "stale": stale,
         "dirty": dirty,
-        "can_edit": user.role == Role.ADMIN,
+        "can_edit": policy.can_administer(user),
         "techniques": list(TECHNIQUES),
         "modes": QUANTIZATION_MODES,
         "deployments": criteria.DEPLOYMENTS,
@@ -78,7 +77,7 @@ def index():
 
 
 @bp.post("/config/validate")
-@roles_required(Role.ADMIN)
+@roles_required(*policy.ADMINISTRATORS)
 def validate_form():
     """Checks the form as it is edited (htmx), without saving anything."""
     document = form_to_document(request.form)
@@ -94,7 +93,7 @@ def validate_form():
 
 
 @bp.post("/config")
-@roles_required(Role.ADMIN)
+@roles_required(*policy.ADMINISTRATORS)
 def save():
     document = form_to_document(request.form)
     based_on = _based_on(request.form)
@@ -123,12 +122,12 @@ def version(number: int):
         old=old,
         in_force=in_force,
         changes=criteria.diff(old.document, in_force.document),
-        can_edit=current_user.role == Role.ADMIN,
+        can_edit=policy.can_administer(current_user),
     )
 
 
 @bp.post("/config/versions/<int:number>/revert")
-@roles_required(Role.ADMIN)
+@roles_required(*policy.ADMINISTRATORS)
 def revert(number: int):
     try:
         saved = criteria.revert(number, _based_on(request.form), current_user._get_current_object())

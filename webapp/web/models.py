@@ -6,11 +6,9 @@ from flask import flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from ..api.schemas import ModelUploadSchema
 from ..auth.guards import roles_required
 from ..auth.schemas import load_form
-from ..models import Role
-from ..services import model_store, optimization, visibility
+from ..services import model_store, optimization, policy, session_summaries
 from ..services.errors import ServiceError
 from . import is_partial, page_blueprint
 
@@ -22,7 +20,7 @@ def _user():
 
 
 def _can_upload(user) -> bool:
-    return user.role in (Role.ADMIN, Role.OPERATOR)
+    return policy.can_create(user)
 
 
 @bp.get("/models")
@@ -57,10 +55,10 @@ def _upload_failed(errors: dict, status: int):
 
 
 @bp.post("/models")
-@roles_required(Role.ADMIN, Role.OPERATOR)
+@roles_required(*policy.CREATORS)
 def upload():
     try:
-        data, errors = load_form(ModelUploadSchema(), request.form)
+        data, errors = load_form(model_store.ModelUploadSchema(), request.form)
         upload_file = request.files.get("file")
     except RequestEntityTooLarge:
         return _upload_failed({"file": ["The upload is larger than this server accepts."]}, 413)
@@ -95,13 +93,13 @@ def detail(model_id: int):
     return render_template(
         "models/detail.html",
         model=model,
-        sessions=[optimization.summary(s) for s in sessions],
-        can_change=visibility.can_change(user, model.owner_id),
+        sessions=[session_summaries.summary(s) for s in sessions],
+        can_change=policy.can_change(user, model.owner_id),
     )
 
 
 @bp.post("/models/<int:model_id>/delete")
-@roles_required(Role.ADMIN, Role.OPERATOR)
+@roles_required(*policy.CREATORS)
 def delete(model_id: int):
     user = _user()
     model = model_store.get_for(user, model_id)

@@ -8,9 +8,9 @@ from werkzeug.datastructures import MultiDict
 
 from ..auth.guards import roles_required
 from ..bounds import parse_id
-from ..models import Role, SessionStatus
-from ..services import model_store, optimization, session_query, visibility
+from ..services import model_store, optimization, policy, session_query, session_summaries
 from ..services.errors import ServiceError
+from ..tables import SessionStatus
 from . import is_partial, page_blueprint
 
 bp = page_blueprint("sessions", __name__)
@@ -57,7 +57,7 @@ def _list_context(user, args) -> dict:
         "statuses": [s.value for s in SessionStatus],
         "list_query_args": list_query_args,
         "models": model_store.list_for(user),
-        "sees_everyone": visibility.sees_everything(user),
+        "sees_everyone": policy.sees_everything(user),
     }
 
 
@@ -83,8 +83,8 @@ def _form_errors(details: dict) -> dict:
 
 def _start_form_context(user, form=None, errors=None) -> dict:
     criteria = optimization.current_criteria()
-    can_start = user.role in (Role.ADMIN, Role.OPERATOR)
-    models = [m for m in model_store.list_for(user) if visibility.can_change(user, m.owner_id)]
+    can_start = policy.can_create(user)
+    models = [m for m in model_store.list_for(user) if policy.can_change(user, m.owner_id)]
     return {
         "can_start": can_start,
         "startable_models": models,
@@ -104,7 +104,7 @@ def _chosen_model(form) -> int:
 
 
 @bp.post("/sessions")
-@roles_required(Role.ADMIN, Role.OPERATOR)
+@roles_required(*policy.CREATORS)
 def start():
     user = _user()
     form = request.form
@@ -130,18 +130,11 @@ def start():
 def detail(session_id: int):
     user = _user()
     session = optimization.get_for(user, session_id)
-    return render_template(
-        "sessions/detail.html",
-        session=session,
-        s=optimization.summary(session),
-        events=optimization.events(session),
-        results=session.results or {},
-        can_change=visibility.can_change(user, session.owner_id),
-    )
+    return render_template("sessions/detail.html", **session_summaries.page_context(user, session))
 
 
 @bp.post("/sessions/<int:session_id>/cancel")
-@roles_required(Role.ADMIN, Role.OPERATOR)
+@roles_required(*policy.CREATORS)
 def cancel(session_id: int):
     user = _user()
     session = optimization.get_for(user, session_id)

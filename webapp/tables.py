@@ -31,7 +31,7 @@ class UTCDateTime(types.TypeDecorator):
         if value is None:
             return None
         if value.tzinfo is None:
-            raise ValueError("naive datetime given; use webapp.models.utcnow()")
+            raise ValueError("naive datetime given; use webapp.tables.utcnow()")
         return value.astimezone(UTC).replace(tzinfo=None)
 
     def process_result_value(self, value, dialect):

@@ -5,12 +5,20 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from flask import abort, has_request_context, request
+from flask import has_request_context, request
 from sqlalchemy import func, select
 
 from ..extensions import db
-from ..models import AuditEntry, User
 from ..requestlog import request_id
+from ..tables import AuditEntry, User
+from .errors import ServiceError
+
+ERROR_WORDS = {401: "token_missing", 403: "forbidden", 404: "not_found"}
+DENIED = {
+    403: "Your account is not allowed to do this: viewers only read, operators act on their own "
+    "models and sessions, and a read-only token changes nothing.",
+    404: "There is nothing at this address.",
+}
 
 log = logging.getLogger("optideck.audit")
 
@@ -48,11 +56,11 @@ def record(
 def deny(
     action: str, user: User | None, resource: str | None = None, detail: str | None = None, status: int = 403
 ):
-    """Record a denial, then stop the request with `status`."""
+    """Record a denial, then refuse with a ServiceError of `status` (403 unless said)."""
     # The denied request may have left pending changes; none of them may land.
     db.session.rollback()
     record(action, user=user, resource=resource, allowed=False, detail=detail)
-    abort(status)
+    raise ServiceError(status, ERROR_WORDS.get(status, "forbidden"), DENIED.get(status, DENIED[403]))
 
 
 @dataclass(frozen=True)

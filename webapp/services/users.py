@@ -6,8 +6,9 @@ from sqlalchemy import func, select
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from ..extensions import db
-from ..models import Role, User, utcnow
-from . import announce_access_change, audit
+from ..tables import Role, User, utcnow
+from . import audit
+from .signals import announce_access_change
 
 # Checked against when the username is unknown, so a wrong name and a wrong
 # password take the same time and cannot be told apart.
@@ -30,6 +31,21 @@ def authenticate(username: str, password: str) -> User | None:
         return None
     if not check_password_hash(user.password_hash, password) or not user.active:
         return None
+    return user
+
+
+def log_in(username: str, password: str, via: str) -> User | None:
+    """A login from the page or the API (`via`): the user when the credentials hold, with
+    the last login set to now; None otherwise. Both outcomes are audited as "login"."""
+    user = authenticate(username, password)
+    if user is None:
+        audit.record(
+            "login", username=username[:64] or None, allowed=False, detail=f"wrong credentials ({via})"
+        )
+        return None
+    user.last_login_at = utcnow()
+    audit.record("login", user=user, detail=via, commit=False)
+    db.session.commit()
     return user
 
 

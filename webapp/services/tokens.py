@@ -12,8 +12,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import joinedload
 
 from ..extensions import db
-from ..models import ApiToken, User, utcnow
-from . import announce_access_change, audit
+from ..tables import ApiToken, User, utcnow
+from . import audit
+from .signals import announce_access_change
 
 # Prefixes make a leaked token recognisable to secret scanners; they are not secrets.
 TOKEN_PREFIX = "odk_"  # noqa: S105

@@ -1,0 +1,101 @@
+"""Optimization sessions as users see them: the summary the API, the pages and live events
+all show, and the session page's context (the page and its live fragment render one)."""
+
+from __future__ import annotations
+
+from ..extensions import db
+from ..tables import ModelMetadata, OptimizationSession, User
+from . import policy
+
+
+def summary(session: OptimizationSession) -> dict:
+    """The session as DESIGN.md names it: the API, the pages and live events all use this."""
+    model = session.model
+    return _summary(
+        session,
+        model.name if model is not None else None,
+        model is None or model.deleted_at is not None,
+        session.owner.username if session.owner else None,
+    )
+
+
+def summaries(query) -> list[dict]:
+    """summary() of each session `query` selects, read as plain columns: for lists, where
+    loading 50 whole sessions (criteria, plan and all) cost more than the rest together."""
+    rows = db.session.execute(
+        query.with_only_columns(
+            *(getattr(OptimizationSession, name) for name in SUMMARY_COLUMNS),
+            ModelMetadata.name.label("model_name"),
+            ModelMetadata.deleted_at.label("model_deleted_at"),
+            ModelMetadata.id.label("model_found"),
+            User.username.label("owner_name"),
+        )
+        .outerjoin(ModelMetadata, ModelMetadata.id == OptimizationSession.model_id)
+        .outerjoin(User, User.id == OptimizationSession.owner_id)
+    )
+    return [
+        _summary(
+            row, row.model_name, row.model_found is None or row.model_deleted_at is not None, row.owner_name
+        )
+        for row in rows
+    ]
+
+
+SUMMARY_COLUMNS = (
+    "id",
+    "model_id",
+    "status",
+    "progress",
+    "current_step",
+    "techniques",
+    "results",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "completed_at",
+    "estimated_completion_at",
+    "error_type",
+    "error_message",
+)
+
+
+def _summary(s, model_name: str | None, model_deleted: bool, owner: str | None) -> dict:
+    """`s` is a session, or a row with its SUMMARY_COLUMNS."""
+    results = s.results or {}
+    return {
+        "session_id": s.id,
+        "model_id": s.model_id,
+        "model_name": model_name,
+        "model_deleted": model_deleted,
+        "owner": owner,
+        "status": s.status,
+        "progress_percentage": round(s.progress, 1),
+        "current_step": s.current_step,
+        "techniques": s.techniques,
+        "size_reduction_percent": results.get("size_reduction_percent"),
+        "speed_improvement_percent": results.get("speed_improvement_percent"),
+        "accuracy_retention_percent": results.get("accuracy_retention_percent"),
+        "criteria_met": results.get("criteria_met"),
+        "created_at": s.created_at,
+        "updated_at": s.updated_at,
+        "started_at": s.started_at,
+        "completed_at": s.completed_at,
+        "estimated_completion_at": s.estimated_completion_at,
+        "error_type": s.error_type,
+        "error_message": s.error_message,
+    }
+
+
+def jsonable(data: dict) -> dict:
+    return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in data.items()}
+
+
+def page_context(user: User, session: OptimizationSession) -> dict:
+    """What templates/sessions/detail.html and its live fragment render."""
+    return {
+        "session": session,
+        "s": summary(session),
+        "events": list(session.events),
+        "results": session.results or {},
+        "can_change": policy.can_change(user, session.owner_id),
+    }

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import ROOT, ensure_secret_key, load_config, masked
+from .config import RESOURCES_DIR, ensure_secret_key, load_config, masked
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -23,8 +25,8 @@ def create_app(config: dict[str, dict[str, Any]] | None = None) -> Flask:
     settings = load_config(overrides=config)
     app = Flask(
         __name__,
-        template_folder=str(ROOT / "templates"),
-        static_folder=str(ROOT / "static"),
+        template_folder=str(RESOURCES_DIR / "templates"),
+        static_folder=str(RESOURCES_DIR / "static"),
         instance_path=settings["app"]["instance_dir"],
     )
     _configure(app, settings)
@@ -36,7 +38,7 @@ def create_app(config: dict[str, dict[str, Any]] | None = None) -> Flask:
     requestlog.init_app(app)  # first: its before_request resets per-request state
     bounds.init_app(app)  # before any blueprint: it bounds their <int:...> converters
     db.init_app(app)
-    migrate.init_app(app, db, directory=str(ROOT / "migrations"), render_as_batch=True)
+    migrate.init_app(app, db, directory=str(RESOURCES_DIR / "migrations"), render_as_batch=True)
     csrf.init_app(app)
     limiter.init_app(app)
     cache.init_app(app)
@@ -70,6 +72,7 @@ def _tune_sqlite(app: Flask) -> None:
         return
     with app.app_context():
         engine = db.engine
+    database = engine.url.database
 
     @event.listens_for(engine, "connect")
     def on_connect(connection, _record):
@@ -80,11 +83,16 @@ def _tune_sqlite(app: Flask) -> None:
         # may roll back on power loss) and saves an fsync per commit.
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
+        # SQLite creates its files with the umask's mode (often world-readable).
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                os.chmod(f"{database}{suffix}", 0o600)
 
 
 def _configure(app: Flask, settings: dict[str, dict[str, Any]]) -> None:
     # SQLite, the default, cannot create the folder its file lives in.
-    Path(settings["app"]["instance_dir"]).mkdir(parents=True, exist_ok=True)
+    # The secret key, the default database and the store live here: the server's alone.
+    Path(settings["app"]["instance_dir"]).mkdir(mode=0o700, parents=True, exist_ok=True)
     redis_url = settings["redis"]["url"]
     app.config.update(
         OPTIDECK=settings,

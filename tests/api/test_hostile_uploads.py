@@ -11,13 +11,15 @@ import numpy as np
 import pytest
 
 from tests import hostile
-from tests.conftest import TEST_SECRET, ApiClient, make_user
-from tests.helpers import upload_file
+from tests.helpers import TEST_SECRET, api_client_for, upload_file
 from webapp.extensions import db
-from webapp.services import tokens
 from webapp.tables import ModelMetadata
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:DeprecationWarning")
+# Each upload is opened by a sandboxed worker, which is what these tests are about.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:DeprecationWarning"),
+]
 
 SECRET_FILES = ("/etc/passwd",)
 
@@ -29,9 +31,8 @@ def guarded(make_app):
         sandbox={"memory_mb": 1024}, uploads={"max_unpacked_bytes": 32 << 20, "analysis_timeout_seconds": 60}
     )
     with app.app_context():
-        user = make_user("hostile-operator", "operator")
-        caller = ApiClient(app.test_client(), user, tokens.create_personal(user, "t", 30, False).access_token)
-        yield app, Path(app.config["OPTIDECK"]["app"]["instance_dir"]), caller
+        instance = Path(app.config["OPTIDECK"]["app"]["instance_dir"])
+        yield app, instance, api_client_for(app, "hostile-operator")
 
 
 def _tree(root: Path, skip: tuple[Path, ...]) -> dict[str, tuple[int, int]]:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.conftest import PASSWORD, csrf_from, make_user
+from tests.helpers import PASSWORD, csrf_from, make_user
 
 WRONG = "wrong-password"
 
@@ -96,3 +96,25 @@ def test_malformed_attempts_are_answered_and_counted(make_app, body, content_typ
     ]
     assert all(400 <= code < 500 for code in codes), codes
     assert codes[-1] == 429
+
+
+def test_a_burst_of_parallel_guesses_gets_no_more_than_the_budget(make_app):
+    """Guesses sent all at once are counted one by one: no more than the budget is tried."""
+    import threading
+
+    app = make_app(security={"login_rate_limit": "5 per minute"})
+    with app.app_context():
+        make_user("ada")
+    results, start = [], threading.Barrier(20)
+
+    def guess():
+        client = app.test_client()
+        start.wait()
+        results.append(on_api(client, "ada"))
+
+    threads = [threading.Thread(target=guess) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [401] * 5 + [429] * 15

@@ -78,6 +78,7 @@ def _modules():
     }
 
 
+@pytest.mark.slow  # scripts and exports a dozen torch models
 @pytest.mark.parametrize("name", sorted(_modules()))
 def test_standard_layers_pass_both_screens(name, tmp_path):
     """Can a model built from ordinary PyTorch layers still be uploaded?"""
@@ -214,3 +215,93 @@ def test_the_allowlist_holds_tensor_maths_only():
         if re.search(r"file|path", argument.name)
     }
     assert not file_arguments
+
+
+def _rewrite(base, target, change):
+    """A copy of the zip `base` whose members are what change(name, data) returns (a list of
+    (name, data) pairs: none drops the member, two add one)."""
+    with (
+        warnings.catch_warnings(),  # zipfile warns when a name is written twice: we mean it
+        zipfile.ZipFile(base) as source,
+        zipfile.ZipFile(target, "w") as copy,
+    ):
+        warnings.simplefilter("ignore", UserWarning)
+        for info in source.infolist():
+            for name, data in change(info.filename, source.read(info)):
+                copy.writestr(name, data)
+    return target
+
+
+def _scripted(tmp_path):
+    base = tmp_path / "base.pt"
+    torch.jit.save(torch.jit.script(nn.Linear(2, 2)), str(base))
+    with zipfile.ZipFile(base) as archive:
+        code = next(n for n in archive.namelist() if n.endswith(".py"))
+    return base, code
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "t = torch\n  f = t.from_file\n  return f(p, False, 8)",
+        "o = ops\n  return o.aten.from_file(p, False, 8)",
+        "g = getattr\n  return g(torch, 'from_file')(p, False, 8)",
+        "pr = print\n  pr(p)\n  return torch.zeros(1)",
+    ],
+    ids=["torch", "ops", "getattr", "print"],
+)
+def test_torchscript_names_bound_to_variables_are_refused(body, tmp_path):
+    """torch, ops, getattr or print bound to a variable would hide what is called."""
+    base, code = _scripted(tmp_path)
+    extra = f"\ndef leak(p: str) -> Tensor:\n  {body}\n".encode()
+    tampered = _rewrite(base, tmp_path / "t.pt", lambda n, d: [(n, d + extra if n == code else d)])
+    with pytest.raises(ModelRejected, match="used as a value"):
+        screening.check_torchscript(tampered)
+
+
+def test_torchscript_archive_tricks_are_refused(tmp_path):
+    """A code file our reader would skip (.PY), a member named twice (torch loads the
+    first, Python's zipfile the last), or a file torch.jit.save never writes."""
+    base, code = _scripted(tmp_path)
+    evil = b"def leak(p: str) -> Tensor:\n  return torch.from_file(p, False, 8)\n"
+    upper = _rewrite(
+        base,
+        tmp_path / "u.pt",
+        lambda n, d: [(n, d), (n.rsplit("/", 1)[0] + "/x.PY", evil)] if n == code else [(n, d)],
+    )
+    twice = _rewrite(base, tmp_path / "d.pt", lambda n, d: [(n, evil), (n, d)] if n == code else [(n, d)])
+    stray = _rewrite(
+        base,
+        tmp_path / "s.pt",
+        lambda n, d: [(n, d), (n.split("/")[0] + "/lib.so", b"\x7fELF")] if n == code else [(n, d)],
+    )
+    for archive, words in ((upper, "format does not"), (twice, "twice"), (stray, "format does not")):
+        with pytest.raises(ModelRejected, match=words):
+            screening.check_torchscript(archive)
+
+
+def test_pt2_with_a_native_library_is_refused(demo_files, tmp_path):
+    """torch.export.load would dlopen a compiled model shipped in the archive."""
+    prefix = zipfile.ZipFile(demo_files["exported_program"]).namelist()[0].split("/")[0]
+
+    def add_library(name, data):
+        extra = (
+            [(f"{prefix}/data/aotinductor/model/model.wrapper.so", b"\x7fELF")]
+            if name.endswith("archive_format")
+            else []
+        )
+        return [(name, data), *extra]
+
+    evil = _rewrite(demo_files["exported_program"], tmp_path / "aoti.pt2", add_library)
+    with pytest.raises(ModelRejected, match="format does not"):
+        screening.check_exported_program(evil)
+
+
+def test_an_archive_of_too_many_entries_is_refused_from_its_end_record(tmp_path):
+    crowded = tmp_path / "crowded.pt"
+    with zipfile.ZipFile(crowded, "w") as archive:
+        for index in range(screening.MAX_MEMBERS + 1):
+            archive.writestr(f"m/data/{index}", b"")
+    assert screening.zip_entry_count(crowded) == screening.MAX_MEMBERS + 1
+    with pytest.raises(ModelRejected, match="more than"):
+        screening.check_zip(crowded, 1 << 30)

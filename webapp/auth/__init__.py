@@ -8,6 +8,7 @@ from flask import Flask
 
 from ..extensions import db, login_manager
 from ..tables import User
+from .budget import end_turn
 
 
 def init_app(app: Flask) -> None:
@@ -17,6 +18,7 @@ def init_app(app: Flask) -> None:
     login_manager.login_message_category = "info"
     # A stolen session cookie used from elsewhere is dropped, not honoured.
     login_manager.session_protection = "strong"
+    app.teardown_request(end_turn)
 
     @login_manager.user_loader
     def load_user(session_id: str):

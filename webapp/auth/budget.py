@@ -3,12 +3,17 @@
 The login page and `POST /api/v1/auth/token` draw on the same two budgets
 (Flask-Limiter shared limits), so a guesser gets `security.login_rate_limit`
 tries, not that many per endpoint. Only refused attempts count: signing in
-many times a minute costs nothing.
+many times a minute costs nothing. Attempts on one address or account take turns,
+so a burst of parallel guesses is counted guess by guess.
 """
 
 from __future__ import annotations
 
-from flask import current_app, request
+import contextlib
+import functools
+import threading
+
+from flask import current_app, g, request
 from flask_limiter.util import get_remote_address
 
 from ..extensions import limiter
@@ -47,6 +52,60 @@ _by_account = limiter.shared_limit(
 )
 
 
+class _Turns:
+    """One login at a time per address and per account (in this process). The budgets are
+    spent when a refusal is answered; without turns, a burst of parallel guesses would all
+    pass the check before the first refusal is counted."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._held: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextlib.contextmanager
+    def taking(self, keys: list[str]):
+        locks = []
+        with self._lock:
+            for key in sorted(set(keys)):  # one order for all: two logins never wait on each other
+                lock, users = self._held.get(key, (threading.Lock(), 0))
+                self._held[key] = (lock, users + 1)
+                locks.append((key, lock))
+        try:
+            with contextlib.ExitStack() as stack:
+                for _, lock in locks:
+                    stack.enter_context(lock)
+                yield
+        finally:
+            with self._lock:
+                for key, lock in locks:
+                    users = self._held[key][1] - 1
+                    if users:
+                        self._held[key] = (lock, users)
+                    else:
+                        del self._held[key]  # keep only the turns someone waits for
+
+
+_turns = _Turns()
+
+
 def login_budget(view):
     """Spend the shared budgets on this view's refused POSTs; 429 once either is spent."""
-    return _by_address(_by_account(view))
+    limited = _by_address(_by_account(view))
+
+    @functools.wraps(view)
+    def in_turn(*args, **kwargs):
+        if request.method == "POST":
+            # Held until the request is torn down: after Flask-Limiter spends the budget
+            # on a refusal (in its after-request hook), not before.
+            turn = _turns.taking([f"address:{get_remote_address()}", f"account:{_account()}"])
+            turn.__enter__()
+            g.login_turn = turn
+        return limited(*args, **kwargs)
+
+    return in_turn
+
+
+def end_turn(_exc=None) -> None:
+    """teardown_request: let the next login of this address or account go."""
+    turn = g.pop("login_turn", None)
+    if turn is not None:
+        turn.__exit__(None, None, None)

@@ -48,7 +48,7 @@ def analyse(
     if specs is None and eval_path is not None and model_format == formats.TORCHSCRIPT:
         shape = datasets.input_shape(eval_path, max_unpacked_bytes)
         specs = [InputSpec(DEFAULT_INPUT_NAME, [None, *shape[1:]])]
-    model = loading.load(path, model_format, threads, specs)
+    model = loading.load(path, model_format, threads, specs, max_unpacked_bytes=max_unpacked_bytes)
     if model_format == formats.ONNX and specs:
         # The file's own names win; the user's shape fills dimensions it leaves open.
         for spec, given in zip(model.inputs, specs, strict=False):

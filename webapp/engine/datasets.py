@@ -15,8 +15,7 @@ from .loading import InputSpec
 GENERATED_SAMPLES = 256
 MAX_SAMPLES = 100_000
 MEMBERS = {"x", "y"}
-# What the arrays may unpack to when the caller sets no limit (uploads.max_unpacked_bytes).
-DEFAULT_MAX_BYTES = 2 << 30
+DEFAULT_MAX_BYTES = screening.MAX_UNPACKED_BYTES
 
 
 @dataclass

@@ -7,11 +7,16 @@ _PATH = re.compile(r"(?<![\w.])/(?:[^\s/'\"():,]+/)+([^\s/'\"():,]+)")
 MESSAGE_LIMIT = 600
 
 
+def scrub_paths(text: str) -> str:
+    """`text` with every absolute path cut to its last part."""
+    return _PATH.sub(r"\1", text)
+
+
 def public_message(exc: BaseException) -> str:
     """A library's error in words fit for the user: no file system paths (the sandbox's
     or the server's), whole lines up to a readable length, never empty."""
     text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
-    text = _PATH.sub(r"\1", text) or type(exc).__name__
+    text = scrub_paths(text) or type(exc).__name__
     return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 1] + "…"
 
 

@@ -11,6 +11,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
+from . import screening
 from .errors import ModelRejected
 
 ONNX = "onnx"
@@ -46,12 +47,14 @@ def detect_format(path: Path) -> str:
 
 
 def _zip_format(path: Path) -> str:
+    if screening.zip_entry_count(path) > screening.MAX_MEMBERS:
+        raise ModelRejected(f"The archive holds more than {screening.MAX_MEMBERS:,} files.")
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
             archive_format = _read_member(archive, names, "archive_format")
     except (zipfile.BadZipFile, OSError) as exc:
-        raise ModelRejected(f"The file is a damaged zip archive: {exc}") from exc
+        raise ModelRejected("The file is a damaged zip archive.") from exc
     if archive_format is not None:
         if archive_format.strip() == b"pt2":
             return EXPORTED_PROGRAM
@@ -66,9 +69,11 @@ def _zip_format(path: Path) -> str:
 
 
 def _read_member(archive: zipfile.ZipFile, names: list[str], suffix: str) -> bytes | None:
+    """The first bytes of a small marker member: never more, whatever it claims to hold."""
     for name in names:
         if name.count("/") == 1 and name.endswith("/" + suffix):
-            return archive.read(name)
+            with archive.open(name) as member:
+                return member.read(16)
     return None
 
 

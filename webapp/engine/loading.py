@@ -71,13 +71,14 @@ def load(
     threads: int,
     input_specs: list[InputSpec] | None = None,
     inspect: bool = True,
+    max_unpacked_bytes: int = screening.MAX_UNPACKED_BYTES,
 ) -> LoadedModel:
     if model_format == formats.ONNX:
         return load_onnx(path, threads) if inspect else run_onnx(path, threads)
     if model_format == formats.TORCHSCRIPT:
-        return _load_torchscript(path, threads, input_specs)
+        return _load_torchscript(path, threads, input_specs, max_unpacked_bytes)
     if model_format == formats.EXPORTED_PROGRAM:
-        return _load_exported_program(path, threads, input_specs)
+        return _load_exported_program(path, threads, input_specs, max_unpacked_bytes)
     raise ModelRejected(f"Unknown model format {model_format!r}.")
 
 
@@ -163,10 +164,12 @@ def _torch_runner(module, specs: list[InputSpec]):
     return run
 
 
-def _load_torchscript(path: Path, threads: int, specs: list[InputSpec] | None) -> LoadedModel:
+def _load_torchscript(
+    path: Path, threads: int, specs: list[InputSpec] | None, max_unpacked_bytes: int
+) -> LoadedModel:
     import torch
 
-    screening.check_torchscript(path)
+    screening.check_torchscript(path, max_unpacked_bytes)
     torch.set_num_threads(threads)
     try:
         module = torch.jit.load(str(path), map_location="cpu")
@@ -195,10 +198,12 @@ def _load_torchscript(path: Path, threads: int, specs: list[InputSpec] | None) -
     )
 
 
-def _load_exported_program(path: Path, threads: int, specs: list[InputSpec] | None) -> LoadedModel:
+def _load_exported_program(
+    path: Path, threads: int, specs: list[InputSpec] | None, max_unpacked_bytes: int
+) -> LoadedModel:
     import torch
 
-    screening.check_exported_program(path)
+    screening.check_exported_program(path, max_unpacked_bytes)
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         safe = formats.safe_exported_program_copy(path, Path(tmp) / "program.pt2")

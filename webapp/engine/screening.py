@@ -13,6 +13,7 @@ import io
 import json
 import pickletools
 import re
+import struct
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,9 @@ from .errors import DatasetRejected, ModelRejected
 # A zip's own directory says how large its members unpack; a few kilobytes of zip can
 # claim gigabytes. Checked before anything is unpacked.
 MAX_MEMBERS = 20_000
+# What archives and evaluation arrays may unpack to when the caller sets no limit
+# (uploads.max_unpacked_bytes).
+MAX_UNPACKED_BYTES = 2 << 30
 
 # Operator domains ONNX Runtime itself implements; a node of any other domain needs a
 # custom-op library, which is code we would have to load.
@@ -144,9 +148,45 @@ EXPORT_TARGETS = {
 }
 ATEN_TARGET = re.compile(r"^torch\.ops\.aten\.([A-Za-z0-9_]+)\.[A-Za-z0-9_]+$")
 
+# The files torch.jit.save and torch.export.save write, and nothing else: an archive with
+# any other member (a native library torch.export.load would dlopen, code under a name
+# our reader skips) is refused.
+TORCHSCRIPT_MEMBERS = re.compile(
+    r"[^/]+/(version|byteorder|data\.pkl|constants\.pkl|traced_inputs\.pkl|\.data/version"
+    r"|\.data/serialization_id|(data|constants|traced_inputs)/\d+|extra/[^/]+"
+    r"|code/[\w./-]+\.py(\.debug_pkl)?)"
+)
+EXPORTED_PROGRAM_MEMBERS = re.compile(
+    r"[^/]+/(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
+    r"|models/[\w.-]+\.json|data/(weights|constants)/[\w.-]+|data/sample_inputs/[\w.-]+\.pt"
+    r"|extra/[^/]+)"
+)
+# Names serialized TorchScript code may use only as the start of a dotted call (or, for
+# getattr, with a constant name): bound to a variable, they would hide what is called.
+NOT_VALUES = {"torch", "ops", "getattr", "hasattr", "print", "__torch__"}
 
-def check_zip(path: Path, max_unpacked_bytes: int) -> None:
-    """A zip whose directory promises more than we will unpack is refused unread."""
+
+def zip_entry_count(path: Path) -> int:
+    """The number of members a zip's end record declares, read before anything else: a
+    directory of a million entries costs memory and time just to list. Zip64 archives
+    (65,535 members or more) answer their 16-bit marker, which is over the limit anyway."""
+    with path.open("rb") as fh:
+        fh.seek(0, 2)
+        size = fh.tell()
+        fh.seek(max(0, size - 65_557))  # the end record, and a comment of at most 64 KiB
+        tail = fh.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) < at + 12:
+        raise ModelRejected("The file is a damaged zip archive.")
+    return struct.unpack("<H", tail[at + 10 : at + 12])[0]
+
+
+def check_zip(path: Path, max_unpacked_bytes: int, members: re.Pattern | None = None) -> None:
+    """A zip whose directory promises more than we will unpack, names a member twice (or
+    twice but for case), or names one outside the archive, is refused unread. With
+    `members`, every member's name must match it (the names its format writes)."""
+    if zip_entry_count(path) > MAX_MEMBERS:
+        raise ModelRejected(f"The archive holds more than {MAX_MEMBERS:,} files.")
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
@@ -154,6 +194,18 @@ def check_zip(path: Path, max_unpacked_bytes: int) -> None:
         raise ModelRejected("The file is a damaged zip archive.") from exc
     if len(infos) > MAX_MEMBERS:
         raise ModelRejected(f"The archive holds {len(infos):,} files; at most {MAX_MEMBERS:,} are accepted.")
+    names = [info.filename for info in infos]
+    if len({name.lower() for name in names}) != len(names):
+        # Python's reader takes the last of two members, torch's the first: the one we
+        # checked would not be the one that loads.
+        raise ModelRejected("The archive names a file twice.")
+    for name in names:
+        if name.startswith("/") or "\\" in name or "\0" in name or ".." in name.split("/"):
+            raise ModelRejected(f"The archive holds a file outside itself: {name[:80]!r}.")
+        if members is not None and not members.fullmatch(name):
+            raise ModelRejected(f"The archive holds a file its format does not: {name[:80]!r}.")
+    if len({name.split("/")[0] for name in names}) > 1:
+        raise ModelRejected("The archive's files must all sit in its one top folder.")
     total = sum(info.file_size for info in infos)
     if total > max_unpacked_bytes:
         raise ModelRejected(
@@ -170,9 +222,10 @@ def _members(archive: zipfile.ZipFile, suffixes: tuple[str, ...]) -> Iterator[tu
 # TorchScript -----------------------------------------------------------------------------
 
 
-def check_torchscript(path: Path) -> None:
+def check_torchscript(path: Path, max_unpacked_bytes: int = MAX_UNPACKED_BYTES) -> None:
     """Refuse a TorchScript archive whose code calls anything but tensor maths, or whose
     pickles name anything but tensors and the archive's own TorchScript classes."""
+    check_zip(path, max_unpacked_bytes, TORCHSCRIPT_MEMBERS)
     with zipfile.ZipFile(path) as archive:
         sources = dict(_members(archive, (".py",)))
         if not sources:
@@ -219,6 +272,16 @@ def _chain(node: ast.AST) -> list[str] | None:
 
 def _refused_calls(tree: ast.AST, defined: set[str]) -> set[str]:
     refused: set[str] = set()
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id in NOT_VALUES:
+            parent = parents.get(node)
+            dotted = isinstance(parent, ast.Attribute) and parent.value is node
+            called = (
+                isinstance(parent, ast.Call) and parent.func is node and node.id in ("getattr", "hasattr")
+            )
+            if not (dotted or called):
+                refused.add(f"{node.id} used as a value")
     inner = set()  # attribute nodes that are part of a longer chain, judged with it
     assigned = {
         target.id
@@ -337,10 +400,12 @@ def _check_global(member: str, module: str, attr: str) -> None:
 # torch.export programs ---------------------------------------------------------------------
 
 
-def check_exported_program(path: Path) -> None:
-    """Refuse a .pt2 archive with any pickled payload or a graph calling anything but
-    tensor maths. torch.export.load would unpickle such payloads (and falls back to a
-    full unpickle when its restricted loader fails), so none may be there at all."""
+def check_exported_program(path: Path, max_unpacked_bytes: int = MAX_UNPACKED_BYTES) -> None:
+    """Refuse a .pt2 archive with any pickled payload, any file torch.export.save does not
+    write (native libraries it would load), or a graph calling anything but tensor maths.
+    torch.export.load would unpickle such payloads (and falls back to a full unpickle
+    when its restricted loader fails), so none may be there at all."""
+    check_zip(path, max_unpacked_bytes, EXPORTED_PROGRAM_MEMBERS)
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         models = [n for n in names if "/models/" in n and n.endswith(".json")]
@@ -431,14 +496,21 @@ def check_onnx(model) -> None:
     # Only the domains nodes use count: declaring one in opset_import loads nothing.
     allowed = set(ONNX_DOMAINS) | {function.domain for function in model.functions}
     unknown = set()
+    tensors = [tensor for graph in _onnx_graphs(model) for tensor in _graph_tensors(graph, onnx)]
+    tensors += [
+        tensor
+        for function in model.functions
+        for node in function.node
+        for tensor in _node_tensors(node, onnx)
+    ]
+    for tensor in tensors:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
+            raise ModelRejected(
+                "The ONNX model keeps weights in external files; save it as one file "
+                "(onnx.save(..., save_as_external_data=False))."
+            )
     for graph in _onnx_graphs(model):
         unknown |= {node.domain for node in graph.node} - allowed
-        for tensor in _graph_tensors(graph, onnx):
-            if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
-                raise ModelRejected(
-                    "The ONNX model keeps weights in external files; save it as one file "
-                    "(onnx.save(..., save_as_external_data=False))."
-                )
     for function in model.functions:
         unknown |= {node.domain for node in function.node} - allowed
     if unknown:
@@ -481,14 +553,23 @@ def _graph_tensors(graph, onnx):
         yield sparse.values
         yield sparse.indices
     for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.TENSOR:
-                yield attribute.t
-            elif attribute.type == onnx.AttributeProto.TENSORS:
-                yield from attribute.tensors
-            elif attribute.type == onnx.AttributeProto.SPARSE_TENSOR:
-                yield attribute.sparse_tensor.values
-                yield attribute.sparse_tensor.indices
+        yield from _node_tensors(node, onnx)
+
+
+def _node_tensors(node, onnx):
+    """The tensors a node's attributes hold (a Constant's value, say)."""
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.TENSOR:
+            yield attribute.t
+        elif attribute.type == onnx.AttributeProto.TENSORS:
+            yield from attribute.tensors
+        elif attribute.type == onnx.AttributeProto.SPARSE_TENSOR:
+            yield attribute.sparse_tensor.values
+            yield attribute.sparse_tensor.indices
+        elif attribute.type == onnx.AttributeProto.SPARSE_TENSORS:
+            for sparse in attribute.sparse_tensors:
+                yield sparse.values
+                yield sparse.indices
 
 
 # Evaluation data ----------------------------------------------------------------------------
@@ -520,8 +601,11 @@ def check_npz(path: Path, members: set[str], max_bytes: int) -> dict[str, tuple]
                     )
                 with archive.open(info) as member:
                     shape, dtype = _npy_header(member, name)
+                if any(dimension < 0 for dimension in shape):
+                    raise DatasetRejected(f"'{name}' declares a negative size.")
+                # Inputs become float32 (or wider) in memory, whatever they are stored as.
                 count = int(np.prod(shape, dtype=np.float64))
-                total += count * dtype.itemsize
+                total += count * max(dtype.itemsize, 4)
                 if total > max_bytes:
                     raise DatasetRejected(
                         f"The evaluation arrays hold more than the limit of {max_bytes:,} bytes."

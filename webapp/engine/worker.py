@@ -117,6 +117,24 @@ def _analyse(job: dict, channel: Channel) -> None:
     channel.send("result", analysis)
 
 
+def _verify(job: dict, channel: Channel) -> None:
+    """Is this one plain ONNX file, of ONNX Runtime's operators, naming no other file?"""
+    import onnx
+
+    from .errors import ModelRejected
+    from .screening import check_onnx
+
+    try:
+        model = onnx.load(job["model_path"], load_external_data=False)
+        check_onnx(model)
+        onnx.checker.check_model(model)
+    except ModelRejected:
+        raise
+    except Exception as exc:  # protobuf's and the checker's errors have no common base
+        raise ModelRejected("it is not a valid ONNX model") from exc
+    channel.send("result", {"ok": True})
+
+
 def _session(job: dict, channel: Channel) -> None:
     from .errors import Cancelled
     from .runner import SessionJob, run_session
@@ -150,10 +168,7 @@ def main() -> None:
         channel.send("ready")
         return
     try:
-        if job["kind"] == "analyse":
-            _analyse(job, channel)
-        else:
-            _session(job, channel)
+        {"analyse": _analyse, "verify": _verify, "session": _session}[job["kind"]](job, channel)
     except Exception as exc:  # report every failure, typed; never hang the parent
         error_type, message = _failure(exc, job.get("limits", {}))
         if error_type == "internal_error":

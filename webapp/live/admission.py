@@ -7,6 +7,8 @@ socket costs a thread as much as a busy client's.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import threading
 from collections import Counter
 from contextlib import contextmanager
@@ -14,6 +16,15 @@ from contextlib import contextmanager
 # The htmx ws extension reconnects after 1013, with a growing random delay.
 TRY_AGAIN_LATER = 1013
 POLICY_VIOLATION = 1008
+
+
+def client_key(address: str | None) -> str:
+    """What the per-address cap counts: the address, or for IPv6 its /64 (one subscriber's
+    network; an IPv6 client can pick any of its addresses)."""
+    if address and ":" in address:
+        with contextlib.suppress(ValueError):
+            return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return address or "-"
 
 
 class Refused(Exception):
@@ -39,28 +50,36 @@ class Admission:
         self.limit = settings["server"]["threads"] - live["reserved_threads"]
         self.per_user = live["max_per_user"]
         self.per_address = live["max_per_address"]
+        # Sockets still waiting to authenticate (a stranger's, for all we know) get a pool of
+        # their own: however many a flood holds, signed-in clients still find room.
+        self.waiting_limit = max(1, self.limit // 4)
+        self._waiting = 0
         self._lock = threading.Lock()
         self._open = 0
         self._addresses: Counter[str] = Counter()
         self._users: Counter[int] = Counter()
 
     @contextmanager
-    def ticket(self, address: str):
-        """Count a socket from `address` while the block runs; Refused when over a cap."""
+    def ticket(self, address: str, waiting: bool = False):
+        """Count a socket from `address` while the block runs; Refused when over a cap.
+        `waiting`: it has not authenticated yet (it will by its first message)."""
+        address = client_key(address)
         with self._lock:
-            if self._open >= self.limit:
+            if self._open >= self.limit or (waiting and self._waiting >= self.waiting_limit):
                 # The server as a whole is full, not this client: it may try again.
                 raise Refused("server busy, try again later", TRY_AGAIN_LATER)
             if self.per_address and self._addresses[address] >= self.per_address:
                 raise Refused("too many connections from this address")
             self._open += 1
+            self._waiting += waiting
             self._addresses[address] += 1
-        ticket = Ticket(self)
+        ticket = Ticket(self, waiting)
         try:
             yield ticket
         finally:
             with self._lock:
                 self._open -= 1
+                self._waiting -= ticket.waiting
                 _release(self._addresses, address)
                 if ticket.user_id is not None:
                     _release(self._users, ticket.user_id)
@@ -71,14 +90,17 @@ class Admission:
                 raise Refused("too many connections for this account")
             self._users[user_id] += 1
             ticket.user_id = user_id
+            self._waiting -= ticket.waiting
+            ticket.waiting = False
 
 
 class Ticket:
     """One counted socket; claim() adds it to its account's count once authenticated."""
 
-    def __init__(self, admission: Admission):
+    def __init__(self, admission: Admission, waiting: bool):
         self._admission = admission
         self.user_id: int | None = None
+        self.waiting = waiting
 
     def claim(self, user_id: int) -> None:
         self._admission._claim(self, user_id)

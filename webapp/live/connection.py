@@ -87,9 +87,10 @@ def since_param() -> datetime | None:
         return None
 
 
-def live_route(path: str, endpoint: str):
+def live_route(path: str, endpoint: str, waits_for_auth=lambda: False):
     """A WebSocket route whose sockets count against the [live] caps from the handshake
-    on; its handler gets the socket's ticket, and raises Refused to close it at once."""
+    on; its handler gets the socket's ticket, and raises Refused to close it at once.
+    waits_for_auth() says whether this socket will authenticate by a message, later."""
 
     def decorate(handler):
         @functools.wraps(handler)
@@ -97,7 +98,7 @@ def live_route(path: str, endpoint: str):
             try:
                 if not origin_allowed():
                     raise Refused("origin not allowed")
-                with get("admission").ticket(request.remote_addr) as ticket:
+                with get("admission").ticket(request.remote_addr, waits_for_auth()) as ticket:
                     handler(ws, ticket)
             except Refused as refusal:
                 metrics.CONNECTIONS_REFUSED.labels(endpoint, refusal.reason).inc()

@@ -81,6 +81,9 @@ class EventStream(LiveStream):
     def __init__(self, ws, user, token, since):
         super().__init__(ws, user, since)
         self.token_id = token.id
+        # Refreshing a token gives its record a new hash: the stream opened with the old
+        # access token ends with it, like every request that would send it.
+        self.token_hash = token.token_hash
         self.rooms: set[int] | None = None  # None: every session the user may see
 
     def snapshot(self) -> list[str]:
@@ -102,9 +105,10 @@ class EventStream(LiveStream):
 
     def review(self, account, token, now) -> None:
         super().review(account, token, now)
-        # Refreshing keeps the token (the record); revoking or letting it lapse ends it.
         if token is None or token.revoked_at is not None:
             self.end("token_invalid", "The token has been revoked.")
+        elif token.token_hash != self.token_hash:
+            self.end("token_invalid", "The token was refreshed; reconnect with the new one.")
         elif token.expires_at <= now:
             self.end("token_expired", "The token has expired; refresh it and reconnect.")
 
@@ -137,7 +141,7 @@ class EventStream(LiveStream):
         return []
 
 
-@live_route("/api/v1/ws", "api")
+@live_route("/api/v1/ws", "api", waits_for_auth=lambda: "Authorization" not in request.headers)
 def events(ws, ticket):
     """Stream JSON events; see the README's "Live events"."""
     user, token = _authenticate(ws)

@@ -80,7 +80,7 @@ class AccessWatch:
             {
                 row.id: row
                 for row in db.session.execute(
-                    select(ApiToken.id, ApiToken.revoked_at, ApiToken.expires_at).where(
+                    select(ApiToken.id, ApiToken.revoked_at, ApiToken.expires_at, ApiToken.token_hash).where(
                         ApiToken.id.in_(token_ids)
                     )
                 )

@@ -12,6 +12,7 @@ from flask import Flask, current_app
 def init_app(app: Flask) -> None:
     from . import alerts
     from .executor import LocalExecutor
+    from .model_store import AnalysisSlots
     from .notifications import NotificationService
     from .sandbox import Sandbox
     from .storage import BlobStore
@@ -21,6 +22,9 @@ def init_app(app: Flask) -> None:
     app.extensions["optideck.notifications"] = NotificationService(config["live"]["queue_size"])
     app.extensions["optideck.blobs"] = BlobStore(config["storage"]["dir"])
     app.extensions["optideck.sandbox"] = Sandbox(config)
+    app.extensions["optideck.analysis_slots"] = AnalysisSlots(
+        config["uploads"]["max_concurrent_analyses"], config["uploads"]["analysis_timeout_seconds"]
+    )
     app.extensions["optideck.executor"] = LocalExecutor(app)
     app.extensions["optideck.status"] = StatusWatch(app)
     alerts.init_app(app)

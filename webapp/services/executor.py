@@ -11,6 +11,7 @@ ONNX Runtime started their thread pools can deadlock the child.
 
 from __future__ import annotations
 
+import json
 import logging
 import select
 import subprocess
@@ -19,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..engine.errors import scrub_paths
 from ..engine.runner import ARTIFACT_NAME
 from ..extensions import db
 from . import session_runs
@@ -27,6 +29,11 @@ from .sandbox import SandboxError, Worker
 log = logging.getLogger("optideck.executor")
 
 STALE_SWEEP_SECONDS = 10.0
+# A worker's timeline: the lines the runner writes, at most this many per session, each
+# carrying at most this much data (its measurement and the step's details).
+EVENT_KINDS = {"baseline", "step_started", "step_completed", "step_skipped", "step_rolled_back"}
+MAX_EVENTS = 500
+MAX_EVENT_DATA = 64 << 10
 OUTPUT_CHECK_SECONDS = 2.0
 # How often a live worker's session has its heartbeat written (what tells other processes,
 # and this one after a restart, that the session is not orphaned).
@@ -47,6 +54,7 @@ class _Running:
     step_started: float = field(default_factory=time.monotonic)
     output_checked: float = field(default_factory=time.monotonic)
     heartbeat_written: float = 0.0
+    events: int = 0
 
 
 def _coalesced(messages: list[list]) -> list[list]:
@@ -208,11 +216,14 @@ class LocalExecutor:
             for message in _coalesced(messages):
                 if running.finished:
                     break
+                # A worker handles a hostile file: whatever its messages hold, only its own
+                # session fails, and the executor goes on for everyone else.
                 try:
                     self._handle(running, message)
-                except (TypeError, ValueError, IndexError, KeyError) as exc:
+                except Exception as exc:  # noqa: BLE001 - see above
+                    db.session.rollback()
                     log.warning(
-                        "session %s: malformed worker message %r: %s",
+                        "session %s: worker message %r refused: %s",
                         running.session_id,
                         str(message)[:200],
                         exc,
@@ -229,12 +240,17 @@ class LocalExecutor:
                 running.step, running.step_started = step, time.monotonic()
             session_runs.record_progress(session_id, pct, step)
         elif kind == "event":
+            running.events += 1
+            if running.events > MAX_EVENTS or args[0] not in EVENT_KINDS:
+                return  # more than a session's timeline, or not a line of it
             data = args[3] if isinstance(args[3], dict) else {}
+            if len(json.dumps(data)) > MAX_EVENT_DATA:
+                data = {"omitted": "larger than a timeline line may carry"}
             session_runs.record_event(
                 session_id,
-                str(args[0])[:32],
+                str(args[0]),
                 None if args[1] is None else str(args[1])[:64],
-                str(args[2])[:2000],
+                scrub_paths(str(args[2]))[:2000],
                 data,
             )
         elif kind == "phase":
@@ -242,7 +258,7 @@ class LocalExecutor:
         elif kind == "completed":
             self._complete(running, args[0])
         elif kind == "failed":
-            self._fail(running, str(args[0])[:32], str(args[1])[:2000])
+            self._fail(running, str(args[0])[:32], scrub_paths(str(args[1]))[:2000])
         elif kind == "cancelled":
             running.finished = True
             session_runs.record_cancelled(session_id)

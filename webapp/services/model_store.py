@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import threading
+import zipfile
 from pathlib import Path
 from typing import BinaryIO
 
@@ -13,7 +16,7 @@ from sqlalchemy import func, select
 
 from ..bounds import Printable, parse_json, printable
 from ..engine import datasets, formats, screening
-from ..engine.errors import DatasetRejected, EngineError
+from ..engine.errors import DatasetRejected, EngineError, scrub_paths
 from ..extensions import db
 from ..tables import ACTIVE_STATUSES, ModelMetadata, OptimizationSession, User, utcnow
 from . import audit, caching, get, policy, stored_files
@@ -84,7 +87,7 @@ def add(
         if eval_stream is not None:
             eval_tmp, eval_sha, _ = _spool(blobs, eval_stream, limit, "eval_data", suffix=".npz")
             spooled.append(eval_tmp)
-        analysis = _analyse(model_tmp, eval_tmp, input_shape)
+        analysis = _analyse(model_tmp, eval_tmp, input_shape, owner.id)
         version = 1 + (
             db.session.scalar(
                 select(func.max(ModelMetadata.version)).where(
@@ -129,26 +132,68 @@ def add(
             path.unlink(missing_ok=True)
 
 
-def _analyse(model_path: Path, eval_path: Path | None, input_shape) -> dict:
+class AnalysisSlots:
+    """How many uploads one web process analyses at once, one per user: each analysis is a
+    sandboxed worker with the sandbox's memory, and an operator's parallel uploads must not
+    add up to the host's."""
+
+    def __init__(self, slots: int, wait_seconds: float):
+        self._slots = threading.BoundedSemaphore(slots)
+        self._wait = wait_seconds
+        self._lock = threading.Lock()
+        self._users: set[int] = set()
+
+    @contextlib.contextmanager
+    def taken(self, user_id: int):
+        with self._lock:
+            if user_id in self._users:
+                raise ServiceError(
+                    429,
+                    "rate_limited",
+                    "Another upload of yours is being analysed; send this one when it is done.",
+                    {"file": ["Wait for your other upload to finish."]},
+                )
+            self._users.add(user_id)
+        try:
+            if not self._slots.acquire(timeout=self._wait):
+                raise ServiceError(503, "unavailable", "Every analysis slot is busy; try again shortly.")
+            try:
+                yield
+            finally:
+                self._slots.release()
+        finally:
+            with self._lock:
+                self._users.discard(user_id)
+
+
+def _analyse(model_path: Path, eval_path: Path | None, input_shape, owner_id: int) -> dict:
     """Open the upload in the sandbox: format, inputs, parameters, baseline latency.
     What can be refused from the bytes alone is refused here, before any worker starts."""
     settings = _settings()
     sandbox = get("sandbox")
     unpacked = settings["uploads"]["max_unpacked_bytes"]
     try:
-        model_format = formats.detect_format(model_path)
-        if model_format != formats.ONNX:
+        if zipfile.is_zipfile(model_path):
+            # Before a member is read: the format's own marker member could be a bomb.
             screening.check_zip(model_path, unpacked)
-            if not sandbox.accepts_code:
-                raise EngineError(
-                    "TorchScript and .pt2 files carry code, and this server cannot isolate "
-                    "the code of uploads (no sandbox works here; see /config). Upload an "
-                    "ONNX export of the model instead."
-                )
+        model_format = formats.detect_format(model_path)
+        if model_format != formats.ONNX and not sandbox.accepts_code:
+            raise EngineError(
+                "TorchScript and .pt2 files carry code, and this server cannot isolate "
+                "the code of uploads (no sandbox works here; see /config). Upload an "
+                "ONNX export of the model instead."
+            )
         if eval_path is not None:
             screening.check_npz(eval_path, datasets.MEMBERS, unpacked)
     except EngineError as exc:
         raise _rejected(exc.kind, exc.message, isinstance(exc, DatasetRejected)) from exc
+    with get("analysis_slots").taken(owner_id):
+        return _run_analysis(model_path, eval_path, input_shape)
+
+
+def _run_analysis(model_path: Path, eval_path: Path | None, input_shape) -> dict:
+    settings = _settings()
+    sandbox = get("sandbox")
     threads = settings["criteria"]["threads"]
     inputs = {"model_path": model_path}
     if eval_path is not None:
@@ -168,7 +213,7 @@ def _analyse(model_path: Path, eval_path: Path | None, input_shape) -> dict:
         ) from exc
     if message[0] == "result" and isinstance(message[1], dict):
         return message[1]
-    error_type, text = str(message[1])[:32], str(message[2])[:2000]
+    error_type, text = str(message[1])[:32], scrub_paths(str(message[2]))[:2000]
     raise _rejected(error_type, text, error_type == "dataset_rejected")
 
 

@@ -1,14 +1,18 @@
 """Where uploaded files are opened: a sandboxed engine worker, never the web process.
 
-Every load or run of an uploaded model (analysis, sessions) happens in a worker started
-here. With bubblewrap (the default where the kernel allows user namespaces) the worker
-sees only the interpreter and its libraries read-only, its job's input folder read-only
-and its own scratch folder; no instance folder, database, storage, secret key, home or
-/tmp of the server, no network, uid 65534 in a user namespace of its own. prlimit caps its
-memory, CPU time, file sizes and open files in every mode. Where bubblewrap cannot run,
-the worker runs as a dedicated unprivileged user (when the server is root), or with the
-limits alone; uploads that carry code (TorchScript, .pt2) are then refused unless the
-operator of the server opted in.
+Every load or run of an uploaded model (analysis, sessions, the check of what a session
+hands back) happens in a worker started here. With bubblewrap (the default where the
+kernel allows user namespaces) the worker sees only the interpreter and its libraries
+read-only, its job's input folder read-only and its own scratch folder; no instance
+folder, database, storage, secret key, home or /tmp of the server; no network; uid 65534
+in a user namespace of its own, as its namespace's only process. A seccomp filter
+(libseccomp) refuses the system calls a model never needs and that a process mapped to
+the server's uid could misuse (new processes, keyrings, tracing, kernel modules...), and
+/proc's kernel settings are read-only. prlimit caps its memory, CPU time, file sizes and
+open files in every mode. Where bubblewrap cannot run, the worker runs as a dedicated
+unprivileged user without network (when the server is root), or with the limits alone;
+uploads that carry code (TorchScript, .pt2) are then refused unless the operator of the
+server opted in.
 
 Only the trusted parent moves a worker's output into storage (take_output).
 """
@@ -16,6 +20,7 @@ Only the trusted parent moves a worker's output into storage (take_output).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -25,12 +30,15 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..bounds import parse_json
 
 log = logging.getLogger("optideck.sandbox")
 
@@ -44,6 +52,65 @@ INSIDE_JOB = Path("/job")
 MAX_LINE = 8 << 20
 STDERR_KEPT = 64 << 10
 PROBE_TIMEOUT = 60
+
+# System calls a worker never needs, refused by its seccomp filter. The worker's uid in
+# its namespace maps to the server's uid outside, so these are the ones that reach
+# per-uid or kernel-wide state: keyrings, other processes' memory, kernel modules and
+# settings, new namespaces and mounts. Processes too: a worker is one process (threads
+# are allowed), so its memory limit is all the memory it gets.
+REFUSED_SYSCALLS = (
+    "fork",
+    "vfork",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "perf_event_open",
+    "bpf",
+    "userfaultfd",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "acct",
+    "swapon",
+    "swapoff",
+    "reboot",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "unshare",
+    "setns",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "quotactl",
+    "syslog",
+    "vhangup",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "fanotify_init",
+    "clock_settime",
+    "settimeofday",
+    "adjtimex",
+    "iopl",
+    "ioperm",
+    "lookup_dcookie",
+)
+CLONE_THREAD = 0x00010000
+# Kernel settings and devices under /proc: read-only in the sandbox where they exist.
+PROC_READ_ONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs")
+PROC_HIDDEN = (
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/timer_list",
+    "/proc/sched_debug",
+    "/proc/latency_stats",
+    "/proc/kmsg",
+)
 
 
 class SandboxError(Exception):
@@ -105,6 +172,48 @@ def _code_dirs(protected: list[Path]) -> list[Path]:
     return chosen
 
 
+def _seccomp_program() -> bytes:
+    """The seccomp filter as BPF (libseccomp compiles it, bubblewrap loads it)."""
+    import pyseccomp as seccomp
+
+    refused = seccomp.ERRNO(errno.EPERM)
+    rules = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+    for name in REFUSED_SYSCALLS:
+        with contextlib.suppress(RuntimeError, ValueError):  # not a system call on this machine
+            rules.add_rule(refused, name)
+    # clone() makes threads (allowed) or processes (refused); clone3() hides its flags in
+    # memory seccomp cannot read, and C libraries fall back to clone() when it is missing.
+    rules.add_rule(refused, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, CLONE_THREAD, 0))
+    rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    with tempfile.TemporaryFile() as program:
+        rules.export_bpf(program)
+        program.seek(0)
+        return program.read()
+
+
+@dataclass
+class Launch:
+    """A worker's command line, environment, and the files it inherits."""
+
+    argv: list[str]
+    env: dict[str, str]
+    files: list = field(default_factory=list)  # kept open until the process has started
+    info: int | None = None  # our end of bubblewrap's --info-fd pipe
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        return tuple(f if isinstance(f, int) else f.fileno() for f in self.files)
+
+    def started(self) -> None:
+        """The child has its copies: close ours (but the info pipe's reading end)."""
+        for item in self.files:
+            if isinstance(item, int):
+                os.close(item)
+            else:
+                item.close()
+        self.files = []
+
+
 class Sandbox:
     """Starts engine workers under the configured isolation."""
 
@@ -112,15 +221,16 @@ class Sandbox:
         sandbox = settings["sandbox"]
         instance = Path(settings["app"]["instance_dir"])
         self.root = Path(sandbox["work_dir"])
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.limits = Limits.from_settings(settings)
         self.user = sandbox["user"]
         self.allow_torch_unisolated = sandbox["allow_torch_without_isolation"]
-        self.scratch_dir = self.root
         self.code_dirs = _code_dirs(
             [instance.resolve(), Path(settings["storage"]["dir"]).resolve(), self.root]
         )
+        self._seccomp: bytes | None = None
         self.isolation = _detect(self, sandbox["isolation"])
+        _remove_orphans(self.root)
         if self.isolation == NONE and self.allow_torch_unisolated:
             log.warning(
                 "NO SANDBOX: sandbox.allow_torch_without_isolation is on, so the code in "
@@ -139,24 +249,23 @@ class Sandbox:
     def describe(self) -> str:
         return {
             BUBBLEWRAP: "bubblewrap: own mount, user, PID, IPC and network namespaces, "
-            "uid 65534, read-only libraries, resource limits",
-            USER: f"dedicated user {self.user!r} with resource limits (bubblewrap cannot run here)",
+            "uid 65534, one process, a seccomp filter, read-only libraries and kernel "
+            "settings, resource limits",
+            USER: f"dedicated user {self.user!r} without network, with resource limits "
+            "(bubblewrap cannot run here)",
             NONE: "resource limits only: no isolation tool works here",
         }[self.isolation]
 
     def start(self, kind: str, threads: int, cpu_seconds: int | None = None) -> Worker:
         """A worker waiting for its job (`kind` "session" warms the libraries up first)."""
-        job_dir = self.root / f"job-{uuid.uuid4().hex}"
+        job_dir = self.root / f"job-{os.getpid()}-{uuid.uuid4().hex}"
         return Worker(self, job_dir, kind, threads, cpu_seconds or self.limits.cpu_seconds)
 
     # The command line ------------------------------------------------------------------
 
-    def command(
-        self, job_dir: Path, kind: str, threads: int, cpu_seconds: int, isolation: str
-    ) -> tuple[list[str], dict]:
-        """The worker's command line and the environment prlimit starts with (never the
-        server's own: a sandbox's PID 1 is a bubblewrap process whose environment the
-        worker could read)."""
+    def prepare(self, job_dir: Path, kind: str, threads: int, cpu_seconds: int, isolation: str) -> Launch:
+        """The worker's launch. prlimit starts with a bare environment (never the server's
+        own), and the worker gets only what its job needs."""
         limits = self.limits
         prlimit = [
             "prlimit",
@@ -166,9 +275,6 @@ class Sandbox:
             f"--nofile={limits.open_files}",
             "--core=0",
         ]
-        if isolation == USER:
-            # Counted per uid, so only meaningful for a uid of its own.
-            prlimit.append(f"--nproc={limits.processes}")
         env = {
             "PATH": "/usr/bin:/bin",
             "LANG": "C.UTF-8",
@@ -182,10 +288,33 @@ class Sandbox:
         if isolation != BUBBLEWRAP:
             out = job_dir / "out"
             env.update({"HOME": str(out), "TMPDIR": str(out / "tmp")})
-            return [*prlimit, "--", *python], env
+            if isolation == USER:
+                # As root: a network namespace of its own keeps the worker off the database
+                # and Redis ports of this host; then the dedicated user, without privileges.
+                # Processes are counted per uid: meaningful for a uid of its own.
+                prlimit.append(f"--nproc={limits.processes}")
+                user = pwd.getpwnam(self.user)
+                drop = [
+                    "setpriv",
+                    f"--reuid={user.pw_uid}",
+                    f"--regid={user.pw_gid}",
+                    "--clear-groups",
+                    "--inh-caps=-all",
+                    "--bounding-set=-all",
+                    "--no-new-privs",
+                ]
+                return Launch(["unshare", "--net", "--ipc", "--", *drop, "--", *prlimit, "--", *python], env)
+            return Launch([*prlimit, "--", *python], env)
+        if self._seccomp is None:
+            self._seccomp = _seccomp_program()
+        program = tempfile.TemporaryFile()  # noqa: SIM115 - the Launch closes it once started
+        program.write(self._seccomp)
+        program.seek(0)
+        info_read, info_write = os.pipe()
         env.update({"HOME": str(INSIDE_JOB / "out"), "TMPDIR": str(INSIDE_JOB / "out" / "tmp")})
-        # --as-pid-1: the worker is the namespace's PID 1, so no bubblewrap process (whose
-        # environment is the one it was started with) is there to be read through /proc.
+        # --as-pid-1: the worker is its namespace's PID 1 and only process, so killing it
+        # ends the sandbox, and no bubblewrap process (whose environment is the one it was
+        # started with) is there to be read through /proc.
         bwrap = [
             "bwrap",
             "--unshare-all",
@@ -203,6 +332,10 @@ class Sandbox:
             "--hostname",
             "sandbox",
             "--clearenv",
+            "--seccomp",
+            str(program.fileno()),
+            "--info-fd",
+            str(info_write),
         ]
         for name, value in env.items():
             bwrap += ["--setenv", name, value]
@@ -216,12 +349,8 @@ class Sandbox:
         for path in self.code_dirs:
             if not str(path).startswith("/usr/"):
                 bwrap += ["--ro-bind", str(path), str(path)]
-        for path in (
-            "/etc/ld.so.cache",
-            "/etc/ld.so.conf",
-            "/etc/ld.so.conf.d",
-            "/sys/devices/system/cpu",
-        ):  # the linker; CPU features for the kernels
+        # The linker's cache; the CPU's features, which the maths kernels are chosen by.
+        for path in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/sys/devices/system/cpu"):
             bwrap += ["--ro-bind-try", path, path]
         bwrap += [
             "--ro-bind",
@@ -232,6 +361,13 @@ class Sandbox:
             "/etc/group",
             "--proc",
             "/proc",
+        ]
+        for path in PROC_READ_ONLY:
+            bwrap += ["--ro-bind-try", path, path]
+        for path in PROC_HIDDEN:
+            if Path(path).exists():
+                bwrap += ["--ro-bind", "/dev/null", path]
+        bwrap += [
             "--dev",
             "/dev",
             "--size",
@@ -247,7 +383,8 @@ class Sandbox:
             "--chdir",
             str(INSIDE_JOB / "out"),
         ]
-        return [*prlimit, "--", *bwrap, "--", *python], {"PATH": env["PATH"], "LANG": "C.UTF-8"}
+        argv = [*prlimit, "--", *bwrap, "--", *python]
+        return Launch(argv, {"PATH": env["PATH"], "LANG": "C.UTF-8"}, [program, info_write], info_read)
 
     def _identity(self, name: str) -> Path:
         """/etc/passwd and /etc/group naming only the sandbox's user, for libraries that
@@ -270,6 +407,26 @@ def in_job(worker: Worker | None, path: Path) -> str:
     return str(path)
 
 
+def remove_tree(path: Path) -> None:
+    """Remove a folder a worker wrote, however deep it nested it (shutil.rmtree recurses
+    once per level and gives up a thousand levels down)."""
+    subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], check=False)  # noqa: S603, S607
+
+
+def _remove_orphans(root: Path) -> None:
+    """Job folders of processes that are gone (a server killed mid-session)."""
+    for job in root.glob("job-*"):
+        pid = job.name.split("-")[1]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            remove_tree(job)
+        except PermissionError:
+            pass  # a process of another user holds the pid: not ours to judge
+
+
 class Worker:
     """One sandboxed engine process and its job folder (in/ read-only, out/ its own)."""
 
@@ -288,42 +445,65 @@ class Worker:
         job_dir.mkdir(mode=0o700)
         self.in_dir.mkdir(mode=0o755)
         (self.out_dir / "tmp").mkdir(mode=0o700, parents=True)
-        ids = None
         if self.isolation == USER:
             entry = pwd.getpwnam(sandbox.user)
-            ids = entry.pw_uid, entry.pw_gid
             # The worker's user may pass through to its folders, not list the job folder.
             os.chmod(job_dir, 0o711)  # noqa: S103
             for path in (self.out_dir, self.out_dir / "tmp"):
-                os.chown(path, *ids)
-        argv, env = sandbox.command(job_dir, kind, threads, cpu_seconds, self.isolation)
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        launch = sandbox.prepare(job_dir, kind, threads, cpu_seconds, self.isolation)
         self._buffer = b""
         self._stderr: deque[str] = deque()
         self._stderr_size = 0
+        self.child_pid: int | None = None  # the sandbox's PID 1, as the host sees it
         try:
             self.process = subprocess.Popen(  # noqa: S603 - our own argv, no shell
-                argv,
+                launch.argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env=env,
+                env=launch.env,
                 cwd=str(self.out_dir),
-                close_fds=True,
+                pass_fds=launch.pass_fds,
                 # A process group of its own: kill() reaches whatever bubblewrap forked,
                 # even a child still setting the sandbox up (it would hold our pipes open).
                 start_new_session=True,
-                user=ids[0] if ids else None,
-                group=ids[1] if ids else None,
-                extra_groups=[] if ids else None,
             )
         except BaseException:
-            shutil.rmtree(job_dir, ignore_errors=True)
+            launch.started()
+            if launch.info is not None:
+                os.close(launch.info)
+            remove_tree(job_dir)
             raise
+        launch.started()
+        if launch.info is not None:
+            self._read_info(launch.info)
         os.set_blocking(self.process.stdout.fileno(), False)
         self._stderr_reader = threading.Thread(
             target=self._drain_stderr, daemon=True, name=f"sandbox-stderr-{self.process.pid}"
         )
         self._stderr_reader.start()
+
+    def _read_info(self, fd: int) -> None:
+        """bubblewrap's --info-fd names the sandbox's PID 1: what kill() must reach. It is
+        written once the sandbox is set up (or the pipe closes if that fails)."""
+        import select
+
+        try:
+            data = b""
+            deadline = time.monotonic() + PROBE_TIMEOUT
+            while b"}" not in data and time.monotonic() < deadline:
+                if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                    break
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            os.close(fd)
+        with contextlib.suppress(ValueError):
+            pid = json.loads(data or b"{}").get("child-pid")
+            self.child_pid = pid if isinstance(pid, int) and pid > 1 else None
 
     @property
     def pid(self) -> int:
@@ -357,7 +537,8 @@ class Worker:
             self.send("cancel")
 
     def receive(self) -> list[list]:
-        """The complete messages available now (never blocks)."""
+        """The complete messages available now (never blocks). A worker that breaks the
+        protocol (too long, not JSON, nested too deep, not a message) is stopped."""
         messages = []
         while True:
             try:
@@ -369,14 +550,14 @@ class Worker:
             if not chunk:
                 break
             self._buffer += chunk
-            if len(self._buffer) > MAX_LINE and b"\n" not in self._buffer:
+            if len(self._buffer) > MAX_LINE and b"\n" not in self._buffer[-len(chunk) - 1 :]:
                 self.kill()
                 raise SandboxError("the worker sent a message beyond the protocol's size limit")
         *lines, self._buffer = self._buffer.split(b"\n")
         for line in lines:
             try:
-                message = json.loads(line)
-            except ValueError as exc:
+                message = parse_json(line)
+            except Exception as exc:  # any decoding failure is the worker's, not ours
                 self.kill()
                 raise SandboxError("the worker broke the protocol") from exc
             if not isinstance(message, list) or not message or not isinstance(message[0], str):
@@ -391,7 +572,7 @@ class Worker:
         this one."""
         try:
             for raw in self.process.stderr:
-                line = raw.decode("utf-8", "replace").rstrip()
+                line = raw.decode("utf-8", "replace").rstrip()[:2000]
                 self._stderr.append(line)
                 self._stderr_size += len(line)
                 while self._stderr_size > STDERR_KEPT and self._stderr:
@@ -412,12 +593,12 @@ class Worker:
             else (code - 128 if code is not None and code > 128 else None)
         )
         limits = self.sandbox.limits
-        if signal_number == 24:  # SIGXCPU
+        if signal_number == signal.SIGXCPU:
             return "resource_limit", (
                 f"The model used more CPU time than the sandbox allows "
                 f"({limits.cpu_seconds} s, sandbox.cpu_seconds)."
             )
-        if signal_number == 25:  # SIGXFSZ
+        if signal_number == signal.SIGXFSZ:
             return "resource_limit", (
                 f"The worker tried to write a file larger than the "
                 f"sandbox allows ({limits.file_bytes >> 20} MB, "
@@ -426,7 +607,8 @@ class Worker:
         return "worker_lost", f"The worker process died (exit code {code})."
 
     def output_bytes(self) -> int:
-        """Bytes the worker has written to its scratch folder (no links followed)."""
+        """Bytes the worker holds on disk: its scratch folder (no links followed), and files
+        it deleted but keeps open, which a folder walk would miss."""
         total, stack = 0, [self.out_dir]
         while stack:
             try:
@@ -439,6 +621,13 @@ class Worker:
                 else:
                     with contextlib.suppress(OSError):
                         total += entry.stat(follow_symlinks=False).st_size
+        if self.child_pid is not None:
+            with contextlib.suppress(OSError):
+                for entry in os.scandir(f"/proc/{self.child_pid}/fd"):
+                    with contextlib.suppress(OSError):
+                        info = os.stat(entry.path)
+                        if stat.S_ISREG(info.st_mode) and info.st_nlink == 0:
+                            total += info.st_size
         return total
 
     def take_output(self, name: str, target_dir: Path, max_bytes: int) -> Path:
@@ -452,18 +641,25 @@ class Worker:
             raise SandboxError(f"the worker left no regular file {name!r}") from exc
         finally:
             os.close(out_fd)
-        with os.fdopen(fd, "rb") as source:
-            info = os.fstat(source.fileno())
-            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-                raise SandboxError(f"the worker's {name!r} is not a regular file")
-            if info.st_size > max_bytes:
-                raise SandboxError(f"the worker's {name!r} is larger than {max_bytes} bytes")
-            target = target_dir / f"taken-{uuid.uuid4().hex}-{name}"
-            with target.open("xb") as copy:
-                shutil.copyfileobj(source, copy, 1 << 20)
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_size > max_bytes:
+            os.close(fd)
+            raise SandboxError(f"the worker's {name!r} is not a regular file within {max_bytes} bytes")
+        target = target_dir / f"taken-{uuid.uuid4().hex}-{name}"
+        with os.fdopen(fd, "rb") as source, target.open("xb") as copy:
+            # Copied to the size checked above: the file cannot grow under the copy.
+            remaining = info.st_size
+            while remaining > 0 and (chunk := source.read(min(1 << 20, remaining))):
+                copy.write(chunk)
+                remaining -= len(chunk)
         return target
 
     def kill(self) -> None:
+        if self.child_pid is not None:
+            # The namespace's PID 1: with it, the kernel ends everything in the sandbox,
+            # whatever the worker did to its parent-death signal.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.child_pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
         if self.process.poll() is None:
@@ -480,13 +676,16 @@ class Worker:
         for stream in (self.process.stdin, self.process.stdout):
             with contextlib.suppress(OSError):
                 stream.close()
-        shutil.rmtree(self.job_dir, ignore_errors=True)
+        remove_tree(self.job_dir)
 
 
-def run_job(sandbox: Sandbox, job: dict, inputs: dict[str, Path], timeout: float, threads: int) -> list:
-    """Run one short job (an analysis) to its final message: ["result", ...] or
-    ["failed", error_type, message]. Raises SandboxError when the worker breaks or hangs."""
-    worker = sandbox.start("analyse", threads, cpu_seconds=max(1, int(timeout * threads) + 5))
+def run_job(
+    sandbox: Sandbox, job: dict, inputs: dict[str, Path], timeout: float, threads: int, kind: str = "analyse"
+) -> list:
+    """Run one short job (an analysis, an artifact's check) to its final message:
+    ["result", ...] or ["failed", error_type, message]. Raises SandboxError when the
+    worker breaks the protocol."""
+    worker = sandbox.start(kind, threads, cpu_seconds=max(1, int(timeout * threads) + 5))
     try:
         for key, source in inputs.items():
             job[key] = str(worker.place(source, key.removesuffix("_path") + source.suffix))
@@ -502,16 +701,19 @@ def run_job(sandbox: Sandbox, job: dict, inputs: dict[str, Path], timeout: float
                     if message[0] in ("result", "failed"):
                         return message
                 error_type, text = worker.exit_reason()
-                log.info("analysis worker ended: %s\n%s", text, worker.stderr_tail())
+                log.info("%s worker ended: %s\n%s", kind, text, worker.stderr_tail())
+                if error_type == "worker_lost":
+                    error_type, text = "crashed", "Opening the file crashed its worker; the file is damaged."
+                return ["failed", error_type, text]
+            if time.monotonic() > deadline:
+                return ["failed", "timeout", f"Opening the file took longer than {timeout:g} s."]
+            if worker.output_bytes() > sandbox.limits.file_bytes:
+                limit = sandbox.limits.file_bytes >> 20
                 return [
                     "failed",
-                    error_type if error_type != "worker_lost" else "crashed",
-                    text
-                    if error_type != "worker_lost"
-                    else "Opening the file crashed the analyser; the file is damaged or not a model.",
+                    "resource_limit",
+                    f"The worker wrote more than {limit} MB (sandbox.output_mb).",
                 ]
-            if time.monotonic() > deadline:
-                return ["failed", "timeout", f"Analysing the upload took longer than {timeout:g} s."]
             _wait_readable(worker, min(0.5, max(0.0, deadline - time.monotonic())))
     finally:
         worker.close()
@@ -566,6 +768,11 @@ def _try(sandbox: Sandbox, isolation: str) -> str | None:
         return "bwrap is not installed (Debian: apt-get install bubblewrap)"
     if shutil.which("prlimit") is None:
         return "prlimit is not installed (Debian: util-linux)"
+    if isolation == BUBBLEWRAP:
+        try:
+            _seccomp_program()
+        except (ImportError, OSError, RuntimeError) as exc:
+            return f"no seccomp filter can be made (libseccomp: {exc})"
     worker = None
     try:
         worker = Worker(

@@ -12,10 +12,13 @@ from pathlib import Path
 import pytest
 
 from tests import hostile
-from tests.conftest import TEST_SECRET
+from tests.helpers import TEST_SECRET
 from webapp.config import load_config
 from webapp.services import sandbox as sandbox_module
-from webapp.services.sandbox import BUBBLEWRAP, Sandbox
+from webapp.services.sandbox import BUBBLEWRAP, Sandbox, SandboxError
+
+# Every test starts sandboxed processes: a Sandbox probes its isolation with a worker.
+pytestmark = pytest.mark.slow
 
 PROBE = textwrap.dedent("""
     import json, os, socket, sys
@@ -36,6 +39,15 @@ PROBE = textwrap.dedent("""
     attempt("own_environ", lambda: dict(os.environ))
     attempt("memory", lambda: len(bytearray(int(targets["allocate"]))))
     attempt("write_scratch", lambda: open("/job/out/ok", "w").write("fine"))
+    attempt("sysctl", lambda: open("/proc/sys/vm/swappiness", "w").write("61"))
+    attempt("fork", os.fork)
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    found["keyctl"] = "refused" if libc.syscall(250, 0, 0, 0, 0, 0) == -1 else "ran"
+    import threading
+    thread = threading.Thread(target=lambda: found.__setitem__("thread", "ran"))
+    thread.start()
+    thread.join()
     print(json.dumps(found))
 """)
 
@@ -53,7 +65,8 @@ def _run_probe(sandbox: Sandbox, tmp_path, settings) -> dict:
     worker_dir = tmp_path / "job"
     (worker_dir / "in").mkdir(parents=True)
     (worker_dir / "out" / "tmp").mkdir(parents=True)
-    argv, env = sandbox.command(worker_dir, "probe", 1, 30, sandbox.isolation)
+    launch = sandbox.prepare(worker_dir, "probe", 1, 30, sandbox.isolation)
+    argv, env = launch.argv, launch.env
     python = argv.index("-m")
     instance = settings["app"]["instance_dir"]
     targets = {
@@ -66,7 +79,18 @@ def _run_probe(sandbox: Sandbox, tmp_path, settings) -> dict:
     argv = argv[:python] + ["-c", PROBE, json.dumps(targets)]
     # A secret in the server's environment must not reach the worker by any route.
     env = {**env, "OPTIDECK_SECRET_KEY": TEST_SECRET}
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, cwd=worker_dir / "out")
+    result = subprocess.run(
+        argv,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=worker_dir / "out",
+        pass_fds=launch.pass_fds,
+    )
+    launch.started()
+    if launch.info is not None:
+        os.close(launch.info)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -88,11 +112,16 @@ def test_bubblewrap_walls(settings, tmp_path):
         "write_libraries",
         "network",
         "memory",
+        "sysctl",
+        "fork",
+        "keyctl",
     ):
         assert found[attempt].startswith("refused"), (attempt, found[attempt])
     assert TEST_SECRET not in json.dumps(found)
     assert not (tmp_path / "pwned").exists()
     assert found["write_scratch"] == "4"
+    assert found["thread"] == "ran"  # threads, which the maths libraries use, still work
+    assert Path("/proc/sys/vm/swappiness").read_text().strip() != "61"
     assert (tmp_path / "job" / "out" / "ok").read_text() == "fine"
 
 
@@ -130,14 +159,111 @@ def test_a_model_that_slips_past_the_screening_still_meets_the_walls(settings, t
     (job / "out" / "tmp").mkdir(parents=True)
     (job / "in").mkdir()
     hostile.torchscript_from_file(target, job / "in" / "evil.pt", size=16, shared=shared)
-    argv, env = sandbox.command(job, "probe", 1, 60, sandbox.isolation)
+    launch = sandbox.prepare(job, "probe", 1, 60, sandbox.isolation)
+    argv, env = launch.argv, launch.env
     load = (
         "import torch\ntry:\n    m = torch.jit.load('/job/in/evil.pt')\n"
         "    print(bytes(m.leak.tolist()))\nexcept Exception as exc:\n"
         "    print('refused', type(exc).__name__)\n"
     )
     argv = argv[: argv.index("-m")] + ["-c", load]
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        argv, env=env, capture_output=True, text=True, timeout=120, pass_fds=launch.pass_fds
+    )
+    launch.started()
+    if launch.info is not None:
+        os.close(launch.info)
     assert result.stdout.startswith("refused") or shared, result.stdout + result.stderr
     assert TEST_SECRET not in result.stdout
     assert not (tmp_path / "planted.pth").exists()
+
+
+class _Scripted(Sandbox):
+    """A sandbox whose workers run `code` instead of the engine: a worker that went rogue."""
+
+    code = ""
+
+    def prepare(self, job_dir, kind, threads, cpu_seconds, isolation):
+        launch = super().prepare(job_dir, kind, threads, cpu_seconds, isolation)
+        if kind == "rogue":  # (the isolation probe runs the real worker)
+            at = launch.argv.index("-m")
+            launch.argv[at:] = ["-c", self.code]
+        return launch
+
+
+def _rogue(settings, code: str):
+    sandbox = _Scripted(settings)
+    if sandbox.isolation != BUBBLEWRAP:
+        pytest.skip(f"bubblewrap is not usable here ({sandbox.describe()})")
+    sandbox.code = textwrap.dedent(code)
+    return sandbox.start("rogue", 1)
+
+
+def _gone(pid: int, seconds: float = 5.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_message_nested_too_deep_stops_the_worker(settings):
+    worker = _rogue(settings, "import time\nprint('[' * 100000, flush=True)\ntime.sleep(60)")
+    try:
+        import time
+
+        deadline = time.monotonic() + 20
+        with pytest.raises(SandboxError):
+            while time.monotonic() < deadline:
+                worker.receive()
+                time.sleep(0.05)
+        assert _gone(worker.child_pid)
+    finally:
+        worker.close()
+
+
+def test_a_worker_that_drops_its_parent_death_signal_still_dies(settings):
+    worker = _rogue(
+        settings,
+        """
+        import ctypes, time
+        ctypes.CDLL(None).prctl(1, 0)  # PR_SET_PDEATHSIG: none
+        print('["beat"]', flush=True)
+        time.sleep(120)
+    """,
+    )
+    try:
+        assert worker.child_pid is not None
+        worker.kill()
+        assert _gone(worker.child_pid)
+    finally:
+        worker.close()
+
+
+def test_a_deleted_file_kept_open_still_counts_as_output(settings):
+    worker = _rogue(
+        settings,
+        """
+        import os, time
+        kept = open('/job/out/hidden', 'wb')
+        kept.write(bytes(8 << 20))
+        kept.flush()
+        os.unlink('/job/out/hidden')
+        print('["beat"]', flush=True)
+        time.sleep(60)
+    """,
+    )
+    try:
+        import time
+
+        deadline = time.monotonic() + 20
+        while not worker.receive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert worker.output_bytes() >= 8 << 20
+    finally:
+        worker.close()

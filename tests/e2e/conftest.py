@@ -8,11 +8,12 @@ the browser builds Playwright would download cannot be fetched here.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
-from tests.servers import Server
-from webapp.config import ROOT
+from tests.e2e.helpers import ADMIN_PASSWORD, DEMO_PASSWORD
+from webapp.testing import Server
 
 CHROMIUM = os.environ.get("OPTIDECK_TEST_CHROMIUM", "/usr/bin/chromium")
 # Without these Chromium keeps calling home, and this machine's closed network
@@ -26,9 +27,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-ADMIN_PASSWORD = "e2e-admin-password"
-DEMO_PASSWORD = "e2e-demo-password"
-ARTIFACTS = ROOT / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 def pytest_collection_modifyitems(items):
@@ -92,10 +91,3 @@ def pytest_runtest_makereport(item, call):
     if report.when == "call":
         item.rep_call = report
     return report
-
-
-def log_in(page, username="admin", password=ADMIN_PASSWORD):
-    page.goto("/login")
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Log in").click()

@@ -4,7 +4,7 @@ import re
 
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import DEMO_PASSWORD, log_in
+from tests.e2e.helpers import DEMO_PASSWORD, log_in
 
 
 def test_filter_and_page_without_reloading_and_go_back(page):

@@ -3,8 +3,8 @@
 import pytest
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import ADMIN_PASSWORD, DEMO_PASSWORD, log_in
-from tests.servers import Server
+from tests.e2e.helpers import ADMIN_PASSWORD, DEMO_PASSWORD, log_in
+from webapp.testing import Server
 
 # Set on load; a reload would lose it.
 MARK_PAGE = "window.__notReloaded = true"

@@ -2,7 +2,7 @@
 
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import DEMO_PASSWORD, log_in
+from tests.e2e.helpers import DEMO_PASSWORD, log_in
 
 
 def test_log_in_see_the_dashboard_and_log_out(page):

@@ -2,7 +2,7 @@
 
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import DEMO_PASSWORD, log_in
+from tests.e2e.helpers import DEMO_PASSWORD, log_in
 
 
 def test_logging_out_in_one_tab_ends_the_other_tabs_live_page(page):

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from tests.conftest import make_user
+from tests.helpers import make_user
 from webapp.extensions import db
 from webapp.services import tokens
 from webapp.tables import ApiToken

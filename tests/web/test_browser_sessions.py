@@ -1,6 +1,6 @@
 """A browser session ends on the server: logout, deactivation and a role change."""
 
-from tests.conftest import AuthActions, csrf_from, make_user
+from tests.helpers import AuthActions, csrf_from, make_user
 from webapp.extensions import db
 from webapp.services import users
 from webapp.tables import ApiToken

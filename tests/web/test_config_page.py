@@ -1,6 +1,6 @@
 """The Configuration page: read-only for most, edit, validate as you go, stale save, revert."""
 
-from tests.conftest import csrf_from
+from tests.helpers import csrf_from
 from webapp.services import criteria
 
 

@@ -3,6 +3,7 @@
 from sqlalchemy import text
 
 from tests.factories import gen_model, gen_session
+from tests.helpers import make_user
 from webapp.extensions import db
 from webapp.services import caching, dashboard
 
@@ -13,7 +14,7 @@ def test_the_page_shows_cards_active_sessions_and_the_chart(operator):
     for n in range(3):
         gen_session(model, operator.user, "completed", age_days=n, size=60.0 + n, speed=100.0)
     text_ = operator.client.get("/dashboard").get_data(as_text=True)
-    assert "Active sessions" in text_ and 'class="progress"' in text_
+    assert "Active sessions" in text_ and 'class="meter' in text_
     assert "<svg" in text_ and "latest 3 completed sessions" in text_
     assert "61.0 %" in text_  # the average size reduction
 
@@ -54,8 +55,6 @@ def test_a_failing_part_is_named_and_the_rest_still_shows(app, api_client, opera
 def test_with_redis_a_change_in_one_process_clears_every_process(make_app):
     """Two app instances (as two gunicorn workers) share the cache through Redis."""
     import redis
-
-    from tests.conftest import make_user
 
     url = "redis://127.0.0.1:6379/14"
     redis.Redis.from_url(url).flushdb()

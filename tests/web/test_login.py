@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.conftest import PASSWORD, csrf_from, make_user
+from tests.helpers import PASSWORD, csrf_from, make_user
 from webapp.extensions import db
 from webapp.services import users
 from webapp.tables import AuditEntry

@@ -2,7 +2,10 @@
 
 import io
 
-from tests.conftest import csrf_from
+import pytest
+
+from tests.factories import gen_model
+from tests.helpers import AuthActions, csrf_from, make_user
 from webapp.extensions import db
 from webapp.tables import AuditEntry, ModelMetadata
 
@@ -61,8 +64,6 @@ def test_delete_from_the_page(operator, demo_files):
 
 
 def test_other_operators_get_404_on_the_page(app, operator, demo_files):
-    from tests.conftest import AuthActions, make_user
-
     location = post_upload(operator, demo_files["onnx"].read_bytes()).headers["Location"]
     other = app.test_client()
     make_user("mallory", "operator")
@@ -70,9 +71,7 @@ def test_other_operators_get_404_on_the_page(app, operator, demo_files):
     assert other.get(location).status_code == 404
 
 
-def test_search_answers_htmx_with_the_table(operator, demo_files):
-    from tests.factories import gen_model
-
+def test_search_answers_htmx_with_the_table(operator):
     gen_model(operator.user, "resnet-small")
     gen_model(operator.user, "bert_tiny")
     partial = operator.client.get("/models?q=RESNET", headers={"HX-Request": "true"})
@@ -96,6 +95,7 @@ def test_upload_through_htmx_redirects_with_a_header(operator, demo_files):
     assert response.headers["HX-Redirect"].startswith("/models/")
 
 
+@pytest.mark.slow  # the file is refused by a sandboxed worker
 def test_a_refused_htmx_upload_returns_the_panel_with_the_reason(operator):
     token = csrf_from(operator.client, "/models")
     response = operator.client.post(
@@ -115,8 +115,6 @@ def test_a_refused_htmx_upload_returns_the_panel_with_the_reason(operator):
 
 
 def test_an_upload_over_the_limit_explains_itself_on_the_page(make_app):
-    from tests.conftest import AuthActions, make_user
-
     app = make_app(uploads={"max_bytes": 2048})
     client = app.test_client()
     with app.app_context():

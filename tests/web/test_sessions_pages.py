@@ -3,8 +3,8 @@
 import io
 import time
 
-from tests.conftest import csrf_from
 from tests.factories import gen_model, gen_session
+from tests.helpers import AuthActions, csrf_from, make_user
 from webapp.extensions import db
 from webapp.tables import OptimizationSession
 
@@ -140,8 +140,6 @@ def test_viewers_see_but_cannot_start_or_cancel(viewer, operator):
 
 
 def test_another_operators_session_page_is_404(app, operator):
-    from tests.conftest import AuthActions, make_user
-
     model = gen_model(operator.user, "m")
     session = gen_session(model, operator.user, "completed")
     other = app.test_client()

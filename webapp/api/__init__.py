@@ -20,7 +20,7 @@ PREFIX = "/api/v1"
 
 
 class _Parser(FlaskParser):
-    # DESIGN.md: a body or query that fails validation is a 400, not webargs' 422.
+    # The error contract: a body or query that fails validation is a 400, not webargs' 422.
     DEFAULT_VALIDATION_STATUS = 400
     # A multipart body's files and fields in one schema, so OpenAPI documents one requestBody.
     __location_map__ = {**FlaskParser.__location_map__, "form_and_files": "load_form_and_files"}

@@ -3,10 +3,11 @@
 from marshmallow import Schema, fields
 
 from ..bounds import id_field
+from ..engine.techniques import TECHNIQUES
 
 
 class ErrorSchema(Schema):
-    """The body of every API error (DESIGN.md)."""
+    """The body of every API error (docs/architecture.md, "The error contract")."""
 
     error = fields.String(
         required=True,
@@ -66,7 +67,7 @@ class SessionStartSchema(Schema):
     techniques = fields.List(
         fields.String(),
         load_default=list,
-        metadata={"description": "quantization, pruning, compression; empty: the criteria's choice"},
+        metadata={"description": f"{', '.join(TECHNIQUES)}; empty: the criteria's choice"},
     )
     parameters = fields.Dict(
         keys=fields.String(),
@@ -89,6 +90,9 @@ class SessionSchema(Schema):
     size_reduction_percent = fields.Float(allow_none=True)
     speed_improvement_percent = fields.Float(
         allow_none=True, metadata={"description": "(original latency / optimized latency - 1) x 100"}
+    )
+    speedup = fields.Float(
+        allow_none=True, metadata={"description": "original latency / optimized latency (2.0: twice as fast)"}
     )
     accuracy_retention_percent = fields.Float(allow_none=True)
     criteria_met = fields.Boolean(allow_none=True)

@@ -18,15 +18,6 @@ class PlanError(ValueError):
         self.unprocessable = unprocessable
 
 
-def criteria_defaults(criteria: dict) -> dict[str, dict]:
-    """Each technique's parameters as the criteria set them."""
-    return {
-        "quantization": {"mode": criteria["quantization_mode"]},
-        "pruning": {"sparsity": criteria["pruning_sparsity"]},
-        "compression": {"energy": criteria["compression_energy"]},
-    }
-
-
 def build_plan(
     model_format: str, techniques: list[str], parameters: dict, criteria: dict, has_eval_data: bool
 ) -> list[dict]:
@@ -58,7 +49,6 @@ def build_plan(
             "Parameters for techniques not chosen.",
             {"parameters": [f"{name!r} is not among the chosen techniques." for name in extra]},
         )
-    defaults = criteria_defaults(criteria)
     steps, errors = [], {}
     for technique_id in sorted(chosen, key=lambda t: TECHNIQUES[t].order):
         technique = TECHNIQUES[technique_id]
@@ -66,8 +56,7 @@ def build_plan(
         if not isinstance(given, dict):
             errors[f"parameters.{technique_id}"] = ["Must be an object of parameters."]
             continue
-        # Explicit compression settings replace the default energy, not add to it.
-        base = {} if technique_id == "compression" and given else defaults[technique_id]
+        base = {} if technique.given_replaces_defaults and given else technique.criteria_defaults(criteria)
         try:
             params = technique.params().load({**base, **given})
         except ValidationError as exc:
@@ -80,11 +69,13 @@ def build_plan(
                 {"techniques": [f"{technique_id!r} does not support {model_format}."]},
                 unprocessable=True,
             )
-        if technique_id == "quantization" and params["mode"] == "int8_static" and not has_eval_data:
+        needing = technique.needs_data(params)
+        if needing and not has_eval_data:
+            value = params[needing]
             raise PlanError(
-                "int8 static quantization calibrates on evaluation data; attach an .npz "
-                "to the model or choose int8_dynamic.",
-                {"parameters.quantization.mode": ["int8_static needs evaluation data."]},
+                f"{technique.label} with {needing} {value} calibrates on evaluation data; attach "
+                f"an .npz to the model or choose another {needing}.",
+                {f"parameters.{technique_id}.{needing}": [f"{value} needs evaluation data."]},
                 unprocessable=True,
             )
         steps.append({"technique": technique_id, "params": params})

@@ -85,7 +85,14 @@ class _Session:
         self.progress(1, "analysis")
         self.phase("transform")
         # The upload was checked and inspected when it was analysed.
-        original = loading.load(Path(job.model_path), job.model_format, self.threads, specs, inspect=False)
+        original = loading.load(
+            Path(job.model_path),
+            job.model_format,
+            self.threads,
+            specs,
+            inspect=False,
+            max_unpacked_bytes=job.max_unpacked_bytes,
+        )
         if job.model_format == formats.ONNX:
             original.inputs = specs
         data = (

@@ -1,4 +1,4 @@
-"""ConfigurationManager: the optimization criteria, their versions and their rules.
+"""The optimization criteria: their schema, their versions and their rules.
 
 The current criteria are the newest saved version, else the `[criteria]`
 defaults of config.toml (version 0). Every save is a new version; an update
@@ -27,7 +27,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from ..bounds import Printable
-from ..engine.techniques import QUANTIZATION_MODES, TECHNIQUES
+from ..engine.techniques import TECHNIQUES, Param, criteria_params
 from ..extensions import cache, db
 from ..tables import CriteriaVersion, User
 from . import audit
@@ -39,23 +39,26 @@ CACHE_KEY = "criteria:current"
 DEPLOYMENTS = ("edge", "mobile", "cloud", "general")
 RUNTIMES = ("onnxruntime-cpu",)
 WEIGHT_TOLERANCE = 0.01
-# The most a technique can take off a float32 model's size on disk. Pruning
-# writes zeros densely, so it takes nothing off the file itself.
-BEST_SIZE_REDUCTION = {
-    "int8_dynamic": 75.0,
-    "int8_static": 75.0,
-    "fp16": 50.0,
-    "pruning": 0.0,
-    "compression": 95.0,
-}
 
 
 def _finite(**kwargs):
     return fields.Float(allow_nan=False, **kwargs)
 
 
-class CriteriaSchema(Schema):
-    """Every field with its type and range: the page, the API and the defaults share it."""
+def _technique_field(param: Param) -> fields.Field:
+    """A technique parameter's default in the criteria: the registry's type and range."""
+    if param.kind == "choice":
+        rule = validate.OneOf([value for value, _ in param.choices])
+        return fields.String(required=True, validate=rule, metadata={"label": param.label})
+    rule = validate.Range(min=param.minimum, max=param.maximum)
+    if param.kind == "integer":
+        return fields.Integer(required=True, strict=True, validate=rule)
+    return _finite(required=True, validate=rule)
+
+
+class _CriteriaFields(Schema):
+    """Every field with its type and range: the page, the API and the defaults share it.
+    The techniques' parameter defaults are added from the registry (CriteriaSchema)."""
 
     class Meta:
         unknown = EXCLUDE  # `version` and friends travel with a document but are not part of it
@@ -67,9 +70,6 @@ class CriteriaSchema(Schema):
     threads = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=256))
     enabled_techniques = fields.List(fields.String(), required=True)
     forbidden_techniques = fields.List(fields.String(), load_default=list)
-    quantization_mode = fields.String(required=True, validate=validate.OneOf(QUANTIZATION_MODES))
-    pruning_sparsity = _finite(required=True, validate=validate.Range(min=0.05, max=0.95))
-    compression_energy = _finite(required=True, validate=validate.Range(min=0.5, max=0.9999))
     min_accuracy_retention_percent = _finite(required=True, validate=validate.Range(min=0, max=100))
     max_size_reduction_percent = _finite(required=True, validate=validate.Range(min=0, max=100))
     max_inference_time_ms = _finite(required=True, validate=validate.Range(min=0))
@@ -112,6 +112,13 @@ class CriteriaSchema(Schema):
                 )
 
 
+CriteriaSchema = type(
+    "CriteriaSchema",
+    (_CriteriaFields,),
+    {param.criteria: _technique_field(param) for _, param in criteria_params()},
+)
+
+
 def conflicts(document: dict, has_calibration_data: bool = True) -> dict[str, list[str]]:
     """Combinations that are each valid alone but cannot work together."""
     found: dict[str, list[str]] = {}
@@ -128,16 +135,16 @@ def conflicts(document: dict, has_calibration_data: bool = True) -> dict[str, li
                 f"No enabled technique can take {target:g} % off the size (at most "
                 f"{reachable:g} % with {sorted(usable)})."
             ]
-    if (
-        usable == {"quantization"}
-        and document["quantization_mode"] == "int8_static"
-        and not has_calibration_data
-    ):
-        found["quantization_mode"] = [
-            "int8 static quantization is the only technique, and no model has evaluation "
-            "data to calibrate on."
-        ]
-    lossy = {"quantization", "pruning", "compression"}
+    if not has_calibration_data and usable and all(_needs_data(t, document) for t in usable):
+        for technique_id in sorted(usable):
+            technique = TECHNIQUES[technique_id]
+            needing = technique.needs_data(technique.criteria_defaults(document))
+            key = next(p.criteria for p in technique.param_list if p.name == needing)
+            found[key] = [
+                f"{technique.label} with {needing} {document[key]} is all the enabled techniques "
+                "can run, and it calibrates on evaluation data no model has."
+            ]
+    lossy = {t.id for t in TECHNIQUES.values() if t.lossy}
     if (
         document["min_accuracy_retention_percent"] >= 100
         and usable
@@ -151,10 +158,14 @@ def conflicts(document: dict, has_calibration_data: bool = True) -> dict[str, li
     return found
 
 
-def _best_reduction(technique: str, document: dict) -> float:
-    if technique == "quantization":
-        return BEST_SIZE_REDUCTION[document["quantization_mode"]]
-    return BEST_SIZE_REDUCTION[technique]
+def _needs_data(technique_id: str, document: dict) -> bool:
+    technique = TECHNIQUES[technique_id]
+    return technique.needs_data(technique.criteria_defaults(document)) is not None
+
+
+def _best_reduction(technique_id: str, document: dict) -> float:
+    technique = TECHNIQUES[technique_id]
+    return technique.best_size_reduction(technique.criteria_defaults(document))
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,8 @@ PART_FIELDS = {
 
 
 def stats(user: User) -> dict:
-    """DESIGN.md's dashboard fields; a part that fails is None and named in `unavailable`."""
+    """The dashboard's fields (the README's JSON API); a part that fails is None and named in
+    `unavailable`."""
     result: dict = {"unavailable": []}
     for name, compute in PARTS.items():
         try:

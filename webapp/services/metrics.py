@@ -1,4 +1,4 @@
-"""Prometheus-style counters of the live layer (the monitoring issue exposes them).
+"""Prometheus-style counters of the live layer, kept in each process.
 
 Defined once per process, on prometheus_client's default registry: several
 apps in one process (the tests) share them, so tests read differences.

@@ -1,4 +1,4 @@
-"""Publish and subscribe of platform events (DESIGN.md's live event names).
+"""Publish and subscribe of platform events (the README's "Live events" names them).
 
 The in-process backend serves the embedded default: one web process. Each
 subscriber has its own bounded queue, so a slow one never holds up publish.

@@ -9,7 +9,8 @@ from . import policy
 
 
 def summary(session: OptimizationSession) -> dict:
-    """The session as DESIGN.md names it: the API, the pages and live events all use this."""
+    """The session as users see it (the README's JSON API): the API, the pages and live events
+    all use this."""
     model = session.model
     return _summary(
         session,
@@ -74,6 +75,7 @@ def _summary(s, model_name: str | None, model_deleted: bool, owner: str | None) 
         "techniques": s.techniques,
         "size_reduction_percent": results.get("size_reduction_percent"),
         "speed_improvement_percent": results.get("speed_improvement_percent"),
+        "speedup": results.get("speedup"),
         "accuracy_retention_percent": results.get("accuracy_retention_percent"),
         "criteria_met": results.get("criteria_met"),
         "created_at": s.created_at,

@@ -7,6 +7,7 @@ from flask import Blueprint, Flask, g, redirect, request, url_for
 from flask_login import login_required
 
 from ..services import policy
+from . import filters
 
 
 def is_partial() -> bool:
@@ -24,20 +25,6 @@ def page_blueprint(name: str, import_name: str, **kwargs) -> Blueprint:
         return None
 
     return bp
-
-
-def filesize(value: int | None) -> str:
-    if value is None:
-        return "—"
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:,.0f} {unit}" if unit == "bytes" else f"{value:,.2f} {unit}"
-        value /= 1000
-    return str(value)
-
-
-def when(value) -> str:
-    return value.strftime("%Y-%m-%d %H:%M") if value else "—"
 
 
 LIVE_PAGES = {"sessions.index": "sessions", "dashboard.index": "dashboard", "sessions.detail": "session"}
@@ -63,8 +50,7 @@ def init_app(app: Flask) -> None:
         # sent again over the socket, not lost between the query and the render.
         g.page_read_from = datetime.now(UTC)
 
-    app.add_template_filter(filesize)
-    app.add_template_filter(when)
+    filters.init_app(app)
     app.add_template_global(live_url)
     # Role rules for templates, from the one module that holds them.
     for rule in (policy.can_administer, policy.can_create, policy.sees_everything):

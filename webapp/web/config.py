@@ -9,7 +9,7 @@ from marshmallow import fields
 from ..auth.guards import roles_required
 from ..bounds import parse_id
 from ..config import masked
-from ..engine.techniques import QUANTIZATION_MODES, TECHNIQUES
+from ..engine.techniques import TECHNIQUES, criteria_params
 from ..services import criteria, policy
 from ..services.errors import ServiceError
 from . import page_blueprint
@@ -58,10 +58,10 @@ def _page(document=None, errors=None, stale=None, status=200, dirty=False):
         "stale": stale,
         "dirty": dirty,
         "can_edit": policy.can_administer(user),
-        "techniques": list(TECHNIQUES),
-        "modes": QUANTIZATION_MODES,
-        "deployments": criteria.DEPLOYMENTS,
-        "runtimes": criteria.RUNTIMES,
+        "techniques": [(t.id, t.label) for t in TECHNIQUES.values()],
+        "technique_params": criteria_params(),
+        "deployments": [(d, d) for d in criteria.DEPLOYMENTS],
+        "runtimes": [(r, r) for r in criteria.RUNTIMES],
     }
     context.update(
         versions=[*criteria.versions(), criteria.get_version(0)],

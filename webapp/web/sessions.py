@@ -8,6 +8,7 @@ from werkzeug.datastructures import MultiDict
 
 from ..auth.guards import roles_required
 from ..bounds import parse_id
+from ..engine.techniques import TECHNIQUES
 from ..services import model_store, optimization, policy, session_query, session_summaries
 from ..services.errors import ServiceError
 from ..tables import SessionStatus
@@ -81,14 +82,26 @@ def _form_errors(details: dict) -> dict:
     return errors
 
 
+def _offered(criteria: dict) -> list:
+    """The techniques the start form offers: the registry's, less what the criteria forbid."""
+    forbidden = set(criteria["forbidden_techniques"])
+    return [t for t in sorted(TECHNIQUES.values(), key=lambda t: t.order) if t.id not in forbidden]
+
+
+def _field(technique, param) -> str:
+    """A technique parameter's form field: quantization_mode, pruning_sparsity..."""
+    return f"{technique.id}_{param.name}"
+
+
 def _start_form_context(user, form=None, errors=None) -> dict:
     criteria = optimization.current_criteria()
-    can_start = policy.can_create(user)
     models = [m for m in model_store.list_for(user) if policy.can_change(user, m.owner_id)]
     return {
-        "can_start": can_start,
+        "can_start": policy.can_create(user),
         "startable_models": models,
         "criteria": criteria,
+        "techniques": _offered(criteria),
+        "param_field_name": _field,
         "start_form": form or {},
         "start_errors": errors or {},
     }
@@ -109,13 +122,11 @@ def start():
     user = _user()
     form = request.form
     techniques = form.getlist("techniques")
-    parameters = {}
-    if "quantization" in techniques:
-        parameters["quantization"] = {"mode": form.get("quantization_mode", "")}
-    if "pruning" in techniques:
-        parameters["pruning"] = {"sparsity": form.get("pruning_sparsity", "")}
-    if "compression" in techniques:
-        parameters["compression"] = {"energy": form.get("compression_energy", "")}
+    parameters = {
+        t.id: {p.name: form.get(_field(t, p), "") for p in t.form_params}
+        for t in TECHNIQUES.values()
+        if t.id in techniques
+    }
     try:
         session = optimization.start(user, _chosen_model(form), techniques, parameters)
     except ServiceError as exc:

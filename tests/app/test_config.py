@@ -114,3 +114,30 @@ def test_masked_settings_hide_secrets_but_not_the_rest(tmp_path):
         assert secret not in shown
     assert "db.local:5432" in shown
     assert masked(settings)["security"]["access_token_minutes"] == 60
+
+
+def test_config_comments_say_what_the_technique_registry_says():
+    """config.toml's comments on technique settings name the registry's techniques, choices
+    and ranges, so they cannot drift from what the server accepts."""
+    from webapp.config import DEFAULTS_FILE
+    from webapp.engine.techniques import TECHNIQUES, criteria_params
+
+    comments: dict[str, str] = {}
+    above: list[str] = []
+    for line in DEFAULTS_FILE.read_text().splitlines():
+        if line.startswith("#"):
+            above.append(line)
+        elif "=" in line:
+            comments[line.split("=")[0].strip()] = " ".join(above)
+            above = []
+        else:
+            above = []
+    listed = "(" + ", ".join(sorted(TECHNIQUES)) + ")"
+    assert listed in comments["enabled_techniques"]
+    assert listed in comments["forbidden_techniques"]
+    for _, param in criteria_params():
+        words = comments[param.criteria]
+        if param.kind == "choice":
+            assert all(value in words for value, _ in param.choices), (param.criteria, words)
+        else:
+            assert f"{param.minimum:g} to {param.maximum:g}" in words, (param.criteria, words)

@@ -1,10 +1,11 @@
-"""ConfigurationManager: every validation rule, every conflict, versions and revert."""
+"""The optimization criteria: every validation rule, every conflict, versions and revert."""
 
 import math
 
 import pytest
 
-from tests.conftest import make_user
+from tests.factories import gen_model
+from tests.helpers import make_user
 from webapp.services import criteria
 from webapp.services.errors import ServiceError
 
@@ -93,8 +94,6 @@ def test_conflicting_combinations_are_409(app, admin_user, changes, field):
 
 
 def test_int8_static_alone_is_fine_once_a_model_has_data(app, admin_user):
-    from tests.factories import gen_model
-
     gen_model(admin_user, "calibrated", eval_data_sha256="e" * 64)
     saved = criteria.save(doc(quantization_mode="int8_static"), 0, admin_user)
     assert saved.document["quantization_mode"] == "int8_static"

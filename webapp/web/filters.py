@@ -1,0 +1,63 @@
+"""How pages write numbers and times: one filter each, so every page says it alike.
+
+A missing value (a session without results yet) is an em dash everywhere.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from flask import Flask
+
+MISSING = "—"
+TIME_FORMATS = {
+    "minute": "%Y-%m-%d %H:%M",
+    "second": "%Y-%m-%d %H:%M:%S",
+    "utc": "%Y-%m-%d %H:%M UTC",
+    "date": "%Y-%m-%d",
+    "clock": "%H:%M:%S",
+    "clock-utc": "%H:%M:%S UTC",
+}
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    """12.345 as "12.3 %"."""
+    return MISSING if value is None else f"{value:.{digits}f} %"
+
+
+def speedup(value: float | None, percent: bool = False) -> str:
+    """A speed factor (original latency / new latency) as "2.34x"; with percent, the value
+    is a speed improvement in percent (134.0 is 2.34x)."""
+    if value is None:
+        return MISSING
+    return f"{1 + value / 100 if percent else value:.2f}x"
+
+
+def ms(value: float | None, digits: int = 3) -> str:
+    return MISSING if value is None else f"{value:.{digits}f} ms"
+
+
+def number(value: int | None) -> str:
+    """1126410 as "1,126,410"."""
+    return MISSING if value is None else f"{value:,}"
+
+
+def when(value: datetime | None, precision: str = "minute", empty: str = MISSING) -> str:
+    """A time as pages show it; `precision` is one of TIME_FORMATS."""
+    return value.strftime(TIME_FORMATS[precision]) if value else empty
+
+
+def filesize(value: int | None) -> str:
+    if value is None:
+        return MISSING
+    size = float(value)
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:,.0f} {unit}" if unit == "bytes" else f"{size:,.2f} {unit}"
+        size /= 1000
+    return str(value)
+
+
+def init_app(app: Flask) -> None:
+    for function in (pct, speedup, ms, number, when, filesize):
+        app.add_template_filter(function)

@@ -1,30 +1,9 @@
-"""The WSGI entry point: `gunicorn wsgi:app`, or any WSGI server."""
+"""The WSGI entry point of a checkout: `gunicorn wsgi:app`, or any WSGI server.
 
-import atexit
-import sys
+The app is built in webapp/wsgi.py, which an installed package carries too
+(`gunicorn webapp.wsgi:app`); this module keeps the short name working here.
+"""
 
-from webapp import create_app
-from webapp.config import ConfigError
-from webapp.health import log_checks, run_checks
-from webapp.live.connection import begin_shutdown
+from webapp.wsgi import app
 
-# gunicorn's "app failed to load" exit code: it stops instead of respawning a
-# worker that can never start.
-APP_LOAD_ERROR = 4
-
-try:
-    app = create_app()
-except ConfigError as exc:
-    print(exc.code, file=sys.stderr)
-    raise SystemExit(APP_LOAD_ERROR) from None
-
-with app.app_context():
-    log_checks(run_checks())
-
-# Queued sessions (from before a restart, too) start running now; sessions a
-# dead server left "running" are failed as worker_lost once their heartbeat is stale.
-executor = app.extensions["optideck.executor"]
-executor.start()
-atexit.register(executor.shutdown)
-# Open WebSockets close with 1012 ("service restart") so browsers reconnect by themselves.
-atexit.register(begin_shutdown)
+__all__ = ["app"]

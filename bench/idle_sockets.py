@@ -20,21 +20,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.client
 import multiprocessing
 import statistics
-import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import loadgen
+from session_list import seed
 
-from bench.session_list import seed  # noqa: E402 - after the path is set
-from tests.servers import Server  # noqa: E402
+from webapp.testing import Server
 
 SECRET = "bench" * 8
 
@@ -79,63 +75,12 @@ def hold_sockets(url: str, count: int, stop, report) -> None:
     report.send({"opened": opened, "closes": dict(closes), "failures": dict(failures), "samples": samples})
 
 
-def load(
-    port: int, token: str, path: str, clients: int, requests: int, timeout: float, seconds: float
-) -> dict:
-    """Latencies of up to `requests` GETs from each of `clients` keep-alive connections,
-    for at most `seconds`."""
-    latencies: list[float] = []
-    errors = Counter()
-    lock = threading.Lock()
-    deadline = time.monotonic() + seconds
-
-    def client():
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-        mine = []
-        for _ in range(requests):
-            if time.monotonic() > deadline:
-                break
-            started = time.perf_counter()
-            try:
-                connection.request("GET", path, headers={"Authorization": f"Bearer {token}"})
-                response = connection.getresponse()
-                response.read()
-            except OSError as exc:
-                errors[type(exc).__name__] += 1
-                mine.append((time.perf_counter() - started) * 1000)
-                connection.close()
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-                continue
-            if response.status != 200:
-                errors[str(response.status)] += 1
-            mine.append((time.perf_counter() - started) * 1000)
-        connection.close()
-        with lock:
-            latencies.extend(mine)
-
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    quantiles = statistics.quantiles(latencies, n=100)
-    return {
-        "p50": statistics.median(latencies),
-        "p95": quantiles[94],
-        "p99": quantiles[98],
-        "max": max(latencies),
-        "rps": len(latencies) / elapsed,
-        "errors": dict(errors),
-        "window": (time.time() - elapsed, time.time()),
-    }
-
-
 def measure(port: int, token: str, args) -> list[tuple[str, dict]]:
     rows = []
     for name, path in (("/healthz", "/healthz"), ("session list", "/api/v1/optimization/sessions")):
-        rows.append((name, load(port, token, path, args.clients, args.requests, args.timeout, args.seconds)))
+        rows.append(
+            (name, loadgen.run(port, token, path, args.clients, args.requests, args.timeout, args.seconds))
+        )
     return rows
 
 
@@ -161,7 +106,7 @@ def main() -> None:
             env["OPTIDECK_DATABASE_URL"] = args.database_url
         server = Server(instance, env).start()
         try:
-            load(server.port, token, "/api/v1/optimization/sessions", 1, 20, 30, 30)  # warm up
+            loadgen.run(server.port, token, "/api/v1/optimization/sessions", 1, 20)  # warm up
             quiet = measure(server.port, token, args)
             stop = multiprocessing.Event()
             receiver, sender = multiprocessing.Pipe(duplex=False)

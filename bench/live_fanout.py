@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import tempfile
 import time
 import urllib.request
@@ -27,10 +26,7 @@ from pathlib import Path
 
 import websockets
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.servers import Server  # noqa: E402 - after the path is set
+from webapp.testing import Server
 
 PASSWORD = "bench-password-1"  # noqa: S105 - a throwaway instance
 SECRET = "bench" * 8

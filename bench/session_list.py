@@ -14,20 +14,15 @@ for 10 s, cleared by any change); the uncached statistics with the cache off.
 from __future__ import annotations
 
 import argparse
-import http.client
 import random
-import statistics
-import sys
 import tempfile
-import threading
 import time
 from datetime import timedelta
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import loadgen
 
-from tests.servers import Server  # noqa: E402 - after the path is set
+from webapp.testing import Server
 
 
 def seed(instance: Path, database_url: str | None, count: int) -> str:
@@ -132,43 +127,14 @@ def serve(instance: Path, database_url: str | None, cache_seconds: int, workers:
 
 
 def load(port: int, token: str, path: str, clients: int, requests: int) -> dict:
-    latencies: list[float] = []
-    lock = threading.Lock()
+    """`requests` GETs shared by `clients`, after one client's run to warm the server's
+    caches and pools; any answer but 200 stops the benchmark."""
     per_client = max(1, requests // clients)
-
-    def client():
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        mine = []
-        for _ in range(per_client):
-            started = time.perf_counter()
-            connection.request("GET", path, headers={"Authorization": f"Bearer {token}"})
-            response = connection.getresponse()
-            response.read()
-            if response.status != 200:
-                raise RuntimeError(f"{path}: {response.status}")
-            mine.append((time.perf_counter() - started) * 1000)
-        connection.close()
-        with lock:
-            latencies.extend(mine)
-
-    load_client = threading.Thread(target=client)  # warm the server's caches and pools
-    load_client.start()
-    load_client.join()
-    latencies.clear()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    quantiles = statistics.quantiles(latencies, n=100)
-    return {
-        "p50": statistics.median(latencies),
-        "p95": quantiles[94],
-        "p99": quantiles[98],
-        "rps": len(latencies) / elapsed,
-    }
+    loadgen.run(port, token, path, 1, per_client)
+    result = loadgen.run(port, token, path, clients, per_client)
+    if result["errors"]:
+        raise RuntimeError(f"{path}: {result['errors']}")
+    return result
 
 
 def main() -> None:

@@ -4,31 +4,43 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import shutil
-from dataclasses import dataclass
 
 import pytest
 from flask_migrate import upgrade
 from sqlalchemy import create_engine, make_url, text
 
+from tests.helpers import TEST_SECRET, AuthActions, RoleClient, api_client_for, make_user
 from webapp import create_app
 from webapp.extensions import db
-from webapp.services import tokens, users
-
-PASSWORD = "correct-horse-battery"
-TEST_SECRET = "test-secret-key-" + "x" * 32
 
 
 def settings_for(instance_dir, **sections) -> dict:
-    """Test overrides: a private instance folder, a fixed key, a brisk executor, plus `sections`."""
+    """Test overrides: a private instance folder, a fixed key, a brisk executor, cheap
+    password hashes, plus `sections`."""
     config = {
         "app": {"instance_dir": str(instance_dir), "secret_key": TEST_SECRET},
         "executor": {"poll_seconds": 0.1},
+        # Hundreds of tests create users and log in: scrypt would cost them minutes.
+        # tests/services/test_passwords.py checks the default is still scrypt.
+        "security": {"password_hash_method": "pbkdf2:sha256:1"},
     }
     for section, values in sections.items():
         config.setdefault(section, {}).update(values)
     return config
+
+
+# A test using one of these is marked `slow` (make test-fast leaves it out): demo_files
+# trains models, and the tests using it upload them, each upload analysed by a sandboxed
+# worker; live and server start servers. Modules that are slow for other reasons say so
+# with their own `pytestmark`.
+SLOW_FIXTURES = {"demo_files", "live", "server"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES.intersection(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
 
 
 # Set to a PostgreSQL URL (any database on the server) to run the suite on
@@ -86,8 +98,16 @@ def test_database_url(migrated_db, tmp_path):
     admin.dispose()
 
 
+@pytest.fixture(scope="session")
+def sandbox_work_dir(tmp_path_factory):
+    """One sandbox scratch folder for every app of the run. An app probes its sandbox once
+    per process and scratch folder (a worker started, ~0.4 s); each job still gets its
+    own folder inside, as on a server."""
+    return tmp_path_factory.mktemp("sandbox")
+
+
 @pytest.fixture
-def make_app(test_database_url, tmp_path):
+def make_app(test_database_url, tmp_path, sandbox_work_dir):
     """Build an app on this test's database, with extra settings."""
     built = []
 
@@ -95,6 +115,7 @@ def make_app(test_database_url, tmp_path):
         instance = tmp_path / "instance"
         instance.mkdir(exist_ok=True)
         sections.setdefault("database", {}).setdefault("url", test_database_url)
+        sections.setdefault("sandbox", {}).setdefault("work_dir", str(sandbox_work_dir))
         app = create_app(settings_for(instance, **sections))
         app.config["TESTING"] = True
         built.append(app)
@@ -143,50 +164,9 @@ def runner(app):
     return app.test_cli_runner()
 
 
-def make_user(username: str, role: str = "operator", password: str = PASSWORD):
-    return users.create(username, password, role)
-
-
-CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-def csrf_from(client, path: str) -> str:
-    page = client.get(path)
-    match = CSRF_FIELD.search(page.get_data(as_text=True))
-    assert match, f"no CSRF token on {path}"
-    return match.group(1)
-
-
-class AuthActions:
-    def __init__(self, client):
-        self._client = client
-
-    def login(self, username: str, password: str = PASSWORD):
-        token = csrf_from(self._client, "/login")
-        return self._client.post(
-            "/login", data={"username": username, "password": password, "csrf_token": token}
-        )
-
-    def logout(self):
-        token = csrf_from(self._client, "/dashboard")
-        return self._client.post("/logout", data={"csrf_token": token})
-
-    def post(self, path: str, data: dict, page: str | None = None):
-        """Post a form the way a browser does: with the CSRF token of the page."""
-        token = csrf_from(self._client, page or path)
-        return self._client.post(path, data={**data, "csrf_token": token})
-
-
 @pytest.fixture
 def auth(client):
     return AuthActions(client)
-
-
-@dataclass
-class RoleClient:
-    client: object
-    user: object
-    auth: AuthActions
 
 
 def _logged_in(app, role: str) -> RoleClient:
@@ -213,38 +193,13 @@ def viewer(app):
     return _logged_in(app, "viewer")
 
 
-@dataclass
-class ApiClient:
-    client: object
-    user: object
-    token: str
-
-    def _headers(self, headers):
-        return {"Authorization": f"Bearer {self.token}", **(headers or {})}
-
-    def get(self, path, headers=None, **kwargs):
-        return self.client.get(path, headers=self._headers(headers), **kwargs)
-
-    def post(self, path, headers=None, **kwargs):
-        return self.client.post(path, headers=self._headers(headers), **kwargs)
-
-    def put(self, path, headers=None, **kwargs):
-        return self.client.put(path, headers=self._headers(headers), **kwargs)
-
-    def delete(self, path, headers=None, **kwargs):
-        return self.client.delete(path, headers=self._headers(headers), **kwargs)
-
-
 @pytest.fixture
 def api_client(app):
-    """api_client(role, read_only=False): a client sending a fresh token of a new user."""
-    made = {}
+    """api_client(role, read_only=False): a client sending a fresh token of a new user
+    (named api-ROLE-N, N counting the clients this test made)."""
+    made = itertools.count()
 
-    def build(role: str = "operator", read_only: bool = False) -> ApiClient:
-        name = f"api-{role}-{len(made)}"
-        user = make_user(name, role)
-        issued = tokens.create_personal(user, "tests", 30, read_only)
-        made[name] = ApiClient(app.test_client(), user, issued.access_token)
-        return made[name]
+    def build(role: str = "operator", read_only: bool = False):
+        return api_client_for(app, f"api-{role}-{next(made)}", role, read_only)
 
     return build

@@ -1,12 +1,101 @@
-"""Steps many API tests take: upload a model, start a session, wait for it to end."""
+"""Plain helpers the tests import: users and their clients, forms posted with their CSRF
+token, and the steps many API tests take (upload a model, start a session, wait for it).
+
+conftest.py holds the fixtures and is not imported: pytest loads it as `conftest`, so an
+import of `tests.conftest` would run a second copy of it."""
 
 from __future__ import annotations
 
 import io
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from webapp.services import tokens, users
+
+PASSWORD = "correct-horse-battery"
+TEST_SECRET = "test-secret-key-" + "x" * 32
 TERMINAL = {"completed", "failed", "cancelled"}
+
+# -- Users and their clients ---------------------------------------------------------------
+
+
+def make_user(username: str, role: str = "operator", password: str = PASSWORD):
+    return users.create(username, password, role)
+
+
+CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def csrf_from(client, path: str) -> str:
+    page = client.get(path)
+    match = CSRF_FIELD.search(page.get_data(as_text=True))
+    assert match, f"no CSRF token on {path}"
+    return match.group(1)
+
+
+class AuthActions:
+    def __init__(self, client):
+        self._client = client
+
+    def login(self, username: str, password: str = PASSWORD):
+        token = csrf_from(self._client, "/login")
+        return self._client.post(
+            "/login", data={"username": username, "password": password, "csrf_token": token}
+        )
+
+    def logout(self):
+        token = csrf_from(self._client, "/dashboard")
+        return self._client.post("/logout", data={"csrf_token": token})
+
+    def post(self, path: str, data: dict, page: str | None = None):
+        """Post a form the way a browser does: with the CSRF token of the page."""
+        token = csrf_from(self._client, page or path)
+        return self._client.post(path, data={**data, "csrf_token": token})
+
+
+@dataclass
+class RoleClient:
+    """A browser logged in as `user` (the admin, operator and viewer fixtures)."""
+
+    client: object
+    user: object
+    auth: AuthActions
+
+
+@dataclass
+class ApiClient:
+    """A script sending `user`'s bearer token with every request."""
+
+    client: object
+    user: object
+    token: str
+
+    def _headers(self, headers):
+        return {"Authorization": f"Bearer {self.token}", **(headers or {})}
+
+    def get(self, path, headers=None, **kwargs):
+        return self.client.get(path, headers=self._headers(headers), **kwargs)
+
+    def post(self, path, headers=None, **kwargs):
+        return self.client.post(path, headers=self._headers(headers), **kwargs)
+
+    def put(self, path, headers=None, **kwargs):
+        return self.client.put(path, headers=self._headers(headers), **kwargs)
+
+    def delete(self, path, headers=None, **kwargs):
+        return self.client.delete(path, headers=self._headers(headers), **kwargs)
+
+
+def api_client_for(app, username: str, role: str = "operator", read_only: bool = False) -> ApiClient:
+    """A new user with this role, and a client of `app` sending a fresh personal token of theirs."""
+    user = make_user(username, role)
+    issued = tokens.create_personal(user, "tests", 30, read_only)
+    return ApiClient(app.test_client(), user, issued.access_token)
+
+
+# -- Steps of the API tests ----------------------------------------------------------------
 
 
 def upload_file(caller, path: Path, name: str = "model", eval_path: Path | None = None, **fields):

@@ -12,7 +12,6 @@ from flask_migrate import upgrade
 from marshmallow import ValidationError
 
 from .auth.schemas import NewUserSchema
-from .config import ROOT
 from .health import log_checks, run_checks
 from .services import users
 from .tables import Role
@@ -103,13 +102,11 @@ def serve_command(demo: bool):
     server = current_app.config["OPTIDECK"]["server"]
     click.echo(f"Serving Optideck on http://{server['host']}:{server['port']}")
     sys.stdout.flush()
-    # Replace this process: gunicorn's workers each build their own app from wsgi.py.
+    # Replace this process: gunicorn's workers each build their own app from webapp/wsgi.py.
     args = [
         sys.executable,
         "-m",
         "gunicorn",
-        "--chdir",
-        str(ROOT),
         "--bind",
         f"{server['host']}:{server['port']}",
         "--workers",
@@ -129,7 +126,7 @@ def serve_command(demo: bool):
         "--no-control-socket",
         "--config",
         "python:webapp.gunicorn_conf",
-        "wsgi:app",
+        "webapp.wsgi:app",
     ]
     os.execv(sys.executable, args)  # noqa: S606 - fixed argv, no shell
 

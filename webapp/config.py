@@ -7,7 +7,9 @@ holds is a setting, and the type of its default is the type a setting must have.
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
+import re
 import secrets
 import tomllib
 from pathlib import Path
@@ -16,11 +18,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import limits
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULTS_FILE = ROOT / "config.toml"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# templates/, static/, migrations/ and config.toml sit at the top of a checkout (see
+# docs/architecture.md); a built wheel carries them inside the package (setup.py puts them there).
+PACKAGED = (PACKAGE_DIR / "config.toml").is_file()
+RESOURCES_DIR = PACKAGE_DIR if PACKAGED else PACKAGE_DIR.parent
+DEFAULTS_FILE = RESOURCES_DIR / "config.toml"
 ENV_PREFIX = "OPTIDECK_"
 
-# Short names that deployment scripts already use (DESIGN.md, "Operating it").
+# Short names that deployment scripts already use (the README's "Configuration").
 ENV_ALIASES = {
     "SECRET_KEY": ("app", "secret_key"),
     "DATABASE_URL": ("database", "url"),
@@ -57,7 +63,9 @@ def load_config(
     environ = os.environ if environ is None else environ
     defaults = _read_toml(DEFAULTS_FILE)
     settings = copy.deepcopy(defaults)
-    source_dir = ROOT
+    # The defaults' relative paths: from the checkout, or, installed from a wheel, from the
+    # current folder: site-packages is no place for a database (and often read-only).
+    source_dir = Path.cwd() if PACKAGED else RESOURCES_DIR
 
     user_file = environ.get(ENV_PREFIX + "CONFIG")
     if user_file:
@@ -178,6 +186,11 @@ def _check_values(settings) -> None:
         raise ConfigError(
             f"security.login_rate_limit must read like '10 per minute', got {security['login_rate_limit']!r}"
         ) from exc
+    if not _hash_method_ok(security["password_hash_method"]):
+        raise ConfigError(
+            "security.password_hash_method must read like 'scrypt', 'scrypt:32768:8:1' or "
+            f"'pbkdf2:sha256:600000', got {security['password_hash_method']!r}"
+        )
     _check_ranges(settings)
     if settings["live"]["reserved_threads"] >= server["threads"]:
         raise ConfigError(
@@ -199,12 +212,40 @@ def _check_values(settings) -> None:
             raise ConfigError(f"cors.origins must list origins like 'https://host:port', got {origin!r}")
 
 
+_WHOLE_NUMBER = re.compile(r"[1-9][0-9]*")
+
+
+def _hash_method_ok(method: str) -> bool:
+    """Whether werkzeug can hash with `method`, judged without hashing (scrypt costs a
+    tenth of a second, and settings are loaded often): scrypt[:N:R:P] or
+    pbkdf2[:DIGEST[:ITERATIONS]]."""
+    name, *args = method.split(":")
+    if name == "scrypt":
+        if not args:
+            return True
+        if len(args) != 3 or not all(_WHOLE_NUMBER.fullmatch(a) for a in args):
+            return False
+        n = int(args[0])
+        return n > 1 and n & (n - 1) == 0  # hashlib's scrypt takes powers of two only
+    if name != "pbkdf2" or len(args) > 2:
+        return False
+    if len(args) == 2 and not _WHOLE_NUMBER.fullmatch(args[1]):
+        return False
+    if args:
+        try:
+            hashlib.pbkdf2_hmac(args[0], b"", b"", 1)  # one round: is the digest known?
+        except ValueError:
+            return False
+    return True
+
+
 # (section, key, lowest, highest): inclusive bounds of numeric settings.
 # [criteria] is checked by the criteria's own schema (services/criteria.py).
 RANGES = (
     ("uploads", "max_bytes", 1, None),
     ("uploads", "analysis_timeout_seconds", 1, None),
     ("uploads", "max_unpacked_bytes", 1, None),
+    ("uploads", "max_concurrent_analyses", 1, 64),
     ("executor", "max_workers", 1, 64),
     ("executor", "poll_seconds", 0.05, 60),
     ("executor", "cancel_grace_seconds", 0.1, 600),

@@ -4,7 +4,7 @@ from datetime import timedelta
 
 import pytest
 
-from tests.conftest import PASSWORD, make_user
+from tests.helpers import PASSWORD, make_user
 from webapp.extensions import db
 from webapp.services import users
 from webapp.tables import ApiToken, AuditEntry, utcnow

@@ -5,6 +5,8 @@ import threading
 
 import pytest
 
+from tests.helpers import make_user
+
 URL = "/api/v1/config/optimization-criteria"
 
 
@@ -116,8 +118,8 @@ def _process_entry(database_url, instance, worker, count, queue, go):
     queue.put(results)
 
 
+@pytest.mark.slow  # two more Python processes, each building an app
 def test_concurrent_saves_from_threads_and_processes_lose_nothing(app, test_database_url, tmp_path):
-    from tests.conftest import make_user
     from webapp.services import criteria
 
     make_user("racer", "admin")

@@ -8,14 +8,7 @@ import time
 import numpy as np
 
 from tests import hostile
-from tests.conftest import ApiClient, make_user
-from tests.helpers import TERMINAL, start, upload, upload_file, wait_for
-from webapp.services import tokens
-
-
-def _caller(app, name: str) -> ApiClient:
-    user = make_user(name, "operator")
-    return ApiClient(app.test_client(), user, tokens.create_personal(user, "t", 30, False).access_token)
+from tests.helpers import TERMINAL, api_client_for, start, upload, upload_file, wait_for
 
 
 def test_a_model_that_stalls_in_onnx_runtime_fails_as_stalled(make_app, demo_files, tmp_path):
@@ -24,7 +17,7 @@ def test_a_model_that_stalls_in_onnx_runtime_fails_as_stalled(make_app, demo_fil
     stalled, while another user's session runs to the end."""
     app = make_app(executor={"inference_timeout_seconds": 3.0, "max_workers": 2})
     with app.app_context():
-        attacker, other = _caller(app, "staller"), _caller(app, "bystander")
+        attacker, other = api_client_for(app, "staller"), api_client_for(app, "bystander")
         model = hostile.onnx_stalls_on_batches(tmp_path / "stall.onnx")
         data = hostile.npz(tmp_path / "eval.npz", x=np.ones((64, 4), dtype=np.float32))
         response = upload_file(attacker, model, "stall", data)
@@ -45,7 +38,7 @@ def test_one_user_cannot_hold_every_worker(make_app, demo_files):
     another user's session takes the free worker."""
     app = make_app(executor={"max_workers": 2, "max_running_per_user": 1})
     with app.app_context():
-        busy, other = _caller(app, "busy-user"), _caller(app, "other-user")
+        busy, other = api_client_for(app, "busy-user"), api_client_for(app, "other-user")
         mine = upload(busy, demo_files)
         theirs = upload(other, demo_files)
         own = [

@@ -339,6 +339,8 @@ def test_input_shape_nested_deep_is_a_400_naming_it(admin_api):
     assert_validation_error(response, "input_shape")
 
 
+# The model files get as far as a sandboxed worker, whose refusal is checked here.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("files"),
     [

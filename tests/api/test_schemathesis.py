@@ -15,6 +15,9 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
+# Generated uploads that pass the schema are each opened by a sandboxed worker.
+pytestmark = pytest.mark.slow
+
 MIN_CASES = 1000
 # Each upload that passes the schema is opened in a sandbox (about a second), and every
 # login attempt hashes a password: fewer of those keep the run within a minute or two.

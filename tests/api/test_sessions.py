@@ -8,7 +8,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.helpers import TERMINAL, start, upload, wait_for
+from tests.helpers import TERMINAL, api_client_for, start, upload, wait_for
+from webapp.extensions import db
 from webapp.tables import AuditEntry
 
 
@@ -151,11 +152,7 @@ def test_a_killed_worker_fails_the_session_as_worker_lost(app, operator, demo_fi
 def test_sessions_queue_when_every_worker_is_busy(make_app, demo_files):
     app = make_app(executor={"max_workers": 1, "poll_seconds": 0.1})
     with app.app_context():
-        from tests.conftest import ApiClient, make_user
-        from webapp.services import tokens
-
-        user = make_user("queue-operator", "operator")
-        caller = ApiClient(app.test_client(), user, tokens.create_personal(user, "t", 30, False).access_token)
+        caller = api_client_for(app, "queue-operator")
         model_id = upload(caller, demo_files)
         ids = [start(caller, model_id).get_json()["session_id"] for _ in range(3)]
         seen_running = set()
@@ -239,8 +236,6 @@ def test_users_act_only_on_their_own_sessions(app, api_client, demo_files):
     assert admin.get(path).status_code == 200
     wait_for(alice, session_id)
     assert bob.get(path + "/artifact").status_code == 404
-    from webapp.extensions import db
-
     assert db.session.query(AuditEntry).filter_by(allowed=False, username=viewer.user.username).count() == 1
 
 

@@ -1,23 +1,10 @@
-import threading
-from contextlib import contextmanager
-
 import pytest
-from werkzeug.serving import make_server
 
-
-@contextmanager
-def serving(app):
-    """A real (werkzeug) server of this app, threaded like gunicorn's gthread; its address."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
+from tests.live.wsclient import serving
 
 
 @pytest.fixture
 def live(app):
+    """The address of a real server of this test's app (the test is marked slow)."""
     with serving(app) as address:
         yield address

@@ -9,9 +9,8 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import update
 
-from tests.conftest import AuthActions, make_user
-from tests.live.test_websockets import browser_socket
-from tests.live.wsclient import closed_within, connect, receive_json, token_for
+from tests.helpers import AuthActions, make_user
+from tests.live.wsclient import browser_socket, closed_within, connect, receive_json, token_for
 from webapp.extensions import db
 from webapp.services import tokens, users
 from webapp.tables import ApiToken, utcnow

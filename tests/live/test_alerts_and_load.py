@@ -3,13 +3,15 @@
 import json
 import time
 
+import pytest
 from prometheus_client import REGISTRY
 
 from tests.factories import gen_model, gen_session
-from tests.live.conftest import serving
-from tests.live.wsclient import connect, receive_json, start_on, token_for, upload_model
+from tests.live.wsclient import connect, receive_json, serving, start_on, token_for, upload_model
 from webapp.services import session_runs
 from webapp.tables import utcnow
+
+pytestmark = pytest.mark.slow  # every test serves the app, some run sessions
 
 
 def messages_within(ws, seconds=3.0):

@@ -3,10 +3,12 @@
 import json
 import time
 
-from tests.conftest import AuthActions
-from tests.live.conftest import serving
-from tests.live.test_websockets import browser_socket
-from tests.live.wsclient import closed_within, connect, receive_json, token_for
+import pytest
+
+from tests.helpers import AuthActions
+from tests.live.wsclient import browser_socket, closed_within, connect, receive_json, serving, token_for
+
+pytestmark = pytest.mark.slow  # each test serves its own app
 
 TRY_AGAIN_LATER = 1013
 POLICY_VIOLATION = 1008

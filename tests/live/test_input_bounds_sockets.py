@@ -5,9 +5,8 @@ import json
 import pytest
 from simple_websocket import ConnectionClosed
 
-from tests.conftest import AuthActions, make_user
-from tests.live.test_websockets import browser_socket
-from tests.live.wsclient import connect, receive_json, token_for
+from tests.helpers import AuthActions, make_user
+from tests.live.wsclient import browser_socket, connect, receive_json, token_for
 from webapp.services import metrics
 
 # Within the 64 KiB a message may have, and 30 times deeper than Python's recursion limit.

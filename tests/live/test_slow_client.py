@@ -4,12 +4,14 @@ import json
 import socket
 import time
 
+import pytest
 from prometheus_client import REGISTRY
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
-from tests.live.conftest import serving
-from tests.live.wsclient import connect, receive_json, token_for
+from tests.live.wsclient import connect, receive_json, serving, token_for
+
+pytestmark = pytest.mark.slow  # each test serves its own app
 
 EVENTS = 2000
 PADDING = "x" * 16_000  # enough events outgrow every socket buffer between the two ends

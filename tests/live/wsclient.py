@@ -1,17 +1,33 @@
-"""WebSocket clients of the tests: a token, a connection, the events of one session."""
+"""What the live tests use: a real server of an app, a token, a connection (a script's or
+a browser's), the events of one session."""
 
 import functools
 import io
 import json
 import threading
 import time
+from contextlib import contextmanager
+from importlib.metadata import version
 
 from simple_websocket import Client, ConnectionClosed
+from werkzeug.serving import make_server
 
-from tests.conftest import make_user
+from tests.helpers import make_user
 from webapp.services import tokens
 
 TERMINAL = {"session_completed", "session_failed", "session_cancelled"}
+
+
+@contextmanager
+def serving(app):
+    """A real (werkzeug) server of this app, threaded like gunicorn's gthread; its address."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
 
 
 def token_for(username, role="operator"):
@@ -29,6 +45,20 @@ def connect(live, token=None, path="/api/v1/ws", **headers):
     if token:
         headers["Authorization"] = f"Bearer {token}"
     return open_socket(f"ws://{live}{path}", headers)
+
+
+def browser_socket(live, path, cookie):
+    """A socket as the page's browser opens it. Same cookie, same user agent: flask-login's
+    strong session protection checks both. (simple-websocket sends Host without the port,
+    so the page's origin has none either.)"""
+    return open_socket(
+        f"ws://{live}{path}",
+        headers={
+            "Cookie": f"session={cookie.value}",
+            "Origin": "http://127.0.0.1",
+            "User-Agent": f"Werkzeug/{version('werkzeug')}",
+        },
+    )
 
 
 def receive_json(ws, timeout=10):

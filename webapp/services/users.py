@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+
+from flask import current_app
 from sqlalchemy import func, select
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -10,9 +13,16 @@ from ..tables import Role, User, utcnow
 from . import audit
 from .signals import announce_access_change
 
-# Checked against when the username is unknown, so a wrong name and a wrong
-# password take the same time and cannot be told apart.
-_DUMMY_HASH = generate_password_hash("optideck-timing-equaliser")
+
+def _hash_method() -> str:
+    return current_app.config["OPTIDECK"]["security"]["password_hash_method"]
+
+
+@functools.cache
+def _dummy_hash(method: str) -> str:
+    """Checked against when the username is unknown, so a wrong name and a wrong password
+    take the same time and cannot be told apart: made with the method real hashes get."""
+    return generate_password_hash("optideck-timing-equaliser", method=method)
 
 
 class UserError(ValueError):
@@ -27,7 +37,7 @@ def authenticate(username: str, password: str) -> User | None:
     """The active user with these credentials, or None (whatever the reason)."""
     user = find(username)
     if user is None:
-        check_password_hash(_DUMMY_HASH, password)
+        check_password_hash(_dummy_hash(_hash_method()), password)
         return None
     if not check_password_hash(user.password_hash, password) or not user.active:
         return None
@@ -53,7 +63,9 @@ def create(username: str, password: str, role: str, *, by: User | None = None) -
     if find(username) is not None:
         raise UserError(f"A user named {username!r} already exists.")
     user = User(
-        username=username.lower(), password_hash=generate_password_hash(password), role=Role(role).value
+        username=username.lower(),
+        password_hash=generate_password_hash(password, method=_hash_method()),
+        role=Role(role).value,
     )
     db.session.add(user)
     db.session.flush()

@@ -1,4 +1,9 @@
-"""Real Optideck servers for tests: `flask --app webapp serve` (gunicorn) in a subprocess."""
+"""A real Optideck server in a subprocess, for tests and benchmarks.
+
+`flask --app webapp serve` (gunicorn) as an operator starts it, on a free port with
+an instance folder of its own. It lives in the package, as flask.testing does, so
+that tests/ and bench/ both import it without either reaching into the other.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,6 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-
-from webapp.config import ROOT
 
 
 def free_port() -> int:
@@ -36,10 +39,14 @@ def wait_until_up(url: str, process: subprocess.Popen, log: Path, seconds: float
 
 class Server:
     """One server process on a fixed port and instance folder; stop() and start() again
-    to restart it the way a deployment does."""
+    to restart it the way a deployment does.
 
-    def __init__(self, folder: Path, env: dict[str, str], demo: bool = False):
-        self.folder, self.port, self.demo = folder, free_port(), demo
+    It runs in its instance folder, so that a checkout's webapp/ never shadows the one
+    `python` has installed; `python` is another interpreter's path, e.g. a venv's.
+    """
+
+    def __init__(self, folder: Path, env: dict[str, str], demo: bool = False, python: str = sys.executable):
+        self.folder, self.port, self.demo, self.python = folder, free_port(), demo, python
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("OPTIDECK_")},
             "OPTIDECK_APP_INSTANCE_DIR": str(folder),
@@ -51,11 +58,11 @@ class Server:
         self.log = folder / "server.log"
 
     def start(self) -> Server:
-        command = [sys.executable, "-m", "flask", "--app", "webapp", "serve"]
+        command = [self.python, "-m", "flask", "--app", "webapp", "serve"]
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
+            self.process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
                 command + (["--demo"] if self.demo else []),
-                cwd=ROOT,
+                cwd=self.folder,
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -16,6 +16,7 @@ fmt:
 lint:
 	$(PYTHON) -m ruff check $(LINTED)
 	$(PYTHON) -m ruff format --check $(LINTED)
+	$(PYTHON) -m mypy
 
 # Everything but the tests marked slow (workers, training, servers) and the browser, on
 # both cores (pytest-xdist). pytest-benchmark, where installed, refuses to run beside xdist.

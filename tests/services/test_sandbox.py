@@ -15,7 +15,7 @@ from tests import hostile
 from tests.helpers import TEST_SECRET
 from webapp.config import load_config
 from webapp.services import sandbox as sandbox_module
-from webapp.services.sandbox import BUBBLEWRAP, Sandbox, SandboxError
+from webapp.services.sandbox import BUBBLEWRAP, WORKER_BOOT, Sandbox, SandboxError
 
 # Every test starts sandboxed processes: a Sandbox probes its isolation with a worker.
 pytestmark = pytest.mark.slow
@@ -61,13 +61,19 @@ def settings(tmp_path):
     return load_config(overrides={"app": {"instance_dir": str(instance)}, "sandbox": {"memory_mb": 1024}})
 
 
+def _interpreter_options_end(argv: list[str]) -> int:
+    """Where the worker's own code starts in a launch's command line (after `python -I`):
+    tests put theirs there."""
+    return argv.index(WORKER_BOOT) - 1
+
+
 def _run_probe(sandbox: Sandbox, tmp_path, settings) -> dict:
     worker_dir = tmp_path / "job"
     (worker_dir / "in").mkdir(parents=True)
     (worker_dir / "out" / "tmp").mkdir(parents=True)
     launch = sandbox.prepare(worker_dir, "probe", 1, 30, sandbox.isolation)
     argv, env = launch.argv, launch.env
-    python = argv.index("-m")
+    python = _interpreter_options_end(argv)
     instance = settings["app"]["instance_dir"]
     targets = {
         "secret": f"{instance}/secret_key",
@@ -166,7 +172,7 @@ def test_a_model_that_slips_past_the_screening_still_meets_the_walls(settings, t
         "    print(bytes(m.leak.tolist()))\nexcept Exception as exc:\n"
         "    print('refused', type(exc).__name__)\n"
     )
-    argv = argv[: argv.index("-m")] + ["-c", load]
+    argv = argv[: _interpreter_options_end(argv)] + ["-c", load]
     result = subprocess.run(
         argv, env=env, capture_output=True, text=True, timeout=120, pass_fds=launch.pass_fds
     )
@@ -186,8 +192,7 @@ class _Scripted(Sandbox):
     def prepare(self, job_dir, kind, threads, cpu_seconds, isolation):
         launch = super().prepare(job_dir, kind, threads, cpu_seconds, isolation)
         if kind == "rogue":  # (the isolation probe runs the real worker)
-            at = launch.argv.index("-m")
-            launch.argv[at:] = ["-c", self.code]
+            launch.argv[_interpreter_options_end(launch.argv) :] = ["-c", self.code]
         return launch
 
 

@@ -134,8 +134,9 @@ def save(model, example: np.ndarray, folder: Path, stem: str) -> dict[str, Path]
 
 
 def save_eval_data(data: DemoData, path: Path, labels: bool = True) -> Path:
-    arrays = {"x": data.x_test}
+    # Named arrays, not **a_dict: mypy would match the dict's values with allow_pickle too.
     if labels:
-        arrays["y"] = data.y_test
-    np.savez(path, **arrays)
+        np.savez(path, x=data.x_test, y=data.y_test)
+    else:
+        np.savez(path, x=data.x_test)
     return path

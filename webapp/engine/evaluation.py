@@ -73,7 +73,7 @@ def latency_ms(model: LoadedModel, data: EvalData, batch: int, check: Callable[[
     feeds, _ = next(batches(data, batch))
     for _ in range(WARMUP_RUNS):
         model.run(feeds)
-    timings = []
+    timings: list[float] = []
     started = time.perf_counter()
     while len(timings) < MAX_RUNS:
         check()

@@ -11,13 +11,18 @@ from __future__ import annotations
 import collections
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import formats, screening
 from .errors import ModelRejected, public_message
+
+if TYPE_CHECKING:  # torch is imported where a model is loaded, never at import time
+    import torch
 
 ORT_DTYPES = {
     "tensor(float)": "float32",
@@ -58,8 +63,10 @@ class LoadedModel:
     output_names: list[str]
     parameter_count: int
     op_histogram: dict[str, int]
-    runner: object = field(repr=False)
-    torch_module: object = field(default=None, repr=False)
+    runner: Callable[[dict[str, np.ndarray]], list[np.ndarray]] = field(repr=False)
+    torch_module: torch.jit.ScriptModule | torch.export.ExportedProgram | None = field(
+        default=None, repr=False
+    )
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.runner(feeds)
@@ -244,6 +251,6 @@ def _exported_inputs(program) -> list[InputSpec]:
         value = node.meta.get("val")
         if not isinstance(value, torch.Tensor):
             raise ModelRejected(f"Input {node.name!r} is not a tensor; Optideck feeds tensors only.")
-        shape = [int(d) if isinstance(d, int) else None for d in value.shape]
+        shape: list[int | None] = [int(d) if isinstance(d, int) else None for d in value.shape]
         specs.append(InputSpec(node.name, shape, str(value.dtype).removeprefix("torch.")))
     return specs

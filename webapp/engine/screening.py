@@ -316,13 +316,13 @@ def _refused_calls(tree: ast.AST, defined: set[str]) -> set[str]:
             elif isinstance(func, ast.Name):
                 if func.id not in TORCHSCRIPT_BUILTINS | assigned | arguments | defined:
                     refused.add(func.id)
-            elif isinstance(func, ast.Attribute) and _chain(func) is None:
-                # (obj).method(...): only methods the archive itself defines.
-                if func.attr not in defined:
-                    refused.add(f"method {func.attr}")
             elif isinstance(func, ast.Attribute):
                 chain = _chain(func)
-                if chain[0] not in ("torch", "ops", "__torch__") and func.attr not in defined:
+                if chain is None:
+                    # (obj).method(...): only methods the archive itself defines.
+                    if func.attr not in defined:
+                        refused.add(f"method {func.attr}")
+                elif chain[0] not in ("torch", "ops", "__torch__") and func.attr not in defined:
                     refused.add(f"method {func.attr}")
             else:
                 refused.add("a call through an expression")

@@ -25,7 +25,7 @@ NUMBERS = (
     "speedup",
     "accuracy_retention_percent",
 )
-OPTIONAL_NUMBERS = ("original_compressed_size_bytes", "optimized_compressed_size_bytes", "latency_batch_size")
+OPTIONAL_COUNTS = ("original_compressed_size_bytes", "optimized_compressed_size_bytes", "latency_batch_size")
 WORDS = ("accuracy_kind", "evaluation_inputs")
 MAX_STEPS_BYTES = 1 << 20
 
@@ -58,12 +58,12 @@ def results(outcome, original_size: int, artifact_size: int) -> dict:
     if not isinstance(outcome, dict) or not isinstance(outcome.get("results"), dict):
         raise Refused("no results")
     given = outcome["results"]
-    cleaned = {}
+    cleaned: dict[str, float | int | bool | str | list] = {}
     for key in NUMBERS:
         cleaned[key] = _number(given.get(key), key)
-    for key in OPTIONAL_NUMBERS:
+    for key in OPTIONAL_COUNTS:
         if given.get(key) is not None:
-            cleaned[key] = _number(given[key], key)
+            cleaned[key] = _count(given[key], key)
     for key in WORDS:
         cleaned[key] = str(given.get(key, ""))[:32]
     if not isinstance(given.get("criteria_met"), bool):
@@ -81,6 +81,12 @@ def results(outcome, original_size: int, artifact_size: int) -> dict:
         raise Refused("its steps are larger than a report may be")
     cleaned["steps"] = steps
     return cleaned
+
+
+def _count(value, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise Refused(f"{key} is not a whole number")
+    return value
 
 
 def _number(value, key: str) -> float:

@@ -48,7 +48,7 @@ def _finite(**kwargs):
 def _technique_field(param: Param) -> fields.Field:
     """A technique parameter's default in the criteria: the registry's type and range."""
     if param.kind == "choice":
-        rule = validate.OneOf([value for value, _ in param.choices])
+        rule: validate.Validator = validate.OneOf([value for value, _ in param.choices])
         return fields.String(required=True, validate=rule, metadata={"label": param.label})
     rule = validate.Range(min=param.minimum, max=param.maximum)
     if param.kind == "integer":
@@ -115,7 +115,8 @@ class _CriteriaFields(Schema):
 CriteriaSchema = type(
     "CriteriaSchema",
     (_CriteriaFields,),
-    {param.criteria: _technique_field(param) for _, param in criteria_params()},
+    # criteria_params() gives only parameters with a criteria key; `if` says so to mypy.
+    {param.criteria: _technique_field(param) for _, param in criteria_params() if param.criteria},
 )
 
 
@@ -140,6 +141,8 @@ def conflicts(document: dict, has_calibration_data: bool = True) -> dict[str, li
             technique = TECHNIQUES[technique_id]
             needing = technique.needs_data(technique.criteria_defaults(document))
             key = next(p.criteria for p in technique.param_list if p.name == needing)
+            if key is None:  # as document[key] would
+                raise KeyError(key)
             found[key] = [
                 f"{technique.label} with {needing} {document[key]} is all the enabled techniques "
                 "can run, and it calibrates on evaluation data no model has."

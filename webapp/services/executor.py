@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flask import Flask
+
 from ..engine.errors import scrub_paths
 from ..engine.runner import ARTIFACT_NAME
 from ..extensions import db
@@ -71,7 +73,7 @@ def _coalesced(messages: list[list]) -> list[list]:
 
 
 class LocalExecutor:
-    def __init__(self, app):
+    def __init__(self, app: Flask) -> None:
         self.app = app
         settings = app.config["OPTIDECK"]["executor"]
         self.max_workers = settings["max_workers"]
@@ -297,9 +299,9 @@ class LocalExecutor:
                 continue
             if not running.finished:
                 try:
-                    for message in worker.receive():
+                    for received in worker.receive():
                         if not running.finished:
-                            self._handle(running, message)
+                            self._handle(running, received)
                 except (SandboxError, TypeError, ValueError, IndexError, KeyError):
                     pass  # judged below, as a worker that ended without a word
             if not running.finished:

@@ -119,7 +119,7 @@ def add(
             commit=False,
         )
         stored_files.keep(model_tmp, sha, size)
-        if eval_tmp is not None:
+        if eval_tmp is not None and eval_sha is not None:  # both or neither: spooled together
             stored_files.keep(eval_tmp, eval_sha, eval_tmp.stat().st_size)
         db.session.commit()
         caching.invalidate()

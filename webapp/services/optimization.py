@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 
 from ..bounds import file_stem
 from ..engine.planner import PlanError, build_plan
@@ -110,13 +111,15 @@ def cancel(session: OptimizationSession, by: User) -> OptimizationSession:
         )
     now = utcnow()
     # Queued: cancelled here and now, unless a worker claimed it meanwhile.
-    claimed = db.session.execute(
+    update_result = db.session.execute(
         update(OptimizationSession)
         .where(OptimizationSession.id == session.id, OptimizationSession.status == SessionStatus.QUEUED.value)
         .values(
             status=SessionStatus.CANCELLED.value, completed_at=now, updated_at=now, cancel_requested_at=now
         )
-    ).rowcount
+    )
+    # An UPDATE's result is a CursorResult, which has the row count; execute() is typed Result.
+    claimed = cast(CursorResult, update_result).rowcount
     if not claimed:
         # Running: the executor stops the worker within its grace period.
         session.cancel_requested_at = now

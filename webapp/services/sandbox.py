@@ -37,6 +37,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from ..bounds import parse_json
 
@@ -142,6 +143,18 @@ class Limits:
         """What the worker is told of its limits (to word its errors, and for the archives
         it unpacks)."""
         return {"memory_mb": self.memory_bytes >> 20, "max_unpacked_bytes": self.max_unpacked_bytes}
+
+
+# The folder holding the webapp package this server runs (a checkout, site-packages).
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent
+# The worker runs the very package the server runs, however the server found it (an
+# installed package, an editable install, a checkout started with `gunicorn wsgi:app`).
+# `-I` ignores PYTHONPATH and the current folder, so the folder comes as an argument, and
+# goes last on sys.path: nothing in it can shadow the standard library.
+WORKER_BOOT = (
+    "import runpy, sys; sys.path.append(sys.argv.pop(1)); "
+    "runpy.run_module('webapp.engine.worker', run_name='__main__', alter_sys=True)"
+)
 
 
 def _code_dirs(protected: list[Path]) -> list[Path]:
@@ -284,7 +297,7 @@ class Sandbox:
             "OPENBLAS_NUM_THREADS": str(threads),
             "OPTIDECK_WORKER_KIND": kind,
         }
-        python = [sys.executable, "-I", "-m", "webapp.engine.worker"]
+        python = [sys.executable, "-I", "-c", WORKER_BOOT, str(PACKAGE_ROOT)]
         if isolation != BUBBLEWRAP:
             out = job_dir / "out"
             env.update({"HOME": str(out), "TMPDIR": str(out / "tmp")})
@@ -350,8 +363,8 @@ class Sandbox:
             if not str(path).startswith("/usr/"):
                 bwrap += ["--ro-bind", str(path), str(path)]
         # The linker's cache; the CPU's features, which the maths kernels are chosen by.
-        for path in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/sys/devices/system/cpu"):
-            bwrap += ["--ro-bind-try", path, path]
+        for mount in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/sys/devices/system/cpu"):
+            bwrap += ["--ro-bind-try", mount, mount]
         bwrap += [
             "--ro-bind",
             str(self._identity("passwd")),
@@ -362,11 +375,11 @@ class Sandbox:
             "--proc",
             "/proc",
         ]
-        for path in PROC_READ_ONLY:
-            bwrap += ["--ro-bind-try", path, path]
-        for path in PROC_HIDDEN:
-            if Path(path).exists():
-                bwrap += ["--ro-bind", "/dev/null", path]
+        for mount in PROC_READ_ONLY:
+            bwrap += ["--ro-bind-try", mount, mount]
+        for mount in PROC_HIDDEN:
+            if Path(mount).exists():
+                bwrap += ["--ro-bind", "/dev/null", mount]
         bwrap += [
             "--dev",
             "/dev",
@@ -427,6 +440,14 @@ def _remove_orphans(root: Path) -> None:
             pass  # a process of another user holds the pid: not ours to judge
 
 
+def _pipe(stream: IO[bytes] | None) -> IO[bytes]:
+    """A worker's stdin, stdout or stderr: Popen opens all three (PIPE), though its types
+    allow None. A None fails here as any use of it would, with an AttributeError."""
+    if stream is None:
+        raise AttributeError("the worker's pipe was never opened")
+    return stream
+
+
 class Worker:
     """One sandboxed engine process and its job folder (in/ read-only, out/ its own)."""
 
@@ -478,7 +499,7 @@ class Worker:
         launch.started()
         if launch.info is not None:
             self._read_info(launch.info)
-        os.set_blocking(self.process.stdout.fileno(), False)
+        os.set_blocking(_pipe(self.process.stdout).fileno(), False)
         self._stderr_reader = threading.Thread(
             target=self._drain_stderr, daemon=True, name=f"sandbox-stderr-{self.process.pid}"
         )
@@ -510,7 +531,7 @@ class Worker:
         return self.process.pid
 
     def fileno(self) -> int:
-        return self.process.stdout.fileno()
+        return _pipe(self.process.stdout).fileno()
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -529,8 +550,9 @@ class Worker:
 
     def send(self, message) -> None:
         data = (message if isinstance(message, str) else json.dumps(message)) + "\n"
-        self.process.stdin.write(data.encode())
-        self.process.stdin.flush()
+        stdin = _pipe(self.process.stdin)
+        stdin.write(data.encode())
+        stdin.flush()
 
     def cancel(self) -> None:
         with contextlib.suppress(OSError):  # already gone
@@ -571,7 +593,7 @@ class Worker:
         pipe is closed here, at its end: closing it from another thread would wait for
         this one."""
         try:
-            for raw in self.process.stderr:
+            for raw in _pipe(self.process.stderr):
                 line = raw.decode("utf-8", "replace").rstrip()[:2000]
                 self._stderr.append(line)
                 self._stderr_size += len(line)
@@ -579,7 +601,7 @@ class Worker:
                     self._stderr_size -= len(self._stderr.popleft())
                 log.debug("worker %s: %s", self.process.pid, line)
         finally:
-            self.process.stderr.close()
+            _pipe(self.process.stderr).close()
 
     def stderr_tail(self, lines: int = 20) -> str:
         return "\n".join(list(self._stderr)[-lines:])
@@ -675,7 +697,7 @@ class Worker:
         self._stderr_reader.join(timeout)  # ends at the pipe's end, once the process is gone
         for stream in (self.process.stdin, self.process.stdout):
             with contextlib.suppress(OSError):
-                stream.close()
+                _pipe(stream).close()
         remove_tree(self.job_dir)
 
 
@@ -779,7 +801,7 @@ def _try(sandbox: Sandbox, isolation: str) -> str | None:
             sandbox, sandbox.root / f"probe-{uuid.uuid4().hex}", "probe", 1, PROBE_TIMEOUT, isolation
         )
         worker.send({"kind": "probe"})
-        worker.process.stdin.close()
+        _pipe(worker.process.stdin).close()
         worker.process.wait(PROBE_TIMEOUT)
         messages = worker.receive()
         if worker.process.returncode == 0 and messages == [["ready"]]:

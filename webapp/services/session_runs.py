@@ -4,10 +4,13 @@ what the worker reports (progress, timeline, the outcome) and publish each chang
 from __future__ import annotations
 
 import logging
+from collections.abc import Set
 from datetime import timedelta
 from pathlib import Path
+from typing import cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy.orm.exc import UnmappedInstanceError
 
 from ..extensions import db
 from ..tables import OptimizationSession, SessionEvent, SessionStatus, utcnow
@@ -41,7 +44,7 @@ def claim_next(per_user: int) -> OptimizationSession | None:
         if candidate is None:
             return None
         now = utcnow()
-        won = db.session.execute(
+        update_result = db.session.execute(
             update(OptimizationSession)
             .where(
                 OptimizationSession.id == candidate, OptimizationSession.status == SessionStatus.QUEUED.value
@@ -53,10 +56,14 @@ def claim_next(per_user: int) -> OptimizationSession | None:
                 heartbeat_at=now,
                 current_step="starting",
             )
-        ).rowcount
+        )
+        # An UPDATE's result is a CursorResult, which has the row count; execute() is typed Result.
+        won = cast(CursorResult, update_result).rowcount
         db.session.commit()
         if won:
             session = db.session.get(OptimizationSession, candidate)
+            if session is None:  # gone since the commit: refresh() raises this for a None
+                raise UnmappedInstanceError(session)
             db.session.refresh(session)
             add_event(session, "started", None, "A worker took the session.")
             db.session.commit()
@@ -70,6 +77,8 @@ def job_for(session: OptimizationSession) -> dict:
     model = session.model
     criteria = session.criteria
     eval_path = model_store.eval_path(model)
+    if session.started_at is None:  # never, once claimed; the deadline's sum would raise this too
+        raise TypeError("the session has not started")
     return {
         "session_id": session.id,
         "model_path": str(model_store.file_path(model)),
@@ -186,7 +195,7 @@ def record_cancelled(session_id: int) -> None:
     publish("session_cancelled", session)
 
 
-def fail_stale(heartbeat_timeout: float, except_ids: set[int] = frozenset()) -> list[int]:
+def fail_stale(heartbeat_timeout: float, except_ids: Set[int] = frozenset()) -> list[int]:
     """Fail running sessions whose worker stopped reporting (a crash, a restart)."""
     cutoff = utcnow() - timedelta(seconds=heartbeat_timeout)
     stale = db.session.scalars(

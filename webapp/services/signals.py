@@ -1,7 +1,10 @@
 """Signals services send once a change is committed, for other parts to react at once."""
 
+from typing import cast
+
 from blinker import Namespace
-from flask import current_app
+from flask import Flask, current_app
+from werkzeug.local import LocalProxy
 
 # Sent, with the app as sender, once a change to what an account or token may do is
 # committed (deactivation, role change, logout, revocation): this process's open live
@@ -10,4 +13,5 @@ access_changed = Namespace().signal("access-changed")
 
 
 def announce_access_change() -> None:
-    access_changed.send(current_app._get_current_object())
+    # Flask types current_app as the app itself; it is the proxy, which unwraps to the app.
+    access_changed.send(cast("LocalProxy[Flask]", current_app)._get_current_object())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -67,7 +68,7 @@ def references(sha256: str) -> int:
     return (models or 0) + (artifacts or 0)
 
 
-def commit_releasing(hashes: list[str]) -> None:
+def commit_releasing(hashes: Sequence[str | None]) -> None:
     """Commit the caller's transaction, which dropped references to `hashes`, removing the
     files nothing refers to any more. A file leaves the store only with the commit: it is
     set aside first and put back should the commit fail."""

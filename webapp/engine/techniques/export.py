@@ -38,13 +38,16 @@ def to_onnx(model: LoadedModel, dst: Path) -> dict:
         for spec in specs
     )
     dynamic = {spec.name: {0: "batch"} for spec in specs if spec.shape and spec.shape[0] is None}
+    module = model.torch_module
     try:
         with _quiet():
+            if module is None:  # no torch model (ONNX): failed like the exporters fail on it
+                raise TypeError("there is no torch model to export")
             if model.format == formats.TORCHSCRIPT:
                 # torch.onnx's dynamo path cannot take a ScriptModule; the
                 # TorchScript exporter can, and is kept for exactly this input.
                 torch.onnx.export(
-                    model.torch_module,
+                    module,
                     examples,
                     str(dst),
                     dynamo=False,
@@ -54,7 +57,7 @@ def to_onnx(model: LoadedModel, dst: Path) -> dict:
                 )
             else:
                 torch.onnx.export(
-                    model.torch_module,
+                    module,
                     examples,
                     str(dst),
                     dynamo=True,

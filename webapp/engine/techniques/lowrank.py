@@ -22,6 +22,8 @@ def _rank(singular: np.ndarray, energy: float | None, rank: int | None) -> int:
     if rank is not None:
         return min(rank, len(singular))
     share = np.cumsum(singular**2) / np.sum(singular**2)
+    if energy is None:  # as np.searchsorted(share, None) would; the schema gives one or the other
+        raise TypeError("neither energy nor rank given")
     return int(np.searchsorted(share, energy) + 1)
 
 

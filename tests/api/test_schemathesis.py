@@ -43,6 +43,7 @@ def answered():
     statuses = Counter()
     yield statuses
     sent = sum(statuses.values())
+    print(f"\nschemathesis: {sent} generated requests; answers: {sorted(statuses.items())}")  # with -s
     assert sent >= MIN_CASES, f"only {sent} requests: {statuses}"
     assert not [status for (_, status) in statuses if status >= 500]
 

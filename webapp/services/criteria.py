@@ -38,6 +38,7 @@ log = logging.getLogger("optideck.criteria")
 CACHE_KEY = "criteria:current"
 DEPLOYMENTS = ("edge", "mobile", "cloud", "general")
 RUNTIMES = ("onnxruntime-cpu",)
+THREADS_MAX = 256  # the criteria page states it; the schema enforces it
 WEIGHT_TOLERANCE = 0.01
 
 
@@ -67,7 +68,7 @@ class _CriteriaFields(Schema):
     description = fields.String(load_default="", validate=validate.Length(max=500))
     target_deployment = fields.String(required=True, validate=validate.OneOf(DEPLOYMENTS))
     hardware_runtime = fields.String(required=True, validate=validate.OneOf(RUNTIMES))
-    threads = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=256))
+    threads = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=THREADS_MAX))
     enabled_techniques = fields.List(fields.String(), required=True)
     forbidden_techniques = fields.List(fields.String(), load_default=list)
     min_accuracy_retention_percent = _finite(required=True, validate=validate.Range(min=0, max=100))

@@ -359,9 +359,6 @@ class Sandbox:
             elif path.is_dir():
                 bwrap += ["--ro-bind", str(path), str(path)]
         bwrap += ["--ro-bind", "/usr", "/usr"]
-        for path in self.code_dirs:
-            if not str(path).startswith("/usr/"):
-                bwrap += ["--ro-bind", str(path), str(path)]
         # The linker's cache; the CPU's features, which the maths kernels are chosen by.
         for mount in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/sys/devices/system/cpu"):
             bwrap += ["--ro-bind-try", mount, mount]
@@ -396,6 +393,11 @@ class Sandbox:
             "--chdir",
             str(INSIDE_JOB / "out"),
         ]
+        # After the sandbox's own /tmp: a checkout or virtualenv under the host's /tmp
+        # must show through it.
+        for path in self.code_dirs:
+            if not str(path).startswith("/usr/"):
+                bwrap += ["--ro-bind", str(path), str(path)]
         argv = [*prlimit, "--", *bwrap, "--", *python]
         return Launch(argv, {"PATH": env["PATH"], "LANG": "C.UTF-8"}, [program, info_write], info_read)
 

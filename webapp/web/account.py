@@ -10,6 +10,7 @@ from . import page_blueprint
 bp = page_blueprint("account", __name__)
 
 EXPIRY_CHOICES = (7, 30, 90, 365)
+DEFAULT_EXPIRY_DAYS = 90
 
 
 def _expiry_choices() -> list[int]:
@@ -23,6 +24,7 @@ def _page(errors=None, issued=None, form=None, status=200):
         "account/tokens.html",
         tokens=tokens.for_user(user),
         expiry_options=[(days, f"{days} days") for days in _expiry_choices()],
+        default_expiry=min(DEFAULT_EXPIRY_DAYS, max(_expiry_choices())),
         errors=errors or {},
         issued=issued,
         form=form or {},

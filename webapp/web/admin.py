@@ -6,7 +6,7 @@ from flask import abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
 from ..auth.guards import roles_required
-from ..auth.schemas import NewUserSchema, RoleChangeSchema, load_form
+from ..auth.schemas import NEW_PASSWORD_LENGTH, NewUserSchema, RoleChangeSchema, load_form
 from ..services import audit, policy, users
 from ..tables import Role
 from . import is_partial, page_blueprint
@@ -26,6 +26,7 @@ def _users_page(errors=None, form=None, status=200):
         users=users.list_all(),
         roles=[r.value for r in Role],
         role_options=[(r.value, r.value) for r in Role],
+        password_min=NEW_PASSWORD_LENGTH.min,
         errors=errors or {},
         form=form or {},
     ), status

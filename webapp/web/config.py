@@ -62,6 +62,7 @@ def _page(document=None, errors=None, stale=None, status=200, dirty=False):
         "technique_params": criteria_params(),
         "deployments": [(d, d) for d in criteria.DEPLOYMENTS],
         "runtimes": [(r, r) for r in criteria.RUNTIMES],
+        "threads_max": criteria.THREADS_MAX,
     }
     context.update(
         versions=[*criteria.versions(), criteria.get_version(0)],

@@ -130,3 +130,27 @@ def wait_for(caller, session_id, statuses=TERMINAL, seconds=120):
             return body
         time.sleep(0.2)
     raise AssertionError(f"session {session_id} still {body['status']} after {seconds}s")
+
+
+# -- Models made on the spot -----------------------------------------------------------------
+
+
+def tiny_onnx_model(path: Path) -> Path:
+    """y = x @ I, x of shape [batch, 4]: an ONNX model every technique can read."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [weight],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+TINY_INPUTS = [{"name": "x", "shape": [None, 4], "dtype": "float32"}]

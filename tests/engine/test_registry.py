@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import shutil
 
-import numpy as np
-import onnx
 import pytest
 from marshmallow import Schema, fields, validate
-from onnx import TensorProto, helper, numpy_helper
 
+from tests.helpers import TINY_INPUTS, tiny_onnx_model
 from webapp.engine.runner import SessionJob, run_session
 from webapp.engine.techniques import TECHNIQUES, Technique, register
 
@@ -75,16 +73,7 @@ def test_the_api_plans_it_with_its_defaults_and_ranges(app, identity, api_client
 
 
 def test_the_engine_runs_it(identity, tmp_path):
-    weight = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
-        [weight],
-    )
-    model = tmp_path / "m.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    model = tiny_onnx_model(tmp_path / "m.onnx")
     criteria = {
         "threads": 1,
         "latency_batch_size": 4,
@@ -96,7 +85,7 @@ def test_the_engine_runs_it(identity, tmp_path):
         1,
         str(model),
         "onnx",
-        [{"name": "x", "shape": [None, 4], "dtype": "float32"}],
+        TINY_INPUTS,
         [{"technique": "identity", "params": {"level": 0.25}}],
         criteria,
         str(tmp_path / "work"),

@@ -5,11 +5,28 @@ import re
 # An absolute path of two or more parts; only its last part is kept in what users read.
 _PATH = re.compile(r"(?<![\w.])/(?:[^\s/'\"():,]+/)+([^\s/'\"():,]+)")
 MESSAGE_LIMIT = 600
+# Libraries say "out of memory" in their own words when an allocation hits the sandbox's
+# memory limit; these are the ones seen from numpy, torch and ONNX Runtime.
+ALLOCATION_FAILURES = (
+    "bad_alloc",
+    "bad allocation",
+    "can't allocate memory",
+    "failed to allocate memory",
+    "out of memory",
+    "cannot allocate memory",
+    "unable to allocate",
+)
 
 
 def scrub_paths(text: str) -> str:
     """`text` with every absolute path cut to its last part."""
     return _PATH.sub(r"\1", text)
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is an allocation that hit the memory limit, however the library says so."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or any(words in text for words in ALLOCATION_FAILURES)
 
 
 def public_message(exc: BaseException) -> str:

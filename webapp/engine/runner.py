@@ -10,7 +10,14 @@ from pathlib import Path
 
 from . import formats, loading
 from .datasets import EvalData, generate, load_npz
-from .errors import Cancelled, TechniqueFailed, TimeLimitExceeded
+from .errors import (
+    Cancelled,
+    ResourceLimit,
+    TechniqueFailed,
+    TimeLimitExceeded,
+    out_of_memory,
+    public_message,
+)
 from .evaluation import Measurement, measure
 from .loading import InputSpec, LoadedModel
 from .techniques import TECHNIQUES
@@ -179,16 +186,31 @@ class _Session:
             details = technique.apply(
                 best_path, candidate, step["params"], data, best.latency_batch, self.check
             )
+            self.check()
+            self.progress(start + span * 0.6, name)
+            model = loading.run_onnx(candidate, self.threads)
+            self.phase("inference")
+            measurement, _ = measure(
+                candidate, model, data, self.batch_for(model), reference, self.check, self.compressed
+            )
         except TechniqueFailed as exc:
+            candidate.unlink(missing_ok=True)
             self._event("step_skipped", name, exc.message, {"params": step["params"]})
             return None, {"technique": name, "outcome": "skipped", "reason": exc.message}, None
-        self.check()
-        self.progress(start + span * 0.6, name)
-        model = loading.run_onnx(candidate, self.threads)
-        self.phase("inference")
-        measurement, _ = measure(
-            candidate, model, data, self.batch_for(model), reference, self.check, self.compressed
-        )
+        except (Cancelled, TimeLimitExceeded, ResourceLimit):
+            raise  # the session's end, not the step's
+        except Exception as exc:
+            if out_of_memory(exc):
+                raise  # the worker reports it as resource_limit
+            # A library that crashes on this model (an opset it cannot handle, a graph its
+            # converter breaks) costs the step; the session goes on from the last kept model.
+            candidate.unlink(missing_ok=True)
+            reason = f"{type(exc).__name__}: {public_message(exc)}"
+            self._event(
+                "step_rolled_back", name, f"Failed, rolled back: {reason}", {"params": step["params"]}
+            )
+            failed = {"technique": name, "params": step["params"], "outcome": "failed", "reason": reason}
+            return None, failed, None
         self.progress(start + span, name)
         reason = self._violation(baseline, best, measurement)
         info = {

@@ -29,17 +29,6 @@ import time
 import traceback
 
 BEAT_SECONDS = 1.0
-# Libraries say "out of memory" in their own words when an allocation hits the sandbox's
-# memory limit; these are the ones seen from numpy, torch and ONNX Runtime.
-ALLOCATION_FAILURES = (
-    "bad_alloc",
-    "bad allocation",
-    "can't allocate memory",
-    "failed to allocate memory",
-    "out of memory",
-    "cannot allocate memory",
-    "unable to allocate",
-)
 
 
 class Channel:
@@ -89,10 +78,9 @@ def _plain(value):
 
 
 def _failure(exc: BaseException, limits: dict) -> tuple[str, str]:
-    from .errors import EngineError, ResourceLimit, public_message
+    from .errors import EngineError, ResourceLimit, out_of_memory, public_message
 
-    text = str(exc).lower()
-    if isinstance(exc, MemoryError) or any(word in text for word in ALLOCATION_FAILURES):
+    if out_of_memory(exc):
         exc = ResourceLimit(
             "The model needed more memory than the sandbox allows "
             f"({limits.get('memory_mb', '?')} MB, sandbox.memory_mb)."

@@ -1,0 +1,106 @@
+"""A step that crashes costs that step, not the session: it is recorded as failed and rolled
+back with its reason, and the session goes on from the last kept model."""
+
+from __future__ import annotations
+
+import shutil
+
+import onnx
+import pytest
+from marshmallow import Schema
+
+from tests.helpers import TINY_INPUTS, tiny_onnx_model
+from webapp.engine.errors import TimeLimitExceeded
+from webapp.engine.runner import SessionJob, run_session
+from webapp.engine.techniques import TECHNIQUES, Technique, register
+
+CRITERIA = {
+    "threads": 1,
+    "latency_batch_size": 4,
+    "min_accuracy_retention_percent": 99.0,
+    "latency_tolerance_percent": 1000.0,  # a toy model's timings are noise
+    "rollback_on_violation": True,
+}
+
+
+def _crash(src, dst, params, data, batch, check):
+    raise RuntimeError(f"[ONNXRuntimeError] cannot handle {src} (opset 11)")
+
+
+def _garbage(src, dst, params, data, batch, check):
+    dst.write_bytes(b"not a protobuf at all")  # the library "succeeded"; its file does not load
+    return {}
+
+
+def _copy(src, dst, params, data, batch, check):
+    shutil.copyfile(src, dst)
+    return {}
+
+
+def _over_time(src, dst, params, data, batch, check):
+    raise TimeLimitExceeded("The session ran past its time limit (1 min).")
+
+
+def _out_of_memory(src, dst, params, data, batch, check):
+    raise RuntimeError("[ONNXRuntimeError] : 6 : Failed to allocate memory for requested buffer")
+
+
+@pytest.fixture
+def techniques():
+    made = {
+        name: register(Technique(name, name.title(), "a test's own", 4, Schema, apply, lambda p: 0.0))
+        for name, apply in [
+            ("crash", _crash),
+            ("garbage", _garbage),
+            ("copy", _copy),
+            ("over", _over_time),
+            ("oom", _out_of_memory),
+        ]
+    }
+    yield made
+    for name in made:
+        del TECHNIQUES[name]
+
+
+def _run(tmp_path, *names):
+    job = SessionJob(
+        1,
+        str(tiny_onnx_model(tmp_path / "m.onnx")),
+        "onnx",
+        TINY_INPUTS,
+        [{"technique": name, "params": {}} for name in names],
+        CRITERIA,
+        str(tmp_path / "work"),
+    )
+    events = []
+    outcome = run_session(job, lambda *a: None, lambda *a: events.append(a), lambda: False)
+    return outcome, events
+
+
+def test_a_crashing_step_is_rolled_back_and_the_session_goes_on(techniques, tmp_path):
+    outcome, events = _run(tmp_path, "copy", "crash", "garbage", "copy")
+    assert [step["outcome"] for step in outcome.steps] == ["kept", "failed", "failed", "kept"]
+    crashed, garbage = outcome.steps[1], outcome.steps[2]
+    # It was handed the last kept model, and its reason keeps the cause, without the path.
+    assert crashed["reason"] == "RuntimeError: [ONNXRuntimeError] cannot handle step1_copy.onnx (opset 11)"
+    assert garbage["reason"].startswith("ModelRejected: ONNX Runtime cannot run this model")
+    assert "INVALID_PROTOBUF" in garbage["reason"]
+    rolled_back = [e for e in events if e[0] == "step_rolled_back"]
+    assert [e[1] for e in rolled_back] == ["crash", "garbage"]
+    assert rolled_back[0][2].startswith("Failed, rolled back: RuntimeError")
+    # No candidate of a failed step is left behind, and the artifact is a model.
+    assert sorted(p.name for p in (tmp_path / "work").glob("step*")) == ["step1_copy.onnx", "step4_copy.onnx"]
+    onnx.checker.check_model(onnx.load(outcome.artifact_path))
+    assert outcome.results["accuracy_retention_percent"] == pytest.approx(100.0)
+
+
+def test_running_out_of_time_still_ends_the_session(techniques, tmp_path):
+    with pytest.raises(TimeLimitExceeded):
+        _run(tmp_path, "copy", "over", "copy")
+
+
+def test_running_out_of_memory_still_ends_the_session(techniques, tmp_path):
+    """The sandbox's memory limit is the session's, not a step's: the worker reports it as
+    resource_limit."""
+    with pytest.raises(RuntimeError, match="Failed to allocate"):
+        _run(tmp_path, "copy", "oom", "copy")

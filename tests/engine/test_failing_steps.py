@@ -92,6 +92,15 @@ def test_a_crashing_step_is_rolled_back_and_the_session_goes_on(techniques, tmp_
     assert sorted(p.name for p in (tmp_path / "work").glob("step*")) == ["step1_copy.onnx", "step4_copy.onnx"]
     onnx.checker.check_model(onnx.load(outcome.artifact_path))
     assert outcome.results["accuracy_retention_percent"] == pytest.approx(100.0)
+    # Each kept step was timed against the model it would replace, the result against the
+    # upload: paired rounds, each figure with its interval.
+    assert outcome.steps[0]["against_kept"]["rounds"] >= 15
+    results = outcome.results
+    assert results["speedup_low"] <= results["speedup"] <= results["speedup_high"]
+    for which in ("original", "optimized"):
+        assert results[f"{which}_latency_low_ms"] <= results[f"{which}_latency_ms"]
+        assert results[f"{which}_latency_ms"] <= results[f"{which}_latency_high_ms"]
+    assert results["latency_rounds"] >= 15
 
 
 def test_running_out_of_time_still_ends_the_session(techniques, tmp_path):

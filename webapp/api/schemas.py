@@ -92,8 +92,14 @@ class SessionSchema(Schema):
         allow_none=True, metadata={"description": "(original latency / optimized latency - 1) x 100"}
     )
     speedup = fields.Float(
-        allow_none=True, metadata={"description": "original latency / optimized latency (2.0: twice as fast)"}
+        allow_none=True,
+        metadata={
+            "description": "original latency / optimized latency (2.0: twice as fast): the median "
+            "of paired rounds that time both models alternately"
+        },
     )
+    speedup_low = fields.Float(allow_none=True, metadata={"description": "speedup's 95 % interval, bottom"})
+    speedup_high = fields.Float(allow_none=True, metadata={"description": "speedup's 95 % interval, top"})
     accuracy_retention_percent = fields.Float(allow_none=True)
     criteria_met = fields.Boolean(allow_none=True)
     created_at = fields.DateTime()

@@ -7,8 +7,9 @@ from pathlib import Path
 from . import datasets, formats, loading, screening
 from .datasets import generate
 from .errors import DatasetRejected, ModelRejected
-from .evaluation import latency_ms
+from .evaluation import first_batch
 from .loading import InputSpec
+from .timing import latency
 
 DEFAULT_INPUT_NAME = "input"
 
@@ -72,15 +73,17 @@ def analyse(
             )
         eval_summary = {"samples": data.count, "labels": data.labels is not None}
     sample = generate(model.inputs, count=model.inputs[0].fixed_batch or 1)
-    baseline = latency_ms(model, sample, model.inputs[0].fixed_batch or 1, lambda: None)
+    batch = model.inputs[0].fixed_batch or 1
+    baseline = latency(model, first_batch(sample, batch), lambda: None)
     return {
         "format": model_format,
         "size_bytes": path.stat().st_size,
         "parameter_count": model.parameter_count,
         "inputs": [spec.as_dict() for spec in model.inputs],
         "op_histogram": dict(sorted(model.op_histogram.items(), key=lambda kv: -kv[1])),
-        "baseline_latency_ms": round(baseline, 4),
-        "baseline_latency_batch": model.inputs[0].fixed_batch or 1,
+        "baseline_latency_ms": baseline.median_ms,
+        "baseline_latency_interval_ms": [baseline.low_ms, baseline.high_ms],
+        "baseline_latency_batch": batch,
         "threads": threads,
         "eval_data": eval_summary,
     }

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
-import time
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -13,11 +11,7 @@ import numpy as np
 
 from .datasets import EvalData
 from .loading import LoadedModel
-
-WARMUP_RUNS = 5
-MIN_RUNS = 20
-MAX_RUNS = 200
-LATENCY_BUDGET_S = 2.0
+from .timing import Latency, latency
 
 ACCURACY = "accuracy"
 TOP1_AGREEMENT = "top1_agreement"
@@ -29,6 +23,8 @@ class Measurement:
     size_bytes: int
     compressed_size_bytes: int | None  # deflate of the file: what pruning's zeros save
     latency_ms: float  # median over repeated runs after warm-up, one batch
+    latency_low_ms: float  # the median's 95 % interval (timing.median_interval)
+    latency_high_ms: float
     latency_batch: int
     score: float  # accuracy, top-1 agreement or cosine similarity, 0..1
     score_kind: str
@@ -69,20 +65,10 @@ def predict(model: LoadedModel, data: EvalData, batch: int, check: Callable[[], 
     return np.concatenate(outputs).astype(np.float32, copy=False)
 
 
-def latency_ms(model: LoadedModel, data: EvalData, batch: int, check: Callable[[], None]) -> float:
+def first_batch(data: EvalData, batch: int) -> dict[str, np.ndarray]:
+    """The inputs every latency of a model is timed on."""
     feeds, _ = next(batches(data, batch))
-    for _ in range(WARMUP_RUNS):
-        model.run(feeds)
-    timings: list[float] = []
-    started = time.perf_counter()
-    while len(timings) < MAX_RUNS:
-        check()
-        t0 = time.perf_counter()
-        model.run(feeds)
-        timings.append(time.perf_counter() - t0)
-        if len(timings) >= MIN_RUNS and time.perf_counter() - started > LATENCY_BUDGET_S:
-            break
-    return statistics.median(timings) * 1000
+    return feeds
 
 
 def is_classifier(outputs: np.ndarray) -> bool:
@@ -110,13 +96,18 @@ def measure(
     reference: np.ndarray | None,
     check: Callable[[], None],
     compressed: bool = False,
+    timed: Latency | None = None,
 ) -> tuple[Measurement, np.ndarray]:
+    """`timed`: the model's latency when the caller timed it already (paired with another)."""
     outputs = predict(model, data, batch, check)
     value, kind = score(outputs, data, outputs if reference is None else reference)
+    timed = timed or latency(model, first_batch(data, batch), check)
     measurement = Measurement(
         size_bytes=path.stat().st_size,
         compressed_size_bytes=compressed_size(path) if compressed else None,
-        latency_ms=latency_ms(model, data, batch, check),
+        latency_ms=timed.median_ms,
+        latency_low_ms=timed.low_ms,
+        latency_high_ms=timed.high_ms,
         latency_batch=batch,
         score=value,
         score_kind=kind,

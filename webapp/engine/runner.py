@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import formats, loading
+from . import formats, loading, timing
 from .datasets import EvalData, generate, load_npz
 from .errors import (
     Cancelled,
@@ -18,7 +18,7 @@ from .errors import (
     out_of_memory,
     public_message,
 )
-from .evaluation import Measurement, measure
+from .evaluation import Measurement, first_batch, measure
 from .loading import InputSpec, LoadedModel
 from .techniques import TECHNIQUES
 from .techniques.export import to_onnx
@@ -68,6 +68,9 @@ class _Session:
         self._progress, self._event, self._cancelled = progress, event, cancelled
         self.phase = phase
         self._pct = 0.0
+        # The model the next step is compared with: the upload, its ONNX export, or the
+        # last kept step's, loaded once.
+        self.best_model: LoadedModel
 
     def check(self) -> None:
         if self._cancelled():
@@ -121,7 +124,8 @@ class _Session:
         )
         self.progress(15, "baseline")
 
-        best_path, best = Path(job.model_path), baseline
+        original_feeds = first_batch(data, baseline.latency_batch)
+        best_path, best, self.best_model = Path(job.model_path), baseline, original
         if job.model_format != formats.ONNX:
             best_path, best, data = self._export(original, data, reference, baseline)
         steps = []
@@ -134,11 +138,19 @@ class _Session:
             steps.append(info)
             if kept:
                 best_path, best = kept, measurement
-        self.progress(97, "report")
+        self.progress(96, "report")
+        # The delivered model against the upload, timed side by side: the report's speed.
+        final = None
+        if best_path != Path(job.model_path):
+            self.phase("inference")
+            final = timing.compare(
+                original, original_feeds, self.best_model, first_batch(data, best.latency_batch), self.check
+            )
+        self.progress(98, "report")
         artifact = self.work / ARTIFACT_NAME
         if best_path != artifact:
             shutil.copyfile(best_path, artifact)
-        results = self._results(baseline, best, data)
+        results = self._results(baseline, best, data, final)
         self.progress(100, "done")
         return SessionOutcome(results, str(artifact), steps)
 
@@ -173,6 +185,7 @@ class _Session:
             {"measurement": measurement.as_dict(), **info},
         )
         self.progress(25, "export_onnx")
+        self.best_model = exported
         return target, measurement, data
 
     def _step(self, step, best_path, best, baseline, data, reference, start, span, index):
@@ -190,8 +203,23 @@ class _Session:
             self.progress(start + span * 0.6, name)
             model = loading.run_onnx(candidate, self.threads)
             self.phase("inference")
+            batch = self.batch_for(model)
+            comparison = timing.compare(
+                self.best_model,
+                first_batch(data, best.latency_batch),
+                model,
+                first_batch(data, batch),
+                self.check,
+            )
             measurement, _ = measure(
-                candidate, model, data, self.batch_for(model), reference, self.check, self.compressed
+                candidate,
+                model,
+                data,
+                batch,
+                reference,
+                self.check,
+                self.compressed,
+                timed=comparison.candidate,
             )
         except TechniqueFailed as exc:
             candidate.unlink(missing_ok=True)
@@ -212,44 +240,58 @@ class _Session:
             failed = {"technique": name, "params": step["params"], "outcome": "failed", "reason": reason}
             return None, failed, None
         self.progress(start + span, name)
-        reason = self._violation(baseline, best, measurement)
+        reason = self._violation(baseline, measurement, comparison)
         info = {
             "technique": name,
             "params": step["params"],
             "details": details,
             "measurement": measurement.as_dict(),
+            "against_kept": comparison.as_dict(),
         }
         if reason and self.criteria.get("rollback_on_violation", True):
             candidate.unlink(missing_ok=True)
             self._event("step_rolled_back", name, f"Rolled back: {reason}", info)
             return None, {**info, "outcome": "rolled_back", "reason": reason}, None
         outcome = "kept_despite_violation" if reason else "kept"
-        self._event("step_completed", name, self._describe(measurement, best), info)
+        self._event("step_completed", name, self._describe(measurement, best, comparison), info)
+        self.best_model = model
         return candidate, {**info, "outcome": outcome, "reason": reason}, measurement
 
-    def _violation(self, baseline: Measurement, best: Measurement, candidate: Measurement):
+    def _violation(self, baseline: Measurement, candidate: Measurement, comparison: timing.Comparison):
         minimum = float(self.criteria.get("min_accuracy_retention_percent", 99.0))
         retention = _retention(baseline, candidate)
         if retention < minimum:
             return f"accuracy retention {retention:.2f} % is below the minimum {minimum:g} %"
         tolerance = float(self.criteria.get("latency_tolerance_percent", 5.0))
-        if candidate.latency_ms > best.latency_ms * (1 + tolerance / 100):
-            return f"slower than before: {candidate.latency_ms:.3f} ms against {best.latency_ms:.3f} ms"
+        if comparison.slower_than(tolerance):
+            return (
+                f"slower than the kept model: {comparison.speedup:.2f}x speed "
+                f"({comparison.low:.2f}–{comparison.high:.2f}x in {comparison.rounds} paired rounds), "
+                f"beyond the {tolerance:g} % tolerance"
+            )
         return None
 
-    def _describe(self, m: Measurement, before: Measurement | None) -> str:
+    def _describe(
+        self, m: Measurement, before: Measurement | None, comparison: timing.Comparison | None = None
+    ) -> str:
         text = (
-            f"{m.size_bytes / 1e6:.2f} MB, {m.latency_ms:.3f} ms per batch of "
-            f"{m.latency_batch}, {m.score_kind.replace('_', ' ')} {m.score * 100:.2f} %"
+            f"{m.size_bytes / 1e6:.2f} MB, {m.latency_ms:.3f} ms ({m.latency_low_ms:.3f}–"
+            f"{m.latency_high_ms:.3f}) per batch of {m.latency_batch}, "
+            f"{m.score_kind.replace('_', ' ')} {m.score * 100:.2f} %"
         )
         if before is not None:
-            text += (
-                f" ({_reduction(before.size_bytes, m.size_bytes):.1f} % smaller, "
-                f"{_speedup(before.latency_ms, m.latency_ms):.2f}x speed)"
-            )
+            text += f" ({_reduction(before.size_bytes, m.size_bytes):.1f} % smaller"
+            if comparison is not None:
+                text += f", {comparison.speedup:.2f}x speed ({comparison.low:.2f}–{comparison.high:.2f})"
+            text += ")"
         return text
 
-    def _results(self, baseline: Measurement, best: Measurement, data: EvalData) -> dict:
+    def _results(
+        self, baseline: Measurement, best: Measurement, data: EvalData, final: timing.Comparison | None
+    ) -> dict:
+        if final is None:  # nothing changed: the model against itself
+            same = timing.Latency(baseline.latency_ms, baseline.latency_low_ms, baseline.latency_high_ms, 0)
+            final = timing.Comparison(1.0, 1.0, 1.0, same, same, 0)
         retention = _retention(baseline, best)
         max_ms = float(self.criteria.get("max_inference_time_ms", 0) or 0)
         minimum = float(self.criteria.get("min_accuracy_retention_percent", 99.0))
@@ -257,7 +299,7 @@ class _Session:
         reduction = _reduction(baseline.size_bytes, best.size_bytes)
         met = (
             retention >= minimum
-            and (max_ms <= 0 or best.latency_ms <= max_ms)
+            and (max_ms <= 0 or final.candidate.median_ms <= max_ms)
             and (size_target <= 0 or reduction >= size_target)
         )
         return {
@@ -265,16 +307,23 @@ class _Session:
             "optimized_size_bytes": best.size_bytes,
             "original_compressed_size_bytes": baseline.compressed_size_bytes,
             "optimized_compressed_size_bytes": best.compressed_size_bytes,
-            "original_latency_ms": round(baseline.latency_ms, 4),
-            "optimized_latency_ms": round(best.latency_ms, 4),
+            "original_latency_ms": final.reference.median_ms,
+            "original_latency_low_ms": final.reference.low_ms,
+            "original_latency_high_ms": final.reference.high_ms,
+            "optimized_latency_ms": final.candidate.median_ms,
+            "optimized_latency_low_ms": final.candidate.low_ms,
+            "optimized_latency_high_ms": final.candidate.high_ms,
+            "latency_rounds": final.rounds,
             "latency_batch_size": best.latency_batch,
             "accuracy_before": round(baseline.score, 6),
             "accuracy_after": round(best.score, 6),
             "accuracy_kind": best.score_kind,
             "evaluation_inputs": data.source,
             "size_reduction_percent": round(_reduction(baseline.size_bytes, best.size_bytes), 2),
-            "speed_improvement_percent": round((_speedup(baseline.latency_ms, best.latency_ms) - 1) * 100, 2),
-            "speedup": round(_speedup(baseline.latency_ms, best.latency_ms), 3),
+            "speed_improvement_percent": round((final.speedup - 1) * 100, 2),
+            "speedup": round(final.speedup, 3),
+            "speedup_low": round(final.low, 3),
+            "speedup_high": round(final.high, 3),
             "accuracy_retention_percent": round(retention, 2),
             "criteria_met": met,
         }
@@ -294,10 +343,6 @@ def _retention(baseline: Measurement, m: Measurement) -> float:
 
 def _reduction(before: float, after: float) -> float:
     return 100.0 * (before - after) / before if before else 0.0
-
-
-def _speedup(before: float, after: float) -> float:
-    return before / after if after > 0 else 0.0
 
 
 def warm_up() -> None:

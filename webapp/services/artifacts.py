@@ -18,14 +18,25 @@ from .sandbox import SandboxError, run_job
 
 NUMBERS = (
     "original_latency_ms",
+    "original_latency_low_ms",
+    "original_latency_high_ms",
     "optimized_latency_ms",
+    "optimized_latency_low_ms",
+    "optimized_latency_high_ms",
     "accuracy_before",
     "accuracy_after",
     "speed_improvement_percent",
     "speedup",
+    "speedup_low",
+    "speedup_high",
     "accuracy_retention_percent",
 )
-OPTIONAL_COUNTS = ("original_compressed_size_bytes", "optimized_compressed_size_bytes", "latency_batch_size")
+OPTIONAL_COUNTS = (
+    "original_compressed_size_bytes",
+    "optimized_compressed_size_bytes",
+    "latency_batch_size",
+    "latency_rounds",
+)
 WORDS = ("accuracy_kind", "evaluation_inputs")
 MAX_STEPS_BYTES = 1 << 20
 

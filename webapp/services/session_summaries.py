@@ -76,6 +76,8 @@ def _summary(s, model_name: str | None, model_deleted: bool, owner: str | None) 
         "size_reduction_percent": results.get("size_reduction_percent"),
         "speed_improvement_percent": results.get("speed_improvement_percent"),
         "speedup": results.get("speedup"),
+        "speedup_low": results.get("speedup_low"),
+        "speedup_high": results.get("speedup_high"),
         "accuracy_retention_percent": results.get("accuracy_retention_percent"),
         "criteria_met": results.get("criteria_met"),
         "created_at": s.created_at,

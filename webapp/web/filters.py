@@ -37,6 +37,14 @@ def ms(value: float | None, digits: int = 3) -> str:
     return MISSING if value is None else f"{value:.{digits}f} ms"
 
 
+def between(low: float | None, high: float | None, digits: int = 3, unit: str = "") -> str:
+    """An interval as "0.490–0.510 ms"; nothing when either end is missing (older results)
+    or not a number."""
+    if not all(isinstance(end, int | float) and not isinstance(end, bool) for end in (low, high)):
+        return ""
+    return f"{low:.{digits}f}–{high:.{digits}f}{unit}"
+
+
 def number(value: int | None) -> str:
     """1126410 as "1,126,410"."""
     return MISSING if value is None else f"{value:,}"
@@ -59,5 +67,5 @@ def filesize(value: int | None) -> str:
 
 
 def init_app(app: Flask) -> None:
-    for function in (pct, speedup, ms, number, when, filesize):
+    for function in (pct, speedup, ms, between, number, when, filesize):
         app.add_template_filter(function)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from . import datasets, formats, loading, screening
 from .datasets import generate
 from .errors import DatasetRejected, ModelRejected
-from .evaluation import first_batch
+from .evaluation import class_scores, first_batch
 from .loading import InputSpec
 from .timing import latency
 
@@ -62,14 +64,19 @@ def analyse(
     eval_summary = None
     if eval_path is not None:
         data = datasets.load_npz(eval_path, model.inputs, max_unpacked_bytes)
-        outputs = model.run({k: v[: model.inputs[0].fixed_batch or 1] for k, v in data.inputs.items()})
-        if data.labels is not None and not (outputs[0].ndim == 2 and outputs[0].shape[1] > 1):
+        first = {k: v[: model.inputs[0].fixed_batch or 1] for k, v in data.inputs.items()}
+        outputs = [np.asarray(output) for output in model.run(first)]
+        scores = class_scores(outputs)
+        if data.labels is not None and scores is None:
             raise DatasetRejected(
-                "Labels 'y' need a classifier: the model's first output must be [samples, classes]."
+                "Labels 'y' need a classifier: one of the model's outputs must be class scores, "
+                "[samples, classes] of floats."
             )
-        if data.labels is not None and data.labels.max(initial=0) >= outputs[0].shape[1]:
+        classes = outputs[scores].shape[1] if scores is not None else 0
+        if data.labels is not None and data.labels.max(initial=0) >= classes:
             raise DatasetRejected(
-                f"'y' has class {int(data.labels.max())} but the model outputs {outputs[0].shape[1]} classes."
+                f"'y' has class {int(data.labels.max())} but the model's class scores "
+                f"(output {scores}) have {classes} classes."
             )
         eval_summary = {"samples": data.count, "labels": data.labels is not None}
     sample = generate(model.inputs, count=model.inputs[0].fixed_batch or 1)

@@ -13,9 +13,13 @@ from .datasets import EvalData
 from .loading import LoadedModel
 from .timing import Latency, latency
 
-ACCURACY = "accuracy"
-TOP1_AGREEMENT = "top1_agreement"
-COSINE_SIMILARITY = "cosine_similarity"
+ACCURACY = "accuracy"  # with labels: the class-score output's top class against them
+# Without labels, each output is compared with the original's, in the way that fits it, and
+# the worst output is the model's score: a detector's small class scores or a second head
+# cannot hide behind a large first tensor.
+TOP1_AGREEMENT = "top1_agreement"  # class scores [samples, classes]: the same top class
+EXACT_AGREEMENT = "exact_agreement"  # whole numbers (labels, indices): the same values
+VALUE_AGREEMENT = "value_agreement"  # other tensors: 1 - relative error, per sample
 
 
 @dataclass
@@ -26,8 +30,9 @@ class Measurement:
     latency_low_ms: float  # the median's 95 % interval (timing.median_interval)
     latency_high_ms: float
     latency_batch: int
-    score: float  # accuracy, top-1 agreement or cosine similarity, 0..1
+    score: float  # accuracy, or the worst output's agreement, 0..1
     score_kind: str
+    outputs: list[dict]  # each compared output: {"output": index, "kind": ..., "value": ...}
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -56,36 +61,72 @@ def batches(data: EvalData, batch: int):
         yield feeds, stop - start
 
 
-def predict(model: LoadedModel, data: EvalData, batch: int, check: Callable[[], None]) -> np.ndarray:
-    """The first output of the model over the whole data set."""
-    outputs = []
-    for feeds, used in batches(data, batch):
-        check()
-        outputs.append(np.asarray(model.run(feeds)[0])[:used])
-    return np.concatenate(outputs).astype(np.float32, copy=False)
-
-
 def first_batch(data: EvalData, batch: int) -> dict[str, np.ndarray]:
     """The inputs every latency of a model is timed on."""
     feeds, _ = next(batches(data, batch))
     return feeds
 
 
-def is_classifier(outputs: np.ndarray) -> bool:
-    return outputs.ndim == 2 and outputs.shape[1] > 1
+def predict(model: LoadedModel, data: EvalData, batch: int, check: Callable[[], None]) -> list[np.ndarray]:
+    """Every output of the model over the whole data set (one array per output); an output
+    that is not a tensor of numbers (a list of maps, say) is an empty array."""
+    parts: list[list[np.ndarray]] = []
+    for feeds, used in batches(data, batch):
+        check()
+        for index, value in enumerate(model.run(feeds)):
+            array = np.asarray(value)
+            if index == len(parts):
+                parts.append([])
+            parts[index].append(array[:used] if array.ndim and array.dtype != object else np.empty(0))
+    return [np.concatenate(chunks) if all(c.size for c in chunks) else np.empty(0) for chunks in parts]
 
 
-def score(outputs: np.ndarray, data: EvalData, reference: np.ndarray) -> tuple[float, str]:
-    """Accuracy with labels; otherwise agreement with the original model's outputs."""
-    if data.labels is not None and is_classifier(outputs):
-        return float((outputs.argmax(axis=1) == data.labels).mean()), ACCURACY
-    if is_classifier(outputs):
-        return float((outputs.argmax(axis=1) == reference.argmax(axis=1)).mean()), TOP1_AGREEMENT
-    a = outputs.reshape(len(outputs), -1).astype(np.float64)
+def is_classifier(output: np.ndarray) -> bool:
+    return output.ndim == 2 and output.shape[1] > 1 and np.issubdtype(output.dtype, np.floating)
+
+
+def class_scores(outputs: list[np.ndarray]) -> int | None:
+    """The index of the output labels are checked against: the first [samples, classes]
+    output of floats (a classifier exported with its label output first still has one)."""
+    return next((i for i, output in enumerate(outputs) if is_classifier(output)), None)
+
+
+def agreement(output: np.ndarray, reference: np.ndarray) -> tuple[float, str]:
+    """How far one output stays from the original's, 0..1, and how that was judged."""
+    if output.shape != reference.shape:
+        return 0.0, VALUE_AGREEMENT
+    if is_classifier(reference):
+        return float((output.argmax(axis=1) == reference.argmax(axis=1)).mean()), TOP1_AGREEMENT
+    if not np.issubdtype(reference.dtype, np.floating):
+        same = (output.reshape(len(output), -1) == reference.reshape(len(reference), -1)).all(axis=1)
+        return float(same.mean()), EXACT_AGREEMENT
+    a = output.reshape(len(output), -1).astype(np.float64)
     b = reference.reshape(len(reference), -1).astype(np.float64)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    cosine = np.where(norms > 0, (a * b).sum(axis=1) / np.maximum(norms, 1e-30), 1.0)
-    return float(cosine.mean()), COSINE_SIMILARITY
+    reference_norm = np.linalg.norm(b, axis=1)
+    error = np.linalg.norm(a - b, axis=1)
+    # A sample whose original output is all zeros agrees when the new one is zero too.
+    relative = np.where(reference_norm > 1e-12, error / np.maximum(reference_norm, 1e-12), error > 1e-12)
+    return float(np.clip(1.0 - relative, 0.0, 1.0).mean()), VALUE_AGREEMENT
+
+
+def score(
+    outputs: list[np.ndarray], data: EvalData, reference: list[np.ndarray]
+) -> tuple[float, str, list[dict]]:
+    """Accuracy with labels; otherwise the worst agreement of any output with the original."""
+    scores = class_scores(outputs)
+    if data.labels is not None and scores is not None:
+        value = float((outputs[scores].argmax(axis=1) == data.labels).mean())
+        return value, ACCURACY, [{"output": scores, "kind": ACCURACY, "value": round(value, 6)}]
+    judged: list[tuple[float, str, int]] = []
+    for index, (output, original) in enumerate(zip(outputs, reference, strict=False)):
+        if not original.size:
+            continue  # not a tensor (a list of maps): its tensor twin, if any, is compared
+        value, kind = agreement(output, original)
+        judged.append((round(value, 6), kind, index))
+    if not judged:
+        return 1.0, EXACT_AGREEMENT, []
+    worst = min(judged)
+    return worst[0], worst[1], [{"output": i, "kind": k, "value": v} for v, k, i in judged]
 
 
 def measure(
@@ -93,14 +134,14 @@ def measure(
     model: LoadedModel,
     data: EvalData,
     batch: int,
-    reference: np.ndarray | None,
+    reference: list[np.ndarray] | None,
     check: Callable[[], None],
     compressed: bool = False,
     timed: Latency | None = None,
-) -> tuple[Measurement, np.ndarray]:
+) -> tuple[Measurement, list[np.ndarray]]:
     """`timed`: the model's latency when the caller timed it already (paired with another)."""
     outputs = predict(model, data, batch, check)
-    value, kind = score(outputs, data, outputs if reference is None else reference)
+    value, kind, compared = score(outputs, data, outputs if reference is None else reference)
     timed = timed or latency(model, first_batch(data, batch), check)
     measurement = Measurement(
         size_bytes=path.stat().st_size,
@@ -111,5 +152,6 @@ def measure(
         latency_batch=batch,
         score=value,
         score_kind=kind,
+        outputs=compared,
     )
     return measurement, outputs

@@ -134,9 +134,7 @@ def run_onnx(path: Path, threads: int) -> LoadedModel:
         raise ModelRejected(f"ONNX Runtime cannot run this model: {public_message(exc)}") from exc
     output_names = [o.name for o in session.get_outputs()]
     inputs = [
-        InputSpec(
-            i.name, [d if isinstance(d, int) else None for d in i.shape], ORT_DTYPES.get(i.type, "float32")
-        )
+        InputSpec(i.name, [_fixed(d) for d in i.shape], ORT_DTYPES.get(i.type, "float32"))
         for i in session.get_inputs()
     ]
 
@@ -151,8 +149,14 @@ def _onnx_input(value) -> InputSpec:
     dtype = ONNX_DTYPES.get(tensor.elem_type)
     if dtype is None:
         raise ModelRejected(f"Input {value.name!r} has an element type Optideck cannot feed.")
-    shape = [dim.dim_value if dim.HasField("dim_value") else None for dim in tensor.shape.dim]
+    shape = [_fixed(dim.dim_value) if dim.HasField("dim_value") else None for dim in tensor.shape.dim]
     return InputSpec(value.name, shape, dtype)
+
+
+def _fixed(size) -> int | None:
+    """A dimension's size, or None when it is left open: a name, or a size stored as -1
+    (some exporters' way of saying "any")."""
+    return size if isinstance(size, int) and size > 0 else None
 
 
 def _torch_runner(module, specs: list[InputSpec]):

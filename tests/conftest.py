@@ -20,7 +20,10 @@ def settings_for(instance_dir, **sections) -> dict:
     password hashes, plus `sections`."""
     config = {
         "app": {"instance_dir": str(instance_dir), "secret_key": TEST_SECRET},
-        "executor": {"poll_seconds": 0.1},
+        # Timing rounds stop at 15 after a fifth of a second: sessions and uploads by the
+        # hundred would otherwise spend minutes timing (tests/engine/test_timing.py uses
+        # the default).
+        "executor": {"poll_seconds": 0.1, "latency_seconds": 0.2},
         # Hundreds of tests create users and log in: scrypt would cost them minutes.
         # tests/services/test_passwords.py checks the default is still scrypt.
         "security": {"password_hash_method": "pbkdf2:sha256:1"},

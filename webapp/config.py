@@ -247,6 +247,7 @@ RANGES = (
     ("uploads", "max_unpacked_bytes", 1, None),
     ("uploads", "max_concurrent_analyses", 1, 64),
     ("executor", "max_workers", 1, 64),
+    ("executor", "latency_seconds", 0.05, 60),
     ("executor", "poll_seconds", 0.05, 60),
     ("executor", "cancel_grace_seconds", 0.1, 600),
     ("executor", "heartbeat_timeout_seconds", 5, None),

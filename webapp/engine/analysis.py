@@ -11,7 +11,7 @@ from .datasets import generate
 from .errors import DatasetRejected, ModelRejected
 from .evaluation import class_scores, first_batch
 from .loading import InputSpec
-from .timing import latency
+from .timing import BUDGET_S, latency
 
 DEFAULT_INPUT_NAME = "input"
 
@@ -43,6 +43,7 @@ def analyse(
     input_shape=None,
     eval_path: Path | None = None,
     max_unpacked_bytes: int = datasets.DEFAULT_MAX_BYTES,
+    latency_seconds: float = BUDGET_S,
 ) -> dict:
     model_format = formats.detect_format(path)
     if model_format != formats.ONNX:
@@ -81,7 +82,7 @@ def analyse(
         eval_summary = {"samples": data.count, "labels": data.labels is not None}
     sample = generate(model.inputs, count=model.inputs[0].fixed_batch or 1)
     batch = model.inputs[0].fixed_batch or 1
-    baseline = latency(model, first_batch(sample, batch), lambda: None)
+    baseline = latency(model, first_batch(sample, batch), lambda: None, latency_seconds)
     return {
         "format": model_format,
         "size_bytes": path.stat().st_size,

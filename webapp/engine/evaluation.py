@@ -11,7 +11,7 @@ import numpy as np
 
 from .datasets import EvalData
 from .loading import LoadedModel
-from .timing import Latency, latency
+from .timing import BUDGET_S, Latency, latency
 
 ACCURACY = "accuracy"  # with labels: the class-score output's top class against them
 # Without labels, each output is compared with the original's, in the way that fits it, and
@@ -138,11 +138,12 @@ def measure(
     check: Callable[[], None],
     compressed: bool = False,
     timed: Latency | None = None,
+    budget_s: float = BUDGET_S,
 ) -> tuple[Measurement, list[np.ndarray]]:
     """`timed`: the model's latency when the caller timed it already (paired with another)."""
     outputs = predict(model, data, batch, check)
     value, kind, compared = score(outputs, data, outputs if reference is None else reference)
-    timed = timed or latency(model, first_batch(data, batch), check)
+    timed = timed or latency(model, first_batch(data, batch), check, budget_s)
     measurement = Measurement(
         size_bytes=path.stat().st_size,
         compressed_size_bytes=compressed_size(path) if compressed else None,

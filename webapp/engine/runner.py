@@ -45,6 +45,7 @@ class SessionJob:
     eval_data_path: str | None = None
     deadline: float | None = None  # time.time() after which the session stops
     max_unpacked_bytes: int = 2 << 30  # what the evaluation arrays may unpack to
+    latency_seconds: float = timing.BUDGET_S  # how long each latency measurement times
 
 
 @dataclass
@@ -114,7 +115,14 @@ class _Session:
         self.progress(5, "baseline")
         self.phase("inference")
         baseline, reference = measure(
-            Path(job.model_path), original, data, self.batch_for(original), None, self.check, self.compressed
+            Path(job.model_path),
+            original,
+            data,
+            self.batch_for(original),
+            None,
+            self.check,
+            self.compressed,
+            budget_s=job.latency_seconds,
         )
         self._event(
             "baseline",
@@ -144,7 +152,12 @@ class _Session:
         if best_path != Path(job.model_path):
             self.phase("inference")
             final = timing.compare(
-                original, original_feeds, self.best_model, first_batch(data, best.latency_batch), self.check
+                original,
+                original_feeds,
+                self.best_model,
+                first_batch(data, best.latency_batch),
+                self.check,
+                job.latency_seconds,
             )
         self.progress(98, "report")
         artifact = self.work / ARTIFACT_NAME
@@ -170,7 +183,14 @@ class _Session:
             data.source,
         )
         measurement, _ = measure(
-            target, exported, data, self.batch_for(exported), reference, self.check, self.compressed
+            target,
+            exported,
+            data,
+            self.batch_for(exported),
+            reference,
+            self.check,
+            self.compressed,
+            budget_s=self.job.latency_seconds,
         )
         retention = _retention(baseline, measurement)
         if retention < 99.0:
@@ -210,6 +230,7 @@ class _Session:
                 model,
                 first_batch(data, batch),
                 self.check,
+                self.job.latency_seconds,
             )
             measurement, _ = measure(
                 candidate,

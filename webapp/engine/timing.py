@@ -98,7 +98,9 @@ def _repeats(*per_run_s: float) -> int:
     return max(1, min(MAX_REPEATS, math.ceil(ROUND_S / max(max(per_run_s), 1e-9))))
 
 
-def latency(model: LoadedModel, feeds: Feeds, check: Callable[[], None]) -> Latency:
+def latency(
+    model: LoadedModel, feeds: Feeds, check: Callable[[], None], budget_s: float = BUDGET_S
+) -> Latency:
     """One model alone (an upload's analysis, a baseline): rounds until the budget is spent."""
     for _ in range(WARMUP_RUNS):
         model.run(feeds)
@@ -108,7 +110,7 @@ def latency(model: LoadedModel, feeds: Feeds, check: Callable[[], None]) -> Late
     while len(times) < MAX_ROUNDS:
         check()
         times.append(_timed(model, feeds, repeats))
-        if len(times) >= MIN_ROUNDS and time.perf_counter() - started > BUDGET_S:
+        if len(times) >= MIN_ROUNDS and time.perf_counter() - started > budget_s:
             break
     return _latency(times)
 
@@ -119,6 +121,7 @@ def compare(
     candidate: LoadedModel,
     candidate_feeds: Feeds,
     check: Callable[[], None],
+    budget_s: float = BUDGET_S,
 ) -> Comparison:
     """Time both models in paired rounds, alternating which goes first."""
     for _ in range(WARMUP_RUNS):
@@ -139,7 +142,7 @@ def compare(
         times["reference"].append(ref)
         times["candidate"].append(cand)
         ratios.append(ref / cand if cand > 0 else 0.0)
-        if len(ratios) >= MIN_ROUNDS and time.perf_counter() - started > BUDGET_S:
+        if len(ratios) >= MIN_ROUNDS and time.perf_counter() - started > budget_s:
             break
     low, high = median_interval(ratios)
     return Comparison(

@@ -101,6 +101,7 @@ def _analyse(job: dict, channel: Channel) -> None:
         job.get("input_shape"),
         Path(job["eval_data_path"]) if job.get("eval_data_path") else None,
         job["limits"]["max_unpacked_bytes"],
+        job["latency_seconds"],
     )
     channel.send("result", analysis)
 

@@ -201,7 +201,12 @@ def _run_analysis(model_path: Path, eval_path: Path | None, input_shape) -> dict
     try:
         message = run_job(
             sandbox,
-            {"kind": "analyse", "threads": threads, "input_shape": input_shape},
+            {
+                "kind": "analyse",
+                "threads": threads,
+                "input_shape": input_shape,
+                "latency_seconds": settings["executor"]["latency_seconds"],
+            },
             inputs,
             settings["uploads"]["analysis_timeout_seconds"],
             threads,

@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import cast
 
+from flask import current_app
 from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm.exc import UnmappedInstanceError
 
@@ -87,6 +88,7 @@ def job_for(session: OptimizationSession) -> dict:
         "steps": session.plan,
         "criteria": criteria,
         "eval_data_path": str(eval_path) if eval_path else None,
+        "latency_seconds": current_app.config["OPTIDECK"]["executor"]["latency_seconds"],
         "deadline": (
             session.started_at + timedelta(minutes=criteria["max_optimization_time_minutes"])
         ).timestamp(),

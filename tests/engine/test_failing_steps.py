@@ -71,6 +71,7 @@ def _run(tmp_path, *names):
         [{"technique": name, "params": {}} for name in names],
         CRITERIA,
         str(tmp_path / "work"),
+        latency_seconds=0.2,
     )
     events = []
     outcome = run_session(job, lambda *a: None, lambda *a: events.append(a), lambda: False)

@@ -50,6 +50,7 @@ def _chain(path, layers: int, width: int = 256):
     return loading.run_onnx(path, 1)
 
 
+@pytest.mark.slow  # times models for the default two seconds
 def test_a_model_doing_many_times_the_work_is_found_slower(tmp_path):
     light, heavy = _chain(tmp_path / "light.onnx", 1), _chain(tmp_path / "heavy.onnx", 12)
     feeds = {"x": np.ones((32, 256), dtype=np.float32)}
@@ -60,6 +61,7 @@ def test_a_model_doing_many_times_the_work_is_found_slower(tmp_path):
     assert result.rounds >= 15
 
 
+@pytest.mark.slow  # times models for the default two seconds
 def test_a_model_against_itself_is_never_called_slower(tmp_path):
     model = loading.run_onnx(tiny_onnx_model(tmp_path / "m.onnx"), 1)
     feeds = {"x": np.ones((32, 4), dtype=np.float32)}
@@ -68,6 +70,7 @@ def test_a_model_against_itself_is_never_called_slower(tmp_path):
     assert 0.9 < result.speedup < 1.1
 
 
+@pytest.mark.slow  # times models for the default two seconds
 def test_one_models_latency_comes_with_its_interval(tmp_path):
     model = loading.run_onnx(tiny_onnx_model(tmp_path / "m.onnx"), 1)
     timed = latency(model, {"x": np.ones((8, 4), dtype=np.float32)}, lambda: None)

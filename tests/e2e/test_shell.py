@@ -50,6 +50,8 @@ def test_a_viewer_creates_and_revokes_an_api_token(page):
 def test_admin_filters_the_audit_trail_without_a_reload(page):
     log_in(page)
     page.get_by_role("link", name="Audit").click()
+    # Until the new page has loaded, htmx has not wired the form and a change does nothing.
+    page.wait_for_url("**/admin/audit")
     page.get_by_label("Outcome").select_option("allowed")
     expect(page).to_have_url("/admin/audit?user=&action=&outcome=allowed")
     expect(page.locator("#audit-table .badge.denied")).to_have_count(0)

@@ -9,7 +9,9 @@ upload.
 import io
 import json
 import pickle
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +67,71 @@ def zip_with_padding(source: Path, out: Path, padding_bytes: int) -> Path:
             chunk = bytes(1 << 20)
             for _ in range(padding_bytes >> 20):
                 member.write(chunk)
+    return out
+
+
+def zip_understating(source: Path, out: Path, suffix: str, zeros_mib: int) -> Path:
+    """A copy of the zip `source` whose member ending in `suffix` unpacks to its own bytes
+    and then `zeros_mib` MiB of zeros, while its directory entry and local header declare
+    its own size and checksum only: readers that trust them see an honest member.
+    About 1 KB of file per MiB of zeros."""
+    with zipfile.ZipFile(source) as archive, zipfile.ZipFile(out, "w") as copy:
+        for info in archive.infolist():
+            data = archive.read(info)
+            if info.filename.endswith(suffix):
+                name, honest = info.filename, data
+                # Stored as written, then relabelled deflated below: zipfile takes no packed data.
+                copy.writestr(zipfile.ZipInfo(name), _deflated_then_zeros(data, zeros_mib))
+            else:
+                copy.writestr(info, data)
+    with zipfile.ZipFile(out) as archive:
+        local = archive.getinfo(name).header_offset
+    blob = bytearray(out.read_bytes())
+    central = blob.rfind(name.encode()) - 46  # the directory comes last; its entry's name, at 46
+    assert blob[local : local + 4] == b"PK\x03\x04" and blob[central : central + 4] == b"PK\x01\x02"
+    # The method; 4 bytes on, the checksum, then the packed size (true), the unpacked size.
+    for method_at in (local + 8, central + 10):
+        struct.pack_into("<H", blob, method_at, zipfile.ZIP_DEFLATED)
+        struct.pack_into("<L", blob, method_at + 6, zlib.crc32(honest))
+        struct.pack_into("<L", blob, method_at + 14, len(honest))
+    out.write_bytes(blob)
+    return out
+
+
+def _deflated_then_zeros(data: bytes, zeros_mib: int) -> bytes:
+    """A raw deflate stream of `data` then `zeros_mib` MiB of zeros, made without packing
+    them all: after a full flush a deflate block refers to nothing before it, so the block
+    of one MiB of zeros is repeated."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    head = packer.compress(data) + packer.flush(zlib.Z_FULL_FLUSH)
+    zeros = packer.compress(bytes(1 << 20)) + packer.flush(zlib.Z_FULL_FLUSH)
+    return head + zeros * zeros_mib + packer.flush()
+
+
+def zip_damaged(source: Path, out: Path, suffix: str, how: str) -> Path:
+    """A copy of the zip `source` whose member ending in `suffix` is damaged: `how` is
+    "checksum" (its recorded checksum is wrong) or "packed" (it is deflated, and its packed
+    bytes are junk)."""
+    with zipfile.ZipFile(source) as archive, zipfile.ZipFile(out, "w") as copy:
+        for info in archive.infolist():
+            target = info.filename.endswith(suffix)
+            if target:
+                name = info.filename
+            packing = zipfile.ZIP_DEFLATED if target and how == "packed" else info.compress_type
+            copy.writestr(info, archive.read(info), compress_type=packing)
+    with zipfile.ZipFile(out) as archive:
+        info = archive.getinfo(name)
+    blob = bytearray(out.read_bytes())
+    local = info.header_offset
+    if how == "checksum":
+        central = blob.rfind(name.encode()) - 46
+        for crc_at in (local + 14, central + 16):
+            struct.pack_into("<L", blob, crc_at, info.CRC ^ 1)
+    else:
+        name_length, extra_length = struct.unpack_from("<HH", blob, local + 26)
+        start = local + 30 + name_length + extra_length
+        blob[start : start + info.compress_size] = b"\xff" * info.compress_size
+    out.write_bytes(blob)
     return out
 
 

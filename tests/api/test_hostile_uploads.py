@@ -113,7 +113,28 @@ def test_archive_bomb(guarded, demo_files, tmp_path):
     assert body["details"]["file"]
 
 
-@pytest.mark.parametrize("kind", ["unused-member", "claims-gigabytes"])
+@pytest.mark.parametrize("kind", ["understates-its-size", "damaged-member"])
+def test_archive_lying_about_a_member_or_damaged(guarded, tmp_path, kind):
+    """Refused as a file the user must fix, in plain words: not an internal error quoting
+    Python's, nor after inflating what the archive hides."""
+    import torch
+
+    app, instance, caller = guarded
+    honest = tmp_path / "honest.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(4, 2)), str(honest))
+    if kind == "understates-its-size":
+        # 256 MiB of zeros take ~260 KB: werkzeug's test client leaves a body over 500 KB open.
+        evil = hostile.zip_understating(honest, tmp_path / "evil.pt", "/constants.pkl", 256)
+        words = ("The archive is corrupt: 'constants.pkl' unpacks to more than the",)
+    else:
+        evil = hostile.zip_damaged(honest, tmp_path / "evil.pt", "/data.pkl", "packed")
+        words = ("The archive is corrupt: the packed data of 'data.pkl' is damaged.",)
+    body = _refused(app, instance, caller, tmp_path, evil, words=words, input_shape="[1, 4]")
+    assert body["error"] == "model_rejected"
+    assert body["details"]["file"]
+
+
+@pytest.mark.parametrize("kind", ["unused-member", "claims-gigabytes", "understates-its-size"])
 def test_evaluation_data_bombs(guarded, tmp_path, kind):
     app, instance, caller = guarded
     # Small files: werkzeug's test client spools a body over 500 KB to a file it leaves open.
@@ -122,9 +143,13 @@ def test_evaluation_data_bombs(guarded, tmp_path, kind):
             tmp_path / "eval.npz", x=np.zeros((8, 64), dtype=np.float32), padding=np.zeros(1 << 14)
         )
         words = ("'padding'",)
-    else:
+    elif kind == "claims-gigabytes":
         data = hostile.npz_claiming(tmp_path / "eval.npz", (1 << 22, 64))
         words = ("limit",)
+    else:
+        honest = hostile.npz(tmp_path / "honest.npz", x=np.zeros((8, 4), dtype=np.float32))
+        data = hostile.zip_understating(honest, tmp_path / "eval.npz", "x.npy", 256)
+        words = ("The evaluation data is corrupt: 'x.npy' unpacks to more than the",)
     model = hostile.onnx_memory_bomb(tmp_path / "model.onnx", 8)
     body = _refused(app, instance, caller, tmp_path, model, eval_path=data, words=words)
     assert body["details"]["eval_data"]

@@ -15,7 +15,7 @@ from tests import hostile
 from tests.helpers import TEST_SECRET
 from webapp.config import load_config
 from webapp.services import sandbox as sandbox_module
-from webapp.services.sandbox import BUBBLEWRAP, WORKER_BOOT, Sandbox, SandboxError
+from webapp.services.sandbox import BUBBLEWRAP, PACKAGE_ROOT, WORKER_BOOT, Sandbox, SandboxError
 
 # Every test starts sandboxed processes: a Sandbox probes its isolation with a worker.
 pytestmark = pytest.mark.slow
@@ -68,12 +68,6 @@ def _interpreter_options_end(argv: list[str]) -> int:
 
 
 def _run_probe(sandbox: Sandbox, tmp_path, settings) -> dict:
-    worker_dir = tmp_path / "job"
-    (worker_dir / "in").mkdir(parents=True)
-    (worker_dir / "out" / "tmp").mkdir(parents=True)
-    launch = sandbox.prepare(worker_dir, "probe", 1, 30, sandbox.isolation)
-    argv, env = launch.argv, launch.env
-    python = _interpreter_options_end(argv)
     instance = settings["app"]["instance_dir"]
     targets = {
         "secret": f"{instance}/secret_key",
@@ -82,9 +76,18 @@ def _run_probe(sandbox: Sandbox, tmp_path, settings) -> dict:
         "outside": str(tmp_path / "pwned"),
         "allocate": 2 << 30,
     }
-    argv = argv[:python] + ["-c", PROBE, json.dumps(targets)]
     # A secret in the server's environment must not reach the worker by any route.
-    env = {**env, "OPTIDECK_SECRET_KEY": TEST_SECRET}
+    return _run_inside(sandbox, tmp_path, PROBE, targets, {"OPTIDECK_SECRET_KEY": TEST_SECRET})
+
+
+def _run_inside(sandbox: Sandbox, tmp_path, code: str, targets: dict, server_env=None) -> dict:
+    """Run `code` as a worker would run, with `targets` as JSON in argv[1]; what it prints."""
+    worker_dir = tmp_path / "job"
+    (worker_dir / "in").mkdir(parents=True)
+    (worker_dir / "out" / "tmp").mkdir(parents=True)
+    launch = sandbox.prepare(worker_dir, "probe", 1, 30, sandbox.isolation)
+    argv, env = launch.argv, {**launch.env, **(server_env or {})}
+    argv = argv[: _interpreter_options_end(argv)] + ["-c", code, json.dumps(targets)]
     result = subprocess.run(
         argv,
         env=env,
@@ -129,6 +132,45 @@ def test_bubblewrap_walls(settings, tmp_path):
     assert found["thread"] == "ran"  # threads, which the maths libraries use, still work
     assert Path("/proc/sys/vm/swappiness").read_text().strip() != "61"
     assert (tmp_path / "job" / "out" / "ok").read_text() == "fine"
+
+
+WRITES = textwrap.dedent("""
+    import json, os, sys
+    found = {}
+    for name, path in json.loads(sys.argv[1]).items():
+        try:
+            with open(path, "x") as module:
+                module.write("pwned = True\\n")
+            found[name] = "wrote"
+        except OSError as exc:
+            found[name] = "refused: " + os.strerror(exc.errno)
+    print(json.dumps(found))
+""")
+
+
+def test_a_model_cannot_leave_a_module_beside_the_package(settings, tmp_path):
+    """Can code in the sandbox drop a .py next to the webapp package (a folder on the
+    worker's sys.path) or anywhere on the sandbox's root, for the rest of that worker's
+    life to import? (It may still write its scratch folder and /tmp.)"""
+    sandbox = Sandbox(settings)
+    if sandbox.isolation != BUBBLEWRAP:
+        pytest.skip(f"bubblewrap is not usable here ({sandbox.describe()})")
+    found = _run_inside(
+        sandbox,
+        tmp_path,
+        WRITES,
+        {
+            "package_root": str(PACKAGE_ROOT / "pwned.py"),
+            "root": "/pwned.py",
+            "job": "/job/pwned.py",
+            "scratch": "/job/out/ok.py",
+            "tmp": "/tmp/ok.py",  # noqa: S108 - the sandbox's own
+        },
+    )
+    for name in ("package_root", "root", "job"):
+        assert found[name] == "refused: Read-only file system", (name, found)
+    assert found["scratch"] == found["tmp"] == "wrote", found
+    assert not (PACKAGE_ROOT / "pwned.py").exists()
 
 
 def test_no_isolation_refuses_code_uploads_unless_allowed(settings):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,11 +39,16 @@ def input_shape(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> list[int]:
 def load_npz(path: Path, specs: list[InputSpec], max_bytes: int = DEFAULT_MAX_BYTES) -> EvalData:
     """Read and check an evaluation .npz against the model's inputs."""
     screening.check_npz(path, MEMBERS, max_bytes)
+    arrays = {}
     try:
-        # allow_pickle=False: object arrays (pickles) are refused, never loaded.
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        for info in screening.zip_members(path, DatasetRejected):
+            with screening.open_member(path, info, DatasetRejected) as member:
+                # allow_pickle=False: object arrays (pickles) are refused, never loaded.
+                arrays[info.filename.removesuffix(".npy")] = np.lib.format.read_array(
+                    member, allow_pickle=False
+                )
+                screening.unpack_rest(member)
+    except (ValueError, OSError, EOFError) as exc:
         raise DatasetRejected(
             "The evaluation data is not a readable .npz file of plain numeric arrays."
         ) from exc

@@ -49,12 +49,9 @@ def detect_format(path: Path) -> str:
 def _zip_format(path: Path) -> str:
     if screening.zip_entry_count(path) > screening.MAX_MEMBERS:
         raise ModelRejected(f"The archive holds more than {screening.MAX_MEMBERS:,} files.")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            archive_format = _read_member(archive, names, "archive_format")
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise ModelRejected("The file is a damaged zip archive.") from exc
+    infos = screening.zip_members(path)
+    names = [info.filename for info in infos]
+    archive_format = _read_member(path, infos, "archive_format")
     if archive_format is not None:
         if archive_format.strip() == b"pt2":
             return EXPORTED_PROGRAM
@@ -68,11 +65,11 @@ def _zip_format(path: Path) -> str:
     raise ModelRejected("The zip archive is neither a TorchScript nor a torch.export model.")
 
 
-def _read_member(archive: zipfile.ZipFile, names: list[str], suffix: str) -> bytes | None:
+def _read_member(path: Path, infos: list[zipfile.ZipInfo], suffix: str) -> bytes | None:
     """The first bytes of a small marker member: never more, whatever it claims to hold."""
-    for name in names:
-        if name.count("/") == 1 and name.endswith("/" + suffix):
-            with archive.open(name) as member:
+    for info in infos:
+        if info.filename.count("/") == 1 and info.filename.endswith("/" + suffix):
+            with screening.open_member(path, info) as member:
                 return member.read(16)
     return None
 

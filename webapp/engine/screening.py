@@ -15,17 +15,27 @@ import pickletools
 import re
 import struct
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from .allowed_ops import ATEN_OPS, PRIM_OPS
-from .errors import DatasetRejected, ModelRejected
+from .errors import DatasetRejected, EngineError, ModelRejected
 
 # A zip's own directory says how large its members unpack; a few kilobytes of zip can
 # claim gigabytes. Checked before anything is unpacked.
 MAX_MEMBERS = 20_000
+# Members are unpacked this much at a time, never whole: a member's directory entry may
+# understate what it unpacks to.
+CHUNK = 1 << 16
+# A member's local header: its signature, then (after 22 bytes the directory repeats) the
+# lengths of the name and extra field its data follows.
+LOCAL_HEADER = struct.Struct("<4s22xHH")
+LOCAL_SIGNATURE = b"PK\x03\x04"
+UNREADABLE_DIRECTORY = "its list of files cannot be read"
 # What archives and evaluation arrays may unpack to when the caller sets no limit
 # (uploads.max_unpacked_bytes).
 MAX_UNPACKED_BYTES = 2 << 30
@@ -177,8 +187,151 @@ def zip_entry_count(path: Path) -> int:
         tail = fh.read()
     at = tail.rfind(b"PK\x05\x06")
     if at < 0 or len(tail) < at + 12:
-        raise ModelRejected("The file is a damaged zip archive.")
+        raise _corrupt(ModelRejected, UNREADABLE_DIRECTORY)
     return struct.unpack("<H", tail[at + 10 : at + 12])[0]
+
+
+def zip_members(path: Path, rejected: type[EngineError] = ModelRejected) -> list[zipfile.ZipInfo]:
+    """The archive's directory: every member's name and declared sizes."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise _corrupt(rejected, UNREADABLE_DIRECTORY) from exc
+
+
+def open_member(path: Path, info: zipfile.ZipInfo, rejected: type[EngineError] = ModelRejected) -> BinaryIO:
+    """A member of the zip at `path`, unpacked a chunk at a time as it is read. It refuses
+    the archive (raising `rejected`) once the member unpacks to one byte more than its
+    directory entry declares; read to its end, also when it unpacks to less or fails its
+    checksum. Python's zipfile cuts a lying member to its declared size without a word
+    (after inflating up to 2 GiB for one read()), and torch's reader trusts that size."""
+    name = _member_name(info)
+    if info.flag_bits & 0x1:
+        raise rejected(
+            f"{_archive(rejected)} holds an encrypted file ({name}); Optideck reads no encrypted files."
+        )
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise rejected(
+            f"{_archive(rejected)} packs {name} in a way Optideck does not unpack; "
+            "only stored and deflated files are accepted."
+        )
+    file = path.open("rb")
+    try:
+        file.seek(info.header_offset)
+        header = file.read(LOCAL_HEADER.size)
+        if len(header) < LOCAL_HEADER.size or not header.startswith(LOCAL_SIGNATURE):
+            raise _corrupt(rejected, f"{name} is not where its list of files says")
+        _, name_length, extra_length = LOCAL_HEADER.unpack(header)
+        file.seek(name_length + extra_length, io.SEEK_CUR)
+    except BaseException:
+        file.close()
+        raise
+    return io.BufferedReader(_Unpacking(file, info, rejected), CHUNK)
+
+
+def unpack_rest(member: BinaryIO) -> None:
+    """Read an open_member stream to its end, so its size and checksum are checked too."""
+    while member.read(CHUNK):
+        pass
+
+
+def check_members(path: Path, rejected: type[EngineError] = ModelRejected) -> None:
+    """Unpack every member, a chunk at a time, and refuse the archive if one unpacks to
+    other than its declared size or fails its checksum. Run before a loader that trusts
+    the declared sizes (torch's) reads the archive."""
+    for info in zip_members(path, rejected):
+        with open_member(path, info, rejected) as member:
+            unpack_rest(member)
+
+
+class _Unpacking(io.RawIOBase):
+    """The bytes of one member, from its packed data at the file's position. No fileno():
+    numpy reads a file that has one from beneath the stream, past every check here."""
+
+    def __init__(self, file: BinaryIO, info: zipfile.ZipInfo, rejected: type[EngineError]):
+        super().__init__()
+        self._file, self._rejected = file, rejected
+        self._name, self._declared, self._crc = _member_name(info), info.file_size, info.CRC
+        self._packed_left, self._left, self._running_crc = info.compress_size, info.file_size, 0
+        self._inflate = (
+            zlib.decompressobj(-zlib.MAX_WBITS) if info.compress_type == zipfile.ZIP_DEFLATED else None
+        )
+        self._ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        """How far into the member the reader is (pickletools asks, to place its errors)."""
+        return self._declared - self._left
+
+    def readinto(self, buffer) -> int:
+        if self._ended or not len(buffer):
+            return 0
+        # One byte past the declared size tells a lying member, whatever it would unpack to.
+        data = self._unpack(min(len(buffer), CHUNK, self._left + 1))
+        if not data:
+            self._end()
+            return 0
+        self._left -= len(data)
+        if self._left < 0:
+            raise self._corrupt(f"{self._name} unpacks to more than the {self._declared:,} bytes it declares")
+        self._running_crc = zlib.crc32(data, self._running_crc)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def _unpack(self, size: int) -> bytes:
+        """At most `size` (at least 1) bytes; none only at the member's end."""
+        while True:
+            if self._inflate is not None and self._inflate.eof:
+                return b""
+            packed = self._inflate.unconsumed_tail if self._inflate is not None else b""
+            if not packed and self._packed_left > 0:
+                packed = self._file.read(min(CHUNK if self._inflate else size, self._packed_left))
+                if not packed:
+                    raise self._corrupt(f"{self._name} is cut short")
+                self._packed_left -= len(packed)
+            if self._inflate is None:
+                return packed
+            try:
+                data = self._inflate.decompress(packed, size)
+            except zlib.error as exc:
+                raise self._corrupt(f"the packed data of {self._name} is damaged") from exc
+            if data:
+                return data
+            if not self._packed_left and not self._inflate.unconsumed_tail and not self._inflate.eof:
+                raise self._corrupt(f"{self._name} is cut short")
+
+    def _end(self) -> None:
+        self._ended = True
+        if self._left:
+            raise self._corrupt(
+                f"{self._name} unpacks to {self._declared - self._left:,} bytes, "
+                f"not the {self._declared:,} it declares"
+            )
+        if self._running_crc != self._crc:
+            raise self._corrupt(f"{self._name} does not match its checksum")
+
+    def _corrupt(self, detail: str) -> EngineError:
+        return _corrupt(self._rejected, detail)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def _member_name(info: zipfile.ZipInfo) -> str:
+    """A member's name for users: below the archive's top folder, quoted, not too long."""
+    return repr(info.filename.split("/", 1)[-1][:80])
+
+
+def _archive(rejected: type[EngineError]) -> str:
+    return "The evaluation data" if issubclass(rejected, DatasetRejected) else "The archive"
+
+
+def _corrupt(rejected: type[EngineError], detail: str) -> EngineError:
+    return rejected(f"{_archive(rejected)} is corrupt: {detail}.")
 
 
 def check_zip(path: Path, max_unpacked_bytes: int, members: re.Pattern | None = None) -> None:
@@ -187,11 +340,7 @@ def check_zip(path: Path, max_unpacked_bytes: int, members: re.Pattern | None = 
     `members`, every member's name must match it (the names its format writes)."""
     if zip_entry_count(path) > MAX_MEMBERS:
         raise ModelRejected(f"The archive holds more than {MAX_MEMBERS:,} files.")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            infos = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise ModelRejected("The file is a damaged zip archive.") from exc
+    infos = zip_members(path)
     if len(infos) > MAX_MEMBERS:
         raise ModelRejected(f"The archive holds {len(infos):,} files; at most {MAX_MEMBERS:,} are accepted.")
     names = [info.filename for info in infos]
@@ -213,10 +362,10 @@ def check_zip(path: Path, max_unpacked_bytes: int, members: re.Pattern | None = 
         )
 
 
-def _members(archive: zipfile.ZipFile, suffixes: tuple[str, ...]) -> Iterator[tuple[str, bytes]]:
-    for name in archive.namelist():
-        if name.endswith(suffixes):
-            yield name, archive.read(name)
+def _read(path: Path, info: zipfile.ZipInfo) -> bytes:
+    """A member whole, for the parsers that need it so: one of a size check_zip accepted."""
+    with open_member(path, info) as member:
+        return member.read()
 
 
 # TorchScript -----------------------------------------------------------------------------
@@ -226,36 +375,39 @@ def check_torchscript(path: Path, max_unpacked_bytes: int = MAX_UNPACKED_BYTES) 
     """Refuse a TorchScript archive whose code calls anything but tensor maths, or whose
     pickles name anything but tensors and the archive's own TorchScript classes."""
     check_zip(path, max_unpacked_bytes, TORCHSCRIPT_MEMBERS)
-    with zipfile.ZipFile(path) as archive:
-        sources = dict(_members(archive, (".py",)))
-        if not sources:
-            raise ModelRejected("The TorchScript archive holds no code.")
-        trees = {}
-        for name, text in sources.items():
-            try:
-                trees[name] = ast.parse(text.decode("utf-8"), filename=Path(name).name)
-            except (SyntaxError, UnicodeDecodeError, ValueError, RecursionError, MemoryError) as exc:
-                raise ModelRejected(
-                    f"The TorchScript code in {Path(name).name} cannot be "
-                    "checked; Optideck refuses code it cannot read."
-                ) from exc
-        defined = {
-            node.name
-            for tree in trees.values()
-            for node in ast.walk(tree)
-            if isinstance(node, ast.FunctionDef | ast.ClassDef)
-        }
-        refused = set()
-        for tree in trees.values():
-            refused |= _refused_calls(tree, defined)
-        if refused:
+    infos = zip_members(path)
+    sources = {info.filename: _read(path, info) for info in infos if info.filename.endswith(".py")}
+    if not sources:
+        raise ModelRejected("The TorchScript archive holds no code.")
+    trees = {}
+    for name, text in sources.items():
+        try:
+            trees[name] = ast.parse(text.decode("utf-8"), filename=Path(name).name)
+        except (SyntaxError, UnicodeDecodeError, ValueError, RecursionError, MemoryError) as exc:
             raise ModelRejected(
-                "The TorchScript model calls operations outside Optideck's allowlist of tensor "
-                f"maths: {', '.join(sorted(refused)[:10])}. Files, printing, processes and "
-                "custom C++ classes are not allowed in uploaded models."
-            )
-        for name, data in _members(archive, (".pkl",)):
-            _check_pickle(name, data)
+                f"The TorchScript code in {Path(name).name} cannot be "
+                "checked; Optideck refuses code it cannot read."
+            ) from exc
+    defined = {
+        node.name
+        for tree in trees.values()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.ClassDef)
+    }
+    refused = set()
+    for tree in trees.values():
+        refused |= _refused_calls(tree, defined)
+    if refused:
+        raise ModelRejected(
+            "The TorchScript model calls operations outside Optideck's allowlist of tensor "
+            f"maths: {', '.join(sorted(refused)[:10])}. Files, printing, processes and "
+            "custom C++ classes are not allowed in uploaded models."
+        )
+    for info in infos:
+        if info.filename.endswith(".pkl"):
+            with open_member(path, info) as member:
+                _check_pickle(info.filename, member)
+    check_members(path)
 
 
 def _chain(node: ast.AST) -> list[str] | None:
@@ -363,10 +515,10 @@ def _refused_op(namespace: str, name: str) -> str | None:
     return None if name in allowed else f"{namespace}::{name}"
 
 
-def _check_pickle(name: str, data: bytes) -> None:
+def _check_pickle(name: str, member: BinaryIO) -> None:
     strings: list[str] = []
     try:
-        for opcode, arg, _ in pickletools.genops(io.BytesIO(data)):
+        for opcode, arg, _ in pickletools.genops(member):
             if opcode.name in STRING_OPCODES:
                 strings.append(arg if isinstance(arg, str) else repr(arg))
             elif opcode.name == "GLOBAL":
@@ -406,22 +558,22 @@ def check_exported_program(path: Path, max_unpacked_bytes: int = MAX_UNPACKED_BY
     torch.export.load would unpickle such payloads (and falls back to a full unpickle
     when its restricted loader fails), so none may be there at all."""
     check_zip(path, max_unpacked_bytes, EXPORTED_PROGRAM_MEMBERS)
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-        models = [n for n in names if "/models/" in n and n.endswith(".json")]
-        if len(models) != 1:
-            raise ModelRejected("The .pt2 archive must hold exactly one exported program.")
-        for name in names:
-            if "/data/sample_inputs/" in name:
-                continue  # dropped unread before loading (formats.safe_exported_program_copy)
-            if name.endswith((".pt", ".pkl", ".pickle", ".pth")):
-                raise ModelRejected(
-                    "The .pt2 archive stores data as pickles (an old or "
-                    "custom format); re-save it with torch.export.save."
-                )
-            if name.endswith(("weights_config.json", "constants_config.json")):
-                _check_payload_config(_json(archive, name))
-        program = _json(archive, models[0])
+    infos = zip_members(path)
+    models = [info for info in infos if "/models/" in info.filename and info.filename.endswith(".json")]
+    if len(models) != 1:
+        raise ModelRejected("The .pt2 archive must hold exactly one exported program.")
+    for info in infos:
+        name = info.filename
+        if "/data/sample_inputs/" in name:
+            continue  # dropped unread before loading (formats.safe_exported_program_copy)
+        if name.endswith((".pt", ".pkl", ".pickle", ".pth")):
+            raise ModelRejected(
+                "The .pt2 archive stores data as pickles (an old or "
+                "custom format); re-save it with torch.export.save."
+            )
+        if name.endswith(("weights_config.json", "constants_config.json")):
+            _check_payload_config(_json(path, info))
+    program = _json(path, models[0])
     refused = sorted({target for target in _graph_targets(program) if not _allowed_target(target)})
     if refused:
         raise ModelRejected(
@@ -432,13 +584,14 @@ def check_exported_program(path: Path, max_unpacked_bytes: int = MAX_UNPACKED_BY
         raise ModelRejected(
             "The exported program holds custom objects; Optideck accepts tensor programs only."
         )
+    check_members(path)
 
 
-def _json(archive: zipfile.ZipFile, name: str):
+def _json(path: Path, info: zipfile.ZipInfo):
     try:
-        return json.loads(archive.read(name))
+        return json.loads(_read(path, info))
     except (ValueError, RecursionError) as exc:
-        raise ModelRejected(f"{Path(name).name} in the archive is not valid JSON.") from exc
+        raise ModelRejected(f"{Path(info.filename).name} in the archive is not valid JSON.") from exc
 
 
 def _check_payload_config(config) -> None:
@@ -584,33 +737,33 @@ def check_npz(path: Path, members: set[str], max_bytes: int) -> dict[str, tuple]
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
-            if len(infos) > len(members):
+        if len(infos) > len(members):
+            raise DatasetRejected(
+                f"The evaluation .npz holds {len(infos)} arrays; it may hold only {_listed(members)}."
+            )
+        for info in infos:
+            name = info.filename.removesuffix(".npy")
+            if name not in members or name in shapes:
                 raise DatasetRejected(
-                    f"The evaluation .npz holds {len(infos)} arrays; it may hold only {_listed(members)}."
+                    f"The evaluation .npz holds an array named "
+                    f"{name[:60]!r}; it may hold only {_listed(members)}."
                 )
-            for info in infos:
-                name = info.filename.removesuffix(".npy")
-                if name not in members or name in shapes:
-                    raise DatasetRejected(
-                        f"The evaluation .npz holds an array named "
-                        f"{name[:60]!r}; it may hold only {_listed(members)}."
-                    )
-                if info.file_size > max_bytes:
-                    raise DatasetRejected(
-                        f"'{name}' unpacks to {info.file_size:,} bytes; the limit is {max_bytes:,}."
-                    )
-                with archive.open(info) as member:
-                    shape, dtype = _npy_header(member, name)
-                if any(dimension < 0 for dimension in shape):
-                    raise DatasetRejected(f"'{name}' declares a negative size.")
-                # Inputs become float32 (or wider) in memory, whatever they are stored as.
-                count = int(np.prod(shape, dtype=np.float64))
-                total += count * max(dtype.itemsize, 4)
-                if total > max_bytes:
-                    raise DatasetRejected(
-                        f"The evaluation arrays hold more than the limit of {max_bytes:,} bytes."
-                    )
-                shapes[name] = shape
+            if info.file_size > max_bytes:
+                raise DatasetRejected(
+                    f"'{name}' unpacks to {info.file_size:,} bytes; the limit is {max_bytes:,}."
+                )
+            with open_member(path, info, DatasetRejected) as member:
+                shape, dtype = _npy_header(member, name)
+            if any(dimension < 0 for dimension in shape):
+                raise DatasetRejected(f"'{name}' declares a negative size.")
+            # Inputs become float32 (or wider) in memory, whatever they are stored as.
+            count = int(np.prod(shape, dtype=np.float64))
+            total += count * max(dtype.itemsize, 4)
+            if total > max_bytes:
+                raise DatasetRejected(
+                    f"The evaluation arrays hold more than the limit of {max_bytes:,} bytes."
+                )
+            shapes[name] = shape
     except DatasetRejected:
         raise
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:

@@ -3,16 +3,16 @@
 Every load or run of an uploaded model (analysis, sessions, the check of what a session
 hands back) happens in a worker started here. With bubblewrap (the default where the
 kernel allows user namespaces) the worker sees only the interpreter and its libraries
-read-only, its job's input folder read-only and its own scratch folder; no instance
-folder, database, storage, secret key, home or /tmp of the server; no network; uid 65534
-in a user namespace of its own, as its namespace's only process. A seccomp filter
-(libseccomp) refuses the system calls a model never needs and that a process mapped to
-the server's uid could misuse (new processes, keyrings, tracing, kernel modules...), and
-/proc's kernel settings are read-only. prlimit caps its memory, CPU time, file sizes and
-open files in every mode. Where bubblewrap cannot run, the worker runs as a dedicated
-unprivileged user without network (when the server is root), or with the limits alone;
-uploads that carry code (TorchScript, .pt2) are then refused unless the operator of the
-server opted in.
+read-only, its job's input folder read-only, and can write only its own scratch folder
+and its own /tmp; no instance folder, database, storage, secret key, home or /tmp of the
+server; no network; uid 65534 in a user namespace of its own, as its namespace's only
+process. A seccomp filter (libseccomp) refuses the system calls a model never needs and
+that a process mapped to the server's uid could misuse (new processes, keyrings, tracing,
+kernel modules...), and /proc's kernel settings are read-only. prlimit caps its memory,
+CPU time, file sizes and open files in every mode. Where bubblewrap cannot run, the worker
+runs as a dedicated unprivileged user without network (when the server is root), or with
+the limits alone; uploads that carry code (TorchScript, .pt2) are then refused unless the
+operator of the server opted in.
 
 Only the trusted parent moves a worker's output into storage (take_output).
 """
@@ -398,6 +398,10 @@ class Sandbox:
         for path in self.code_dirs:
             if not str(path).startswith("/usr/"):
                 bwrap += ["--ro-bind", str(path), str(path)]
+        # Last, once every mount point is made: the root is a tmpfs holding the folders
+        # above the package (on sys.path), where a .py dropped by a model would be imported
+        # later in this worker. Only /tmp and the job's out folder stay writable.
+        bwrap += ["--remount-ro", "/"]
         argv = [*prlimit, "--", *bwrap, "--", *python]
         return Launch(argv, {"PATH": env["PATH"], "LANG": "C.UTF-8"}, [program, info_write], info_read)
 

@@ -7,7 +7,7 @@ import secrets
 from datetime import UTC, datetime
 
 from flask_login import UserMixin
-from sqlalchemy import ForeignKey, Index, String, Text, text, types
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text, types
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .extensions import db
@@ -168,6 +168,8 @@ class ModelMetadata(db.Model):
     analysis: Mapped[dict] = mapped_column(types.JSON)
     eval_data_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     eval_data_summary: Mapped[dict | None] = mapped_column(types.JSON)
+    # The metric that gates its sessions' steps: an id of engine/metrics.py's TASKS.
+    task: Mapped[str] = mapped_column(String(32), default="auto", server_default="auto")
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Deleting keeps the row (sessions still name their model) but drops the file.
@@ -290,3 +292,17 @@ class StoredFile(db.Model):
     size_bytes: Mapped[int | None] = mapped_column(types.BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class SessionCandidate(db.Model):
+    """A search's kept candidate (on the trade-off front, or chosen) and its stored file;
+    its figures are in the session's `results.candidates`."""
+
+    __tablename__ = "session_candidates"
+    __table_args__ = (UniqueConstraint("session_id", "candidate_index"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("optimization_sessions.id", ondelete="CASCADE"))
+    candidate_index: Mapped[int]
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(types.BigInteger)

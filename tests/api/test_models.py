@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from tests.helpers import api_client_for
+from tests.helpers import api_client_for, tiny_onnx_model
 from webapp.extensions import db
 from webapp.tables import ModelMetadata
 
@@ -185,3 +185,28 @@ def test_delete_removes_the_file_when_no_model_uses_it(app, api_client, demo_fil
     assert operator.delete(f"/api/v1/models/{created['model_id']}").status_code == 204
     assert operator.get(f"/api/v1/models/{created['model_id']}").status_code == 404
     assert created["sha256"] not in stored_files(app)
+
+
+def test_the_task_metric_is_chosen_at_upload_and_read_back(app, api_client, tmp_path):
+    """Can a script choose the metric that gates a model's sessions, and read it back?"""
+    operator = api_client("operator")
+    content = tiny_onnx_model(tmp_path / "m.onnx").read_bytes()
+    chosen = post_model(operator, content, name="detector", task="detection")
+    assert chosen.status_code == 201, chosen.get_json()
+    model_id = chosen.get_json()["model_id"]
+    assert chosen.get_json()["task"] == "detection"
+    assert operator.get(f"/api/v1/models/{model_id}").get_json()["task"] == "detection"
+    assert db.session.get(ModelMetadata, model_id).task == "detection"
+    assert post_model(operator, content, name="plain").get_json()["task"] == "auto"
+
+
+def test_an_unknown_task_metric_is_a_400_that_stores_nothing(app, api_client, tmp_path):
+    content = tiny_onnx_model(tmp_path / "m.onnx").read_bytes()
+    response = post_model(api_client("operator"), content, task="segmentation")
+    assert response.status_code == 400
+    body = response.get_json()
+    assert body["error"] == "validation_error"
+    assert "task" in body["details"]
+    assert {"message", "timestamp", "request_id"} <= body.keys()
+    assert db.session.query(ModelMetadata).count() == 0
+    assert stored_files(app) == []

@@ -87,7 +87,9 @@ def test_the_upload_is_one_multipart_body_with_its_files_and_fields(client):
     name = body["$ref"].rsplit("/", 1)[1]
     fields = spec(client)["components"]["schemas"][name]
     assert fields["required"] == ["file"]
-    assert set(fields["properties"]) == {"file", "eval_data", "name", "input_shape"}
+    assert set(fields["properties"]) == {"file", "eval_data", "name", "input_shape", "task"}
+    assert fields["properties"]["task"]["enum"] == ["auto", "classification", "detection", "ctc", "agreement"]
+    assert fields["properties"]["task"]["default"] == "auto"
     for upload in ("file", "eval_data"):
         assert fields["properties"][upload] | {"description": ""} == {
             "type": "string",

@@ -5,7 +5,7 @@ import io
 import pytest
 
 from tests.factories import gen_model
-from tests.helpers import AuthActions, csrf_from, make_user
+from tests.helpers import AuthActions, csrf_from, make_user, tiny_onnx_model
 from webapp.extensions import db
 from webapp.tables import AuditEntry, ModelMetadata
 
@@ -129,3 +129,25 @@ def test_an_upload_over_the_limit_explains_itself_on_the_page(make_app):
         )
         assert response.status_code == 413
         assert "larger than this server accepts" in response.get_data(as_text=True)
+
+
+def test_the_upload_form_offers_the_task_metrics_and_the_page_names_the_chosen_one(operator, tmp_path):
+    form = operator.client.get("/models").get_data(as_text=True)
+    assert '<select id="task" name="task">' in form
+    assert '<option value="auto" selected>Automatic</option>' in form
+    assert "F1 at IoU 0.5" in form  # each metric's description beside the choice
+    response = post_upload(operator, tiny_onnx_model(tmp_path / "m.onnx").read_bytes(), task="ctc")
+    assert response.status_code == 302
+    page = operator.client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "Text recognition (CTC): Greedy CTC decoding" in page
+
+
+def test_an_unknown_task_metric_is_an_inline_error(operator, tmp_path):
+    response = post_upload(
+        operator, tiny_onnx_model(tmp_path / "m.onnx").read_bytes(), name="kept", task="segmentation"
+    )
+    assert response.status_code == 400
+    text = response.get_data(as_text=True)
+    assert 'id="task-error"' in text and "Must be one of" in text
+    assert 'value="kept"' in text
+    assert db.session.query(ModelMetadata).count() == 0

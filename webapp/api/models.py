@@ -69,6 +69,7 @@ class Models(MethodView):
             upload.get("name"),
             eval_data.stream if eval_data else None,
             model_store.parse_input_shape(upload.get("input_shape")),
+            upload["task"],
         )
 
 

@@ -1,8 +1,9 @@
 """Marshmallow schemas of the API's shared shapes."""
 
-from marshmallow import Schema, fields
+from marshmallow import Schema, fields, validate
 
 from ..bounds import id_field
+from ..engine.metrics import TASKS
 from ..engine.techniques import TECHNIQUES
 
 
@@ -53,6 +54,7 @@ class ModelSchema(Schema):
         allow_none=True,
         metadata={"description": "Samples and whether labels came with them"},
     )
+    task = fields.String(metadata={"description": f"The metric that gates its sessions: {', '.join(TASKS)}"})
     owner = fields.Function(lambda m: m.owner.username if m.owner else None)
     created_at = fields.DateTime()
 
@@ -67,7 +69,17 @@ class SessionStartSchema(Schema):
     techniques = fields.List(
         fields.String(),
         load_default=list,
-        metadata={"description": f"{', '.join(TECHNIQUES)}; empty: the criteria's choice"},
+        metadata={
+            "description": f"{', '.join(TECHNIQUES)}; empty: the criteria's choice; "
+            '["auto"]: a search over every technique the criteria allow'
+        },
+    )
+    budget_minutes = fields.Float(
+        allow_nan=False,
+        validate=validate.Range(min=0.5, max=1440),
+        metadata={
+            "description": 'How long a search ("auto") may explore; at most the criteria\'s time limit'
+        },
     )
     parameters = fields.Dict(
         keys=fields.String(),
@@ -147,6 +159,15 @@ class SessionDetailSchema(SessionSchema):
     )
     plan = fields.List(fields.Dict())
     results = fields.Dict(allow_none=True)
+
+
+class ArtifactQuerySchema(Schema):
+    candidate = fields.Integer(
+        validate=validate.Range(min=0, max=10_000),
+        metadata={
+            "description": "A search's kept candidate (`results.candidates[].index`); default: the chosen one"
+        },
+    )
 
 
 class SessionEventSchema(Schema):

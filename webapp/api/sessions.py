@@ -9,6 +9,7 @@ from ..auth.guards import roles_required
 from ..services import optimization, policy, session_query, session_summaries
 from . import ApiBlueprint
 from .schemas import (
+    ArtifactQuerySchema,
     ErrorSchema,
     SessionDetailSchema,
     SessionEventListSchema,
@@ -54,7 +55,9 @@ def list_sessions(filters):
 @blp.alt_response(422, schema=ErrorSchema, description="The techniques do not fit this model.")
 def start_session(body):
     """Start a session: it is queued and runs in a background worker."""
-    session = optimization.start(g.api_user, body["model_id"], body["techniques"], body["parameters"])
+    session = optimization.start(
+        g.api_user, body["model_id"], body["techniques"], body["parameters"], body.get("budget_minutes")
+    )
     return _detail(session)
 
 
@@ -88,14 +91,20 @@ def session_events(session_id):
 
 @blp.route("/optimization/sessions/<int:session_id>/artifact")
 @blp.response(200, description="The optimized model (ONNX).", content_type="application/octet-stream")
-@blp.alt_response(404, schema=ErrorSchema, description="Not completed, or no such session.")
-def session_artifact(session_id):
-    """Download the optimized model of a completed session."""
+@blp.arguments(ArtifactQuerySchema, location="query")
+@blp.alt_response(400, schema=ErrorSchema, description="`candidate` is not a whole number.")
+@blp.alt_response(
+    404, schema=ErrorSchema, description="Not completed, no such session or no such kept candidate."
+)
+def session_artifact(query, session_id):
+    """Download the optimized model of a completed session; for a search, any kept
+    candidate with `?candidate=<index>`."""
     session = optimization.get_for(g.api_user, session_id)
-    path = optimization.artifact_path(session)
+    candidate = query.get("candidate")
+    path = optimization.artifact_path(session, candidate)
     return send_file(
         path,
         mimetype="application/octet-stream",
         as_attachment=True,
-        download_name=optimization.artifact_download_name(session),
+        download_name=optimization.artifact_download_name(session, candidate),
     )

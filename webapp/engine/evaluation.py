@@ -1,4 +1,5 @@
-"""Measure a model: size on disk, latency, accuracy or agreement."""
+"""Measure a model: size on disk, latency, and the figure of its task metric (accuracy or
+an agreement; the detection and sequence metrics are in metrics.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from . import metrics
 from .datasets import EvalData
 from .loading import LoadedModel
+from .metrics import AGREEMENT, AUTO, CLASSIFICATION, CTC, DETECTION, TASKS, TaskMismatch
 from .timing import BUDGET_S, Latency, latency
 
 ACCURACY = "accuracy"  # with labels: the class-score output's top class against them
@@ -20,6 +23,7 @@ ACCURACY = "accuracy"  # with labels: the class-score output's top class against
 TOP1_AGREEMENT = "top1_agreement"  # class scores [samples, classes]: the same top class
 EXACT_AGREEMENT = "exact_agreement"  # whole numbers (labels, indices): the same values
 VALUE_AGREEMENT = "value_agreement"  # other tensors: 1 - relative error, per sample
+# The detection and sequence tasks' kinds are metrics.DETECTION_F1 and SEQUENCE_EXACT_MATCH.
 
 
 @dataclass
@@ -30,7 +34,7 @@ class Measurement:
     latency_low_ms: float  # the median's 95 % interval (timing.median_interval)
     latency_high_ms: float
     latency_batch: int
-    score: float  # accuracy, or the worst output's agreement, 0..1
+    score: float  # the task metric's figure (accuracy, or an agreement), 0..1
     score_kind: str
     outputs: list[dict]  # each compared output: {"output": index, "kind": ..., "value": ...}
 
@@ -67,7 +71,9 @@ def first_batch(data: EvalData, batch: int) -> dict[str, np.ndarray]:
     return feeds
 
 
-def predict(model: LoadedModel, data: EvalData, batch: int, check: Callable[[], None]) -> list[np.ndarray]:
+def predict(
+    model: LoadedModel, data: EvalData, batch: int, check: Callable[[], None], task: str = AUTO
+) -> list[np.ndarray]:
     """Every output of the model over the whole data set (one array per output); an output
     that is not a tensor of numbers (a list of maps, say) is an empty array."""
     parts: list[list[np.ndarray]] = []
@@ -75,6 +81,9 @@ def predict(model: LoadedModel, data: EvalData, batch: int, check: Callable[[], 
         check()
         for index, value in enumerate(model.run(feeds)):
             array = np.asarray(value)
+            if task == CTC:
+                # CTC heads are often time-major; samples must come first to be sliced.
+                array = metrics.samples_first(array, batch)
             if index == len(parts):
                 parts.append([])
             parts[index].append(array[:used] if array.ndim and array.dtype != object else np.empty(0))
@@ -110,11 +119,28 @@ def agreement(output: np.ndarray, reference: np.ndarray) -> tuple[float, str]:
 
 
 def score(
-    outputs: list[np.ndarray], data: EvalData, reference: list[np.ndarray]
+    outputs: list[np.ndarray], data: EvalData, reference: list[np.ndarray], task: str = AUTO
 ) -> tuple[float, str, list[dict]]:
-    """Accuracy with labels; otherwise the worst agreement of any output with the original."""
+    """The figure of `task` (metrics.TASKS) for `outputs`, 0..1, its kind and each compared
+    output's figure. `auto`: accuracy with labels, otherwise the worst agreement of any
+    output with the original. Raises TaskMismatch when the outputs do not fit the task."""
+    if task not in TASKS:
+        raise TaskMismatch(f"Unknown task metric {task!r}; known: {', '.join(TASKS)}.")
+    if task == DETECTION:
+        return metrics.detection_f1(outputs, reference)
+    if task == CTC:
+        return metrics.sequence_exact_match(outputs, reference)
     scores = class_scores(outputs)
-    if data.labels is not None and scores is not None:
+    if task == CLASSIFICATION:
+        if scores is None:
+            raise TaskMismatch(
+                "The classification metric needs an output of class scores, [samples, classes] "
+                "of floats; this model has none. Upload it with another task metric."
+            )
+        if data.labels is None:
+            value, kind = agreement(outputs[scores], reference[scores])
+            return round(value, 6), kind, [{"output": scores, "kind": kind, "value": round(value, 6)}]
+    if data.labels is not None and scores is not None and task != AGREEMENT:
         value = float((outputs[scores].argmax(axis=1) == data.labels).mean())
         return value, ACCURACY, [{"output": scores, "kind": ACCURACY, "value": round(value, 6)}]
     judged: list[tuple[float, str, int]] = []
@@ -139,10 +165,12 @@ def measure(
     compressed: bool = False,
     timed: Latency | None = None,
     budget_s: float = BUDGET_S,
+    task: str = AUTO,
 ) -> tuple[Measurement, list[np.ndarray]]:
-    """`timed`: the model's latency when the caller timed it already (paired with another)."""
-    outputs = predict(model, data, batch, check)
-    value, kind, compared = score(outputs, data, outputs if reference is None else reference)
+    """`timed`: the model's latency when the caller timed it already (paired with another);
+    `task`: the metric of metrics.TASKS that scores it."""
+    outputs = predict(model, data, batch, check, task)
+    value, kind, compared = score(outputs, data, outputs if reference is None else reference, task)
     timed = timed or latency(model, first_batch(data, batch), check, budget_s)
     measurement = Measurement(
         size_bytes=path.stat().st_size,

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from marshmallow import ValidationError
 
+from .search import AUTO
 from .techniques import TECHNIQUES
+
+MIN_BUDGET_MINUTES = 0.5
 
 
 class PlanError(ValueError):
@@ -19,8 +22,20 @@ class PlanError(ValueError):
 
 
 def build_plan(
-    model_format: str, techniques: list[str], parameters: dict, criteria: dict, has_eval_data: bool
+    model_format: str,
+    techniques: list[str],
+    parameters: dict,
+    criteria: dict,
+    has_eval_data: bool,
+    budget_minutes: float | None = None,
 ) -> list[dict]:
+    if AUTO in techniques:
+        return _search_plan(techniques, parameters, criteria, budget_minutes)
+    if budget_minutes is not None:
+        raise PlanError(
+            "A budget is for a search.",
+            {"budget_minutes": [f'Only with "techniques": ["{AUTO}"].']},
+        )
     chosen = list(dict.fromkeys(techniques or criteria["enabled_techniques"]))
     unknown = [t for t in chosen if t not in TECHNIQUES]
     if unknown:
@@ -82,3 +97,36 @@ def build_plan(
     if errors:
         raise PlanError("Invalid technique parameters.", errors)
     return steps
+
+
+def _search_plan(techniques: list[str], parameters: dict, criteria: dict, budget: float | None) -> list[dict]:
+    """One step, the search, which explores what the criteria allow (search.py)."""
+    if set(techniques) != {AUTO}:
+        raise PlanError(
+            "A search chooses the techniques itself.",
+            {"techniques": [f'"{AUTO}" stands alone: the search explores every allowed technique.']},
+        )
+    if parameters:
+        raise PlanError(
+            "A search chooses the parameters itself.",
+            {"parameters": ["Leave parameters out of a search."]},
+        )
+    allowed = set(criteria["enabled_techniques"]) - set(criteria.get("forbidden_techniques", ()))
+    if not allowed:
+        raise PlanError(
+            f"The optimization criteria (version {criteria.get('version', 0)}) allow no technique to search.",
+            {"techniques": ["Enable a technique in the optimization criteria first."]},
+            unprocessable=True,
+        )
+    limit = float(criteria.get("max_optimization_time_minutes", 0) or 0)
+    if budget is not None and not (budget >= MIN_BUDGET_MINUTES):  # NaN fails too
+        raise PlanError(
+            f"A search needs a budget of at least {MIN_BUDGET_MINUTES:g} minutes.",
+            {"budget_minutes": [f"At least {MIN_BUDGET_MINUTES:g}."]},
+        )
+    if budget is not None and limit and budget > limit:
+        raise PlanError(
+            f"The budget is longer than the session's time limit ({limit:g} min).",
+            {"budget_minutes": [f"At most {limit:g} (the criteria's max_optimization_time_minutes)."]},
+        )
+    return [{"technique": AUTO, "params": {"budget_minutes": budget} if budget is not None else {}}]

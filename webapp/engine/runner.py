@@ -8,18 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import formats, loading, timing
+from . import formats, loading, search, timing
 from .datasets import EvalData, generate, load_npz
-from .errors import (
-    Cancelled,
-    ResourceLimit,
-    TechniqueFailed,
-    TimeLimitExceeded,
-    out_of_memory,
-    public_message,
-)
+from .errors import Cancelled, TechniqueFailed, TimeLimitExceeded
 from .evaluation import Measurement, first_batch, measure
 from .loading import InputSpec, LoadedModel
+from .outcomes import failure, reduction, retention
+from .search_runner import Search
 from .techniques import TECHNIQUES
 from .techniques.export import to_onnx
 
@@ -46,6 +41,7 @@ class SessionJob:
     deadline: float | None = None  # time.time() after which the session stops
     max_unpacked_bytes: int = 2 << 30  # what the evaluation arrays may unpack to
     latency_seconds: float = timing.BUDGET_S  # how long each latency measurement times
+    task: str = "auto"  # the task metric the model's owner chose (metrics.TASKS)
 
 
 @dataclass
@@ -65,7 +61,7 @@ class _Session:
         self.threads = int(self.criteria.get("threads", 1))
         self.batch_wanted = int(self.criteria.get("latency_batch_size", 32))
         # Compressed sizes tell what pruning's zeros are worth; other plans skip the cost.
-        self.compressed = any(step["technique"] == "pruning" for step in job.steps)
+        self.compressed = any(step["technique"] in ("pruning", search.AUTO) for step in job.steps)
         self._progress, self._event, self._cancelled = progress, event, cancelled
         self.phase = phase
         self._pct = 0.0
@@ -123,6 +119,7 @@ class _Session:
             self.check,
             self.compressed,
             budget_s=job.latency_seconds,
+            task=self.job.task,
         )
         self._event(
             "baseline",
@@ -136,6 +133,10 @@ class _Session:
         best_path, best, self.best_model = Path(job.model_path), baseline, original
         if job.model_format != formats.ONNX:
             best_path, best, data = self._export(original, data, reference, baseline)
+        if job.steps and job.steps[0]["technique"] == search.AUTO:
+            return Search(self, original, original_feeds, baseline, data, reference).run(
+                best_path, best, job.steps[0]["params"]
+            )
         steps = []
         span = (95 - 25) / max(len(job.steps), 1)
         for index, step in enumerate(job.steps):
@@ -191,12 +192,13 @@ class _Session:
             self.check,
             self.compressed,
             budget_s=self.job.latency_seconds,
+            task=self.job.task,
         )
-        retention = _retention(baseline, measurement)
-        if retention < 99.0:
+        retained = retention(baseline, measurement)
+        if retained < 99.0:
             raise TechniqueFailed(
                 f"The ONNX export changed the model's outputs "
-                f"(retention {retention:.1f} %); the session stops here."
+                f"(retention {retained:.1f} %); the session stops here."
             )
         self._event(
             "step_completed",
@@ -241,20 +243,14 @@ class _Session:
                 self.check,
                 self.compressed,
                 timed=comparison.candidate,
+                task=self.job.task,
             )
-        except TechniqueFailed as exc:
-            candidate.unlink(missing_ok=True)
-            self._event("step_skipped", name, exc.message, {"params": step["params"]})
-            return None, {"technique": name, "outcome": "skipped", "reason": exc.message}, None
-        except (Cancelled, TimeLimitExceeded, ResourceLimit):
-            raise  # the session's end, not the step's
         except Exception as exc:
-            if out_of_memory(exc):
-                raise  # the worker reports it as resource_limit
-            # A library that crashes on this model (an opset it cannot handle, a graph its
-            # converter breaks) costs the step; the session goes on from the last kept model.
+            outcome, reason = failure(exc)
             candidate.unlink(missing_ok=True)
-            reason = f"{type(exc).__name__}: {public_message(exc)}"
+            if outcome == "skipped":
+                self._event("step_skipped", name, reason, {"params": step["params"]})
+                return None, {"technique": name, "outcome": "skipped", "reason": reason}, None
             self._event(
                 "step_rolled_back", name, f"Failed, rolled back: {reason}", {"params": step["params"]}
             )
@@ -280,9 +276,9 @@ class _Session:
 
     def _violation(self, baseline: Measurement, candidate: Measurement, comparison: timing.Comparison):
         minimum = float(self.criteria.get("min_accuracy_retention_percent", 99.0))
-        retention = _retention(baseline, candidate)
-        if retention < minimum:
-            return f"accuracy retention {retention:.2f} % is below the minimum {minimum:g} %"
+        retained = retention(baseline, candidate)
+        if retained < minimum:
+            return f"accuracy retention {retained:.2f} % is below the minimum {minimum:g} %"
         tolerance = float(self.criteria.get("latency_tolerance_percent", 5.0))
         if comparison.slower_than(tolerance):
             return (
@@ -301,7 +297,7 @@ class _Session:
             f"{m.score_kind.replace('_', ' ')} {m.score * 100:.2f} %"
         )
         if before is not None:
-            text += f" ({_reduction(before.size_bytes, m.size_bytes):.1f} % smaller"
+            text += f" ({reduction(before.size_bytes, m.size_bytes):.1f} % smaller"
             if comparison is not None:
                 text += f", {comparison.speedup:.2f}x speed ({comparison.low:.2f}–{comparison.high:.2f})"
             text += ")"
@@ -313,15 +309,15 @@ class _Session:
         if final is None:  # nothing changed: the model against itself
             same = timing.Latency(baseline.latency_ms, baseline.latency_low_ms, baseline.latency_high_ms, 0)
             final = timing.Comparison(1.0, 1.0, 1.0, same, same, 0)
-        retention = _retention(baseline, best)
+        retained = retention(baseline, best)
         max_ms = float(self.criteria.get("max_inference_time_ms", 0) or 0)
         minimum = float(self.criteria.get("min_accuracy_retention_percent", 99.0))
         size_target = float(self.criteria.get("max_size_reduction_percent", 0) or 0)
-        reduction = _reduction(baseline.size_bytes, best.size_bytes)
+        smaller = reduction(baseline.size_bytes, best.size_bytes)
         met = (
-            retention >= minimum
+            retained >= minimum
             and (max_ms <= 0 or final.candidate.median_ms <= max_ms)
-            and (size_target <= 0 or reduction >= size_target)
+            and (size_target <= 0 or smaller >= size_target)
         )
         return {
             "original_size_bytes": baseline.size_bytes,
@@ -340,12 +336,12 @@ class _Session:
             "accuracy_after": round(best.score, 6),
             "accuracy_kind": best.score_kind,
             "evaluation_inputs": data.source,
-            "size_reduction_percent": round(_reduction(baseline.size_bytes, best.size_bytes), 2),
+            "size_reduction_percent": round(smaller, 2),
             "speed_improvement_percent": round((final.speedup - 1) * 100, 2),
             "speedup": round(final.speedup, 3),
             "speedup_low": round(final.low, 3),
             "speedup_high": round(final.high, 3),
-            "accuracy_retention_percent": round(retention, 2),
+            "accuracy_retention_percent": round(retained, 2),
             "criteria_met": met,
         }
 
@@ -353,17 +349,6 @@ class _Session:
 def params_text(params: dict) -> str:
     """{'mode': 'int8_dynamic'} as "mode int8_dynamic", for timelines people read."""
     return ", ".join(f"{key} {value}" for key, value in params.items()) or "defaults"
-
-
-def _retention(baseline: Measurement, m: Measurement) -> float:
-    if baseline.score_kind == "accuracy":
-        return 100.0 * m.score / baseline.score if baseline.score > 0 else 0.0
-    # Agreement is measured against the original, which agrees with itself fully.
-    return 100.0 * m.score
-
-
-def _reduction(before: float, after: float) -> float:
-    return 100.0 * (before - after) / before if before else 0.0
 
 
 def warm_up() -> None:

@@ -39,6 +39,24 @@ OPTIONAL_COUNTS = (
 )
 WORDS = ("accuracy_kind", "evaluation_inputs")
 MAX_STEPS_BYTES = 1 << 20
+# A search's candidates: what each may carry, and how many a report may hold.
+MAX_CANDIDATES = 64
+CANDIDATE_NUMBERS = (
+    "latency_ms",
+    "latency_low_ms",
+    "latency_high_ms",
+    "speedup",
+    "speedup_low",
+    "speedup_high",
+    "score",
+    "accuracy_retention_percent",
+    "size_reduction_percent",
+    "weighted_score",
+    "seconds",
+)
+CANDIDATE_COUNTS = ("size_bytes", "compressed_size_bytes")
+CANDIDATE_FLAGS = ("pareto", "kept", "meets_criteria")
+CANDIDATE_WORDS = {"configuration": 300, "outcome": 16, "reason": 500}
 
 
 class Refused(Exception):
@@ -63,9 +81,22 @@ def check(path: Path) -> tuple[str, int]:
     return get("blobs").digest(path)
 
 
-def results(outcome, original_size: int, artifact_size: int) -> dict:
+def kept_candidates(outcome) -> list[int]:
+    """The indices of the search candidates the worker says it kept (their files are to be
+    taken and checked); none for a session that was not a search."""
+    found = outcome.get("results", {}).get("candidates") if isinstance(outcome, dict) else None
+    if found is None:
+        return []
+    if not isinstance(found, list) or len(found) > MAX_CANDIDATES:
+        raise Refused("candidates is not a list of at most 64")
+    return [i for i, c in enumerate(found) if isinstance(c, dict) and c.get("kept") is True]
+
+
+def results(
+    outcome, original_size: int, artifact_size: int, candidate_sizes: dict[int, int] | None = None
+) -> dict:
     """The session's results: the worker's measurements, type-checked, with the sizes
-    measured on this side."""
+    measured on this side (the artifact's, and each kept search candidate's)."""
     if not isinstance(outcome, dict) or not isinstance(outcome.get("results"), dict):
         raise Refused("no results")
     given = outcome["results"]
@@ -91,6 +122,46 @@ def results(outcome, original_size: int, artifact_size: int) -> dict:
     if len(json.dumps(steps)) > MAX_STEPS_BYTES:
         raise Refused("its steps are larger than a report may be")
     cleaned["steps"] = steps
+    if "candidates" in given:
+        sizes = candidate_sizes or {}
+        cleaned["candidates"] = [
+            _candidate(c, i, sizes.get(i), original_size) for i, c in enumerate(given["candidates"])
+        ]
+        chosen = given.get("chosen")
+        if not isinstance(chosen, int) or isinstance(chosen, bool) or chosen not in sizes:
+            raise Refused("chosen is not a kept candidate")
+        cleaned["chosen"] = chosen
+        if given.get("criteria_reason") is not None:
+            cleaned["criteria_reason"] = str(given["criteria_reason"])[:500]
+    return cleaned
+
+
+def _candidate(given, index: int, size: int | None, original_size: int) -> dict:
+    if not isinstance(given, dict) or given.get("index") != index:
+        raise Refused(f"candidate {index} is not a candidate")
+    cleaned: dict = {"index": index}
+    for key in CANDIDATE_NUMBERS:
+        if given.get(key) is not None:
+            cleaned[key] = _number(given[key], key)
+    for key in CANDIDATE_COUNTS:
+        if given.get(key) is not None:
+            cleaned[key] = _count(given[key], key)
+    for key in CANDIDATE_FLAGS:
+        cleaned[key] = given.get(key) is True
+    for key, limit in CANDIDATE_WORDS.items():
+        if given.get(key) is not None:
+            cleaned[key] = scrub_paths(str(given[key]))[:limit]
+    steps = given.get("steps", [])
+    if not isinstance(steps, list) or not all(isinstance(step, dict) for step in steps):
+        raise Refused(f"candidate {index}'s steps are not a list of steps")
+    cleaned["steps"] = steps
+    if cleaned["kept"] != (size is not None):
+        raise Refused(f"candidate {index} is kept without its file, or the other way round")
+    if size is not None:  # measured here, like the artifact's
+        cleaned["size_bytes"] = size
+        cleaned["size_reduction_percent"] = round(
+            100.0 * (original_size - size) / original_size if original_size else 0.0, 2
+        )
     return cleaned
 
 

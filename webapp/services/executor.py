@@ -24,8 +24,9 @@ from flask import Flask
 
 from ..engine.errors import scrub_paths
 from ..engine.runner import ARTIFACT_NAME
+from ..engine.search_runner import candidate_name
 from ..extensions import db
-from . import session_runs
+from . import artifacts, session_runs
 from .sandbox import SandboxError, Worker
 
 log = logging.getLogger("optideck.executor")
@@ -33,7 +34,15 @@ log = logging.getLogger("optideck.executor")
 STALE_SWEEP_SECONDS = 10.0
 # A worker's timeline: the lines the runner writes, at most this many per session, each
 # carrying at most this much data (its measurement and the step's details).
-EVENT_KINDS = {"baseline", "step_started", "step_completed", "step_skipped", "step_rolled_back"}
+EVENT_KINDS = {
+    "baseline",
+    "step_started",
+    "step_completed",
+    "step_skipped",
+    "step_rolled_back",
+    "search_planned",
+    "search_stopped",
+}
 MAX_EVENTS = 500
 MAX_EVENT_DATA = 64 << 10
 OUTPUT_CHECK_SECONDS = 2.0
@@ -275,17 +284,22 @@ class LocalExecutor:
             worker.process.wait(2)
         except subprocess.TimeoutExpired:
             worker.kill()  # it has said all it had to say
+        tmp_dir = self.app.extensions["optideck.blobs"].tmp_dir
+        taken: dict[int, Path] = {}
         try:
-            artifact = worker.take_output(
-                ARTIFACT_NAME, self.app.extensions["optideck.blobs"].tmp_dir, self.output_limit
-            )
-        except SandboxError as exc:
+            artifact = worker.take_output(ARTIFACT_NAME, tmp_dir, self.output_limit)
+            # A search's kept candidates, by the index its results give them.
+            for index in artifacts.kept_candidates(outcome):
+                taken[index] = worker.take_output(candidate_name(index), tmp_dir, self.output_limit)
+        except (SandboxError, artifacts.Refused) as exc:
             log.warning("session %s: %s", running.session_id, exc)
+            for path in taken.values():
+                path.unlink(missing_ok=True)
             session_runs.record_failed(
                 running.session_id, "worker_lost", "The worker finished without a usable optimized model."
             )
             return
-        session_runs.record_completed(running.session_id, outcome, artifact)
+        session_runs.record_completed(running.session_id, outcome, artifact, taken)
 
     def _fail(self, running: _Running, error_type: str, message: str) -> None:
         running.finished = True

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from ..bounds import Printable, parse_json, printable
 from ..engine import datasets, formats, screening
 from ..engine.errors import DatasetRejected, EngineError, scrub_paths
+from ..engine.metrics import AUTO, TASKS
 from ..extensions import db
 from ..tables import ACTIVE_STATUSES, ModelMetadata, OptimizationSession, User, utcnow
 from . import audit, caching, get, policy, stored_files
@@ -36,6 +37,14 @@ class ModelUploadSchema(Schema):
     input_shape = fields.String(
         validate=validate.Length(max=10_000),
         metadata={"description": 'JSON, when the file does not carry it: [1, 64] or {"input": [1, 64]}'},
+    )
+    task = fields.String(
+        load_default=AUTO,
+        validate=validate.OneOf(list(TASKS)),
+        metadata={
+            "description": "The metric that gates this model's sessions. "
+            + " ".join(f"`{task.id}`: {task.description}" for task in TASKS.values())
+        },
     )
 
 
@@ -73,8 +82,10 @@ def add(
     name: str | None,
     eval_stream: BinaryIO | None = None,
     input_shape=None,
+    task: str = AUTO,
 ) -> ModelMetadata:
-    """Store and analyse an upload; on any failure nothing stays behind."""
+    """Store and analyse an upload; on any failure nothing stays behind. `task` is an id of
+    TASKS, checked by ModelUploadSchema."""
     # A name taken from the file's name was never checked like a typed one.
     name = (name or printable(Path(filename or "model").stem) or "model").strip()[:MAX_NAME]
     blobs = get("blobs")
@@ -107,6 +118,7 @@ def add(
             analysis=analysis,
             eval_data_sha256=eval_sha,
             eval_data_summary=analysis["eval_data"],
+            task=task,
             owner_id=owner.id,
         )
         db.session.add(model)
@@ -115,7 +127,7 @@ def add(
             "model.upload",
             user=owner,
             resource=f"model:{model.id}",
-            detail=f"{model.format} {size} bytes sha256={sha[:12]}",
+            detail=f"{model.format} {size} bytes sha256={sha[:12]} task={task}",
             commit=False,
         )
         stored_files.keep(model_tmp, sha, size)

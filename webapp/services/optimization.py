@@ -16,7 +16,15 @@ from ..bounds import file_stem
 from ..engine.planner import PlanError, build_plan
 from ..engine.runner import params_text
 from ..extensions import db
-from ..tables import ModelMetadata, OptimizationSession, SessionEvent, SessionStatus, User, utcnow
+from ..tables import (
+    ModelMetadata,
+    OptimizationSession,
+    SessionCandidate,
+    SessionEvent,
+    SessionStatus,
+    User,
+    utcnow,
+)
 from . import audit, caching, get, policy, session_runs
 from . import criteria as criteria_service
 from .errors import ServiceError
@@ -28,7 +36,10 @@ def current_criteria() -> dict:
     return {**copy.deepcopy(in_force.document), "version": in_force.version}
 
 
-def start(user: User, model_id: int, techniques: list[str], parameters: dict) -> OptimizationSession:
+def start(
+    user: User, model_id: int, techniques: list[str], parameters: dict, budget_minutes: float | None = None
+) -> OptimizationSession:
+    """Queue a session of the given techniques, or a search (techniques ["auto"])."""
     model = db.session.get(ModelMetadata, model_id)
     if model is None or not policy.can_see(user, model.owner_id):
         raise ServiceError(404, "not_found", f"No model {model_id}.", {"model_id": [f"No model {model_id}."]})
@@ -41,7 +52,12 @@ def start(user: User, model_id: int, techniques: list[str], parameters: dict) ->
     criteria = current_criteria()
     try:
         plan = build_plan(
-            model.format, techniques, parameters, criteria, has_eval_data=model.eval_data_sha256 is not None
+            model.format,
+            techniques,
+            parameters,
+            criteria,
+            has_eval_data=model.eval_data_sha256 is not None,
+            budget_minutes=budget_minutes,
         )
     except PlanError as exc:
         raise ServiceError(
@@ -139,18 +155,36 @@ def events(session: OptimizationSession) -> list[SessionEvent]:
     return list(session.events)
 
 
-def artifact_path(session: OptimizationSession) -> Path:
+def artifact_path(session: OptimizationSession, candidate: int | None = None) -> Path:
+    """The optimized model's file; for a search, `candidate` picks any kept candidate
+    (without it, the chosen one)."""
     if session.status != SessionStatus.COMPLETED.value or not session.artifact_sha256:
         raise ServiceError(
             404, "not_found", f"Session {session.id} has no optimized model ({session.status})."
         )
-    path = get("blobs").path_for(session.artifact_sha256)
+    sha256 = session.artifact_sha256
+    if candidate is not None:
+        kept = db.session.scalar(
+            select(SessionCandidate.sha256).where(
+                SessionCandidate.session_id == session.id, SessionCandidate.candidate_index == candidate
+            )
+        )
+        if kept is None:
+            raise ServiceError(
+                404,
+                "not_found",
+                f"Session {session.id} kept no candidate {candidate}.",
+                {"candidate": ["Only the candidates on the front (and the chosen one) are kept."]},
+            )
+        sha256 = kept
+    path = get("blobs").path_for(sha256)
     if not path.is_file():
         raise ServiceError(404, "not_found", "The optimized model file is missing from storage.")
     return path
 
 
-def artifact_download_name(session: OptimizationSession) -> str:
+def artifact_download_name(session: OptimizationSession, candidate: int | None = None) -> str:
     """The file name the optimized model downloads as. Built from the model's name, which in
     rows older than the upload check may hold anything, even a line break."""
-    return f"{file_stem(session.model.name)}-session{session.id}-optimized.onnx"
+    which = "optimized" if candidate is None else f"candidate{candidate}"
+    return f"{file_stem(session.model.name)}-session{session.id}-{which}.onnx"

@@ -14,7 +14,7 @@ from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm.exc import UnmappedInstanceError
 
 from ..extensions import db
-from ..tables import OptimizationSession, SessionEvent, SessionStatus, utcnow
+from ..tables import OptimizationSession, SessionCandidate, SessionEvent, SessionStatus, utcnow
 from . import alerts, artifacts, caching, get, model_store, session_summaries, stored_files
 
 log = logging.getLogger("optideck.sessions")
@@ -89,6 +89,7 @@ def job_for(session: OptimizationSession) -> dict:
         "criteria": criteria,
         "eval_data_path": str(eval_path) if eval_path else None,
         "latency_seconds": current_app.config["OPTIDECK"]["executor"]["latency_seconds"],
+        "task": model.task,
         "deadline": (
             session.started_at + timedelta(minutes=criteria["max_optimization_time_minutes"])
         ).timestamp(),
@@ -135,25 +136,43 @@ def record_heartbeat(session_id: int) -> None:
         db.session.commit()
 
 
-def record_completed(session_id: int, outcome: dict, artifact: Path) -> None:
-    """Finish a session with the worker's results and its artifact, a file the executor
-    took out of the sandbox; it is checked here before it reaches storage."""
+def record_completed(
+    session_id: int, outcome: dict, artifact: Path, candidates: dict[int, Path] | None = None
+) -> None:
+    """Finish a session with the worker's results and its artifact (and a search's kept
+    candidates), files the executor took out of the sandbox; each is checked here before
+    it reaches storage."""
     session = _running(session_id)
+    candidates = candidates or {}
     try:
         if session is None:
             return
         try:
             sha, size = artifacts.check(artifact)
-            results = artifacts.results(outcome, session.model.size_bytes, size)
+            checked = {index: artifacts.check(path) for index, path in candidates.items()}
+            sizes = {index: found[1] for index, found in checked.items()}
+            results = artifacts.results(outcome, session.model.size_bytes, size, sizes)
         except artifacts.Refused as exc:
             log.warning("session %s: artifact refused: %s", session_id, exc)
             record_failed(session_id, "worker_lost", f"The worker's optimized model was refused: {exc}")
             return
         stored_files.keep(artifact, sha, size)
         session.artifact_sha256, session.artifact_size_bytes = sha, size
+        for index, (candidate_sha, candidate_size) in checked.items():
+            stored_files.keep(candidates[index], candidate_sha, candidate_size)
+            db.session.add(
+                SessionCandidate(
+                    session_id=session.id,
+                    candidate_index=index,
+                    sha256=candidate_sha,
+                    size_bytes=candidate_size,
+                )
+            )
         _finish_completed(session, results)
     finally:
         artifact.unlink(missing_ok=True)
+        for path in candidates.values():
+            path.unlink(missing_ok=True)
 
 
 def _finish_completed(session: OptimizationSession, results: dict) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..extensions import db
 from ..tables import ModelMetadata, OptimizationSession, User
-from . import policy
+from . import policy, search_front
 
 
 def summary(session: OptimizationSession) -> dict:
@@ -101,5 +101,6 @@ def page_context(user: User, session: OptimizationSession) -> dict:
         "s": summary(session),
         "events": list(session.events),
         "results": session.results or {},
+        "search": search_front.front(session),
         "can_change": policy.can_change(user, session.owner_id),
     }

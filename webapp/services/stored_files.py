@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..extensions import db
-from ..tables import ModelMetadata, OptimizationSession, StoredFile, utcnow
+from ..tables import ModelMetadata, OptimizationSession, SessionCandidate, StoredFile, utcnow
 from . import get
 
 log = logging.getLogger("optideck.storage")
@@ -51,7 +51,8 @@ def keep(spooled: Path, sha256: str, size: int) -> None:
 
 
 def references(sha256: str) -> int:
-    """Models (not deleted), evaluation sets and artifacts that need these bytes."""
+    """Models (not deleted), evaluation sets, artifacts and search candidates that need
+    these bytes."""
     models = db.session.scalar(
         select(func.count())
         .select_from(ModelMetadata)
@@ -65,7 +66,10 @@ def references(sha256: str) -> int:
         .select_from(OptimizationSession)
         .where(OptimizationSession.artifact_sha256 == sha256)
     )
-    return (models or 0) + (artifacts or 0)
+    candidates = db.session.scalar(
+        select(func.count()).select_from(SessionCandidate).where(SessionCandidate.sha256 == sha256)
+    )
+    return (models or 0) + (artifacts or 0) + (candidates or 0)
 
 
 def commit_releasing(hashes: Sequence[str | None]) -> None:

@@ -8,6 +8,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..auth.guards import roles_required
 from ..auth.schemas import load_form
+from ..engine.metrics import TASKS
 from ..services import model_store, optimization, policy, session_summaries
 from ..services.errors import ServiceError
 from . import is_partial, page_blueprint
@@ -23,6 +24,16 @@ def _can_upload(user) -> bool:
     return policy.can_create(user)
 
 
+def _upload_form(errors: dict, form) -> dict:
+    """The upload panel's context: its values and errors, and the catalog of task metrics."""
+    return {
+        "errors": errors,
+        "form": form,
+        "tasks": list(TASKS.values()),
+        "task_options": [(task.id, task.label) for task in TASKS.values()],
+    }
+
+
 @bp.get("/models")
 def index():
     user = _user()
@@ -31,8 +42,7 @@ def index():
         "models": model_store.list_for(user, q),
         "q": q,
         "can_upload": _can_upload(user),
-        "errors": {},
-        "form": {},
+        **_upload_form({}, {}),
     }
     template = "models/_table.html" if is_partial() else "models/index.html"
     return render_template(template, **context), 200, {"Vary": "HX-Request"}
@@ -43,14 +53,13 @@ def _upload_failed(errors: dict, status: int):
     user = _user()
     form = request.form if request.content_length and status != 413 else {}
     if is_partial():
-        return render_template("models/_upload.html", errors=errors, form=form), status
+        return render_template("models/_upload.html", **_upload_form(errors, form)), status
     return render_template(
         "models/index.html",
         models=model_store.list_for(user),
         q="",
         can_upload=True,
-        errors=errors,
-        form=form,
+        **_upload_form(errors, form),
     ), status
 
 
@@ -75,6 +84,7 @@ def upload():
             data.get("name"),
             eval_file.stream if eval_file and eval_file.filename else None,
             model_store.parse_input_shape(data.get("input_shape")),
+            data["task"],
         )
     except ServiceError as exc:
         return _upload_failed(exc.details or {"file": [exc.message]}, exc.status)
@@ -93,6 +103,7 @@ def detail(model_id: int):
     return render_template(
         "models/detail.html",
         model=model,
+        task=TASKS[model.task],
         sessions=[session_summaries.summary(s) for s in sessions],
         can_change=policy.can_change(user, model.owner_id),
     )

@@ -8,6 +8,7 @@ from werkzeug.datastructures import MultiDict
 
 from ..auth.guards import roles_required
 from ..bounds import parse_id
+from ..engine.search import AUTO
 from ..engine.techniques import TECHNIQUES
 from ..services import model_store, optimization, policy, session_query, session_summaries
 from ..services.errors import ServiceError
@@ -107,6 +108,19 @@ def _start_form_context(user, form=None, errors=None) -> dict:
     }
 
 
+def _budget(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ServiceError(
+            400,
+            "validation_error",
+            "The time budget is not a number.",
+            {"budget_minutes": ["Minutes, a number."]},
+        ) from None
+    return value
+
+
 def _chosen_model(form) -> int:
     try:
         return parse_id(form.get("model_id", ""))
@@ -127,8 +141,13 @@ def start():
         for t in TECHNIQUES.values()
         if t.id in techniques
     }
+    budget = None
+    if form.get("search"):
+        techniques, parameters = [AUTO], {}
     try:
-        session = optimization.start(user, _chosen_model(form), techniques, parameters)
+        if form.get("search") and form.get("budget_minutes", "").strip():
+            budget = _budget(form["budget_minutes"])
+        session = optimization.start(user, _chosen_model(form), techniques, parameters, budget)
     except ServiceError as exc:
         errors = {"form": [exc.message], **_form_errors(exc.details)}
         context = {**_list_context(user, MultiDict()), **_start_form_context(user, form, errors)}
@@ -160,10 +179,15 @@ def cancel(session_id: int):
 @bp.get("/sessions/<int:session_id>/artifact")
 def artifact(session_id: int):
     session = optimization.get_for(_user(), session_id)
-    path = optimization.artifact_path(session)
+    given = request.args.get("candidate")
+    try:
+        candidate = None if given is None else parse_id(given, smallest=0)
+    except ValueError:
+        raise ServiceError(400, "validation_error", "candidate is not a candidate's number.") from None
+    path = optimization.artifact_path(session, candidate)
     return send_file(
         path,
         mimetype="application/octet-stream",
         as_attachment=True,
-        download_name=optimization.artifact_download_name(session),
+        download_name=optimization.artifact_download_name(session, candidate),
     )

@@ -31,17 +31,56 @@ from .. import formats
 # runs (a worker), not where parameters are checked (the web process).
 
 
+OP_TYPES = {
+    "all": ("every operator ONNX Runtime quantizes", None),
+    "conv": ("Conv only", ("Conv",)),
+    "matmul": ("MatMul/Gemm only", ("MatMul", "Gemm")),
+    "conv_matmul": ("Conv and MatMul/Gemm", ("Conv", "MatMul", "Gemm")),
+}
+CALIBRATIONS = {"minmax": "min-max", "entropy": "entropy", "percentile": "percentile"}
+QUANT_FORMATS = {"qdq": "QDQ", "qoperator": "QOperator"}
+
+
 class QuantizationParams(Schema):
     mode = fields.String(
         load_default="int8_dynamic",
         validate=validate.OneOf(
-            ("int8_dynamic", "int8_static", "fp16"),
-            labels=("int8 dynamic", "int8 static (needs evaluation data)", "fp16 weights"),
+            ("int8_dynamic", "int8_static", "fp16", "int4_weights"),
+            labels=(
+                "int8 dynamic",
+                "int8 static (needs evaluation data)",
+                "fp16 weights",
+                "int4 weights (MatMul only)",
+            ),
         ),
         metadata={
             "label": "mode",
             "description": "int8 static calibrates on the model's evaluation data; fp16 halves the weights",
             "criteria": "quantization_mode",
+        },
+    )
+    # The finer choices the search explores; the API takes them too. Left out, a step runs
+    # the plain recipe: every operator, QDQ, min-max, nothing left in float.
+    op_types = fields.String(
+        validate=validate.OneOf(tuple(OP_TYPES), labels=tuple(label for label, _ in OP_TYPES.values())),
+        metadata={"label": "operators", "description": "which operators int8 covers", "form": False},
+    )
+    calibration = fields.String(
+        validate=validate.OneOf(tuple(CALIBRATIONS), labels=tuple(CALIBRATIONS.values())),
+        metadata={"label": "calibration", "description": "how int8 static picks ranges", "form": False},
+    )
+    format = fields.String(
+        validate=validate.OneOf(tuple(QUANT_FORMATS), labels=tuple(QUANT_FORMATS.values())),
+        metadata={"label": "format", "description": "how int8 static writes the graph", "form": False},
+    )
+    # Nodes left in float: what the search's accuracy-aware fallback finds most sensitive.
+    exclude_nodes = fields.List(
+        fields.String(validate=validate.Length(min=1, max=256)),
+        validate=validate.Length(max=256),
+        metadata={
+            "label": "nodes kept in float",
+            "description": "node names int8 leaves alone",
+            "form": False,
         },
     )
 
@@ -98,7 +137,7 @@ class Param:
     name: str
     label: str
     description: str
-    kind: str  # "number", "integer" or "choice"
+    kind: str  # "number", "integer", "choice" or "list" (of names)
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[tuple[str, str], ...] = ()
@@ -109,6 +148,8 @@ class Param:
     def range_text(self) -> str:
         if self.kind == "choice":
             return ", ".join(label for _, label in self.choices)
+        if self.kind == "list":
+            return "a list of names"
         return f"{self.minimum:g} to {self.maximum:g}"
 
     @property
@@ -133,6 +174,8 @@ def _param(name: str, schema_field: fields.Field) -> Param:
             found.update(kind="choice", choices=tuple(validator.options()))
         elif isinstance(validator, validate.Range):
             found.update(minimum=validator.min, maximum=validator.max)
+    if isinstance(schema_field, fields.List):
+        found["kind"] = "list"
     found.setdefault("kind", "integer" if isinstance(schema_field, fields.Integer) else "number")
     return Param(**found)
 
@@ -175,7 +218,7 @@ class Technique:
 def _quantize(src: Path, dst: Path, params: dict, data, batch: int, check) -> dict:
     from . import quantization
 
-    return quantization.quantize(src, dst, params["mode"], data, batch, check)
+    return quantization.quantize(src, dst, params, data, batch, check)
 
 
 def _prune(src: Path, dst: Path, params: dict, data, batch, check) -> dict:
@@ -230,7 +273,7 @@ register(
         3,
         QuantizationParams,
         _quantize,
-        lambda params: 50.0 if params["mode"] == "fp16" else 75.0,
+        lambda params: {"fp16": 50.0, "int4_weights": 87.5}.get(params["mode"], 75.0),
         needs_data=lambda params: "mode" if params["mode"] == "int8_static" else None,
     )
 )

@@ -1,0 +1,232 @@
+"""The task metrics: detection F1 of a detector's boxes against the original's, CTC sequence
+exact match, and the classification and agreement choices, on real arrays and one real
+time-major ONNX model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from webapp.engine import loading
+from webapp.engine.datasets import EvalData
+from webapp.engine.evaluation import ACCURACY, TOP1_AGREEMENT, VALUE_AGREEMENT, measure, score
+from webapp.engine.metrics import (
+    DETECTION_F1,
+    SEQUENCE_EXACT_MATCH,
+    TASKS,
+    TaskMismatch,
+    ctc_decode,
+)
+
+RNG = np.random.default_rng(14)
+IMAGES, CLASSES, ANCHORS = 6, 3, 200
+UNLABELLED = EvalData({"x": np.zeros((IMAGES, 4), dtype=np.float32)}, None, "file")
+
+
+def yolo_output(objects_per_image: int = 4) -> np.ndarray:
+    """A YOLOv8-style head [images, 4 + classes, anchors]: box centres and sizes in pixels,
+    a few anchors confident of one class each, the rest faint."""
+    out = np.zeros((IMAGES, 4 + CLASSES, ANCHORS), dtype=np.float32)
+    out[:, 4:] = RNG.uniform(0, 0.05, (IMAGES, CLASSES, ANCHORS))
+    for image in range(IMAGES):
+        for k, anchor in enumerate(RNG.choice(ANCHORS, objects_per_image, replace=False)):
+            # Objects on a grid, 150 px apart and 60 px wide: none overlaps another.
+            out[image, :4, anchor] = [100 + 150 * k, 100 + 150 * (k % 2), 60, 60]
+            out[image, 4 + RNG.integers(CLASSES), anchor] = RNG.uniform(0.5, 0.95)
+    return out
+
+
+def detect(outputs, reference, data=UNLABELLED):
+    return score(outputs, data, reference, task="detection")
+
+
+def test_boxes_that_shift_a_little_still_agree():
+    original = yolo_output()
+    moved = original.copy()
+    moved[:, :2] += 2.0  # two pixels on 60 px boxes: IoU ~0.94
+    moved[:, 4:] *= 0.97  # confidences a little lower, still above the threshold
+    value, kind, compared = detect([moved], [original])
+    assert (value, kind) == (1.0, DETECTION_F1)
+    assert compared == [{"output": 0, "kind": DETECTION_F1, "value": 1.0, "reference_detections": 24}]
+
+
+def test_scrambled_class_scores_show_though_the_boxes_outweigh_them():
+    """The issue's detector: boxes in pixels carry nearly all of the tensor's energy, so the
+    worst-output agreement barely moves while every detection changes class."""
+    original = yolo_output()
+    scrambled = original.copy()
+    scrambled[:, 4:] = original[:, [5, 6, 4]]
+    value, kind, _ = detect([scrambled], [original])
+    assert kind == DETECTION_F1
+    assert value < 0.5
+    agreement, agreement_kind, _ = score([scrambled], UNLABELLED, [original])
+    assert agreement_kind == VALUE_AGREEMENT
+    assert agreement > 0.99
+
+
+def test_channels_last_yolo_heads_decode_the_same():
+    original = yolo_output().transpose(0, 2, 1).copy()  # [images, anchors, 4 + classes]
+    lost = original.copy()
+    lost[0, :, 4:] = 0.0  # the first image's objects vanish
+    assert detect([original], [original])[0] == 1.0
+    # That image scores 0, the five others 1.
+    assert detect([lost], [original])[0] == pytest.approx(5 / 6, abs=1e-6)
+
+
+def test_one_missed_and_one_extra_box_cost_their_share_of_f1():
+    original = yolo_output(objects_per_image=4)
+    changed = original.copy()
+    confident = np.flatnonzero(original[0, 4:].max(axis=0) > 0.25)
+    spare = np.setdiff1d(np.arange(ANCHORS), confident)[0]
+    changed[0, 4:, confident[0]] = 0.0  # missed
+    changed[0, :4, spare] = [900, 900, 50, 50]  # found where the original saw nothing
+    changed[0, 4, spare] = 0.8
+    # Image 0: 3 matched of 4 found and 4 expected, F1 6/8; the five others 1.
+    assert detect([changed], [original])[0] == pytest.approx((0.75 + 5) / 6, abs=1e-6)
+
+
+def boxes_scores_classes(count: int = 5, slots: int = 10):
+    """A post-NMS head: boxes [images, slots, 4] as corners, scores, classes (floats, as
+    TensorFlow's detection API writes them) and the number of valid rows."""
+    boxes = np.zeros((IMAGES, slots, 4), dtype=np.float32)
+    for slot in range(slots):
+        boxes[:, slot] = [0.1 * slot, 0.1 * slot, 0.1 * slot + 0.08, 0.1 * slot + 0.08]
+    scores = np.zeros((IMAGES, slots), dtype=np.float32)
+    scores[:, :count] = RNG.uniform(0.3, 0.99, (IMAGES, count))
+    classes = RNG.integers(1, 5, (IMAGES, slots)).astype(np.float32)
+    counts = np.full((IMAGES,), count, dtype=np.float32)
+    return [boxes, classes, scores, counts]
+
+
+def test_boxes_scores_and_classes_outputs_are_found_and_compared():
+    original = boxes_scores_classes()
+    assert detect(original, original)[0] == 1.0
+    relabelled = [output.copy() for output in original]
+    relabelled[1][:, 0] += 1  # the first box of every image changes class
+    # 4 of 5 agree on every image: F1 8/10.
+    assert detect(relabelled, original)[0] == pytest.approx(0.8, abs=1e-6)
+    # Rows past the count are not detections, whatever they hold.
+    padded = [output.copy() for output in original]
+    padded[2][:, 5:] = 0.9
+    assert detect(padded, original)[0] == 1.0
+
+
+def test_images_where_neither_model_sees_anything_agree():
+    nothing = yolo_output()
+    nothing[:, 4:] = 0.01
+    value, _, compared = detect([nothing], [nothing.copy()])
+    assert value == 1.0
+    assert compared[0]["reference_detections"] == 0  # and the report says it rests on nothing
+    # A candidate that loses every detection agrees with none of the original's images.
+    assert detect([nothing], [yolo_output()])[0] == 0.0
+
+
+def test_detection_on_a_model_without_a_detection_head_fails_plainly():
+    probabilities = RNG.random((IMAGES, 10)).astype(np.float32)
+    with pytest.raises(TaskMismatch, match="Upload it with another task metric") as raised:
+        detect([probabilities], [probabilities])
+    assert raised.value.kind == "task_mismatch"
+    assert "[10]" in raised.value.message
+
+
+def sequences_output(tokens: list[list[int]], steps: int = 12, classes: int = 6) -> np.ndarray:
+    """CTC scores [samples, time, classes] whose best path spells `tokens`, a blank between
+    repeated symbols and blanks to the end."""
+    out = RNG.uniform(0, 0.1, (len(tokens), steps, classes)).astype(np.float32)
+    for sample, sequence in enumerate(tokens):
+        path: list[int] = []
+        for token in sequence:
+            if path and path[-1] == token:
+                path.append(0)
+            path += [token, token]
+        path += [0] * (steps - len(path))
+        out[sample, np.arange(steps), path] = 1.0
+    return out
+
+
+def test_greedy_ctc_collapses_repeats_and_drops_blanks():
+    scores = np.eye(4, dtype=np.float32)[[[0, 1, 1, 0, 1, 2, 2, 0, 3]]]
+    assert ctc_decode(scores) == [(1, 1, 2, 3)]
+
+
+def test_equal_sequences_match_even_when_the_scores_move():
+    tokens = [[1, 2, 3], [4, 4], [5], []]
+    original = sequences_output(tokens)
+    noisy = original + RNG.uniform(0, 0.05, original.shape).astype(np.float32)
+    value, kind, compared = score([noisy], UNLABELLED, [original], task="ctc")
+    assert (value, kind) == (1.0, SEQUENCE_EXACT_MATCH)
+    assert compared == [{"output": 0, "kind": SEQUENCE_EXACT_MATCH, "value": 1.0}]
+
+
+def test_one_differing_sequence_in_four_is_three_quarters():
+    original = sequences_output([[1, 2, 3], [4, 4], [5], [2]])
+    changed = sequences_output([[1, 2, 3], [4], [5], [2]])  # the repeat merged
+    assert score([changed], UNLABELLED, [original], task="ctc")[0] == 0.75
+
+
+def test_ctc_on_a_model_without_a_sequence_output_fails_plainly():
+    probabilities = RNG.random((4, 10)).astype(np.float32)
+    with pytest.raises(TaskMismatch, match="CTC metric"):
+        score([probabilities], UNLABELLED, [probabilities], task="ctc")
+
+
+def _time_major_recognizer(path):
+    """x [batch, time, classes] -> Softmax -> Transpose: y [time, batch, classes], the layout
+    of many CTC recognizers."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Softmax", ["x"], ["p"], axis=2),
+            helper.make_node("Transpose", ["p"], ["y"], perm=[1, 0, 2]),
+        ],
+        "time-major",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 12, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [12, "batch", 6])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_a_time_major_recognizer_is_measured_by_its_sequences(tmp_path):
+    """Its samples sit on the second axis: they are told apart by the batch's size, and a
+    last, padded batch of 3 (of 8) is cut on the right axis."""
+    model = loading.run_onnx(_time_major_recognizer(tmp_path / "r.onnx"), 1)
+    tokens = [[1, 2], [3], [4, 4, 5], [], [5, 1], [2, 2], [3, 4], [1], [2, 3, 4], [5], [1, 1]]
+    data = EvalData({"x": sequences_output(tokens) * 5}, None, "file")
+    measurement, outputs = measure(
+        tmp_path / "r.onnx", model, data, 8, None, lambda: None, budget_s=0.05, task="ctc"
+    )
+    assert outputs[0].shape == (11, 12, 6)
+    assert ctc_decode(outputs[0]) == [tuple(t) for t in tokens]
+    assert (measurement.score, measurement.score_kind) == (1.0, SEQUENCE_EXACT_MATCH)
+
+
+def test_classification_judges_the_class_scores_alone():
+    """Without labels: top-1 agreement of the class-score output, where `auto` would let a
+    second, regression output decide; with labels: accuracy, as `auto`."""
+    probabilities = RNG.random((IMAGES, 5)).astype(np.float32)
+    embedding = RNG.normal(0, 1, (IMAGES, 3, 8))
+    outputs, reference = [probabilities, embedding * 1.5], [probabilities, embedding]
+    value, kind, compared = score(outputs, UNLABELLED, reference, task="classification")
+    assert (value, kind) == (1.0, TOP1_AGREEMENT)
+    assert [c["output"] for c in compared] == [0]
+    assert score(outputs, UNLABELLED, reference)[1] == VALUE_AGREEMENT
+    labelled = EvalData(UNLABELLED.inputs, probabilities.argmax(axis=1), "file")
+    assert score(outputs, labelled, reference, task="classification")[:2] == (1.0, ACCURACY)
+    with pytest.raises(TaskMismatch, match="class scores"):
+        score([embedding], UNLABELLED, [embedding], task="classification")
+
+
+def test_agreement_ignores_labels():
+    probabilities = RNG.random((IMAGES, 5)).astype(np.float32)
+    wrong = EvalData(UNLABELLED.inputs, (probabilities.argmax(axis=1) + 1) % 5, "file")
+    assert score([probabilities], wrong, [probabilities])[:2] == (0.0, ACCURACY)
+    assert score([probabilities], wrong, [probabilities], task="agreement")[:2] == (1.0, TOP1_AGREEMENT)
+
+
+def test_the_catalog_and_unknown_tasks():
+    assert list(TASKS) == ["auto", "classification", "detection", "ctc", "agreement"]
+    assert all(task.label and task.description.endswith(".") for task in TASKS.values())
+    with pytest.raises(TaskMismatch, match="Unknown task metric"):
+        score([np.zeros((2, 2))], UNLABELLED, [np.zeros((2, 2))], task="segmentation")

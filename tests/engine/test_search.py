@@ -1,0 +1,171 @@
+"""The search: what it tries, the front it marks, the candidate it chooses, and a real
+search session on a small model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import TINY_INPUTS, tiny_onnx_model
+from webapp.engine import search
+from webapp.engine.planner import PlanError, build_plan
+from webapp.engine.runner import ARTIFACT_NAME, SessionJob, run_session
+from webapp.engine.search_runner import candidate_name
+
+CRITERIA = {
+    "threads": 1,
+    "latency_batch_size": 4,
+    "min_accuracy_retention_percent": 99.0,
+    "latency_tolerance_percent": 5.0,
+    "enabled_techniques": ["compression", "pruning", "quantization"],
+    "forbidden_techniques": [],
+    "weight_accuracy": 0.5,
+    "weight_latency": 0.3,
+    "weight_size": 0.2,
+    "max_optimization_time_minutes": 30,
+    "max_inference_time_ms": 0,
+    "max_size_reduction_percent": 0,
+}
+
+
+def _candidate(index, size, speedup, retention, **extra):
+    return {
+        "index": index,
+        "configuration": f"c{index}",
+        "steps": [],
+        "size_bytes": size,
+        "size_reduction_percent": 100.0 * (1000 - size) / 1000,
+        "latency_ms": 10 / speedup,
+        "speedup": speedup,
+        "accuracy_retention_percent": retention,
+        **extra,
+    }
+
+
+def test_the_front_keeps_what_nothing_beats_and_never_what_breaks_the_floor():
+    candidates = [
+        _candidate(0, 1000, 1.0, 100.0),
+        _candidate(1, 250, 1.5, 99.5),  # small and fast
+        _candidate(2, 300, 1.2, 99.5),  # beaten by 1 on every count
+        _candidate(3, 500, 2.0, 100.0),  # fastest, most accurate
+        _candidate(4, 100, 3.0, 90.0),  # best of all but below the floor
+        {"index": 5, "configuration": "c5", "steps": [], "outcome": "failed", "reason": "crashed"},
+    ]
+    chosen, why = search.front(candidates, CRITERIA)
+    assert why is None
+    assert [c["index"] for c in candidates if c["pareto"]] == [1, 3]  # 3 beats the original
+    assert not candidates[4]["kept"] and "below the minimum" in candidates[4]["reason"]
+    assert "dominated by #1" in candidates[2]["reason"]
+    assert not candidates[5]["kept"] and candidates[5]["reason"] == "crashed"
+    assert chosen == max((c for c in candidates[:4]), key=lambda c: c["weighted_score"])["index"]
+    assert candidates[chosen]["kept"]
+
+
+def test_the_weights_decide_between_front_candidates():
+    def choose(**weights):
+        candidates = [
+            _candidate(0, 1000, 1.0, 100.0),
+            _candidate(1, 200, 1.1, 99.2),
+            _candidate(2, 700, 2.5, 99.9),
+        ]
+        return search.front(candidates, {**CRITERIA, **weights})[0]
+
+    assert choose(weight_accuracy=0.0, weight_latency=0.0, weight_size=1.0) == 1
+    assert choose(weight_accuracy=0.0, weight_latency=1.0, weight_size=0.0) == 2
+    assert choose(weight_accuracy=1.0, weight_latency=0.0, weight_size=0.0) == 0
+
+
+def test_when_no_candidate_meets_the_targets_the_best_found_is_chosen_and_says_why():
+    candidates = [_candidate(0, 1000, 1.0, 100.0), _candidate(1, 600, 1.4, 99.8)]
+    chosen, why = search.front(candidates, {**CRITERIA, "max_size_reduction_percent": 80})
+    assert chosen == 1
+    assert "short of the 80 % target" in why
+    assert not candidates[1]["meets_criteria"]
+
+
+def test_the_space_follows_the_criteria_and_the_model():
+    everything = {"quantization", "compression", "pruning"}
+    mixed = search.space(everything, {"Conv", "Gemm", "MatMul", "Relu", "Add"}, has_data=True)
+    words = [c.words for c in mixed]
+    assert words[0] == "int8 dynamic"  # the cheap likely winner first
+    assert "int8 static, Conv only, QDQ, min-max calibration" in words
+    assert "int8 static, MatMul/Gemm only, QDQ, min-max calibration" in words
+    assert "int8 static, Conv and MatMul/Gemm, QDQ, min-max calibration" in words
+    assert "int8 static, QDQ, percentile calibration" in words
+    assert "int4 weights (MatMul)" in words
+    assert any(w.startswith("low-rank") for w in words)
+
+    without_data = [c.words for c in search.space(everything, {"Conv", "Gemm"}, has_data=False)]
+    assert not any("static" in w for w in without_data)
+    assert "int4 weights (MatMul)" not in without_data  # no MatMul to quantize
+
+    only_lowrank = search.space({"compression"}, {"MatMul"}, has_data=True)
+    assert {s["technique"] for c in only_lowrank for s in c.steps} == {"compression"}
+
+
+def test_a_search_plan_stands_alone_and_respects_the_criteria():
+    plan = build_plan("onnx", ["auto"], {}, CRITERIA, has_eval_data=False, budget_minutes=2)
+    assert plan == [{"technique": "auto", "params": {"budget_minutes": 2}}]
+    bad = [
+        (["auto", "pruning"], {}, None, "techniques"),
+        (["auto"], {"pruning": {"sparsity": 0.5}}, None, "parameters"),
+        (["auto"], {}, 0.1, "budget_minutes"),
+        (["auto"], {}, 31, "budget_minutes"),
+        (["auto"], {}, float("nan"), "budget_minutes"),
+        (["pruning"], {}, 5, "budget_minutes"),
+    ]
+    for techniques, parameters, budget, field in bad:
+        with pytest.raises(PlanError) as caught:
+            build_plan("onnx", techniques, parameters, CRITERIA, False, budget_minutes=budget)
+        assert field in caught.value.details
+    nothing = {**CRITERIA, "enabled_techniques": ["pruning"], "forbidden_techniques": ["pruning"]}
+    with pytest.raises(PlanError) as caught:
+        build_plan("onnx", ["auto"], {}, nothing, False)
+    assert caught.value.unprocessable
+
+
+def _search(tmp_path: Path, budget=None, **criteria) -> tuple:
+    tmp_path.mkdir(exist_ok=True)
+    job = SessionJob(
+        1,
+        str(tiny_onnx_model(tmp_path / "m.onnx")),
+        "onnx",
+        TINY_INPUTS,
+        [{"technique": "auto", "params": {"budget_minutes": budget} if budget else {}}],
+        {**CRITERIA, **criteria},
+        str(tmp_path / "work"),
+        latency_seconds=0.05,
+    )
+    events = []
+    outcome = run_session(job, lambda *a: None, lambda *a: events.append(a), lambda: False)
+    return outcome, events
+
+
+def test_a_search_session_measures_candidates_and_delivers_the_chosen_one(tmp_path):
+    outcome, events = _search(tmp_path)
+    results = outcome.results
+    candidates = results["candidates"]
+    assert candidates[0]["configuration"] == "original"
+    assert len(candidates) > 3
+    chosen = results["chosen"]
+    assert candidates[chosen]["kept"]
+    work = tmp_path / "work"
+    # Kept candidates' files stay for the trusted side to take; the rest are gone.
+    for candidate in candidates:
+        assert (work / candidate_name(candidate["index"])).exists() == candidate["kept"]
+    assert (work / ARTIFACT_NAME).read_bytes() == (work / candidate_name(chosen)).read_bytes()
+    assert results["optimized_size_bytes"] == candidates[chosen]["size_bytes"]
+    assert all(c["accuracy_retention_percent"] >= 99.0 for c in candidates if c["kept"])
+    kinds = [e[0] for e in events]
+    assert kinds.count("search_planned") == 1
+    assert kinds.count("step_completed") >= 3
+
+
+def test_a_search_out_of_budget_chooses_among_what_it_measured(tmp_path):
+    full, _ = _search(tmp_path / "full")
+    outcome, events = _search(tmp_path / "short", budget=0.0001)  # over before the second
+    candidates = outcome.results["candidates"]
+    assert len(candidates) <= 2 < len(full.results["candidates"])
+    assert candidates[outcome.results["chosen"]]["kept"]
+    assert any(e[0] == "search_stopped" for e in events)

@@ -1,0 +1,302 @@
+"""The task metrics a model's owner picks at upload, computed from the model's outputs alone
+(no code of the user's runs anywhere).
+
+Detection and sequence metrics compare a candidate's outputs with the original model's, so
+like every agreement their baseline is 1.0 and retention is the score itself
+(runner._retention). Labels in the evaluation data are one class per sample and say
+nothing about boxes or sequences: these metrics do not read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import EngineError
+
+AUTO = "auto"
+CLASSIFICATION = "classification"
+DETECTION = "detection"
+CTC = "ctc"
+AGREEMENT = "agreement"
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    label: str
+    description: str
+
+
+# The catalog: the upload form, the API's validation and the model page read it.
+TASKS: dict[str, Task] = {
+    task.id: task
+    for task in (
+        Task(
+            AUTO,
+            "Automatic",
+            "Accuracy when the evaluation data has labels and the model a class-score output; "
+            "otherwise the worst agreement of any output with the original model's.",
+        ),
+        Task(
+            CLASSIFICATION,
+            "Classification",
+            "Accuracy of the class-score output against the labels; without labels, how often "
+            "its top class stays the original model's.",
+        ),
+        Task(
+            DETECTION,
+            "Object detection",
+            "Boxes from a YOLO-style head or from boxes, scores and classes outputs, kept above "
+            "0.25 confidence and after per-class NMS: F1 at IoU 0.5 against the original "
+            "model's detections.",
+        ),
+        Task(
+            CTC,
+            "Text recognition (CTC)",
+            "Greedy CTC decoding (blank 0) of a [samples, time, classes] output: the share of "
+            "sequences decoded exactly as the original model's.",
+        ),
+        Task(
+            AGREEMENT,
+            "Agreement",
+            "The worst agreement of any output with the original model's, even when the "
+            "evaluation data has labels.",
+        ),
+    )
+}
+
+DETECTION_F1 = "detection_f1"
+SEQUENCE_EXACT_MATCH = "sequence_exact_match"
+
+CONFIDENCE = 0.25
+NMS_IOU = 0.45
+MATCH_IOU = 0.5
+# Per image, before NMS: a broken head that scores every anchor high still costs little.
+MAX_CANDIDATES = 1000
+MAX_DETECTIONS = 300
+BLANK = 0
+
+YOLO = "yolo"
+BOXES = "boxes"
+
+# One image's detections: corner boxes [k, 4], confidences [k], classes [k].
+Detections = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+class TaskMismatch(EngineError):
+    """The model's outputs are not what the chosen task metric reads."""
+
+    kind = "task_mismatch"
+
+
+def _shapes(outputs: list[np.ndarray]) -> str:
+    return ", ".join(str(list(output.shape[1:])) for output in outputs) or "none"
+
+
+def _floating(array: np.ndarray) -> bool:
+    return np.issubdtype(array.dtype, np.floating)
+
+
+def _whole(array: np.ndarray) -> bool:
+    if not np.issubdtype(array.dtype, np.number):
+        return False
+    return not _floating(array) or bool(np.all(np.mod(array, 1) == 0))
+
+
+@dataclass(frozen=True)
+class DetectionHead:
+    """Where a model keeps its detections: one YOLO output, or boxes, scores, classes and
+    perhaps a count of valid rows."""
+
+    kind: str
+    outputs: tuple[int, ...]
+    channels_first: bool = False  # YOLO [samples, 4 + classes, anchors], as YOLOv8 exports
+
+
+def _boxes_head(outputs: list[np.ndarray]) -> DetectionHead | None:
+    for index, boxes in enumerate(outputs):
+        if boxes.ndim != 3 or boxes.shape[2] != 4 or not _floating(boxes):
+            continue
+        rows = boxes.shape[:2]
+        pairs = [i for i, output in enumerate(outputs) if i != index and output.shape == rows]
+        if len(pairs) < 2:
+            continue
+        # Classes are whole numbers (often stored as floats); confidences are fractions.
+        ranked = sorted(
+            pairs,
+            key=lambda i: (
+                _whole(outputs[i]),
+                not _floating(outputs[i]),
+                float(np.max(outputs[i], initial=0)),
+            ),
+            reverse=True,
+        )
+        classes, scores = ranked[0], ranked[1]
+        count = next(
+            (
+                i
+                for i, output in enumerate(outputs)
+                if i not in (index, scores, classes)
+                and output.shape in ((rows[0],), (rows[0], 1))
+                and _whole(output)
+            ),
+            None,
+        )
+        chosen = (index, scores, classes) if count is None else (index, scores, classes, count)
+        return DetectionHead(BOXES, chosen)
+    return None
+
+
+def detection_head(outputs: list[np.ndarray]) -> DetectionHead:
+    """The detection head among `outputs`, or TaskMismatch when there is none."""
+    head = _boxes_head(outputs)
+    if head is not None:
+        return head
+    for index, output in enumerate(outputs):
+        if output.ndim == 3 and _floating(output) and min(output.shape[1:]) >= 5:
+            return DetectionHead(YOLO, (index,), channels_first=output.shape[1] < output.shape[2])
+    raise TaskMismatch(
+        "The detection metric needs a YOLO-style output ([4 + classes, anchors] or "
+        "[anchors, 4 + classes] per sample) or boxes [K, 4] with scores and classes [K]; this "
+        f"model's outputs per sample are {_shapes(outputs)}. Upload it with another task metric."
+    )
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    width = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+    height = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+    inter = width * height
+    union = (box[2] - box[0]) * (box[3] - box[1]) + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = union - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def _select(boxes: np.ndarray, confidence: np.ndarray, classes: np.ndarray) -> Detections:
+    """Confident, finite detections after per-class NMS, the most confident first."""
+    keep = (confidence >= CONFIDENCE) & np.isfinite(boxes).all(axis=1)
+    boxes, confidence, classes = boxes[keep], confidence[keep], classes[keep]
+    order = np.argsort(-confidence, kind="stable")[:MAX_CANDIDATES]
+    boxes, confidence, classes = boxes[order], confidence[order], classes[order]
+    # Boxes of different classes moved apart so that one NMS pass never lets them meet.
+    span = float(np.ptp(boxes)) + 1.0 if len(boxes) else 1.0
+    shifted = boxes + (classes * span)[:, None]
+    kept: list[int] = []
+    remaining = np.arange(len(boxes))
+    while remaining.size and len(kept) < MAX_DETECTIONS:
+        first, rest = remaining[0], remaining[1:]
+        kept.append(int(first))
+        remaining = rest[_iou(shifted[first], shifted[rest]) <= NMS_IOU]
+    return boxes[kept], confidence[kept], classes[kept]
+
+
+def _corners(boxes: np.ndarray) -> np.ndarray:
+    """Corner boxes with the smaller coordinate first, whichever axis order the model uses
+    ([x1, y1, x2, y2] or [y1, x1, y2, x2]: both models use the same, and IoU is the same)."""
+    return np.concatenate(
+        [np.minimum(boxes[:, :2], boxes[:, 2:]), np.maximum(boxes[:, :2], boxes[:, 2:])], axis=1
+    )
+
+
+def detections(outputs: list[np.ndarray], head: DetectionHead) -> list[Detections]:
+    """Each sample's detections, decoded from `head`."""
+    found = []
+    if head.kind == YOLO:
+        predictions = outputs[head.outputs[0]]
+        for sample in predictions:
+            rows = (sample.T if head.channels_first else sample).astype(np.float64)
+            centre, size, class_scores = rows[:, :2], rows[:, 2:4], rows[:, 4:]
+            classes = class_scores.argmax(axis=1)
+            confidence = class_scores[np.arange(len(rows)), classes]
+            boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
+            found.append(_select(boxes, confidence, classes))
+        return found
+    boxes, scores, classes = (outputs[i] for i in head.outputs[:3])
+    counts = outputs[head.outputs[3]].reshape(-1) if len(head.outputs) == 4 else None
+    for sample in range(len(boxes)):
+        valid = boxes.shape[1] if counts is None else int(np.clip(counts[sample], 0, boxes.shape[1]))
+        found.append(
+            _select(
+                _corners(boxes[sample, :valid].astype(np.float64)),
+                scores[sample, :valid].astype(np.float64),
+                np.rint(classes[sample, :valid]).astype(np.int64),
+            )
+        )
+    return found
+
+
+def _f1(candidate: Detections, reference: Detections) -> float:
+    """F1 of one image's detections against the reference's: a detection counts when it has
+    the class of a reference box not matched yet and overlaps it by IoU >= 0.5."""
+    boxes, confidence, classes = candidate
+    reference_boxes, _, reference_classes = reference
+    if not len(boxes) and not len(reference_boxes):
+        return 1.0  # both saw nothing: they agree
+    if not len(boxes) or not len(reference_boxes):
+        return 0.0
+    taken = np.zeros(len(reference_boxes), dtype=bool)
+    matched = 0
+    for index in np.argsort(-confidence, kind="stable"):
+        overlap = _iou(boxes[index], reference_boxes)
+        overlap[(reference_classes != classes[index]) | taken] = 0.0
+        best = int(overlap.argmax())
+        if overlap[best] >= MATCH_IOU:
+            taken[best] = True
+            matched += 1
+    return 2.0 * matched / (len(boxes) + len(reference_boxes))
+
+
+def detection_f1(outputs: list[np.ndarray], reference: list[np.ndarray]) -> tuple[float, str, list[dict]]:
+    """Mean per-image F1 of the candidate's detections against the original's."""
+    head = detection_head(reference)
+    found = {"output": head.outputs[0], "kind": DETECTION_F1}
+    if len(outputs) != len(reference) or any(outputs[i].shape != reference[i].shape for i in head.outputs):
+        return 0.0, DETECTION_F1, [{**found, "value": 0.0, "reference_detections": 0}]
+    expected = detections(reference, head)
+    seen = detections(outputs, head)
+    value = round(float(np.mean([_f1(c, r) for c, r in zip(seen, expected, strict=True)])), 6)
+    # How many boxes the figure rests on: 1.0 over images where nothing is found says little.
+    count = sum(len(r[0]) for r in expected)
+    return value, DETECTION_F1, [{**found, "value": value, "reference_detections": count}]
+
+
+def samples_first(output: np.ndarray, batch: int) -> np.ndarray:
+    """A time-major [time, batch, classes] output as [batch, time, classes], told apart by
+    which axis has the batch's size."""
+    if output.ndim == 3 and output.shape[0] != batch and output.shape[1] == batch:
+        return output.transpose(1, 0, 2)
+    return output
+
+
+def ctc_output(outputs: list[np.ndarray]) -> int:
+    """The index of the first [samples, time, classes] output of floats."""
+    for index, output in enumerate(outputs):
+        if output.ndim == 3 and _floating(output) and output.shape[2] >= 2:
+            return index
+    raise TaskMismatch(
+        "The CTC metric needs an output of scores [time, classes] per sample; this model's "
+        f"outputs per sample are {_shapes(outputs)}. Upload it with another task metric."
+    )
+
+
+def ctc_decode(output: np.ndarray) -> list[tuple[int, ...]]:
+    """Greedy CTC: the best class at each time step, repeats collapsed, blanks dropped."""
+    best = output.argmax(axis=2)
+    keep = np.ones(best.shape, dtype=bool)
+    keep[:, 1:] = best[:, 1:] != best[:, :-1]
+    keep &= best != BLANK
+    return [tuple(row[mask].tolist()) for row, mask in zip(best, keep, strict=True)]
+
+
+def sequence_exact_match(
+    outputs: list[np.ndarray], reference: list[np.ndarray]
+) -> tuple[float, str, list[dict]]:
+    """The share of samples whose decoded sequence is exactly the original's."""
+    index = ctc_output(reference)
+    found = {"output": index, "kind": SEQUENCE_EXACT_MATCH}
+    if len(outputs) <= index or outputs[index].shape != reference[index].shape:
+        return 0.0, SEQUENCE_EXACT_MATCH, [{**found, "value": 0.0}]
+    same = [a == b for a, b in zip(ctc_decode(outputs[index]), ctc_decode(reference[index]), strict=True)]
+    value = round(float(np.mean(same)), 6)
+    return value, SEQUENCE_EXACT_MATCH, [{**found, "value": value}]

@@ -1,0 +1,36 @@
+"""How a step or candidate turned out, shared by the plan's runner and the search."""
+
+from __future__ import annotations
+
+from .errors import (
+    Cancelled,
+    ResourceLimit,
+    TechniqueFailed,
+    TimeLimitExceeded,
+    out_of_memory,
+    public_message,
+)
+from .evaluation import Measurement
+
+
+def failure(exc: Exception) -> tuple[str, str]:
+    """("skipped" or "failed", why) for an exception that costs one step or candidate;
+    re-raises one that ends the session."""
+    if isinstance(exc, TechniqueFailed):
+        return "skipped", exc.message
+    if isinstance(exc, (Cancelled, TimeLimitExceeded, ResourceLimit)) or out_of_memory(exc):
+        raise exc  # the session's end (out of memory: the worker reports resource_limit)
+    # A library that crashes on this model (an opset it cannot handle, a graph its converter
+    # breaks) costs the step; the session goes on from the last kept model.
+    return "failed", f"{type(exc).__name__}: {public_message(exc)}"
+
+
+def retention(baseline: Measurement, m: Measurement) -> float:
+    if baseline.score_kind == "accuracy":
+        return 100.0 * m.score / baseline.score if baseline.score > 0 else 0.0
+    # Agreement is measured against the original, which agrees with itself fully.
+    return 100.0 * m.score
+
+
+def reduction(before: float, after: float) -> float:
+    return 100.0 * (before - after) / before if before else 0.0

@@ -154,3 +154,52 @@ def tiny_onnx_model(path: Path) -> Path:
 
 
 TINY_INPUTS = [{"name": "x", "shape": [None, 4], "dtype": "float32"}]
+
+
+def multi_input_onnx_model(path: Path) -> Path:
+    """y = ((a + b) @ W) * scale; state_out = state * 2: two per-sample inputs, a
+    recurrent-style state with its samples on axis 1, and a scalar."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(0).normal(size=(8, 8)).astype(np.float32)
+    two = numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["a", "b"], ["ab"]),
+            helper.make_node("MatMul", ["ab", "w"], ["abw"]),
+            helper.make_node("Mul", ["abw", "scale"], ["y"]),
+            helper.make_node("Mul", ["state", "two"], ["state_out"]),
+        ],
+        "multi",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 8]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["batch", 8]),
+            helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 3]),
+            helper.make_tensor_value_info("scale", TensorProto.FLOAT, []),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8]),
+            helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [2, "batch", 3]),
+        ],
+        [numpy_helper.from_array(weight, "w"), two],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def multi_input_npz(path: Path, count: int = 20, **override) -> Path:
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    arrays = {
+        "a": rng.normal(size=(count, 8)).astype(np.float32),
+        "b": rng.normal(size=(count, 8)).astype(np.float32),
+        "state": rng.normal(size=(2, count, 3)).astype(np.float32),
+        "scale": np.array(0.5, dtype=np.float32),
+        "sample_axes": np.array([0, 0, 1, -1]),
+        **override,
+    }
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path

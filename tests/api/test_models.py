@@ -210,3 +210,27 @@ def test_an_unknown_task_metric_is_a_400_that_stores_nothing(app, api_client, tm
     assert {"message", "timestamp", "request_id"} <= body.keys()
     assert db.session.query(ModelMetadata).count() == 0
     assert stored_files(app) == []
+
+
+def test_a_model_of_several_inputs_is_uploaded_with_one_array_per_input_and_optimized(
+    app, api_client, tmp_path
+):
+    from tests.helpers import multi_input_npz, multi_input_onnx_model, upload_file, wait_for
+
+    caller = api_client()
+    model = multi_input_onnx_model(tmp_path / "multi.onnx")
+    response = upload_file(caller, model, "multi", multi_input_npz(tmp_path / "multi.npz"))
+    assert response.status_code == 201, response.get_json()
+    body = response.get_json()
+    assert [spec["name"] for spec in body["input_spec"]] == ["a", "b", "state", "scale"]
+    bad = upload_file(caller, model, "multi", multi_input_npz(tmp_path / "bad.npz", b=None))
+    assert bad.status_code == 422
+    assert "missing: 'b'" in bad.get_json()["message"]
+    started = caller.post(
+        "/api/v1/optimization/sessions",
+        json={"model_id": body["model_id"], "techniques": ["quantization"]},
+    )
+    assert started.status_code == 202, started.get_json()
+    session = wait_for(caller, started.get_json()["session_id"])
+    assert session["status"] == "completed", session
+    assert session["results"]["evaluation_inputs"] == "dataset"

@@ -38,7 +38,12 @@ class ModelUploadRequestSchema(ModelUploadSchema):
     """The multipart body of POST /models: the files beside the fields the page shares."""
 
     file = _File(required=True, metadata={"description": "ONNX, TorchScript or .pt2 program"})
-    eval_data = _File(metadata={"description": ".npz with x (inputs) and optional y (labels)"})
+    eval_data = _File(
+        metadata={
+            "description": ".npz with x (inputs; or one array per input name), optional y (labels) "
+            "and sample_axes (each input's sample axis, -1: fed whole)"
+        }
+    )
 
 
 @blp.route("/models")

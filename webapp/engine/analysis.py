@@ -57,15 +57,16 @@ def analyse(
         # The file's own names win; the user's shape fills dimensions it leaves open.
         for spec, given in zip(model.inputs, specs, strict=False):
             spec.shape = [d if d is not None else g for d, g in zip(spec.shape, given.shape, strict=False)]
-    if any(d is None for spec in model.inputs for d in spec.shape[1:]):
+    data = datasets.load_npz(eval_path, model.inputs, max_unpacked_bytes) if eval_path else None
+    axes = data.axes if data else datasets.default_axes(model.inputs)
+    if any(d is None and i != axes[s.name] for s in model.inputs for i, d in enumerate(s.shape)):
         raise ModelRejected(
             "The model leaves input dimensions other than the batch open; "
             "send input_shape to fix them, e.g. [1, 3, 224, 224]."
         )
     eval_summary = None
-    if eval_path is not None:
-        data = datasets.load_npz(eval_path, model.inputs, max_unpacked_bytes)
-        first = {k: v[: model.inputs[0].fixed_batch or 1] for k, v in data.inputs.items()}
+    if data is not None:
+        first = data.take(0, model.inputs[0].fixed_batch or 1)
         outputs = [np.asarray(output) for output in model.run(first)]
         scores = class_scores(outputs)
         if data.labels is not None and scores is None:

@@ -1,8 +1,10 @@
-"""Evaluation inputs: the user's .npz (x, optional y), or inputs made from the spec."""
+"""Evaluation inputs: the user's .npz (`x` or one array per input, optional `y` and
+`sample_axes`), or inputs made from the spec."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,19 +15,63 @@ from .loading import InputSpec
 
 GENERATED_SAMPLES = 256
 MAX_SAMPLES = 100_000
-MEMBERS = {"x", "y"}
+# `x` (a single-input model's inputs), one array per input name, `y` (labels) and
+# `sample_axes` (which axis of each input counts samples; -1: none, fed whole).
+MEMBERS = re.compile(r"[A-Za-z_][A-Za-z0-9_.:/-]{0,127}")
+AXES = "sample_axes"
 DEFAULT_MAX_BYTES = screening.MAX_UNPACKED_BYTES
 
 
 @dataclass
 class EvalData:
-    inputs: dict[str, np.ndarray]  # one array per model input, first axis = samples
+    inputs: dict[str, np.ndarray]  # one array per model input
     labels: np.ndarray | None
     source: str  # "dataset" or "generated"
+    # Each input's sample axis; None for an input fed whole with every batch (a recurrent
+    # state, a sample rate). Inputs not named count samples along axis 0.
+    axes: dict[str, int | None] = field(default_factory=dict)
+
+    def axis(self, name: str) -> int | None:
+        return self.axes.get(name, 0)
 
     @property
     def count(self) -> int:
-        return len(next(iter(self.inputs.values())))
+        for name, array in self.inputs.items():
+            axis = self.axis(name)
+            if axis is not None:
+                return array.shape[axis]
+        return 1
+
+    def take(self, start: int, stop: int, pad_to: int | None = None) -> dict[str, np.ndarray]:
+        """Samples start..stop of every input, repeating the last to `pad_to` samples."""
+        feeds = {}
+        for name, array in self.inputs.items():
+            axis = self.axis(name)
+            if axis is None:
+                feeds[name] = array
+                continue
+            part = np.take(array, range(start, min(stop, self.count)), axis=axis)
+            if pad_to is not None and part.shape[axis] < pad_to:
+                last = np.take(part, [-1], axis=axis)
+                part = np.concatenate(
+                    [part, np.repeat(last, pad_to - part.shape[axis], axis=axis)], axis=axis
+                )
+            feeds[name] = np.ascontiguousarray(part)
+        return feeds
+
+    def head(self, count: int) -> EvalData:
+        """The first `count` samples, without labels."""
+        return EvalData(self.take(0, count), None, self.source, dict(self.axes))
+
+    def renamed(self, names: list[str]) -> EvalData:
+        """The same data for inputs renamed in order (an exporter may rename them)."""
+        old = list(self.inputs)
+        return EvalData(
+            {new: self.inputs[o] for new, o in zip(names, old, strict=True)},
+            self.labels,
+            self.source,
+            {new: self.axis(o) for new, o in zip(names, old, strict=True)},
+        )
 
 
 def input_shape(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> list[int]:
@@ -36,8 +82,7 @@ def input_shape(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> list[int]:
     return list(shapes["x"])
 
 
-def load_npz(path: Path, specs: list[InputSpec], max_bytes: int = DEFAULT_MAX_BYTES) -> EvalData:
-    """Read and check an evaluation .npz against the model's inputs."""
+def _read(path: Path, max_bytes: int) -> dict[str, np.ndarray]:
     screening.check_npz(path, MEMBERS, max_bytes)
     arrays = {}
     try:
@@ -52,49 +97,117 @@ def load_npz(path: Path, specs: list[InputSpec], max_bytes: int = DEFAULT_MAX_BY
         raise DatasetRejected(
             "The evaluation data is not a readable .npz file of plain numeric arrays."
         ) from exc
-    if "x" not in arrays:
-        raise DatasetRejected("The evaluation .npz needs an array named 'x' (the inputs).")
-    if len(specs) != 1:
-        raise DatasetRejected("Evaluation data is supported for single-input models.")
-    spec = specs[0]
-    x = arrays["x"]
-    if x.ndim != len(spec.shape):
-        raise DatasetRejected(
-            f"'x' has shape {list(x.shape)} but the model's input {spec.name!r} has "
-            f"{len(spec.shape)} dimensions {spec.shape} (the first one counts samples)."
-        )
-    for axis, (have, want) in enumerate(zip(x.shape[1:], spec.shape[1:], strict=True), start=1):
-        if want is not None and have != want:
+    return arrays
+
+
+def _by_input(arrays: dict[str, np.ndarray], specs: list[InputSpec]) -> dict[str, np.ndarray]:
+    names = [spec.name for spec in specs]
+    if len(specs) == 1 and "x" in arrays and names[0] not in arrays:
+        found = {names[0]: arrays.pop("x")}
+    else:
+        missing = [name for name in names if name not in arrays]
+        if missing:
+            wanted = "'x' or " + repr(names[0]) if len(names) == 1 else ", ".join(repr(n) for n in names)
             raise DatasetRejected(
-                f"'x' has shape {list(x.shape)} but the model's input {spec.name!r} expects "
-                f"{spec.shape}: dimension {axis} is {have}, not {want}."
+                f"The evaluation .npz needs one array per model input ({wanted}); "
+                f"missing: {', '.join(repr(m) for m in missing)}."
             )
-    if not 1 <= len(x) <= MAX_SAMPLES:
-        raise DatasetRejected(f"'x' must hold between 1 and {MAX_SAMPLES} samples.")
-    if not np.issubdtype(x.dtype, np.number):
-        raise DatasetRejected(f"'x' must be numeric, not {x.dtype}.")
-    x = x.astype(spec.dtype, copy=False)
-    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-        raise DatasetRejected("'x' contains NaN or infinite values.")
+        found = {name: arrays.pop(name) for name in names}
+    extra = sorted(set(arrays) - {"y", AXES})
+    if extra:
+        raise DatasetRejected(
+            f"The evaluation .npz holds {', '.join(repr(e[:60]) for e in extra)}, which is not an input "
+            f"of the model (its inputs: {', '.join(repr(n) for n in names)})."
+        )
+    return found
+
+
+def default_axes(specs: list[InputSpec]) -> dict[str, int | None]:
+    """Each input's sample axis when none is declared: its open dimension (the batch, even
+    where it is not first, as in a recurrent state [layers, batch, size]), else axis 0;
+    none for a scalar."""
+    return {
+        spec.name: next((i for i, d in enumerate(spec.shape) if d is None), 0 if spec.shape else None)
+        for spec in specs
+    }
+
+
+def _axes(arrays: dict[str, np.ndarray], specs: list[InputSpec]) -> dict[str, int | None]:
+    declared = arrays.get(AXES)
+    if declared is None:
+        return default_axes(specs)
+    if declared.ndim != 1 or len(declared) != len(specs) or not np.issubdtype(declared.dtype, np.integer):
+        raise DatasetRejected(
+            f"'{AXES}' must be {len(specs)} whole numbers, one per model input in order "
+            "(the axis that counts samples, or -1 for an input fed whole to every batch)."
+        )
+    axes: dict[str, int | None] = {}
+    for spec, axis in zip(specs, declared.tolist(), strict=True):
+        if axis != -1 and not 0 <= axis < len(spec.shape):
+            raise DatasetRejected(
+                f"'{AXES}' gives input {spec.name!r} axis {axis}, but it has {len(spec.shape)} dimensions."
+            )
+        axes[spec.name] = None if axis == -1 else axis
+    return axes
+
+
+def load_npz(path: Path, specs: list[InputSpec], max_bytes: int = DEFAULT_MAX_BYTES) -> EvalData:
+    """Read and check an evaluation .npz against the model's inputs."""
+    arrays = _read(path, max_bytes)
+    used_x = len(specs) == 1 and "x" in arrays and specs[0].name not in arrays
+    inputs = _by_input(arrays, specs)
+    axes = _axes(arrays, specs)
+    counts = set()
+    for spec in specs:
+        array = inputs[spec.name]
+        shown = "'x'" if used_x else repr(spec.name)
+        if array.ndim != len(spec.shape):
+            raise DatasetRejected(
+                f"{shown} has shape {list(array.shape)} but the model's input {spec.name!r} has "
+                f"{len(spec.shape)} dimensions {spec.shape}."
+            )
+        axis = axes[spec.name]
+        for dim, (have, want) in enumerate(zip(array.shape, spec.shape, strict=True)):
+            if dim != axis and want is not None and have != want:
+                raise DatasetRejected(
+                    f"{shown} has shape {list(array.shape)} but the model's input {spec.name!r} expects "
+                    f"{spec.shape}: dimension {dim} is {have}, not {want}."
+                )
+        if not np.issubdtype(array.dtype, np.number) and array.dtype != np.bool_:
+            raise DatasetRejected(f"{shown} must be numeric, not {array.dtype}.")
+        array = array.astype(spec.dtype, copy=False)
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            raise DatasetRejected(f"{shown} contains NaN or infinite values.")
+        inputs[spec.name] = array
+        if axis is not None:
+            counts.add(array.shape[axis])
+    if len(counts) > 1:
+        raise DatasetRejected(f"The inputs hold different numbers of samples: {sorted(counts)}.")
+    count = counts.pop() if counts else 1
+    if not 1 <= count <= MAX_SAMPLES:
+        raise DatasetRejected(f"The evaluation data must hold between 1 and {MAX_SAMPLES} samples.")
     labels = arrays.get("y")
     if labels is not None:
-        if labels.ndim != 1 or len(labels) != len(x):
+        if labels.ndim != 1 or len(labels) != count:
             raise DatasetRejected(
-                f"'y' must be one label per sample: {len(x)} values, got shape {list(labels.shape)}."
+                f"'y' must be one label per sample: {count} values, got shape {list(labels.shape)}."
             )
         if not np.issubdtype(labels.dtype, np.integer):
             raise DatasetRejected("'y' must hold integer class labels.")
-    return EvalData({spec.name: x}, labels, "dataset")
+    return EvalData(inputs, labels, "dataset", axes)
 
 
 def generate(specs: list[InputSpec], count: int = GENERATED_SAMPLES, seed: int = 0) -> EvalData:
-    """Inputs made from the spec when the user gave no data: standard normal floats."""
+    """Inputs made from the spec when the user gave no data: standard normal floats,
+    `count` samples along each input's sample axis."""
     rng = np.random.default_rng(seed)
+    axes = default_axes(specs)
     inputs = {}
     for spec in specs:
-        shape = [count] + [d if d is not None else 1 for d in spec.shape[1:]]
+        axis = axes[spec.name]
+        shape = [count if i == axis else (d if d is not None else 1) for i, d in enumerate(spec.shape)]
         if np.issubdtype(np.dtype(spec.dtype), np.floating):
             inputs[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         else:
             inputs[spec.name] = rng.integers(0, 10, size=shape).astype(spec.dtype)
-    return EvalData(inputs, None, "generated")
+    return EvalData(inputs, None, "generated", axes)

@@ -56,13 +56,7 @@ def batches(data: EvalData, batch: int):
     count = data.count
     for start in range(0, count, batch):
         stop = min(start + batch, count)
-        feeds = {}
-        for name, array in data.inputs.items():
-            part = array[start:stop]
-            if len(part) < batch:
-                part = np.concatenate([part, np.repeat(part[-1:], batch - len(part), axis=0)])
-            feeds[name] = part
-        yield feeds, stop - start
+        yield data.take(start, stop, pad_to=batch), stop - start
 
 
 def first_batch(data: EvalData, batch: int) -> dict[str, np.ndarray]:

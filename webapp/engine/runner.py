@@ -178,11 +178,7 @@ class _Session:
         exported = loading.run_onnx(target, self.threads)
         self.phase("inference")
         # The exporter may rename inputs; the data follows them by position.
-        data = EvalData(
-            {spec.name: array for spec, array in zip(exported.inputs, data.inputs.values(), strict=True)},
-            data.labels,
-            data.source,
-        )
+        data = data.renamed([spec.name for spec in exported.inputs])
         measurement, _ = measure(
             target,
             exported,

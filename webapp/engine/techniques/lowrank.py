@@ -13,7 +13,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import TechniqueFailed
-from .onnx_graph import add_initializer, replace_initializer, unique_name, weight_uses
+from .onnx_graph import add_initializer, load_with_weights, replace_initializer, unique_name, weight_uses
 
 MIN_DIMENSION = 32  # smaller layers cost more in extra nodes than they save
 
@@ -28,7 +28,7 @@ def _rank(singular: np.ndarray, energy: float | None, rank: int | None) -> int:
 
 
 def compress(src: Path, dst: Path, energy: float | None = None, rank: int | None = None) -> dict:
-    model = onnx.load(str(src))
+    model = load_with_weights(src)
     layers = []
     params_before = params_after = 0
     for use in weight_uses(model, ops={"MatMul", "Gemm"}):

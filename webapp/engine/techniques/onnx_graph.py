@@ -19,6 +19,24 @@ class WeightUse:
     initializer: onnx.TensorProto
 
 
+def load_with_weights(path) -> onnx.ModelProto:
+    """The model, with weights stored as `Constant` nodes (Paddle's exporter writes them so)
+    turned into initializers, where the techniques look for weights."""
+    model = onnx.load(str(path))
+    for node in list(model.graph.node):
+        if node.op_type != "Constant" or len(node.output) != 1:
+            continue
+        value = next((a.t for a in node.attribute if a.name == "value" and a.type == a.TENSOR), None)
+        if value is None or value.data_type != onnx.TensorProto.FLOAT or len(value.dims) < 2:
+            continue
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(value)
+        tensor.name = node.output[0]
+        model.graph.initializer.append(tensor)
+        model.graph.node.remove(node)
+    return model
+
+
 def weight_uses(model: onnx.ModelProto, ops=WEIGHT_OPS) -> list[WeightUse]:
     """Float initializers fed as the weight input of `ops`, each used by one node only."""
     initializers = {t.name: t for t in model.graph.initializer}

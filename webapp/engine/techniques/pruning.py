@@ -14,11 +14,11 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import TechniqueFailed
-from .onnx_graph import replace_initializer, weight_uses
+from .onnx_graph import load_with_weights, replace_initializer, weight_uses
 
 
 def prune(src: Path, dst: Path, sparsity: float) -> dict:
-    model = onnx.load(str(src))
+    model = load_with_weights(src)
     uses = weight_uses(model)
     if not uses:
         raise TechniqueFailed("The model has no weight matrices or kernels to prune.")

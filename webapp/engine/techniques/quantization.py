@@ -14,7 +14,6 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from ..datasets import EvalData
@@ -167,9 +166,7 @@ def sensitive_nodes(
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         folder = Path(tmp)
         source = opset_for_static(_preprocessed(src, folder), folder)
-        sample = EvalData(
-            {name: array[:SENSITIVITY_SAMPLES] for name, array in data.inputs.items()}, None, data.source
-        )
+        sample = data.head(SENSITIVITY_SAMPLES)
         qdq = folder / "qdq.onnx"
         quantize_static(
             str(source),
@@ -212,15 +209,7 @@ class _CalibrationReader:
     def __init__(self, data: EvalData, batch: int, check: Callable[[], None]):
         count = min(data.count, CALIBRATION_SAMPLES)
         starts = range(0, max(count - batch, 0) + 1, batch)
-        self._feeds = iter(
-            [
-                {
-                    name: np.ascontiguousarray(array[start : start + batch])
-                    for name, array in data.inputs.items()
-                }
-                for start in starts
-            ]
-        )
+        self._feeds = iter([data.take(start, start + batch) for start in starts])
         self._check = check
 
     def get_next(self):

@@ -147,3 +147,28 @@ def test_another_operators_session_page_is_404(app, operator):
     AuthActions(other).login("eve")
     assert other.get(f"/sessions/{session.id}").status_code == 404
     assert other.get(f"/sessions/{session.id}/artifact").status_code == 404
+
+
+def test_find_the_best_starts_a_search_and_its_budget_is_checked_inline(operator):
+    model = gen_model(operator.user, "m")
+    for budget, message in [("soon", "not a number"), ("0.1", "At least 0.5"), ("1000", "At most 30")]:
+        response = operator.auth.post(
+            "/sessions",
+            {"model_id": str(model.id), "search": "1", "budget_minutes": budget, "techniques": ["pruning"]},
+            page="/sessions",
+        )
+        assert response.status_code == 400, budget
+        text = response.get_data(as_text=True)
+        assert 'id="budget_minutes-error"' in text and message in text
+        assert 'name="search" value="1" checked' in text  # the user's choice stays
+    assert db.session.query(OptimizationSession).count() == 0
+    response = operator.auth.post(
+        "/sessions",
+        {"model_id": str(model.id), "search": "1", "budget_minutes": "2", "techniques": ["pruning"]},
+        page="/sessions",
+    )
+    assert response.status_code == 302
+    session = db.session.query(OptimizationSession).one()
+    # The ticked techniques give way to the search, which explores what the criteria allow.
+    assert session.techniques == ["auto"]
+    assert session.plan == [{"technique": "auto", "params": {"budget_minutes": 2.0}}]

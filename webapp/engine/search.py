@@ -39,6 +39,7 @@ OTHER_QUANTIZED = {
     "Unsqueeze",
 }
 LOW_RANK_ENERGIES = (0.99, 0.95, 0.9)
+NEURON_SHARES = (0.1, 0.25)
 # How many nodes the accuracy-aware fallback leaves in float, tried in turn.
 FALLBACK_COUNTS = (1, 2, 4, 8)
 
@@ -77,6 +78,8 @@ def describe(step: dict) -> str:
             return f"low-rank, rank {params['rank']}"
         return f"low-rank, {params['energy'] * 100:g} % energy"
     if technique == "pruning":
+        if params.get("structure") == "neurons":
+            return f"{params['sparsity'] * 100:g} % of neurons removed"
         return f"magnitude pruning {params['sparsity'] * 100:g} %"
     return TECHNIQUES[technique].label
 
@@ -112,6 +115,8 @@ def space(allowed: set[str], op_types: set[str], has_data: bool) -> list[Configu
             ]
     if "compression" in allowed and matmul:
         found += [Configuration([_step("compression", energy=e)]) for e in LOW_RANK_ENERGIES]
+    if "pruning" in allowed and matmul:
+        found += [Configuration([_step("pruning", structure="neurons", sparsity=s)]) for s in NEURON_SHARES]
     if "pruning" in allowed and (conv or matmul):
         found += [Configuration([_step("pruning", sparsity=0.5)])]
     return found
@@ -165,6 +170,13 @@ def dominates(a: dict, b: dict) -> bool:
     return no_worse and better
 
 
+def _zeros_only(candidate: dict) -> bool:
+    return any(
+        step["technique"] == "pruning" and step["params"].get("structure", "weights") == "weights"
+        for step in candidate["steps"]
+    )
+
+
 def meets_targets(candidate: dict, criteria: dict) -> str | None:
     """Why a candidate (above the accuracy floor) misses the criteria's targets, or None."""
     max_ms = float(criteria.get("max_inference_time_ms", 0) or 0)
@@ -206,6 +218,9 @@ def front(candidates: list[dict], criteria: dict) -> tuple[int, str | None]:
         c["meets_criteria"] = missing is None
         if missing and not c.get("reason"):
             c["reason"] = missing
+        if _zeros_only(c):
+            note = "magnitude pruning's zeros are stored densely: only the compressed file shrinks"
+            c["reason"] = f"{c['reason']}; {note}" if c.get("reason") else note
     meeting = [c for c in above if c["meets_criteria"]]
     pool = meeting or above
     why: str | None

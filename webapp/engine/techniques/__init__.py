@@ -86,6 +86,21 @@ class QuantizationParams(Schema):
 
 
 class PruningParams(Schema):
+    # Left out: magnitude pruning of single weights, the plain recipe.
+    structure = fields.String(
+        validate=validate.OneOf(
+            ("weights", "neurons"),
+            labels=(
+                "single weights (magnitude; shrinks the compressed file)",
+                "whole neurons (shrinks the model)",
+            ),
+        ),
+        metadata={
+            "label": "structure",
+            "description": "single weights set to zero, or hidden units removed between dense layers",
+            "form": False,
+        },
+    )
     sparsity = fields.Float(
         load_default=0.5,
         allow_nan=False,
@@ -224,7 +239,7 @@ def _quantize(src: Path, dst: Path, params: dict, data, batch: int, check) -> di
 def _prune(src: Path, dst: Path, params: dict, data, batch, check) -> dict:
     from . import pruning
 
-    return pruning.prune(src, dst, params["sparsity"])
+    return pruning.prune(src, dst, params["sparsity"], params.get("structure", "weights"))
 
 
 def _compress(src: Path, dst: Path, params: dict, data, batch, check) -> dict:
@@ -253,16 +268,17 @@ register(
         given_replaces_defaults=True,
     )
 )
-# Zeros are written densely: pruning takes nothing off the file itself, only off its archive.
+# Zeros are written densely: magnitude pruning takes nothing off the file itself, only off
+# its archive; removing neurons takes their share of the dense layers off.
 register(
     Technique(
         "pruning",
-        "Magnitude pruning",
-        "set the smallest weights to zero",
+        "Pruning",
+        "set the smallest weights to zero, or remove whole neurons",
         2,
         PruningParams,
         _prune,
-        lambda params: 0.0,
+        lambda params: 95.0 * params["sparsity"] if params.get("structure") == "neurons" else 0.0,
     )
 )
 register(

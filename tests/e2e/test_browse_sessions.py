@@ -85,3 +85,24 @@ def test_cancel_a_queued_session(page):
     page.get_by_role("button", name="Cancel session").click()
     expect(page.locator(".status-line .badge")).to_have_text("cancelled")
     expect(page.get_by_role("button", name="Cancel session")).to_have_count(0)
+
+
+def test_find_the_best_shows_the_front_live_and_downloads_a_candidate(page, tmp_path):
+    log_in(page, "demo-operator", DEMO_PASSWORD)
+    page.goto("/sessions")
+    page.locator("#start_model_id").select_option(label="digits-mlp v1 (onnx, with evaluation data)")
+    page.get_by_label(re.compile("Search every technique")).check()
+    page.get_by_label(re.compile("Time budget")).fill("2")
+    page.get_by_role("button", name="Start session").click()
+    expect(page.get_by_role("heading", name=re.compile(r"^Search: \d+ candidates?"))).to_be_visible()
+    # No reload: the front, the plots and the chosen row arrive over the live socket.
+    chosen = page.locator("#search-front tr.chosen")
+    expect(chosen).to_be_visible(timeout=180_000)
+    expect(page.locator("#search-front svg")).to_have_count(2)
+    with page.expect_download() as download_info:
+        chosen.get_by_role("link", name="Download").click()
+    download = download_info.value
+    assert re.search(r"-candidate\d+\.onnx$", download.suggested_filename)
+    target = tmp_path / download.suggested_filename
+    download.save_as(target)
+    assert target.stat().st_size > 1000

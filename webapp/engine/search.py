@@ -40,6 +40,9 @@ OTHER_QUANTIZED = {
 }
 LOW_RANK_ENERGIES = (0.99, 0.95, 0.9)
 NEURON_SHARES = (0.1, 0.25)
+# Files a search hands back (the chosen one and the best of the front): each is checked
+# on the trusted side before it is stored.
+MAX_KEPT = 16
 # How many nodes the accuracy-aware fallback leaves in float, tried in turn.
 FALLBACK_COUNTS = (1, 2, 4, 8)
 
@@ -235,7 +238,9 @@ def front(candidates: list[dict], criteria: dict) -> tuple[int, str | None]:
             else f"no candidate meets the targets; best found: {meets_targets(chosen, criteria)}"
         )
     chosen["kept"] = True
-    for c in candidates:
-        if c["pareto"]:
-            c["kept"] = True
+    front_ = sorted((c for c in candidates if c["pareto"]), key=lambda c: -c["weighted_score"])
+    for rank, c in enumerate(c for c in front_ if c is not chosen):
+        c["kept"] = rank < MAX_KEPT - 1
+        if not c["kept"]:
+            c["reason"] = f"on the front, but a search keeps the {MAX_KEPT} best files only"
     return chosen["index"], why

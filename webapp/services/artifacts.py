@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 from ..engine.errors import scrub_paths
+from ..engine.search import MAX_KEPT
 from . import get
 from .sandbox import SandboxError, run_job
 
@@ -41,6 +42,7 @@ WORDS = ("accuracy_kind", "evaluation_inputs")
 MAX_STEPS_BYTES = 1 << 20
 # A search's candidates: what each may carry, and how many a report may hold.
 MAX_CANDIDATES = 64
+MAX_COUNT = 1 << 53  # past this a "size" is no size, and JSON numbers lose precision
 CANDIDATE_NUMBERS = (
     "latency_ms",
     "latency_low_ms",
@@ -67,36 +69,49 @@ VERIFY_SECONDS = 120
 
 
 def check(path: Path) -> tuple[str, int]:
-    """(sha256, size) of a valid artifact; raises Refused otherwise. The file is parsed in
-    a sandboxed worker of its own: a crafted protobuf costs memory out of all proportion to
-    its size, which the web process must never pay."""
+    """(sha256, size) of a valid artifact; raises Refused otherwise."""
+    return check_all({"model_path": path})["model_path"]
+
+
+def check_all(paths: dict[str, Path]) -> dict[str, tuple[str, int]]:
+    """(sha256, size) of each valid artifact, by key; raises Refused unless every one is.
+    The files are parsed in one sandboxed worker of their own, within one time limit: a
+    crafted protobuf costs memory out of all proportion to its size, which the web process
+    must never pay, and a search's files must not hold the executor any longer than one."""
     try:
-        answer = run_job(
-            get("sandbox"), {"kind": "verify"}, {"model_path": path}, VERIFY_SECONDS, 1, kind="verify"
-        )
+        answer = run_job(get("sandbox"), {"kind": "verify"}, dict(paths), VERIFY_SECONDS, 1, kind="verify")
     except SandboxError as exc:
         raise Refused(str(exc)) from exc
     if answer[0] != "result":
         raise Refused(scrub_paths(str(answer[2]))[:500])
-    return get("blobs").digest(path)
+    return {key: get("blobs").digest(path) for key, path in paths.items()}
 
 
 def kept_candidates(outcome) -> list[int]:
     """The indices of the search candidates the worker says it kept (their files are to be
     taken and checked); none for a session that was not a search."""
-    found = outcome.get("results", {}).get("candidates") if isinstance(outcome, dict) else None
+    given = outcome.get("results") if isinstance(outcome, dict) else None
+    found = given.get("candidates") if isinstance(given, dict) else None
     if found is None:
         return []
     if not isinstance(found, list) or len(found) > MAX_CANDIDATES:
-        raise Refused("candidates is not a list of at most 64")
-    return [i for i, c in enumerate(found) if isinstance(c, dict) and c.get("kept") is True]
+        raise Refused(f"candidates is not a list of at most {MAX_CANDIDATES}")
+    kept = [i for i, c in enumerate(found) if isinstance(c, dict) and c.get("kept") is True]
+    if len(kept) > MAX_KEPT:
+        raise Refused(f"it kept more than {MAX_KEPT} candidates")
+    return kept
 
 
 def results(
-    outcome, original_size: int, artifact_size: int, candidate_sizes: dict[int, int] | None = None
+    outcome,
+    original_size: int,
+    artifact_size: int,
+    candidate_sizes: dict[int, int] | None = None,
+    search: bool = False,
 ) -> dict:
     """The session's results: the worker's measurements, type-checked, with the sizes
-    measured on this side (the artifact's, and each kept search candidate's)."""
+    measured on this side (the artifact's, and each kept search candidate's). A search's
+    results must hold its candidates, and only a search's may."""
     if not isinstance(outcome, dict) or not isinstance(outcome.get("results"), dict):
         raise Refused("no results")
     given = outcome["results"]
@@ -122,11 +137,15 @@ def results(
     if len(json.dumps(steps)) > MAX_STEPS_BYTES:
         raise Refused("its steps are larger than a report may be")
     cleaned["steps"] = steps
-    if "candidates" in given:
-        sizes = candidate_sizes or {}
-        cleaned["candidates"] = [
-            _candidate(c, i, sizes.get(i), original_size) for i, c in enumerate(given["candidates"])
-        ]
+    if search != ("candidates" in given):
+        raise Refused("a search's results hold its candidates, and only a search's")
+    if search:
+        found, sizes = given["candidates"], candidate_sizes or {}
+        if not isinstance(found, list) or not found or len(found) > MAX_CANDIDATES:
+            raise Refused(f"candidates is not a list of 1 to {MAX_CANDIDATES}")
+        if len(json.dumps(found)) > MAX_STEPS_BYTES:
+            raise Refused("its candidates are larger than a report may be")
+        cleaned["candidates"] = [_candidate(c, i, sizes.get(i), original_size) for i, c in enumerate(found)]
         chosen = given.get("chosen")
         if not isinstance(chosen, int) or isinstance(chosen, bool) or chosen not in sizes:
             raise Refused("chosen is not a kept candidate")
@@ -136,10 +155,18 @@ def results(
     return cleaned
 
 
-def _candidate(given, index: int, size: int | None, original_size: int) -> dict:
-    if not isinstance(given, dict) or given.get("index") != index:
-        raise Refused(f"candidate {index} is not a candidate")
-    cleaned: dict = {"index": index}
+def clean_candidate(given) -> dict:
+    """A candidate's figures as a worker reports them while a search runs, type-checked
+    and bounded like the results' (raises Refused)."""
+    if (
+        not isinstance(given, dict)
+        or not isinstance(given.get("index"), int)
+        or isinstance(given["index"], bool)
+    ):
+        raise Refused("not a candidate")
+    if not 0 <= given["index"] < MAX_CANDIDATES:
+        raise Refused("a candidate's index is out of range")
+    cleaned: dict = {"index": given["index"]}
     for key in CANDIDATE_NUMBERS:
         if given.get(key) is not None:
             cleaned[key] = _number(given[key], key)
@@ -153,8 +180,18 @@ def _candidate(given, index: int, size: int | None, original_size: int) -> dict:
             cleaned[key] = scrub_paths(str(given[key]))[:limit]
     steps = given.get("steps", [])
     if not isinstance(steps, list) or not all(isinstance(step, dict) for step in steps):
-        raise Refused(f"candidate {index}'s steps are not a list of steps")
+        raise Refused(f"candidate {given['index']}'s steps are not a list of steps")
     cleaned["steps"] = steps
+    measured = ("speedup", "accuracy_retention_percent", "size_bytes", "size_reduction_percent", "latency_ms")
+    if any(key in cleaned for key in measured) and not all(key in cleaned for key in measured):
+        raise Refused(f"candidate {given['index']} is measured only in part")
+    return cleaned
+
+
+def _candidate(given, index: int, size: int | None, original_size: int) -> dict:
+    cleaned = clean_candidate(given)
+    if cleaned["index"] != index:
+        raise Refused(f"candidate {index} is not in its place")
     if cleaned["kept"] != (size is not None):
         raise Refused(f"candidate {index} is kept without its file, or the other way round")
     if size is not None:  # measured here, like the artifact's
@@ -166,8 +203,8 @@ def _candidate(given, index: int, size: int | None, original_size: int) -> dict:
 
 
 def _count(value, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise Refused(f"{key} is not a whole number")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_COUNT:
+        raise Refused(f"{key} is not a whole number of bytes")
     return value
 
 

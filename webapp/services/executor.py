@@ -257,6 +257,11 @@ class LocalExecutor:
             data = args[3] if isinstance(args[3], dict) else {}
             if len(json.dumps(data)) > MAX_EVENT_DATA:
                 data = {"omitted": "larger than a timeline line may carry"}
+            if "candidate" in data:  # what the session page plots while a search runs
+                try:
+                    data["candidate"] = artifacts.clean_candidate(data["candidate"])
+                except artifacts.Refused:
+                    del data["candidate"]
             session_runs.record_event(
                 session_id,
                 str(args[0]),
@@ -285,21 +290,31 @@ class LocalExecutor:
         except subprocess.TimeoutExpired:
             worker.kill()  # it has said all it had to say
         tmp_dir = self.app.extensions["optideck.blobs"].tmp_dir
-        taken: dict[int, Path] = {}
+        taken: list[Path] = []
+        candidates: dict[int, Path] = {}
+        handed_over = False
         try:
-            artifact = worker.take_output(ARTIFACT_NAME, tmp_dir, self.output_limit)
+            # Everything the worker hands back shares one output limit.
+            budget = self.output_limit
+            artifact = worker.take_output(ARTIFACT_NAME, tmp_dir, budget)
+            taken.append(artifact)
             # A search's kept candidates, by the index its results give them.
             for index in artifacts.kept_candidates(outcome):
-                taken[index] = worker.take_output(candidate_name(index), tmp_dir, self.output_limit)
+                budget -= taken[-1].stat().st_size
+                candidates[index] = worker.take_output(candidate_name(index), tmp_dir, max(budget, 0))
+                taken.append(candidates[index])
+            handed_over = True
         except (SandboxError, artifacts.Refused) as exc:
             log.warning("session %s: %s", running.session_id, exc)
-            for path in taken.values():
-                path.unlink(missing_ok=True)
             session_runs.record_failed(
                 running.session_id, "worker_lost", "The worker finished without a usable optimized model."
             )
             return
-        session_runs.record_completed(running.session_id, outcome, artifact, taken)
+        finally:
+            if not handed_over:  # whatever went wrong, no copy stays behind in tmp/
+                for path in taken:
+                    path.unlink(missing_ok=True)
+        session_runs.record_completed(running.session_id, outcome, artifact, candidates)
 
     def _fail(self, running: _Running, error_type: str, message: str) -> None:
         running.finished = True

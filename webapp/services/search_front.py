@@ -26,14 +26,15 @@ def front(session: OptimizationSession) -> dict | None:
     if not is_search(session):
         return None
     results = session.results or {}
-    if results.get("candidates"):
+    if "candidates" in results:
         candidates = results["candidates"]
-    else:
-        candidates = [
-            e.data["candidate"]
+    else:  # checked as they arrived (executor.py); the latest line of each candidate counts
+        latest = {
+            e.data["candidate"]["index"]: e.data["candidate"]
             for e in session.events
             if e.data and isinstance(e.data.get("candidate"), dict)
-        ]
+        }
+        candidates = [latest[index] for index in sorted(latest)]
     chosen = results.get("chosen")
     floor = float(session.criteria.get("min_accuracy_retention_percent", 99.0))
     measured = [c for c in candidates if c.get("speedup") is not None]

@@ -13,6 +13,7 @@ from flask import current_app
 from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm.exc import UnmappedInstanceError
 
+from ..engine.search import AUTO
 from ..extensions import db
 from ..tables import OptimizationSession, SessionCandidate, SessionEvent, SessionStatus, utcnow
 from . import alerts, artifacts, caching, get, model_store, session_summaries, stored_files
@@ -148,18 +149,26 @@ def record_completed(
         if session is None:
             return
         try:
-            sha, size = artifacts.check(artifact)
-            checked = {index: artifacts.check(path) for index, path in candidates.items()}
-            sizes = {index: found[1] for index, found in checked.items()}
-            results = artifacts.results(outcome, session.model.size_bytes, size, sizes)
+            # The figures first (cheap, and they say which files there should be), then
+            # every file in one sandboxed check; sizes are the copies' on this side.
+            sizes = {index: path.stat().st_size for index, path in candidates.items()}
+            search = session.techniques == [AUTO]
+            results = artifacts.results(
+                outcome, session.model.size_bytes, artifact.stat().st_size, sizes, search
+            )
+            checked = artifacts.check_all(
+                {"model_path": artifact, **{f"candidate_{i}_path": p for i, p in candidates.items()}}
+            )
         except artifacts.Refused as exc:
             log.warning("session %s: artifact refused: %s", session_id, exc)
             record_failed(session_id, "worker_lost", f"The worker's optimized model was refused: {exc}")
             return
+        sha, size = checked["model_path"]
         stored_files.keep(artifact, sha, size)
         session.artifact_sha256, session.artifact_size_bytes = sha, size
-        for index, (candidate_sha, candidate_size) in checked.items():
-            stored_files.keep(candidates[index], candidate_sha, candidate_size)
+        for index, path in candidates.items():
+            candidate_sha, candidate_size = checked[f"candidate_{index}_path"]
+            stored_files.keep(path, candidate_sha, candidate_size)
             db.session.add(
                 SessionCandidate(
                     session_id=session.id,

@@ -114,3 +114,12 @@ def test_running_out_of_memory_still_ends_the_session(techniques, tmp_path):
     resource_limit."""
     with pytest.raises(RuntimeError, match="Failed to allocate"):
         _run(tmp_path, "copy", "oom", "copy")
+
+
+def test_a_long_library_error_keeps_its_cause():
+    from webapp.engine.errors import MESSAGE_LIMIT, public_message
+
+    text = "Exporting failed in /tmp/sandbox/job/m.pt:\n" + "frame\n" * 400 + "Caused by: int argument n"
+    message = public_message(RuntimeError(text))
+    assert len(message) <= MESSAGE_LIMIT
+    assert message.startswith("Exporting failed in m.pt:") and message.endswith("Caused by: int argument n")

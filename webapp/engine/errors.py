@@ -31,10 +31,14 @@ def out_of_memory(exc: BaseException) -> bool:
 
 def public_message(exc: BaseException) -> str:
     """A library's error in words fit for the user: no file system paths (the sandbox's
-    or the server's), whole lines up to a readable length, never empty."""
+    or the server's), up to a readable length, never empty. A long one keeps its start and
+    its end: libraries put what failed first and the cause last."""
     text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
     text = scrub_paths(text) or type(exc).__name__
-    return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 1] + "…"
+    if len(text) <= MESSAGE_LIMIT:
+        return text
+    half = (MESSAGE_LIMIT - 3) // 2
+    return f"{text[:half]} … {text[-half:]}"
 
 
 class EngineError(Exception):

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 from .. import formats
-from ..errors import TechniqueFailed
+from ..errors import TechniqueFailed, public_message
 from ..loading import LoadedModel
 
 OPSET = 18
@@ -65,5 +65,5 @@ def to_onnx(model: LoadedModel, dst: Path) -> dict:
                     external_data=False,
                 )
     except Exception as exc:  # exporter failures come in many types
-        raise TechniqueFailed(f"Exporting to ONNX failed: {str(exc).splitlines()[0][:300]}") from exc
+        raise TechniqueFailed(f"Exporting to ONNX failed: {public_message(exc)}") from exc
     return {"opset": OPSET, "from_format": model.format}

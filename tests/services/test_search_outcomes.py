@@ -22,7 +22,11 @@ MEASURED = {
     "size_bytes": 100,
     "size_reduction_percent": 10.0,
     "latency_ms": 1.0,
+    "latency_low_ms": 0.9,
+    "latency_high_ms": 1.1,
     "speedup": 1.5,
+    "speedup_low": 1.4,
+    "speedup_high": 1.6,
     "accuracy_retention_percent": 99.5,
 }
 FIGURES = {name: 1.0 for name in artifacts.NUMBERS} | {"criteria_met": True}
@@ -109,6 +113,7 @@ class _FinishedWorker:
         self.out_dir = out_dir
         self.take_output = Worker.take_output.__get__(self)
         self.process = subprocess.Popen(["true"])
+        self.process.wait()  # it has ended
 
     def kill(self):
         pass
@@ -160,3 +165,22 @@ def test_a_timeline_line_with_bad_candidate_figures_keeps_its_words_but_not_the_
         )
     stored = [e.data for e in db.session.query(SessionEvent).filter_by(session_id=session.id)]
     assert stored[0] == {} and stored[1]["candidate"]["speedup"] == 1.5
+
+
+def test_a_completed_search_page_shows_failed_and_measured_candidates(app, operator):
+    session = _running_search(operator.user)
+    failed = {
+        "index": 1,
+        "configuration": "int4 weights",
+        "steps": [],
+        "outcome": "failed",
+        "reason": "crashed",
+    }
+    original = {**MEASURED, "index": 0, "kept": True, "pareto": True}
+    results = artifacts.results(_outcome([original, failed]), 1000, 900, {0: 900}, search=True)
+    session.status, session.results = "completed", results
+    db.session.commit()
+    page = operator.client.get(f"/sessions/{session.id}")
+    text = page.get_data(as_text=True)
+    assert page.status_code == 200
+    assert "not measured" in text and "crashed" in text and "candidate=0" in text

@@ -216,7 +216,9 @@ def front(candidates: list[dict], criteria: dict) -> tuple[int, str | None]:
         beaten_by = next((o for o in above if o is not c and dominates(o, c)), None)
         c["pareto"] = beaten_by is None
         if beaten_by is not None:
-            c["reason"] = f"dominated by #{beaten_by['index']} (as small, as fast, as accurate)"
+            c["reason"] = (
+                f"dominated by #{beaten_by['index']}: as small, at least as large a speedup, as accurate"
+            )
         missing = meets_targets(c, criteria)
         c["meets_criteria"] = missing is None
         if missing and not c.get("reason"):

@@ -182,7 +182,17 @@ def clean_candidate(given) -> dict:
     if not isinstance(steps, list) or not all(isinstance(step, dict) for step in steps):
         raise Refused(f"candidate {given['index']}'s steps are not a list of steps")
     cleaned["steps"] = steps
-    measured = ("speedup", "accuracy_retention_percent", "size_bytes", "size_reduction_percent", "latency_ms")
+    measured = (
+        "speedup",
+        "speedup_low",
+        "speedup_high",
+        "accuracy_retention_percent",
+        "size_bytes",
+        "size_reduction_percent",
+        "latency_ms",
+        "latency_low_ms",
+        "latency_high_ms",
+    )
     if any(key in cleaned for key in measured) and not all(key in cleaned for key in measured):
         raise Refused(f"candidate {given['index']} is measured only in part")
     return cleaned

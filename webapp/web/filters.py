@@ -9,6 +9,8 @@ from datetime import datetime
 
 from flask import Flask
 
+from ..engine.search import AUTO
+
 MISSING = "—"
 TIME_FORMATS = {
     "minute": "%Y-%m-%d %H:%M",
@@ -66,6 +68,11 @@ def filesize(value: int | None) -> str:
     return str(value)
 
 
+def techniques(ids: list[str]) -> str:
+    """A session's techniques as a list shows them; a search ("auto") reads as one."""
+    return ", ".join("search" if technique == AUTO else technique for technique in ids or [])
+
+
 def init_app(app: Flask) -> None:
-    for function in (pct, speedup, ms, between, number, when, filesize):
+    for function in (pct, speedup, ms, between, number, when, filesize, techniques):
         app.add_template_filter(function)

@@ -151,3 +151,17 @@ def test_an_unknown_task_metric_is_an_inline_error(operator, tmp_path):
     assert 'id="task-error"' in text and "Must be one of" in text
     assert 'value="kept"' in text
     assert db.session.query(ModelMetadata).count() == 0
+
+
+def test_optimize_this_model_opens_the_start_form_with_it_chosen(operator, viewer):
+    mine, other = gen_model(operator.user, "mine"), gen_model(operator.user, "other")
+    listing = operator.client.get("/models").get_data(as_text=True)
+    link = f"/sessions?model_id={mine.id}#start"
+    assert link in listing
+    assert link in operator.client.get(f"/models/{mine.id}").get_data(as_text=True)
+    form = operator.client.get(f"/sessions?model_id={mine.id}").get_data(as_text=True)
+    assert f'<option value="{mine.id}" selected>' in form
+    assert f'<option value="{other.id}" >' in form
+    # Viewers may look but not start: no action for them.
+    assert "Optimize" not in viewer.client.get("/models").get_data(as_text=True)
+    assert "Optimize this model" not in viewer.client.get(f"/models/{mine.id}").get_data(as_text=True)

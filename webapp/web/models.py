@@ -34,16 +34,18 @@ def _upload_form(errors: dict, form) -> dict:
     }
 
 
+def _list(user, q: str) -> dict:
+    """The models table: the models this user sees, and those they may optimize."""
+    models = model_store.list_for(user, q)
+    optimizable = {m.id for m in models if policy.can_change(user, m.owner_id)}
+    return {"models": models, "q": q, "optimizable": optimizable}
+
+
 @bp.get("/models")
 def index():
     user = _user()
     q = request.args.get("q", "").strip()[:200]
-    context = {
-        "models": model_store.list_for(user, q),
-        "q": q,
-        "can_upload": _can_upload(user),
-        **_upload_form({}, {}),
-    }
+    context = {**_list(user, q), "can_upload": _can_upload(user), **_upload_form({}, {})}
     template = "models/_table.html" if is_partial() else "models/index.html"
     return render_template(template, **context), 200, {"Vary": "HX-Request"}
 
@@ -55,11 +57,7 @@ def _upload_failed(errors: dict, status: int):
     if is_partial():
         return render_template("models/_upload.html", **_upload_form(errors, form)), status
     return render_template(
-        "models/index.html",
-        models=model_store.list_for(user),
-        q="",
-        can_upload=True,
-        **_upload_form(errors, form),
+        "models/index.html", **_list(user, ""), can_upload=True, **_upload_form(errors, form)
     ), status
 
 

@@ -70,7 +70,7 @@ def index():
     status = 400 if context["errors"] else 200
     if is_partial():
         return render_template("sessions/_list.html", **context), status, {"Vary": "HX-Request"}
-    context.update(_start_form_context(user))
+    context.update(_start_form_context(user), preselect_model_id=request.args.get("model_id", ""))
     return render_template("sessions/index.html", **context), status, {"Vary": "HX-Request"}
 
 

@@ -1,4 +1,4 @@
-// Optideck's only script: upload progress for the model form (htmx does the rest).
+// Optideck's only script (htmx does the rest): upload progress, confirmations, live status.
 document.addEventListener("htmx:xhr:progress", (event) => {
   const form = event.target.closest("#upload-form");
   if (!form || !event.detail.lengthComputable) return;
@@ -8,6 +8,13 @@ document.addEventListener("htmx:xhr:progress", (event) => {
   bar.hidden = false;
   bar.value = percent;
   status.textContent = percent < 100 ? `Uploading… ${percent} %` : "Uploaded; analysing the model…";
+});
+
+// Forms that cannot be undone (delete a model, cancel a session, deactivate a user,
+// restore criteria) ask first; their data-confirm says what will happen.
+document.addEventListener("submit", (event) => {
+  const question = event.target.dataset && event.target.dataset.confirm;
+  if (question && !window.confirm(question)) event.preventDefault();
 });
 
 // The criteria form says "Unsaved changes" from the first edit until it is saved.

@@ -82,6 +82,11 @@ def test_cancel_a_queued_session(page):
     ]
     page.goto(f"/sessions/{ids[-1]}")
     expect(page.locator(".status-line .badge")).to_have_text("queued")
+    # Cancelling asks first: dismissed, nothing happens; accepted, the session is cancelled.
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.get_by_role("button", name="Cancel session").click()
+    expect(page.locator(".status-line .badge")).to_have_text("queued")
+    page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Cancel session").click()
     expect(page.locator(".status-line .badge")).to_have_text("cancelled")
     expect(page.get_by_role("button", name="Cancel session")).to_have_count(0)

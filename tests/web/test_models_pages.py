@@ -165,3 +165,11 @@ def test_optimize_this_model_opens_the_start_form_with_it_chosen(operator, viewe
     # Viewers may look but not start: no action for them.
     assert "Optimize" not in viewer.client.get("/models").get_data(as_text=True)
     assert "Optimize this model" not in viewer.client.get(f"/models/{mine.id}").get_data(as_text=True)
+
+
+def test_what_cannot_be_undone_asks_first(operator, admin):
+    model = gen_model(operator.user, "mine")
+    page = operator.client.get(f"/models/{model.id}").get_data(as_text=True)
+    assert 'data-confirm="Delete mine v1? This cannot be undone."' in page
+    users = admin.client.get("/admin/users").get_data(as_text=True)
+    assert f'data-confirm="Deactivate {operator.user.username}? Their browser sessions' in users

@@ -49,12 +49,11 @@ def gen_session(
             "accuracy_retention_percent": 99.5,
             "criteria_met": True,
         }
+    kw = {"techniques": ["quantization"], "parameters": {}, **kw}
     session = OptimizationSession(
         model_id=model.id,
         owner_id=owner.id,
         status=status,
-        techniques=["quantization"],
-        parameters={},
         criteria={},
         plan=[],
         results=results,

@@ -172,3 +172,26 @@ def test_find_the_best_starts_a_search_and_its_budget_is_checked_inline(operator
     # The ticked techniques give way to the search, which explores what the criteria allow.
     assert session.techniques == ["auto"]
     assert session.plan == [{"technique": "auto", "params": {"budget_minutes": 2.0}}]
+
+
+def test_run_again_fills_the_start_form_with_the_plan(operator):
+    model = gen_model(operator.user, "m")
+    session = gen_session(
+        model,
+        operator.user,
+        "cancelled",
+        techniques=["pruning", "quantization"],
+        parameters={"pruning": {"sparsity": 0.3}, "quantization": {"mode": "fp16"}},
+    )
+    page = operator.client.get(f"/sessions/{session.id}").get_data(as_text=True)
+    assert f"/sessions?rerun={session.id}#start" in page
+    form = operator.client.get(f"/sessions?rerun={session.id}").get_data(as_text=True)
+    assert f'<option value="{model.id}" selected>' in form
+    assert 'value="pruning" checked' in form and 'value="compression" checked' not in form
+    assert 'value="0.3"' in form and '<option value="fp16" selected' in form
+    search = gen_session(
+        model, operator.user, "failed", techniques=["auto"], parameters={"auto": {"budget_minutes": 4}}
+    )
+    again = operator.client.get(f"/sessions?rerun={search.id}").get_data(as_text=True)
+    assert 'name="search" value="1" checked' in again and 'value="4"' in again
+    assert operator.client.get("/sessions?rerun=soon").status_code == 400

@@ -70,7 +70,9 @@ def index():
     status = 400 if context["errors"] else 200
     if is_partial():
         return render_template("sessions/_list.html", **context), status, {"Vary": "HX-Request"}
-    context.update(_start_form_context(user), preselect_model_id=request.args.get("model_id", ""))
+    rerun = request.args.get("rerun")
+    form = _rerun_form(user, rerun) if rerun else None
+    context.update(_start_form_context(user, form), preselect_model_id=request.args.get("model_id", ""))
     return render_template("sessions/index.html", **context), status, {"Vary": "HX-Request"}
 
 
@@ -92,6 +94,30 @@ def _offered(criteria: dict) -> list:
 def _field(technique, param) -> str:
     """A technique parameter's form field: quantization_mode, pruning_sparsity..."""
     return f"{technique.id}_{param.name}"
+
+
+def _rerun_form(user, session_id: str) -> MultiDict:
+    """The start form filled in with a session's model and plan ("Run again with this plan");
+    parameters only the API takes (a quantization's operator set, say) are not on the form."""
+    try:
+        session = optimization.get_for(user, parse_id(session_id))
+    except ValueError:
+        raise ServiceError(400, "validation_error", "rerun is not a session's number.") from None
+    fields: list[tuple[str, str]] = [("model_id", str(session.model_id))]
+    if session.techniques == [AUTO]:
+        fields.append(("search", "1"))
+        budget = (session.parameters.get(AUTO) or {}).get("budget_minutes")
+        if budget is not None:
+            fields.append(("budget_minutes", f"{budget:g}"))
+    for technique in TECHNIQUES.values():
+        if technique.id not in session.techniques:
+            continue
+        fields.append(("techniques", technique.id))
+        given = session.parameters.get(technique.id) or {}
+        fields += [
+            (_field(technique, p), str(given[p.name])) for p in technique.form_params if p.name in given
+        ]
+    return MultiDict(fields)
 
 
 def _start_form_context(user, form=None, errors=None) -> dict:

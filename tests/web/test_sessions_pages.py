@@ -195,3 +195,37 @@ def test_run_again_fills_the_start_form_with_the_plan(operator):
     again = operator.client.get(f"/sessions?rerun={search.id}").get_data(as_text=True)
     assert 'name="search" value="1" checked' in again and 'value="4"' in again
     assert operator.client.get("/sessions?rerun=soon").status_code == 400
+
+
+def test_the_list_searches_model_names_and_links_keep_the_words(operator, api_client):
+    for name in ("digits-cnn", "digits-mlp", "speech_100%"):
+        gen_session(gen_model(operator.user, name), operator.user, "completed")
+    gen_session(gen_model(operator.user, "other-cnn"), operator.user, "completed")
+    text = operator.client.get("/sessions?q=CNN&limit=1").get_data(as_text=True)
+    assert "1–1 of 2" in text and "q=CNN&amp;skip=1&amp;limit=1" in text
+    assert "of 1" in operator.client.get("/sessions?q=100%25").get_data(as_text=True)  # % is a letter
+    caller = api_client()
+    assert caller.get("/api/v1/optimization/sessions?q=cnn").get_json()["total"] == 0  # not theirs
+    assert operator.client.get("/sessions?q=" + "x" * 201).status_code == 400
+
+
+def test_the_filtered_list_downloads_as_csv_on_the_page_and_the_api(operator, api_client):
+    import csv
+    import io
+
+    hostile = gen_model(operator.user, "=HYPERLINK(1)")
+    for status in ("completed", "failed", "completed"):
+        gen_session(hostile, operator.user, status)
+    gen_session(gen_model(operator.user, "plain"), operator.user, "completed")
+    listing = operator.client.get("/sessions?status=completed&limit=1").get_data(as_text=True)
+    assert "/sessions/export.csv?status=completed" in listing and "Download these 3 as CSV" in listing
+    page = operator.client.get("/sessions/export.csv?status=completed&q=HYPER")
+    assert page.mimetype == "text/csv" and "attachment" in page.headers["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(page.get_data(as_text=True))))
+    assert len(rows) == 2 and {row["status"] for row in rows} == {"completed"}
+    assert rows[0]["model_name"] == "'=HYPERLINK(1)"  # a spreadsheet reads it as text
+    assert rows[0]["size_reduction_percent"] == "50.0"
+    # The API gives the same file for the same filters, to the same user only.
+    caller = api_client()
+    assert caller.get("/api/v1/optimization/sessions/export.csv").get_data(as_text=True).count("\n") == 1
+    assert operator.client.get("/sessions/export.csv?status=bogus").status_code == 400

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import g, jsonify, send_file
+from flask import Response, g, jsonify, send_file
 from flask.views import MethodView
 
 from ..auth.guards import roles_required
@@ -44,6 +44,20 @@ def list_sessions(filters):
     # holds the two together.
     page["sessions"] = [session_summaries.jsonable(s) for s in page["sessions"]]
     return jsonify(page)
+
+
+@blp.route("/optimization/sessions/export.csv", methods=["GET"])
+@blp.arguments(session_query.SessionQuerySchema, location="query")
+@blp.response(200, description="One row per session, with a header row.", content_type="text/csv")
+@blp.alt_response(400, schema=ErrorSchema, description="A parameter is invalid; `details` names it.")
+def export_sessions(filters):
+    """The sessions list with the same filters and order as a CSV file: every matching
+    session (skip and limit are ignored), at most 10,000."""
+    return Response(
+        session_query.export_csv(g.api_user, filters),
+        mimetype="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="sessions.csv"'},
+    )
 
 
 @blp.route("/optimization/sessions", methods=["POST"])

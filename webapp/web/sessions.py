@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import flash, redirect, render_template, request, send_file, url_for
+from flask import Response, flash, redirect, render_template, request, send_file, url_for
 from flask_login import current_user
 from werkzeug.datastructures import MultiDict
 
@@ -28,7 +28,7 @@ def list_query_args(filters: dict, **changes) -> MultiDict:
     args = MultiDict()
     for status in values.get("status") or []:
         args.add("status", status)
-    for key in ("model_id", "owner", "sort", "order", "skip", "limit"):
+    for key in ("model_id", "q", "owner", "sort", "order", "skip", "limit"):
         value = values.get(key)
         default = {"sort": "created", "order": "desc", "skip": 0, "limit": session_query.DEFAULT_LIMIT}.get(
             key
@@ -180,6 +180,17 @@ def start():
         return render_template("sessions/index.html", **context), exc.status
     flash(f"Session #{session.id} queued.", "success")
     return redirect(url_for("sessions.detail", session_id=session.id))
+
+
+@bp.get("/sessions/export.csv")
+def export():
+    """The filtered list (every page of it) as CSV: the same filters as the page."""
+    filters = session_query.parse(request.args)
+    return Response(
+        session_query.export_csv(_user(), filters),
+        mimetype="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="sessions.csv"'},
+    )
 
 
 @bp.get("/sessions/<int:session_id>")

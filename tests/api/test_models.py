@@ -48,14 +48,20 @@ def test_each_format_is_detected_from_content_and_analysed(app, api_client, demo
     assert operator.get(f"/api/v1/models/{body['model_id']}").get_json()["sha256"] == body["sha256"]
 
 
-def test_same_bytes_are_stored_once_and_versions_count_up(app, api_client, demo_files):
+def test_same_bytes_are_stored_once_and_the_same_model_is_not_a_new_version(app, api_client, demo_files):
     operator = api_client("operator")
     content = demo_files["onnx"].read_bytes()
     first = post_model(operator, content, name="same").get_json()
-    second = post_model(operator, content, name="same").get_json()
-    assert first["sha256"] == second["sha256"]
-    assert (first["version"], second["version"]) == (1, 2)
+    again = post_model(operator, content, name="same")
+    assert again.status_code == 409
+    assert "same model as same v1" in again.get_json()["message"]
+    assert again.get_json()["details"]["model_id"] == [str(first["model_id"])]
+    other_name = post_model(operator, content, name="other").get_json()
+    assert first["sha256"] == other_name["sha256"] and other_name["version"] == 1
     assert stored_files(app).count(first["sha256"]) == 1
+    # Other evaluation data or another task metric under the same name is a new version.
+    detection = post_model(operator, content, name="same", task="agreement").get_json()
+    assert detection["version"] == 2
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,12 @@ def test_invalid_filters_show_an_inline_message_naming_them(operator):
     assert "<strong>limit</strong>" in text and "<strong>created_from</strong>" in text
 
 
+def test_a_bad_status_filter_reads_as_a_sentence(operator):
+    text = operator.client.get("/sessions?status=bogus&status=soon").get_data(as_text=True)
+    assert "<strong>status</strong>: Must be one of: queued, running, completed, failed, cancelled." in text
+    assert '{"0"' not in text and "[&#39;" not in text
+
+
 def test_pagination_links_keep_the_filters(operator):
     model = gen_model(operator.user, "m")
     for _ in range(3):

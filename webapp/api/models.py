@@ -60,6 +60,12 @@ class Models(MethodView):
     @blp.response(201, ModelSchema)
     @blp.alt_response(413, schema=ErrorSchema, description="Larger than uploads.max_bytes.")
     @blp.alt_response(
+        409,
+        schema=ErrorSchema,
+        description="The same file (and evaluation data and task) as a model of yours of that name; "
+        "`details.model_id` names it.",
+    )
+    @blp.alt_response(
         422,
         schema=ErrorSchema,
         description="Not a model we accept, or data that does not fit it; `details` names the field.",

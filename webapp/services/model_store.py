@@ -75,6 +75,29 @@ def parse_input_shape(text: str | None):
     return value
 
 
+def _refuse_a_copy(owner: User, name: str, sha: str, eval_sha: str | None, task: str) -> None:
+    """The same bytes (and evaluation data, and task metric) under a name this user already
+    has are the same model, not a new version of it."""
+    same = db.session.scalar(
+        select(ModelMetadata).where(
+            ModelMetadata.owner_id == owner.id,
+            ModelMetadata.name == name,
+            ModelMetadata.sha256 == sha,
+            ModelMetadata.eval_data_sha256.is_(None)
+            if eval_sha is None
+            else ModelMetadata.eval_data_sha256 == eval_sha,
+            ModelMetadata.task == task,
+            ModelMetadata.deleted_at.is_(None),
+        )
+    )
+    if same is not None:
+        message = (
+            f"This is the same model as {same.name} v{same.version}: the same file"
+            f"{', evaluation data' if eval_sha else ''} and task metric. Nothing new was stored."
+        )
+        raise ServiceError(409, "conflict", message, {"file": [message], "model_id": [str(same.id)]})
+
+
 def add(
     owner: User,
     stream: BinaryIO,
@@ -98,6 +121,7 @@ def add(
         if eval_stream is not None:
             eval_tmp, eval_sha, _ = _spool(blobs, eval_stream, limit, "eval_data", suffix=".npz")
             spooled.append(eval_tmp)
+        _refuse_a_copy(owner, name, sha, eval_sha, task)
         analysis = _analyse(model_tmp, eval_tmp, input_shape, owner.id)
         version = 1 + (
             db.session.scalar(

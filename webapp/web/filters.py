@@ -73,6 +73,25 @@ def techniques(ids: list[str]) -> str:
     return ", ".join("search" if technique == AUTO else technique for technique in ids or [])
 
 
+def plain_errors(messages) -> str:
+    """A field's validation messages as a sentence: a list's per-item messages ({"0": [...]})
+    and nested ones flattened, each said once."""
+    found: list[str] = []
+
+    def collect(value) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                collect(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                collect(item)
+        elif str(value) not in found:
+            found.append(str(value))
+
+    collect(messages)
+    return " ".join(found)
+
+
 def init_app(app: Flask) -> None:
-    for function in (pct, speedup, ms, between, number, when, filesize, techniques):
+    for function in (pct, speedup, ms, between, number, when, filesize, techniques, plain_errors):
         app.add_template_filter(function)

@@ -86,9 +86,14 @@ def test_when_no_candidate_meets_the_targets_the_best_found_is_chosen_and_says_w
 
 def test_the_space_follows_the_criteria_and_the_model():
     everything = {"quantization", "compression", "pruning"}
+    dense = [c.words for c in search.space(everything, {"Gemm", "Relu"}, has_data=True)]
+    assert dense[0] == "int8 dynamic"  # the cheap likely winner first
     mixed = search.space(everything, {"Conv", "Gemm", "MatMul", "Relu", "Add"}, has_data=True)
     words = [c.words for c in mixed]
-    assert words[0] == "int8 dynamic"  # the cheap likely winner first
+    # On convolutions static int8 leads and dynamic int8 of every operator comes last.
+    assert words[0] == "int8 static, QDQ, min-max calibration"
+    quantizations = [w for w in words if "int8" in w or "fp16" in w or "int4" in w]
+    assert quantizations[-1] == "int8 dynamic"
     assert "int8 static, Conv only, QDQ, min-max calibration" in words
     assert "int8 static, MatMul/Gemm only, QDQ, min-max calibration" in words
     assert "int8 static, Conv and MatMul/Gemm, QDQ, min-max calibration" in words

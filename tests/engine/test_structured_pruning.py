@@ -14,7 +14,7 @@ from webapp.engine.techniques import TECHNIQUES
 from webapp.engine.techniques.pruning import prune
 
 
-def _mlp(path):
+def _mlp(path, bias_shape=(24,)):
     """Gemm (weights stored [out, in]) → Relu → MatMul + bias Add → Relu → Gemm, with 8
     hidden units of the first pair and 6 of the second that carry nothing (all-zero
     incoming weights and bias)."""
@@ -25,6 +25,7 @@ def _mlp(path):
     w2 = rng.normal(size=(32, 24)).astype(np.float32)  # [in, out]
     b2 = rng.normal(size=24).astype(np.float32)
     w2[:, :6], b2[:6] = 0.0, 0.0
+    b2 = b2.reshape(bias_shape)
     w3 = rng.normal(size=(24, 5)).astype(np.float32)
     graph = helper.make_graph(
         [
@@ -51,8 +52,9 @@ def _run(path, x):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
-def test_removing_units_that_carry_nothing_changes_nothing_and_shrinks_the_model(tmp_path):
-    src = _mlp(tmp_path / "mlp.onnx")
+@pytest.mark.parametrize("bias_shape", [(24,), (1, 24)])  # skl2onnx writes [1, out]
+def test_removing_units_that_carry_nothing_changes_nothing_and_shrinks_the_model(tmp_path, bias_shape):
+    src = _mlp(tmp_path / "mlp.onnx", bias_shape)
     out = tmp_path / "pruned.onnx"
     details = prune(src, out, 0.25, "neurons")
     assert details["layers"][0]["neurons"] == [32, 24]  # the 8 dead units of the first pair
@@ -60,7 +62,7 @@ def test_removing_units_that_carry_nothing_changes_nothing_and_shrinks_the_model
     assert details["parameters_after"] < details["parameters_before"]
     weights = {t.name: list(t.dims) for t in onnx.load(str(out)).graph.initializer}
     assert weights["w1"] == [24, 16] and weights["b1"] == [24] and weights["w2"] == [24, 18]
-    assert weights["b2"] == [18] and weights["w3"] == [18, 5]
+    assert weights["b2"] == [*bias_shape[:-1], 18] and weights["w3"] == [18, 5]
     assert out.stat().st_size < src.stat().st_size
     x = np.random.default_rng(2).normal(size=(6, 16)).astype(np.float32)
     np.testing.assert_allclose(_run(out, x), _run(src, x), rtol=1e-5, atol=1e-5)

@@ -100,7 +100,8 @@ def _dense(node, inits, consumers, uses) -> _Dense | None:
         other = [name for name in add.input if name != output]
         if add.op_type == "Add" and len(other) == 1 and other[0] in inits:
             candidate = inits[other[0]]
-            if list(candidate.dims) == [out] and uses[candidate.name] == 1:
+            # skl2onnx writes biases as [1, out]
+            if list(candidate.dims) in ([out], [1, out]) and uses[candidate.name] == 1:
                 bias, output = candidate, add.output[0]
     return _Dense(weight, transposed, bias, output, node)
 
@@ -163,7 +164,7 @@ def prune_neurons(src: Path, dst: Path, share: float) -> dict:
         _store(model, first.weight, w1.T if first.transposed else w1)
         _store(model, second.weight, w2.T if second.transposed else w2)
         if first.bias is not None:
-            _store(model, first.bias, numpy_helper.to_array(first.bias)[keep])
+            _store(model, first.bias, numpy_helper.to_array(first.bias)[..., keep])
         layers.append({"layer": first.node.name or first.weight.name, "neurons": [hidden, keep_count]})
     if not layers:
         raise TechniqueFailed("The hidden layers are too small to remove a unit at this share.")

@@ -126,6 +126,10 @@ def test_connections_and_messages_are_counted(app, live):
     receive_json(ws)
     assert sample("optideck_ws_connections_total") == opened + 1
     assert sample("optideck_ws_connections_open") == open_now + 1
+    # The server counts a message once its send returns, which may be after it arrived.
+    deadline = time.monotonic() + 5
+    while sample("optideck_ws_messages_sent_total") < sent + 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert sample("optideck_ws_messages_sent_total") >= sent + 1
     ws.close()
     deadline = time.monotonic() + 5

@@ -393,14 +393,23 @@ class Sandbox:
             "--chdir",
             str(INSIDE_JOB / "out"),
         ]
+        # The folder above the package is on the worker's sys.path: a .py a model dropped
+        # there would be imported later in this worker. Under the host's /tmp it would be a
+        # folder of the sandbox's writable /tmp, so it gets a tmpfs of its own, made
+        # read-only once the package's folders are mounted in it.
+        package_root_in_tmp = PACKAGE_ROOT.is_relative_to("/tmp") and PACKAGE_ROOT not in self.code_dirs  # noqa: S108
+        if package_root_in_tmp:
+            bwrap += ["--tmpfs", str(PACKAGE_ROOT)]
         # After the sandbox's own /tmp: a checkout or virtualenv under the host's /tmp
         # must show through it.
         for path in self.code_dirs:
             if not str(path).startswith("/usr/"):
                 bwrap += ["--ro-bind", str(path), str(path)]
+        if package_root_in_tmp:
+            bwrap += ["--remount-ro", str(PACKAGE_ROOT)]
         # Last, once every mount point is made: the root is a tmpfs holding the folders
-        # above the package (on sys.path), where a .py dropped by a model would be imported
-        # later in this worker. Only /tmp and the job's out folder stay writable.
+        # above the package, the same danger anywhere else. Only /tmp and the job's out
+        # folder stay writable.
         bwrap += ["--remount-ro", "/"]
         argv = [*prlimit, "--", *bwrap, "--", *python]
         return Launch(argv, {"PATH": env["PATH"], "LANG": "C.UTF-8"}, [program, info_write], info_read)

@@ -94,7 +94,7 @@ def train(model, data: DemoData, epochs: int = 12, batch: int = 64) -> float:
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         logging.disable(logging.WARNING)
@@ -116,7 +116,7 @@ def save(model, example: np.ndarray, folder: Path, stem: str) -> dict[str, Path]
         "exported_program": folder / f"{stem}.pt2",
     }
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with _quiet():
+    with quiet():
         program = torch.export.export(model, (sample,), dynamic_shapes=({0: batch},))
         torch.export.save(program, str(paths["exported_program"]))
         torch.jit.save(torch.jit.trace(model, sample), str(paths["torchscript"]))

@@ -3,6 +3,7 @@ a browser's), the events of one session."""
 
 import functools
 import io
+import itertools
 import json
 import threading
 import time
@@ -81,13 +82,18 @@ def closed_within(ws, seconds=5.0):
     raise AssertionError(f"still open after {seconds}s; got {seen}")
 
 
+_uploads = itertools.count(1)
+
+
 def upload_model(app, token, demo_files) -> int:
+    """A new model each call (the same file under the same name would be the same model)."""
     model = app.test_client().post(
         "/api/v1/models",
         headers={"Authorization": f"Bearer {token}"},
         content_type="multipart/form-data",
-        data={"file": (io.BytesIO(demo_files["onnx"].read_bytes()), "m.onnx")},
+        data={"file": (io.BytesIO(demo_files["onnx"].read_bytes()), "m.onnx"), "name": f"m{next(_uploads)}"},
     )
+    assert model.status_code == 201, model.get_json()
     return model.get_json()["model_id"]
 
 

@@ -13,10 +13,9 @@ from flask import current_app
 from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm.exc import UnmappedInstanceError
 
-from ..engine.search import AUTO
 from ..extensions import db
 from ..tables import OptimizationSession, SessionCandidate, SessionEvent, SessionStatus, utcnow
-from . import alerts, artifacts, caching, get, model_store, session_summaries, stored_files
+from . import alerts, artifacts, caching, get, model_store, search_front, session_summaries, stored_files
 
 log = logging.getLogger("optideck.sessions")
 
@@ -152,7 +151,7 @@ def record_completed(
             # The figures first (cheap, and they say which files there should be), then
             # every file in one sandboxed check; sizes are the copies' on this side.
             sizes = {index: path.stat().st_size for index, path in candidates.items()}
-            search = session.techniques == [AUTO]
+            search = search_front.is_search(session)
             results = artifacts.results(
                 outcome, session.model.size_bytes, artifact.stat().st_size, sizes, search
             )

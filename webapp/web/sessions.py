@@ -10,7 +10,7 @@ from ..auth.guards import roles_required
 from ..bounds import parse_id
 from ..engine.search import AUTO
 from ..engine.techniques import TECHNIQUES
-from ..services import model_store, optimization, policy, session_query, session_summaries
+from ..services import model_store, optimization, policy, search_front, session_query, session_summaries
 from ..services.errors import ServiceError
 from ..tables import SessionStatus
 from . import is_partial, page_blueprint
@@ -104,7 +104,7 @@ def _rerun_form(user, session_id: str) -> MultiDict:
     except ValueError:
         raise ServiceError(400, "validation_error", "rerun is not a session's number.") from None
     fields: list[tuple[str, str]] = [("model_id", str(session.model_id))]
-    if session.techniques == [AUTO]:
+    if search_front.is_search(session):
         fields.append(("search", "1"))
         budget = (session.parameters.get(AUTO) or {}).get("budget_minutes")
         if budget is not None:

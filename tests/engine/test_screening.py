@@ -305,3 +305,18 @@ def test_an_archive_of_too_many_entries_is_refused_from_its_end_record(tmp_path)
     assert screening.zip_entry_count(crowded) == screening.MAX_MEMBERS + 1
     with pytest.raises(ModelRejected, match="more than"):
         screening.check_zip(crowded, 1 << 30)
+
+
+@pytest.mark.parametrize("shape", [(10**200, 10**200), (10**400,), (True, 4), (0, 10**200)])
+def test_an_npz_header_declaring_an_impossible_shape_is_refused(tmp_path, shape):
+    import struct
+    import zipfile
+
+    header = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape!r}, }}".encode()
+    header += b" " * (64 - ((10 + len(header) + 1) % 64)) + b"\n"
+    path = tmp_path / "bad.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("x.npy", b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header)
+    with pytest.raises(DatasetRejected) as caught:
+        screening.check_npz(path, {"x", "y"}, 1 << 30)
+    assert "not a plausible array" in caught.value.message

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import io
 import json
+import math
 import pickletools
 import re
 import struct
@@ -759,10 +760,10 @@ def check_npz(path: Path, members: set[str] | re.Pattern[str], max_bytes: int) -
                 )
             with open_member(path, info, DatasetRejected) as member:
                 shape, dtype = _npy_header(member, name)
-            if any(dimension < 0 for dimension in shape):
-                raise DatasetRejected(f"'{name}' declares a negative size.")
+            if not all(0 <= dimension <= max_bytes for dimension in shape):
+                raise DatasetRejected(f"'{name}' declares a size that is not a plausible array's.")
             # Inputs become float32 (or wider) in memory, whatever they are stored as.
-            count = int(np.prod(shape, dtype=np.float64))
+            count = math.prod(shape)
             total += count * max(dtype.itemsize, 4)
             if total > max_bytes:
                 raise DatasetRejected(
@@ -786,7 +787,10 @@ def _npy_header(member, name: str):
         raise DatasetRejected(f"'{name}' is not a .npy array.")
     if dtype.hasobject or dtype.kind not in "biuf":
         raise DatasetRejected(f"'{name}' must hold plain numbers, not {dtype}.")
-    return tuple(int(d) for d in shape), dtype
+    # A header may declare anything numpy's parser accepts: True, or 10**400.
+    if any(type(dimension) is not int for dimension in shape):
+        raise DatasetRejected(f"'{name}' declares a size that is not a plausible array's.")
+    return tuple(shape), dtype
 
 
 def _listed(members: set[str] | re.Pattern[str]) -> str:

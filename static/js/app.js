@@ -24,6 +24,32 @@ document.addEventListener("input", (event) => {
   if (marker) marker.hidden = false;
 });
 
+// The sessions list's filter form follows the URL: a header sort, Back and Forward change
+// the URL and the list but not the form (htmx restores Back from a snapshot of the page
+// as first rendered), and the next filter change would otherwise send stale boxes.
+// The control being typed in is left alone.
+function syncFilters() {
+  const form = document.querySelector("form.filters");
+  if (!form) return;
+  const params = new URLSearchParams(window.location.search);
+  for (const control of form.elements) {
+    if (!control.name || control === document.activeElement) continue;
+    if (control.type === "checkbox") {
+      control.checked = params.getAll(control.name).includes(control.value);
+    } else if (control.tagName === "SELECT") {
+      const wanted = params.get(control.name);
+      const option = [...control.options].find((o) => o.value === wanted);
+      control.selectedIndex = option ? option.index : 0;
+    } else if (control.tagName === "INPUT" && control.type !== "submit") {
+      control.value = params.get(control.name) || "";
+    }
+  }
+}
+document.addEventListener("htmx:historyRestore", syncFilters);
+document.addEventListener("htmx:afterSettle", (event) => {
+  if (event.target.id === "session-list") syncFilters();
+});
+
 // Reconnect with exponential backoff and jitter, capped at 10 s: the extension's own
 // default can leave a page waiting a minute after a restart.
 htmx.config.wsReconnectDelay = (retry) =>

@@ -111,3 +111,29 @@ def test_find_the_best_shows_the_front_live_and_downloads_a_candidate(page, tmp_
     target = tmp_path / download.suggested_filename
     download.save_as(target)
     assert target.stat().st_size > 1000
+
+
+def test_filters_and_sort_follow_the_url_through_header_sorting_and_back(page):
+    log_in(page, "demo-operator", DEMO_PASSWORD)
+    page.goto("/sessions")
+    page.get_by_label("completed").check()
+    expect(page).to_have_url(re.compile(r"status=completed"))
+    page.locator("#session-list th").get_by_role("link", name="Speed-up").click()
+    expect(page).to_have_url(re.compile(r"sort=speed"))
+    expect(page.get_by_label("Sort by")).to_have_value("speed")
+    # A filter changed after a header sort keeps the sort.
+    page.get_by_label("failed").check()
+    expect(page).to_have_url(
+        re.compile(r"status=completed&status=failed.*sort=speed|sort=speed.*status=failed")
+    )
+    page.go_back()
+    expect(page).to_have_url(re.compile(r"sort=speed"))
+    expect(page.get_by_label("failed")).not_to_be_checked()
+    expect(page.get_by_label("completed")).to_be_checked()
+    page.go_back()
+    expect(page).to_have_url(re.compile(r"/sessions\?status=completed$"))
+    expect(page.get_by_label("Sort by")).to_have_value("created")
+    expect(page.get_by_label("completed")).to_be_checked()
+    page.go_back()
+    expect(page).to_have_url(re.compile(r"/sessions$"))
+    expect(page.get_by_label("completed")).not_to_be_checked()

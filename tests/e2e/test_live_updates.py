@@ -1,5 +1,7 @@
 """Live updates in a real browser: no reloads, several tabs, a server that restarts."""
 
+import re
+
 import pytest
 from playwright.sync_api import expect
 
@@ -113,3 +115,24 @@ def test_the_indicator_goes_offline_and_comes_back_after_a_restart(browser, rest
     expect(page.locator("#system-status")).to_contain_text("Workers")
     assert page.evaluate(NOT_RELOADED)
     context.close()
+
+
+def test_a_new_session_appears_in_an_open_list_only_where_its_filters_match(page):
+    log_in(page, "demo-operator", DEMO_PASSWORD)
+    headers = api_headers(page)
+    active = page
+    active.goto("/sessions?status=queued&status=running")
+    failed = page.context.new_page()
+    failed.goto("/sessions?status=failed")
+    for tab in (active, failed):
+        tab.evaluate(MARK_PAGE)
+        expect(tab.locator("#live-status")).to_have_attribute("data-state", "connected")
+    [started] = start_sessions(page, headers, 1)
+    row = active.locator(f"#session-{started}")
+    expect(row).to_be_visible()
+    expect(row.locator(".badge")).to_have_text(re.compile("^(queued|running)$"))
+    # Once it completes it no longer matches "queued or running", and leaves that list.
+    expect(row).to_have_count(0, timeout=90_000)
+    expect(failed.locator(f"#session-{started}")).to_have_count(0)
+    for tab in (active, failed):
+        assert tab.evaluate(NOT_RELOADED)

@@ -62,7 +62,9 @@ def test_a_full_session_arrives_in_order_and_only_to_those_who_may_see_it(app, l
     session_id = start_session(app, alice_token, demo_files)
     seen = events_until_done(alice, session_id)
     names = [e["event"] for e in seen]
-    assert names[0] == "session_started" and names[-1] == "session_completed"
+    # Queued (announced as progress, so open lists show it), then taken by a worker.
+    assert seen[0]["event"] == "session_progress" and seen[0]["data"]["status"] == "queued"
+    assert names[1] == "session_started" and names[-1] == "session_completed"
     assert "session_progress" in names
     progress = [e["data"]["progress_percentage"] for e in seen]
     assert progress == sorted(progress)

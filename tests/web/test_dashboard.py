@@ -8,20 +8,39 @@ from webapp.extensions import db
 from webapp.services import caching, dashboard
 
 
-def test_the_page_shows_cards_active_sessions_and_the_chart(operator):
-    model = gen_model(operator.user, "m")
+def test_the_page_shows_cards_active_sessions_and_the_latest_models_trade_offs(operator):
+    older, model = gen_model(operator.user, "older"), gen_model(operator.user, "m")
+    gen_session(older, operator.user, "completed", age_days=5)
     gen_session(model, operator.user, "running")
-    for n in range(3):
+    sessions = [
         gen_session(model, operator.user, "completed", age_days=n, size=60.0 + n, speed=100.0)
+        for n in range(3)
+    ]
     text_ = operator.client.get("/dashboard").get_data(as_text=True)
     assert "Active sessions" in text_ and 'class="meter' in text_
-    assert "<svg" in text_ and "latest 3 completed sessions" in text_
-    assert "61.0 %" in text_  # the average size reduction
+    assert "58.2 %" in text_  # the average size reduction: 50, 60, 61 and 62 %
+    # The model that finished a session last is plotted: a point per session, each a link.
+    assert "latest 3 completed sessions of m v1" in text_
+    for s in sessions:
+        assert f'<a href="/sessions/{s.id}">' in text_
+    assert text_.count('class="point ') == 6  # three sessions, two plots
 
 
-def test_an_empty_install_shows_zeros_and_no_chart(operator):
+def test_another_models_trade_offs_come_as_a_partial(operator):
+    older, model = gen_model(operator.user, "older"), gen_model(operator.user, "m")
+    first = gen_session(older, operator.user, "completed", age_days=5)
+    gen_session(model, operator.user, "completed")
+    partial = operator.client.get(f"/dashboard?model={older.id}", headers={"HX-Request": "true"})
+    text_ = partial.get_data(as_text=True)
+    assert text_.lstrip().startswith('<section class="panel" id="tradeoff">')
+    assert "of older v1" in text_ and f'<a href="/sessions/{first.id}">' in text_
+    # Without JavaScript the same choice reloads the whole page.
+    assert "of older v1" in operator.client.get(f"/dashboard?model={older.id}").get_data(as_text=True)
+
+
+def test_an_empty_install_shows_zeros_and_no_plot(operator):
     text_ = operator.client.get("/dashboard").get_data(as_text=True)
-    assert "Not enough results yet" in text_
+    assert "No completed session yet" in text_
     assert "No optimization sessions yet" in text_
 
 

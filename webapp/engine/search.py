@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from marshmallow import ValidationError
+
 from .techniques import CALIBRATIONS, OP_TYPES, QUANT_FORMATS, TECHNIQUES
 
 AUTO = "auto"
@@ -57,9 +59,15 @@ class Configuration:
 
 
 def describe(step: dict) -> str:
-    """One step in words: "int8 static, Conv only, QDQ, percentile calibration"."""
-    params = step["params"]
-    technique = step["technique"]
+    """One step in words: "int8 static, Conv only, QDQ, percentile calibration". A step as
+    stored (parameters left to their defaults, or from an older version) reads the same."""
+    technique = step.get("technique")
+    if technique not in TECHNIQUES:
+        return str(technique)
+    try:
+        params = TECHNIQUES[technique].params().load(step.get("params") or {})
+    except ValidationError:
+        return TECHNIQUES[technique].label
     if technique == "quantization":
         mode = params["mode"]
         if mode == "fp16":

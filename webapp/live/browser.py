@@ -28,28 +28,11 @@ def _session_fragment(user: User, session: OptimizationSession) -> str:
     return render_template("sessions/_live.html", oob=True, **session_summaries.page_context(user, session))
 
 
-class Row(str):
-    """A table row fragment. htmx parses a message inside a <template>, where bare rows
-    survive as long as the message holds only rows; the ws extension swaps only the
-    message's top-level elements, so a <template> wrapper would hide them. Rows therefore
-    travel in a message of their own."""
-
-
-def _row_fragment(user: User, session: OptimizationSession) -> Row:
-    return Row(
-        render_template(
-            "sessions/_row.html",
-            oob=True,
-            s=session_summaries.summary(session),
-            show_owner=policy.sees_everything(user),
-        )
-    )
-
-
-def _messages(fragments: list[str]) -> list[str]:
-    rows = "".join(f for f in fragments if isinstance(f, Row))
-    others = "".join(f for f in fragments if not isinstance(f, Row))
-    return [m for m in (rows, others) if m]
+def _list_changed() -> str:
+    """The sessions page's cue to re-read its list: which sessions belong on it (filters,
+    sort, page) is the list query's answer, not the socket's, so one nudge per batch
+    re-fetches the page's own URL and new matches appear, leavers go."""
+    return render_template("sessions/_changed.html", oob=True)
 
 
 def _dashboard_fragment(user: User) -> str:
@@ -97,7 +80,7 @@ class FragmentStream(LiveStream):
         return [render_template("_ended.html", message=message)]
 
     def _sessions(self, session_ids: list[int], events: list[str]) -> list[str]:
-        out = []
+        out, listed = [], False
         for session_id, event in zip(session_ids, events, strict=True):
             session = db.session.get(OptimizationSession, session_id)
             if session is None or not policy.can_see(self.user, session.owner_id):
@@ -105,11 +88,15 @@ class FragmentStream(LiveStream):
             if self.page == "session" and session.id == self.room:
                 out.append(_session_fragment(self.user, session))
             elif self.page == "sessions":
-                out.append(_row_fragment(self.user, session))
+                listed = True
             if event in TOAST_EVENTS and session.owner_id == self.user.id:
                 out.append(_toast(session, event))
+        if listed:
+            out.append(_list_changed())
         if self.page == "dashboard" and session_ids:
             out.append(_dashboard_fragment(self.user))
+            if {"session_completed", "snapshot"} & set(events):
+                out.append(render_template("dashboard/_tradeoff_changed.html", oob=True))
         return out
 
     def snapshot(self) -> list[str]:
@@ -121,7 +108,7 @@ class FragmentStream(LiveStream):
         out = self._sessions(ids, ["snapshot"] * len(ids))
         if self.page == "dashboard":
             out.append(_status_fragment(system_status.current()))
-        return _messages(out)
+        return ["".join(out)] if out else []
 
     def deliver(self, batch: list[Notification]) -> list[str]:
         sessions = [n for n in batch if n.event.startswith("session_")]
@@ -131,7 +118,7 @@ class FragmentStream(LiveStream):
                 out.append(_alert(notification.data))
             elif notification.event == "system_status" and self.page == "dashboard":
                 out.append(_status_fragment(notification.data))
-        return _messages(out)
+        return ["".join(out)] if out else []
 
 
 @live_route("/ws", "browser")

@@ -21,12 +21,13 @@ from ..tables import (
     SessionStatus,
     User,
 )
-from . import caching, policy, session_summaries
+from . import caching, criteria, policy, session_summaries, tradeoff
 from .optimization import query_for
 
 log = logging.getLogger("optideck.dashboard")
 
-CHART_POINTS = 60
+# The dashboard plots a model's latest sessions, not all of them.
+TRADEOFF_SESSIONS = 40
 
 
 def cached_stats(user: User) -> dict:
@@ -128,45 +129,38 @@ def active_and_recent(user: User, recent: int = 8) -> tuple[list[dict], list[dic
     return ([session_summaries.summary(s) for s in active], [session_summaries.summary(s) for s in finished])
 
 
-def chart(user: User, width: int = 640, height: int = 200) -> dict | None:
-    """Size reduction and speed-up of the latest completed sessions, as SVG coordinates."""
-    rows = db.session.execute(
-        query_for(user)
-        .with_only_columns(
-            OptimizationSession.id,
-            OptimizationSession.completed_at,
-            OptimizationSession.size_reduction_percent,
-            OptimizationSession.speed_improvement_percent,
-        )
-        .where(
-            OptimizationSession.status == SessionStatus.COMPLETED.value,
-            OptimizationSession.size_reduction_percent.is_not(None),
-        )
-        .order_by(OptimizationSession.completed_at.desc())
-        .limit(CHART_POINTS)
-    ).all()[::-1]
-    if len(rows) < 2:
+def model_tradeoffs(user: User, model_id: int | None, href) -> dict | None:
+    """One model's completed sessions as trade-off plots (accuracy retention against size
+    reduction and against speedup): the model asked for, else the one that finished a
+    session last. None before any session completes. `href(session_id)` links each point."""
+    done = query_for(user).where(
+        OptimizationSession.status == SessionStatus.COMPLETED.value,
+        OptimizationSession.size_reduction_percent.is_not(None),
+    )
+    latest = func.max(OptimizationSession.completed_at)
+    model = (OptimizationSession.model_id, ModelMetadata.name, ModelMetadata.version)
+    models = db.session.execute(
+        done.with_only_columns(*model, latest)
+        .join(ModelMetadata, ModelMetadata.id == OptimizationSession.model_id)
+        .where(ModelMetadata.deleted_at.is_(None))
+        .group_by(*model)
+        .order_by(latest.desc())
+    ).all()
+    if not models:
         return None
-    pad, span = 36, len(rows) - 1
-    max_speedup = max(1 + r.speed_improvement_percent / 100 for r in rows)
-    top = float(max(4, -(-max_speedup // 4) * 4))  # a multiple of 4: ticks at quarters
-
-    def x(i):
-        return round(pad + i * (width - 2 * pad) / span, 1)
-
-    def y(fraction):  # 0 at the bottom axis, 1 at the top
-        return round(height - pad - fraction * (height - 2 * pad), 1)
-
-    size_points = [(x(i), y(max(0.0, r.size_reduction_percent) / 100)) for i, r in enumerate(rows)]
-    speed_points = [(x(i), y((1 + r.speed_improvement_percent / 100) / top)) for i, r in enumerate(rows)]
+    chosen = next((m for m in models if m.model_id == model_id), models[0])
+    sessions = session_summaries.summaries(
+        done.where(OptimizationSession.model_id == chosen.model_id)
+        .order_by(OptimizationSession.completed_at.desc())
+        .limit(TRADEOFF_SESSIONS)
+    )
+    floor = float(criteria.current().document["min_accuracy_retention_percent"])
     return {
-        "width": width,
-        "height": height,
-        "pad": pad,
-        "top_speedup": top,
-        "size": " ".join(f"{a},{b}" for a, b in size_points),
-        "speed": " ".join(f"{a},{b}" for a, b in speed_points),
-        "first": rows[0].completed_at,
-        "last": rows[-1].completed_at,
-        "count": len(rows),
+        "models": [(m.model_id, f"{m.name} v{m.version}") for m in models],
+        "model_id": chosen.model_id,
+        "model": f"{chosen.name} v{chosen.version}",
+        "count": len(sessions),
+        "latest_ids": [s["session_id"] for s in sessions[:6]],
+        "plots": tradeoff.session_plots(sessions, floor, href),
+        "floor": floor,
     }

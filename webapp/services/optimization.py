@@ -87,6 +87,8 @@ def start(
         commit=False,
     )
     db.session.commit()
+    # Open lists and dashboards show a queued session before any worker takes it.
+    session_runs.publish("session_progress", session)
     caching.invalidate()
     get("status").publish_if_changed()
     get("executor").wake()

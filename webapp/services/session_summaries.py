@@ -3,6 +3,7 @@ all show, and the session page's context (the page and its live fragment render 
 
 from __future__ import annotations
 
+from ..engine.search import AUTO, describe
 from ..extensions import db
 from ..tables import ModelMetadata, OptimizationSession, User
 from . import policy, search_front
@@ -49,6 +50,7 @@ SUMMARY_COLUMNS = (
     "progress",
     "current_step",
     "techniques",
+    "parameters",
     "results",
     "created_at",
     "updated_at",
@@ -73,6 +75,7 @@ def _summary(s, model_name: str | None, model_deleted: bool, owner: str | None) 
         "progress_percentage": round(s.progress, 1),
         "current_step": s.current_step,
         "techniques": s.techniques,
+        "applied": applied(s.techniques, s.parameters, results),
         "size_reduction_percent": results.get("size_reduction_percent"),
         "speed_improvement_percent": results.get("speed_improvement_percent"),
         "speedup": results.get("speedup"),
@@ -88,6 +91,31 @@ def _summary(s, model_name: str | None, model_deleted: bool, owner: str | None) 
         "error_type": s.error_type,
         "error_message": s.error_message,
     }
+
+
+OUTCOME_WORDS = {
+    "kept": "",
+    "kept_despite_violation": " (kept despite the criteria)",
+    "rolled_back": " (rolled back)",
+    "failed": " (failed)",
+    "skipped": " (skipped)",
+}
+
+
+def applied(techniques: list[str], parameters: dict | None, results: dict) -> str:
+    """What a session did, in words: the steps it kept, those rolled back marked so, or a
+    search's chosen candidate; before it finishes, what it was asked to do."""
+    if results.get("candidates") and results.get("chosen") is not None:
+        return f"search: {results['candidates'][results['chosen']]['configuration']}"
+    if techniques == [AUTO]:
+        return "search"
+    steps = results.get("steps")
+    if steps:
+        return "; ".join(describe(step) + OUTCOME_WORDS.get(step.get("outcome"), "") for step in steps)
+    if "steps" in results:
+        return "nothing applied"
+    parameters = parameters or {}
+    return "; ".join(describe({"technique": t, "params": parameters.get(t)}) for t in techniques)
 
 
 def jsonable(data: dict) -> dict:

@@ -10,7 +10,15 @@ from ..auth.guards import roles_required
 from ..bounds import parse_id
 from ..engine.search import AUTO
 from ..engine.techniques import TECHNIQUES
-from ..services import model_store, optimization, policy, search_front, session_query, session_summaries
+from ..services import (
+    model_store,
+    optimization,
+    policy,
+    search_front,
+    session_compare,
+    session_query,
+    session_summaries,
+)
 from ..services.errors import ServiceError
 from ..tables import SessionStatus
 from . import is_partial, page_blueprint
@@ -191,6 +199,46 @@ def export():
         mimetype="text/csv",
         headers={"Content-Disposition": 'attachment; filename="sessions.csv"'},
     )
+
+
+@bp.get("/sessions/compare")
+def compare():
+    """Sessions side by side: ?ids=3,5,8 (or ids=3&ids=5); ?model_id=N alone compares that
+    model's latest completed sessions and narrows the picker to them."""
+    user = _user()
+    model_id = _optional_id(request.args.get("model_id"))
+    given = request.args.getlist("ids")
+    if not given and model_id is not None:
+        given = [",".join(map(str, session_compare.latest_of_model(user, model_id)))]
+    comparison, error, status = None, None, 200
+    if given and any(given):
+        try:
+            ids = session_compare.parse_ids(given)
+            comparison = session_compare.compare(
+                user, ids, lambda sid: url_for("sessions.detail", session_id=sid)
+            )
+        except ServiceError as exc:
+            error, status = exc.message, exc.status
+    return (
+        render_template(
+            "sessions/compare.html",
+            comparison=comparison,
+            error=error,
+            picked=[s["session_id"] for s in comparison["sessions"]] if comparison else [],
+            pickable=session_compare.pickable(user, model_id),
+            models=model_store.list_for(user),
+            model_id=model_id,
+            most=session_compare.MAX_COMPARED,
+        ),
+        status,
+    )
+
+
+def _optional_id(text: str | None) -> int | None:
+    try:
+        return parse_id(text or "")
+    except ValueError:
+        return None
 
 
 @bp.get("/sessions/<int:session_id>")

@@ -1,0 +1,92 @@
+"""Comparing sessions: a table with the differences and the best figures marked, plots, a
+picker, and nobody else's sessions."""
+
+import re
+
+from tests.factories import gen_model, gen_session
+from tests.helpers import make_user
+
+
+def completed(model, owner, size, speed, retained, **kw):
+    session = gen_session(model, owner, "completed", size=size, speed=speed, **kw)
+    session.results = {
+        **session.results,
+        "accuracy_retention_percent": retained,
+        "original_size_bytes": 1000,
+        "optimized_size_bytes": round(1000 * (1 - size / 100)),
+        "steps": [{"technique": "quantization", "params": {"mode": "int8_dynamic"}, "outcome": "kept"}],
+    }
+    from webapp.extensions import db
+
+    db.session.commit()
+    return session
+
+
+def table(text: str) -> dict:
+    """{row label: (differs, [(cell text, best)])} of the comparison table."""
+    rows = {}
+    for attrs, label, cells in ROW.findall(text):
+        found = [
+            (re.sub(r"<[^>]+>|\s+", " ", body).replace(" best", "").strip(), 'class="best"' in a)
+            for a, body in CELL.findall(cells)
+        ]
+        rows[label.strip()] = ("differs" in attrs, found)
+    return rows
+
+
+ROW = re.compile(
+    r'<tr( class="differs")?>\s*<th scope="row">([^<]+)(?:<span[^>]*>[^<]*</span>)?</th>(.*?)</tr>', re.S
+)
+CELL = re.compile(r"<td([^>]*)>(.*?)</td>", re.S)
+
+
+def test_two_sessions_side_by_side_with_differences_and_best_marked(operator):
+    model = gen_model(operator.user, "m")
+    a = completed(model, operator.user, 70.0, 50.0, 99.0)
+    b = completed(model, operator.user, 40.0, 150.0, 99.8)
+    page = operator.client.get(f"/sessions/compare?ids={a.id},{b.id}")
+    assert page.status_code == 200
+    text = page.get_data(as_text=True)
+    assert f"Session #{a.id}" in text and f"Session #{b.id}" in text
+    rows = table(text)
+    assert rows["Model"] == (False, [("m v1", False), ("m v1", False)])
+    assert rows["What was applied"] == (False, [("int8 dynamic", False)] * 2)
+    assert rows["Size reduction"] == (True, [("70.00 %", True), ("40.00 %", False)])
+    assert rows["Optimized size"] == (True, [("300 bytes", True), ("600 bytes", False)])
+    assert rows["Speed-up"] == (True, [("1.50x", False), ("2.50x", True)])
+    assert rows["Accuracy retained"] == (True, [("99.00 %", False), ("99.80 %", True)])
+    assert text.count('class="point ') == 4  # two sessions, two plots
+
+
+def test_a_model_alone_compares_its_latest_completed_sessions(operator):
+    model, other = gen_model(operator.user, "m"), gen_model(operator.user, "other")
+    mine = [completed(model, operator.user, 10.0 * n, 10.0, 99.5) for n in range(1, 4)]
+    completed(other, operator.user, 5.0, 5.0, 99.5)
+    gen_session(model, operator.user, "running")
+    text = operator.client.get(f"/sessions/compare?model_id={model.id}").get_data(as_text=True)
+    assert "3 sessions" in text
+    for s in mine:
+        assert f'href="/sessions/{s.id}">Session #{s.id}' in text
+
+
+def test_a_single_or_bad_pick_is_explained_and_the_picker_stays(operator):
+    model = gen_model(operator.user, "m")
+    a = completed(model, operator.user, 10.0, 10.0, 99.5)
+    for query in (f"ids={a.id}", "ids=abc", f"ids={a.id},{a.id}", "ids=" + ",".join(map(str, range(1, 9)))):
+        page = operator.client.get(f"/sessions/compare?{query}")
+        assert page.status_code == 400, query
+        text = page.get_data(as_text=True)
+        assert 'role="alert"' in text and "Pick sessions" in text
+    # Nothing picked yet: the picker, no error.
+    page = operator.client.get("/sessions/compare")
+    assert page.status_code == 200 and 'role="alert"' not in page.get_data(as_text=True)
+
+
+def test_another_operators_session_cannot_be_compared(operator):
+    stranger = make_user("stranger", "operator")
+    model = gen_model(operator.user, "m")
+    theirs = completed(gen_model(stranger, "theirs"), stranger, 10.0, 10.0, 99.5)
+    mine = completed(model, operator.user, 20.0, 10.0, 99.5)
+    page = operator.client.get(f"/sessions/compare?ids={mine.id},{theirs.id}")
+    assert page.status_code == 404
+    assert "theirs" not in page.get_data(as_text=True)

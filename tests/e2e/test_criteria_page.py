@@ -50,11 +50,15 @@ def test_a_stale_save_shows_what_changed_and_revert_restores(page, browser, serv
     expect(page.get_by_role("alert")).to_contain_text(f"version {version + 1} was saved while")
     expect(page.get_by_role("alert")).to_contain_text("changed in the other tab")
     expect(page.get_by_label("Latency batch size")).to_have_value("16")  # nothing typed is lost
+    # One deliberate step resolves it: saving again stores the form over the other save.
+    page.get_by_role("button", name=f"Save as version {version + 2}").click()
+    expect(page.get_by_text(f"Saved the criteria as version {version + 2}.")).to_be_visible()
+    expect(page.get_by_label("Latency batch size")).to_have_value("16")
 
     page.goto(f"/config/versions/{version}")
     messages = []
     page.once("dialog", lambda dialog: (messages.append(dialog.message), dialog.accept()))
     page.get_by_role("button", name=re.compile(f"Restore version {version}")).click()
-    expect(page.get_by_text(f"Version {version} restored as version {version + 2}.")).to_be_visible()
-    assert messages == [f"Restore version {version} as version {version + 2}? New sessions will run with it."]
+    expect(page.get_by_text(f"Version {version} restored as version {version + 3}.")).to_be_visible()
+    assert messages == [f"Restore version {version} as version {version + 3}? New sessions will run with it."]
     expect(page.get_by_label("Description")).not_to_have_value("changed in the other tab")

@@ -1,5 +1,7 @@
 """The Configuration page: read-only for most, edit, validate as you go, stale save, revert."""
 
+import re
+
 from tests.helpers import csrf_from
 from webapp.services import criteria
 
@@ -72,6 +74,44 @@ def test_a_stale_save_shows_what_changed_instead_of_overwriting(admin):
     assert "was saved while you edited version 0" in text
     assert "saved by someone else" in text
     assert criteria.current().document["threads"] == 1
+    # The form against version 1: their description (changed meanwhile) and my threads,
+    # and no other row (the version number is not a field).
+    rows = re.findall(
+        r'<tr><td class="mono">(\w+)</td>', text.split('id="stale-save"')[1].split("</table>")[0]
+    )
+    assert rows == ["description", "threads"]
+    assert text.count("changed meanwhile") == 1
+    assert 'name="version" value="1"' in text  # the form is now based on version 1
+
+
+def test_a_stale_save_is_resolved_by_saving_again_once(admin):
+    document = criteria.current().document
+    criteria.save({**document, "description": "saved by someone else"}, 0, admin.user)
+    first = admin.auth.post("/config", form_for(document, 0, threads="4"))
+    version = re.search(r'name="version" value="(\d+)"', first.get_data(as_text=True)).group(1)
+    again = admin.auth.post("/config", form_for(document, int(version), threads="4"))
+    assert again.status_code == 302
+    assert criteria.current().version == 2
+    assert criteria.current().document["threads"] == 4
+
+
+def test_field_errors_and_cross_field_conflicts_show_together(admin):
+    document = criteria.current().document
+    response = admin.auth.post(
+        "/config",
+        form_for(
+            document,
+            0,
+            threads="0",
+            enabled_techniques=["quantization"],
+            forbidden_techniques=["quantization"],
+        ),
+    )
+    assert response.status_code == 400
+    text = response.get_data(as_text=True)
+    assert 'id="threads-error"' in text
+    assert 'id="forbidden_techniques-error"' in text and "both enabled and forbidden" in text
+    assert criteria.current().version == 0
 
 
 def test_compare_and_revert(admin):

@@ -261,9 +261,31 @@ def _has_calibration_data() -> bool:
     )
 
 
+def problems(data: dict, has_calibration_data: bool = True) -> dict:
+    """Every problem of a criteria document at once: its fields' errors, and the conflicts
+    between its valid fields (a wrong field is judged at its current value meanwhile), so a
+    form shows both kinds together instead of one after the other."""
+    try:
+        return conflicts(validate_document(data), has_calibration_data)
+    except ServiceError as exc:
+        errors = dict(exc.details)
+    valid = {key: value for key, value in data.items() if key not in errors}
+    try:
+        rest = CriteriaSchema().load({**current().document, **valid})
+    except ValidationError:
+        return errors
+    for key, messages in conflicts(rest, has_calibration_data).items():
+        errors.setdefault(key, messages)
+    return errors
+
+
 def save(data: dict, based_on: int | None, by: User, reverted_from: int | None = None) -> Criteria:
     """Store `data` as the next version, if `based_on` is still the current one."""
-    document = validate_document(data)
+    try:
+        document = validate_document(data)
+    except ServiceError as exc:
+        exc.details = problems(data, _has_calibration_data())
+        raise
     if based_on is None:
         raise ServiceError(
             428,

@@ -53,7 +53,7 @@ def _page(document=None, errors=None, stale=None, status=200, dirty=False):
     context = {
         "in_force": in_force,
         "document": document or in_force.document,
-        "version": in_force.version if stale is None else stale["based_on"],
+        "version": in_force.version,
         "errors": errors or {},
         "stale": stale,
         "dirty": dirty,
@@ -81,13 +81,7 @@ def index():
 @roles_required(*policy.ADMINISTRATORS)
 def validate_form():
     """Checks the form as it is edited (htmx), without saving anything."""
-    document = form_to_document(request.form)
-    errors = {}
-    try:
-        loaded = criteria.validate_document(document)
-        errors = criteria.conflicts(loaded)
-    except ServiceError as exc:
-        errors = exc.details
+    errors = criteria.problems(form_to_document(request.form))
     return render_template(
         "config/_validation.html", errors=errors, fields=list(criteria.CriteriaSchema().fields)
     )
@@ -102,16 +96,29 @@ def save():
         saved = criteria.save(document, based_on, current_user._get_current_object())
     except ServiceError as exc:
         if exc.error == "stale_version":
-            theirs = exc.details["current"]
-            stale = {
-                "based_on": based_on,
-                "current_version": exc.details["current_version"],
-                "changes": criteria.diff(criteria.get_version(based_on).document, theirs),
-            }
-            return _page(document, {}, stale, 409, dirty=True)
+            return _page(document, {}, _stale(document, based_on, exc.details), 409, dirty=True)
         return _page(document, exc.details, status=exc.status, dirty=True)
     flash(f"Saved the criteria as version {saved.version}.", "success")
     return redirect(url_for("config.index"))
+
+
+def _stale(document: dict, based_on: int, details: dict) -> dict:
+    """A save that lost the race, as the form explains it: where the user's form and the
+    version saved meanwhile differ, and which of those fields the other save changed. The
+    form is then based on that version, so saving again is one deliberate step."""
+    theirs = {key: value for key, value in details["current"].items() if key != "version"}
+    mine = criteria.validate_document(document)  # it was valid: only the version clashed
+    changed_meanwhile = {
+        field for field, _, _ in criteria.diff(criteria.get_version(based_on).document, theirs)
+    }
+    return {
+        "based_on": based_on,
+        "current_version": details["current_version"],
+        "changes": [
+            (field, yours, now, field in changed_meanwhile)
+            for field, yours, now in criteria.diff(mine, theirs)
+        ],
+    }
 
 
 @bp.get("/config/versions/<int:number>")

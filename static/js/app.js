@@ -10,6 +10,17 @@ document.addEventListener("htmx:xhr:progress", (event) => {
   status.textContent = percent < 100 ? `Uploading… ${percent} %` : "Uploaded; analysing the model…";
 });
 
+// A refused upload keeps its form (only the error boxes change): say so where the progress
+// was, and take the reader to the first reason.
+document.addEventListener("htmx:afterRequest", (event) => {
+  const form = event.target.closest && event.target.closest("#upload-form");
+  if (!form || event.detail.xhr.status < 400) return;
+  document.getElementById("upload-progress").hidden = true;
+  document.getElementById("upload-status").textContent = "Not uploaded; the reason is beside its field. Your files are still chosen.";
+  const reason = form.querySelector(".form-error, .error");
+  if (reason) reason.scrollIntoView({ block: "center" });
+});
+
 // Forms that cannot be undone (delete a model, cancel a session, deactivate a user,
 // restore criteria) ask first; their data-confirm says what will happen.
 document.addEventListener("submit", (event) => {

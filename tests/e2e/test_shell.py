@@ -79,3 +79,22 @@ def test_a_pickle_upload_is_refused_with_the_reason(page, tmp_path):
     page.get_by_label("Model file").set_input_files(str(checkpoint))
     page.get_by_role("button", name="Upload and analyse").click()
     expect(page.locator("#file-error")).to_contain_text("pickle")
+    # The form stays as it was: the chosen file and the typed name are there for the next try.
+    assert page.get_by_label("Model file").evaluate("input => input.files.length") == 1
+    expect(page.get_by_text("Your files are still chosen")).to_be_visible()
+
+
+def test_the_same_file_again_says_it_is_the_same_model(page, demo_files):
+    log_in(page, "demo-operator", DEMO_PASSWORD)
+
+    def upload():
+        page.goto("/models")
+        page.get_by_label("Model file").set_input_files(str(demo_files["onnx"]))
+        page.get_by_label("Name").fill("uploaded-twice")
+        page.get_by_role("button", name="Upload and analyse").click()
+
+    upload()
+    expect(page.get_by_role("heading", name="uploaded-twice")).to_be_visible()
+    upload()
+    expect(page.locator("#file-error")).to_contain_text("same model as uploaded-twice v1")
+    expect(page.get_by_label("Name")).to_have_value("uploaded-twice")

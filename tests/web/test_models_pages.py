@@ -96,7 +96,8 @@ def test_upload_through_htmx_redirects_with_a_header(operator, demo_files):
 
 
 @pytest.mark.slow  # the file is refused by a sandboxed worker
-def test_a_refused_htmx_upload_returns_the_panel_with_the_reason(operator):
+def test_a_refused_htmx_upload_refreshes_only_the_error_boxes(operator):
+    """The form is not replaced, so the files the user chose and the typed name stay."""
     token = csrf_from(operator.client, "/models")
     response = operator.client.post(
         "/models",
@@ -110,8 +111,9 @@ def test_a_refused_htmx_upload_returns_the_panel_with_the_reason(operator):
     )
     assert response.status_code == 422
     text = response.get_data(as_text=True)
-    assert text.lstrip().startswith('<section class="panel" id="upload-panel">')
-    assert 'id="file-error"' in text and 'value="kept-name"' in text
+    assert "<form" not in text and "<input" not in text
+    assert '<div id="err-file" hx-swap-oob="true"><div class="error" id="file-error"' in text
+    assert '<div id="err-name" hx-swap-oob="true"></div>' in text  # an earlier error is cleared
 
 
 def test_an_upload_over_the_limit_explains_itself_on_the_page(make_app):

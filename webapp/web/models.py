@@ -50,12 +50,16 @@ def index():
     return render_template(template, **context), 200, {"Vary": "HX-Request"}
 
 
+UPLOAD_FIELDS = ("file", "eval_data", "name", "input_shape", "task")
+
+
 def _upload_failed(errors: dict, status: int):
-    """The upload panel again, with the reasons beside their fields (form values kept)."""
+    """The reasons beside their fields. htmx gets only the error boxes, so the files the user
+    chose stay chosen; a plain post gets the page again with the typed values."""
     user = _user()
-    form = request.form if request.content_length and status != 413 else {}
     if is_partial():
-        return render_template("models/_upload.html", **_upload_form(errors, form)), status
+        return render_template("models/_upload_errors.html", errors=errors, fields=UPLOAD_FIELDS), status
+    form = request.form if request.content_length and status != 413 else {}
     return render_template(
         "models/index.html", **_list(user, ""), can_upload=True, **_upload_form(errors, form)
     ), status
@@ -85,7 +89,9 @@ def upload():
             data["task"],
         )
     except ServiceError as exc:
-        return _upload_failed(exc.details or {"file": [exc.message]}, exc.status)
+        # Details meant for scripts (the existing model's id, say) are no field of this form.
+        fields = {key: value for key, value in (exc.details or {}).items() if key in UPLOAD_FIELDS}
+        return _upload_failed(fields or {"file": [exc.message]}, exc.status)
     flash(f"Uploaded {model.name} (version {model.version}), analysed as {model.format}.", "success")
     target = url_for("models.detail", model_id=model.id)
     if is_partial():

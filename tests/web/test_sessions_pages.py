@@ -235,3 +235,25 @@ def test_the_filtered_list_downloads_as_csv_on_the_page_and_the_api(operator, ap
     caller = api_client()
     assert caller.get("/api/v1/optimization/sessions/export.csv").get_data(as_text=True).count("\n") == 1
     assert operator.client.get("/sessions/export.csv?status=bogus").status_code == 400
+
+
+def test_the_start_form_disables_what_the_chosen_model_cannot_take_and_says_why(operator):
+    bare = gen_model(operator.user, "bare")
+    with_data = gen_model(operator.user, "with-data", eval_data_sha256="e" * 64)
+    page = operator.client.get(f"/sessions?model_id={bare.id}").get_data(as_text=True)
+    assert '<option value="int8_static" disabled>' in page
+    assert "bare v1 has none" in page
+    assert "Nothing ticked: the techniques the criteria enable run" in page
+    # Choosing another model re-renders the techniques (htmx), keeping what was ticked.
+    partial = operator.client.get(
+        f"/sessions/start-options?model_id={with_data.id}&techniques=pruning&pruning_sparsity=0.3",
+        headers={"HX-Request": "true"},
+    ).get_data(as_text=True)
+    assert partial.lstrip().startswith('<fieldset class="field" id="start-techniques">')
+    assert "disabled" not in partial and "int8_static" in partial
+    assert 'value="pruning" checked' in partial and 'value="quantization" checked' not in partial
+    assert 'value="0.3"' in partial
+
+
+def test_viewers_cannot_ask_for_start_options(viewer):
+    assert viewer.client.get("/sessions/start-options").status_code == 403

@@ -80,7 +80,8 @@ def index():
         return render_template("sessions/_list.html", **context), status, {"Vary": "HX-Request"}
     rerun = request.args.get("rerun")
     form = _rerun_form(user, rerun) if rerun else None
-    context.update(_start_form_context(user, form), preselect_model_id=request.args.get("model_id", ""))
+    preselect = request.args.get("model_id", "")
+    context.update(_start_form_context(user, form, preselect=preselect), preselect_model_id=preselect)
     return render_template("sessions/index.html", **context), status, {"Vary": "HX-Request"}
 
 
@@ -128,18 +129,48 @@ def _rerun_form(user, session_id: str) -> MultiDict:
     return MultiDict(fields)
 
 
-def _start_form_context(user, form=None, errors=None) -> dict:
+def _unavailable(model, offered: list, criteria: dict) -> dict[str, dict[str, str]]:
+    """Choices the model cannot take, by form field: {field: {choice: why}}. Today that is
+    what calibrates on evaluation data (int8 static) for a model uploaded without any."""
+    if model is None or model.eval_data_sha256:
+        return {}
+    found: dict[str, dict[str, str]] = {}
+    for technique in offered:
+        defaults = technique.criteria_defaults(criteria)
+        for param in technique.form_params:
+            for choice, label in param.choices:
+                if technique.needs_data({**defaults, param.name: choice}) == param.name:
+                    found.setdefault(_field(technique, param), {})[choice] = (
+                        f"{label} calibrates on evaluation data, and {model.name} v{model.version} "
+                        "has none: upload the model again with an .npz to use it."
+                    )
+    return found
+
+
+def _start_form_context(user, form=None, errors=None, preselect: str = "") -> dict:
     criteria = optimization.current_criteria()
     models = [m for m in model_store.list_for(user) if policy.can_change(user, m.owner_id)]
+    wanted = (form or {}).get("model_id", preselect)
+    model = next((m for m in models if str(m.id) == wanted), models[0] if models else None)
+    offered = _offered(criteria)
     return {
         "can_start": policy.can_create(user),
         "startable_models": models,
         "criteria": criteria,
-        "techniques": _offered(criteria),
+        "techniques": offered,
+        "enabled_labels": [t.label for t in offered if t.id in criteria["enabled_techniques"]],
+        "unavailable": _unavailable(model, offered, criteria),
         "param_field_name": _field,
         "start_form": form or {},
         "start_errors": errors or {},
     }
+
+
+@bp.get("/sessions/start-options")
+@roles_required(*policy.CREATORS)
+def start_options():
+    """The start form's techniques for the model now chosen (htmx, as the choice changes)."""
+    return render_template("sessions/_start_techniques.html", **_start_form_context(_user(), request.args))
 
 
 def _budget(text: str) -> float:

@@ -221,3 +221,39 @@ def test_an_unreached_size_target_means_criteria_not_met(demo_files, tmp_path):
     )
     assert outcome.results["size_reduction_percent"] < 50
     assert outcome.results["criteria_met"] is False
+
+
+# In process here (a session's worker runs it the same way, where warnings are not errors).
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_a_torchscript_upload_reports_its_onnx_conversion_apart(demo_files, tmp_path):
+    from webapp.engine.analysis import analyse
+
+    spec = analyse(demo_files["torchscript"], 1, None, demo_files["eval"])["inputs"]
+    job = _job(
+        demo_files,
+        tmp_path,
+        [{"technique": "quantization", "params": {"mode": "int8_dynamic"}}],
+        model_path=str(demo_files["torchscript"]),
+        model_format="torchscript",
+        input_specs=spec,
+    )
+    results = run_session(
+        job, progress=lambda *a: None, event=lambda *a: None, cancelled=lambda: False
+    ).results
+    assert results["converted_size_bytes"] > results["optimized_size_bytes"]
+    assert results["converted_accuracy_retention_percent"] >= 99.0
+    assert (
+        results["converted_latency_low_ms"]
+        <= results["converted_latency_ms"]
+        <= results["converted_latency_high_ms"]
+    )
+    # An ONNX upload has nothing to convert.
+    onnx_results = run_session(
+        _job(
+            demo_files, tmp_path / "onnx", [{"technique": "quantization", "params": {"mode": "int8_dynamic"}}]
+        ),
+        progress=lambda *a: None,
+        event=lambda *a: None,
+        cancelled=lambda: False,
+    ).results
+    assert "converted_size_bytes" not in onnx_results

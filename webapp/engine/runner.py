@@ -68,6 +68,9 @@ class _Session:
         # The model the next step is compared with: the upload, its ONNX export, or the
         # last kept step's, loaded once.
         self.best_model: LoadedModel
+        # A PyTorch upload's ONNX export, measured: the conversion's own effect, reported
+        # apart from the optimization's.
+        self.converted: Measurement | None = None
 
     def check(self) -> None:
         if self._cancelled():
@@ -203,7 +206,7 @@ class _Session:
             {"measurement": measurement.as_dict(), **info},
         )
         self.progress(25, "export_onnx")
-        self.best_model = exported
+        self.best_model, self.converted = exported, measurement
         return target, measurement, data
 
     def _step(self, step, best_path, best, baseline, data, reference, start, span, index):
@@ -339,6 +342,19 @@ class _Session:
             "speedup_high": round(final.high, 3),
             "accuracy_retention_percent": round(retained, 2),
             "criteria_met": met,
+            **self._conversion(baseline),
+        }
+
+    def _conversion(self, baseline: Measurement) -> dict:
+        if self.converted is None:
+            return {}
+        c = self.converted
+        return {
+            "converted_size_bytes": c.size_bytes,
+            "converted_latency_ms": c.latency_ms,
+            "converted_latency_low_ms": c.latency_low_ms,
+            "converted_latency_high_ms": c.latency_high_ms,
+            "converted_accuracy_retention_percent": round(retention(baseline, c), 2),
         }
 
 

@@ -37,6 +37,14 @@ OPTIONAL_COUNTS = (
     "optimized_compressed_size_bytes",
     "latency_batch_size",
     "latency_rounds",
+    "converted_size_bytes",
+)
+# A PyTorch upload's ONNX export, on its own (the engine's runner._conversion).
+OPTIONAL_NUMBERS = (
+    "converted_latency_ms",
+    "converted_latency_low_ms",
+    "converted_latency_high_ms",
+    "converted_accuracy_retention_percent",
 )
 WORDS = ("accuracy_kind", "evaluation_inputs")
 MAX_STEPS_BYTES = 1 << 20
@@ -121,6 +129,9 @@ def results(
     for key in OPTIONAL_COUNTS:
         if given.get(key) is not None:
             cleaned[key] = _count(given[key], key)
+    for key in OPTIONAL_NUMBERS:
+        if given.get(key) is not None:
+            cleaned[key] = _number(given[key], key)
     for key in WORDS:
         cleaned[key] = str(given.get(key, ""))[:32]
     if not isinstance(given.get("criteria_met"), bool):

@@ -30,6 +30,8 @@ MAX_JSON_BYTES = 1 << 20
 # Far enough apart for any real filter, close enough that adding a day or moving to UTC
 # never leaves what datetime can hold.
 MIN_YEAR, MAX_YEAR = 1900, 9000
+# The same years, for an OpenAPI document's `pattern` of a date or date-time.
+YEAR_PATTERN = r"^(19[0-9]{2}|[2-8][0-9]{3}|9000)-"
 
 
 def id_field(**kwargs) -> fields.Integer:

@@ -111,8 +111,9 @@ def serve_command(demo: bool):
         f"{server['host']}:{server['port']}",
         "--workers",
         str(server["workers"]),
+        # gthread, answering gunicorn's own refusals under /api/ with the API's error body.
         "--worker-class",
-        "gthread",
+        "webapp.gunicorn_conf.ApiErrorWorker",
         "--threads",
         str(server["threads"]),
         # gthread counts open connections against this (default 1000); WebSockets stay open.

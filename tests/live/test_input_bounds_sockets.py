@@ -1,6 +1,8 @@
 """WebSocket input that once crashed its handler: nested JSON, dates and ids past any range."""
 
+import http.client
 import json
+from urllib.parse import urlencode
 
 import pytest
 from simple_websocket import ConnectionClosed
@@ -43,14 +45,40 @@ def test_an_unparsable_message_after_auth_is_answered_and_the_stream_stays(app, 
     ws.close()
 
 
-@pytest.mark.parametrize(
-    "since", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00", "99999-01-01", "garbage"]
-)
-def test_any_since_still_gives_a_snapshot(app, live, since):
+@pytest.mark.parametrize("since", ["1900-01-01", "9000-12-31T23:59:59-05:00", "2026-11-27T13:00:00Z"])
+def test_any_since_in_range_gives_a_snapshot(app, live, since):
     _, token = token_for("alice")
     ws = connect(live, token, path=f"/api/v1/ws?since={since}")
     assert receive_json(ws)["event"] == "system_status"
     ws.close()
+
+
+@pytest.mark.parametrize(
+    "since", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00", "99999-01-01", "garbage"]
+)
+def test_a_bad_since_refuses_the_handshake(app, live, since):
+    """Is a script told its `since` is wrong, instead of silently getting no catch-up?"""
+    _, token = token_for("alice")
+    host, port = live.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request(
+            "GET",
+            f"/api/v1/ws?{urlencode({'since': since})}",
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Upgrade": "websocket",
+                "Connection": "Upgrade",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                "Sec-WebSocket-Version": "13",
+            },
+        )
+        response = conn.getresponse()
+        body = json.loads(response.read())
+    finally:
+        conn.close()
+    assert response.status == 400
+    assert body["error"] == "validation_error" and "since" in body["details"]
 
 
 @pytest.mark.parametrize(

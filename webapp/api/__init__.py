@@ -11,7 +11,7 @@ from webargs.flaskparser import FlaskParser, abort, is_json_request
 from werkzeug.datastructures import CombinedMultiDict
 
 from ..auth.guards import authenticate_api_request
-from ..bounds import parse_json
+from ..bounds import YEAR_PATTERN, parse_json
 from ..extensions import api, csrf
 from .schemas import ErrorSchema
 from .spec import AuthErrorsPlugin
@@ -55,6 +55,33 @@ class ApiBlueprint(Blueprint):
         csrf.exempt(self)
 
 
+def _date_filters(self, field, **kwargs) -> dict:
+    """The session list's date filters (a field of their own, unknown to apispec): a date
+    or a date-time, in the years bounds.parse_datetime accepts."""
+    from ..services.session_query import SessionQuerySchema
+
+    if type(field) is not type(SessionQuerySchema._declared_fields["created_from"]):
+        return {}
+    return {
+        "anyOf": [
+            {"type": "string", "format": "date", "pattern": YEAR_PATTERN},
+            {"type": "string", "format": "date-time", "pattern": YEAR_PATTERN},
+        ]
+    }
+
+
+def _nullable_refs(self, field, ret, **kwargs) -> dict:
+    """A nullable nested schema as `allOf: [$ref], nullable: true`. apispec writes
+    `anyOf: [{type: object, nullable: true}, $ref]`, whose first branch takes any object:
+    generated clients then parse the results as an untyped dict."""
+    branches = ret.get("anyOf", [])
+    refs = [branch for branch in branches if "$ref" in branch]
+    if len(branches) == 2 and len(refs) == 1 and {"type": "object", "nullable": True} in branches:
+        del ret["anyOf"]
+        return {"allOf": refs, "nullable": True}
+    return {}
+
+
 def init_app(app: Flask) -> None:
     app.config.update(
         API_TITLE="Optideck API",
@@ -90,6 +117,8 @@ def init_app(app: Flask) -> None:
         },
     )
     api.spec.options["security"] = [{"bearerAuth": []}]
+    api.ma_plugin.converter.add_attribute_function(_date_filters)
+    api.ma_plugin.converter.add_attribute_function(_nullable_refs)
 
     from . import auth, config, dashboard, models, sessions
 

@@ -32,6 +32,7 @@ def _token_body(issued: tokens.IssuedToken) -> dict:
 @login_budget
 @public
 @blp.doc(security=[])
+@blp.doc(operationId="createToken")
 @blp.arguments(LoginSchema)
 @blp.response(200, TokenSchema)
 @blp.alt_response(401, schema=ErrorSchema, description="Wrong username or password.")
@@ -50,6 +51,7 @@ def issue_token(credentials):
 @limiter.limit(login_limit)
 @public
 @blp.doc(security=[])
+@blp.doc(operationId="refreshToken")
 @blp.arguments(RefreshSchema)
 @blp.response(200, TokenSchema)
 @blp.alt_response(401, schema=ErrorSchema, description="Refresh token invalid or expired.")
@@ -63,6 +65,7 @@ def refresh_token(body):
 
 @blp.route("/auth/token", methods=["DELETE"])
 @read_only_allowed
+@blp.doc(operationId="revokeToken")
 @blp.response(204)
 @blp.alt_response(401, schema=ErrorSchema, description="No valid token was sent.")
 def revoke_token():

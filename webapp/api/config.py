@@ -10,10 +10,11 @@ from marshmallow import Schema, fields, validate
 
 from ..auth.guards import roles_required
 from ..bounds import MAX_ID
+from ..engine.techniques import TECHNIQUES
 from ..services import criteria, policy
 from ..services.errors import ServiceError
 from . import ApiBlueprint
-from .schemas import ErrorSchema
+from .schemas import ErrorSchema, Stored
 
 blp = ApiBlueprint(
     "Configuration", __name__, description="The optimization criteria that plan and judge sessions."
@@ -22,8 +23,17 @@ blp = ApiBlueprint(
 ETAG = re.compile(r'^(?:W/)?"criteria-v(\d{1,10})"$', re.ASCII)
 
 
+def _techniques(**kwargs) -> fields.List:
+    """A list of technique ids, documented with the registry's ids; the criteria schema's
+    own validators check them (against the registry as it is when they run)."""
+    return fields.List(fields.String(metadata={"enum": list(TECHNIQUES)}), **kwargs)
+
+
 class CriteriaOutSchema(criteria.CriteriaSchema):
     """The criteria with their version; every field is described in config.toml."""
+
+    enabled_techniques = _techniques(required=True)
+    forbidden_techniques = _techniques()
 
     version = fields.Integer(metadata={"description": "Send it back (or If-Match) to save"})
     updated_at = fields.DateTime(allow_none=True)
@@ -31,6 +41,8 @@ class CriteriaOutSchema(criteria.CriteriaSchema):
 
 
 class CriteriaInSchema(criteria.CriteriaSchema):
+    enabled_techniques = _techniques(required=True, metadata={"minItems": 1})
+    forbidden_techniques = _techniques(load_default=list)
     version = fields.Integer(
         strict=True,
         validate=validate.Range(min=0, max=MAX_ID),
@@ -43,7 +55,7 @@ class VersionSchema(Schema):
     updated_at = fields.DateTime(allow_none=True)
     updated_by = fields.String(allow_none=True)
     reverted_from = fields.Integer(allow_none=True)
-    criteria = fields.Dict(attribute="document")
+    criteria = Stored(criteria.CriteriaSchema, attribute="document")
 
 
 class VersionListSchema(Schema):
@@ -69,6 +81,7 @@ def _based_on(body: dict) -> int | None:
 
 @blp.route("/config/optimization-criteria")
 class OptimizationCriteria(MethodView):
+    @blp.doc(operationId="getCriteria")
     @blp.response(200, CriteriaOutSchema)
     def get(self):
         """The criteria in force, with their version (also as an ETag)."""
@@ -76,6 +89,7 @@ class OptimizationCriteria(MethodView):
         return in_force.as_dict(), 200, {"ETag": in_force.etag}
 
     @roles_required(*policy.ADMINISTRATORS)
+    @blp.doc(operationId="putCriteria")
     @blp.arguments(CriteriaInSchema)
     @blp.response(200, CriteriaOutSchema)
     @blp.alt_response(400, schema=ErrorSchema, description="A value is invalid; `details` names it.")
@@ -95,6 +109,7 @@ class OptimizationCriteria(MethodView):
 
 
 @blp.route("/config/optimization-criteria/versions")
+@blp.doc(operationId="listCriteriaVersions")
 @blp.response(200, VersionListSchema)
 def criteria_versions():
     """Every saved version, newest first (version 0 is the config.toml defaults)."""

@@ -12,6 +12,7 @@ blp = ApiBlueprint("Dashboard", __name__, description="Counts and averages for t
 
 
 @blp.route("/dashboard/stats")
+@blp.doc(operationId="getDashboardStats")
 @blp.response(200, DashboardStatsSchema)
 def stats():
     """Counts of models and sessions, and averages over completed sessions, as you see them.

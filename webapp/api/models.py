@@ -48,6 +48,7 @@ class ModelUploadRequestSchema(ModelUploadSchema):
 
 @blp.route("/models")
 class Models(MethodView):
+    @blp.doc(operationId="listModels")
     @blp.arguments(ModelQuerySchema, location="query")
     @blp.response(200, ModelListSchema)
     def get(self, query):
@@ -56,6 +57,7 @@ class Models(MethodView):
         return {"models": models, "total": len(models)}
 
     @roles_required(*policy.CREATORS)
+    @blp.doc(operationId="uploadModel")
     @blp.arguments(ModelUploadRequestSchema, location="form_and_files")
     @blp.response(201, ModelSchema)
     @blp.alt_response(413, schema=ErrorSchema, description="Larger than uploads.max_bytes.")
@@ -86,6 +88,7 @@ class Models(MethodView):
 
 @blp.route("/models/<int:model_id>")
 class ModelItem(MethodView):
+    @blp.doc(operationId="getModel")
     @blp.response(200, ModelSchema)
     @blp.alt_response(404, schema=ErrorSchema)
     def get(self, model_id):
@@ -93,6 +96,7 @@ class ModelItem(MethodView):
         return model_store.get_for(g.api_user, model_id)
 
     @roles_required(*policy.CREATORS)
+    @blp.doc(operationId="deleteModel")
     @blp.response(204)
     @blp.alt_response(409, schema=ErrorSchema, description="A session still uses the model.")
     def delete(self, model_id):

@@ -32,6 +32,7 @@ def _detail(session) -> dict:
 
 
 @blp.route("/optimization/sessions", methods=["GET"])
+@blp.doc(operationId="listSessions")
 @blp.arguments(session_query.SessionQuerySchema, location="query")
 @blp.response(200, SessionListSchema)
 @blp.alt_response(400, schema=ErrorSchema, description="A parameter is invalid; `details` names it.")
@@ -47,6 +48,10 @@ def list_sessions(filters):
 
 
 @blp.route("/optimization/sessions/export.csv", methods=["GET"])
+@blp.doc(
+    operationId="exportSessionsCsv",
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+)
 @blp.arguments(session_query.SessionQuerySchema, location="query")
 @blp.response(200, description="One row per session, with a header row.", content_type="text/csv")
 @blp.alt_response(400, schema=ErrorSchema, description="A parameter is invalid; `details` names it.")
@@ -62,6 +67,7 @@ def export_sessions(filters):
 
 @blp.route("/optimization/sessions", methods=["POST"])
 @roles_required(*policy.CREATORS)
+@blp.doc(operationId="startSession")
 @blp.arguments(SessionStartSchema)
 @blp.response(202, SessionDetailSchema)
 @blp.alt_response(404, schema=ErrorSchema, description="No such model.")
@@ -77,6 +83,7 @@ def start_session(body):
 
 @blp.route("/optimization/sessions/<int:session_id>")
 class SessionItem(MethodView):
+    @blp.doc(operationId="getSession")
     @blp.response(200, SessionDetailSchema)
     @blp.alt_response(404, schema=ErrorSchema)
     def get(self, session_id):
@@ -86,6 +93,7 @@ class SessionItem(MethodView):
 
 @blp.route("/optimization/sessions/<int:session_id>/cancel", methods=["POST"])
 @roles_required(*policy.CREATORS)
+@blp.doc(operationId="cancelSession")
 @blp.response(202, SessionDetailSchema)
 @blp.alt_response(409, schema=ErrorSchema, description="The session already finished.")
 def cancel_session(session_id):
@@ -95,6 +103,7 @@ def cancel_session(session_id):
 
 
 @blp.route("/optimization/sessions/<int:session_id>/events")
+@blp.doc(operationId="listSessionEvents")
 @blp.response(200, SessionEventListSchema)
 @blp.alt_response(404, schema=ErrorSchema)
 def session_events(session_id):
@@ -104,6 +113,12 @@ def session_events(session_id):
 
 
 @blp.route("/optimization/sessions/<int:session_id>/artifact")
+@blp.doc(
+    operationId="downloadSessionArtifact",
+    responses={
+        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+    },
+)
 @blp.response(200, description="The optimized model (ONNX).", content_type="application/octet-stream")
 @blp.arguments(ArtifactQuerySchema, location="query")
 @blp.alt_response(400, schema=ErrorSchema, description="`candidate` is not a whole number.")

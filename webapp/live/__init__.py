@@ -12,7 +12,10 @@ import functools
 import threading
 
 from flask import Flask, request
+from werkzeug.routing import WebsocketMismatch
 
+from ..bounds import YEAR_PATTERN, parse_datetime
+from ..errors import ApiError
 from ..extensions import api, sock
 
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -49,16 +52,119 @@ def init_app(app: Flask) -> None:
         if request.path in ("/ws", "/api/v1/ws"):
             request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
 
-    ws_rule = next(rule for rule in app.url_map.iter_rules() if rule.rule == "/api/v1/ws")
+    @app.before_request
+    def script_socket_handshake():
+        # Refused before the handshake, as plain HTTP answers a client can read: once
+        # upgraded, a socket could only say it in a close frame.
+        # A plain request matches the socket's rule with werkzeug's WebsocketMismatch; a
+        # method the rule does not take is left to its 405, OPTIONS to Flask (and CORS).
+        if (
+            request.path == SCRIPTS_PATH
+            and request.method in ("GET", "HEAD")
+            and (
+                request.routing_exception is None or isinstance(request.routing_exception, WebsocketMismatch)
+            )
+        ):
+            check_handshake()
+
+    _document(app)
+
+
+SCRIPTS_PATH = "/api/v1/ws"
+SINCE_FORMAT = "Use an ISO 8601 date or date-time (2026-11-27T13:00:00Z) with a year from 1900 to 9000."
+
+
+def check_handshake() -> None:
+    """A bad `since` is a 400 and a request that is no WebSocket handshake (werkzeug tells,
+    by `Upgrade: websocket` and `Connection: Upgrade`) a 426, each with the API's error
+    body, as the OpenAPI document says."""
+    since = request.args.get("since")
+    if since is not None:
+        try:
+            parse_datetime(since)
+        except ValueError:
+            raise ApiError(
+                400,
+                "validation_error",
+                f"`since` is not a time: {SINCE_FORMAT}",
+                {"since": [SINCE_FORMAT]},
+            ) from None
+    if isinstance(request.routing_exception, WebsocketMismatch):
+        raise ApiError(
+            426,
+            "upgrade_required",
+            "This is a WebSocket: connect with a WebSocket client (Upgrade: websocket).",
+            headers={"Upgrade": "websocket"},
+        )
+
+
+def _document(app: Flask) -> None:
+    from ..api.schemas import LIVE_EVENTS
+
+    for name, schema in {
+        schema.__name__.removesuffix("Schema"): schema for schema in LIVE_EVENTS.values()
+    }.items():
+        if name not in api.spec.components.schemas:
+            api.spec.components.schema(name, schema=schema)
+    api.spec.components.schema(
+        "LiveEvent",
+        {
+            "type": "object",
+            "description": "One message of /api/v1/ws: a Session for the session_* events, "
+            "else the schema named after the event.",
+            "required": ["event", "data", "timestamp"],
+            "properties": {
+                "event": {"type": "string", "enum": list(LIVE_EVENTS)},
+                "data": {
+                    "anyOf": [
+                        {"$ref": f"#/components/schemas/{name}"}
+                        for name in dict.fromkeys(
+                            schema.__name__.removesuffix("Schema") for schema in LIVE_EVENTS.values()
+                        )
+                    ]
+                },
+                "timestamp": {"type": "string", "format": "date-time"},
+            },
+        },
+    )
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    ws_rule = next(rule for rule in app.url_map.iter_rules() if rule.rule == SCRIPTS_PATH)
     api.spec.path(
         rule=ws_rule,
         operations={
             "get": {
                 "tags": ["Live events"],
+                "operationId": "openEventStream",
                 "summary": "WebSocket of JSON events (upgrade with a WebSocket client)",
                 "description": WS_DOC,
+                # The token may come after the upgrade, in the first message; a bad one is
+                # told in an `error` event and a 1008 close, never in an HTTP 401.
+                "security": [],
+                "parameters": [
+                    {
+                        "in": "query",
+                        "name": "since",
+                        "required": False,
+                        "description": "Your last message's timestamp: the snapshot adds every "
+                        "session that changed after it. " + SINCE_FORMAT,
+                        "schema": {
+                            "anyOf": [
+                                {"type": "string", "format": "date", "pattern": YEAR_PATTERN},
+                                {"type": "string", "format": "date-time", "pattern": YEAR_PATTERN},
+                            ]
+                        },
+                    }
+                ],
                 "responses": {
-                    "101": {"description": "Switching to the WebSocket protocol."},
+                    "101": {"description": "Switching to the WebSocket protocol; messages are LiveEvent."},
+                    "400": {
+                        "description": "`since` is not a time; `details.since` says why.",
+                        "content": error,
+                    },
+                    "426": {
+                        "description": "Not a WebSocket handshake (no `Upgrade: websocket`).",
+                        "content": error,
+                    },
                     "default": {"$ref": "#/components/responses/DEFAULT_ERROR"},
                 },
             }

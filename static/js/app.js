@@ -57,6 +57,17 @@ function syncFilters() {
   }
 }
 document.addEventListener("htmx:historyRestore", syncFilters);
+// The filter form leaves out what is empty or at its default (a select's first option), so
+// the pushed URL is the same short link a header sort or the pager gives.
+document.addEventListener("htmx:configRequest", (event) => {
+  const form = event.detail.elt;
+  if (!form.matches || !form.matches("form.filters")) return;
+  for (const control of form.elements) {
+    if (!control.name || control.type === "checkbox") continue;
+    const atDefault = control.tagName === "SELECT" && control.selectedIndex === 0;
+    if (atDefault || control.value === "") delete event.detail.parameters[control.name];
+  }
+});
 document.addEventListener("htmx:afterSettle", (event) => {
   if (event.target.id === "session-list") syncFilters();
 });

@@ -46,7 +46,7 @@ def test_start_then_download_the_optimized_model(page, tmp_path):
     page.locator("#start_model_id").select_option(label="digits-cnn v1 (onnx, with evaluation data)")
     page.get_by_label("Quantization").check()
     page.get_by_role("button", name="Start session").click()
-    expect(page.get_by_text(re.compile(r"Session #\d+ queued"))).to_be_visible()
+    expect(page.get_by_role("heading", name=re.compile(r"Session #\d+"))).to_be_visible()
     for _ in range(60):
         if page.get_by_role("link", name=re.compile("Download optimized model")).count():
             break
@@ -137,3 +137,21 @@ def test_filters_and_sort_follow_the_url_through_header_sorting_and_back(page):
     page.go_back()
     expect(page).to_have_url(re.compile(r"/sessions$"))
     expect(page.get_by_label("completed")).not_to_be_checked()
+
+
+def test_pick_two_sessions_and_compare_them(page):
+    log_in(page, "demo-operator", DEMO_PASSWORD)
+    page.goto("/sessions")
+    page.get_by_role("link", name="Compare sessions").click()
+    picks = page.locator("#pick tbody input[type=checkbox]")
+    picks.nth(0).check()
+    picks.nth(1).check()
+    page.get_by_role("button", name="Compare").click()
+    expect(page).to_have_url(re.compile(r"/sessions/compare\?ids=\d+&ids=\d+"))
+    table = page.locator("#comparison table")
+    expect(table.get_by_role("columnheader", name=re.compile(r"Session #\d+"))).to_have_count(2)
+    for row in ("What was applied", "Size reduction", "Speed-up", "Accuracy retained", "Criteria version"):
+        expect(table.get_by_role("rowheader", name=re.compile(row))).to_be_visible()
+    expect(page.locator("#comparison svg")).to_have_count(2)
+    # The chosen sessions stay ticked, to add or remove one and compare again.
+    expect(page.locator("#pick tbody input:checked")).to_have_count(2)

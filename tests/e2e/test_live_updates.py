@@ -136,3 +136,18 @@ def test_a_new_session_appears_in_an_open_list_only_where_its_filters_match(page
     expect(failed.locator(f"#session-{started}")).to_have_count(0)
     for tab in (active, failed):
         assert tab.evaluate(NOT_RELOADED)
+
+
+def test_the_dashboard_plot_takes_in_a_session_as_it_completes(page):
+    log_in(page, "demo-operator", DEMO_PASSWORD)
+    headers = api_headers(page)
+    page.goto("/dashboard")
+    page.get_by_label("Model", exact=True).select_option(label="digits-mlp v1")
+    expect(page.locator("#tradeoff")).to_contain_text("of digits-mlp v1")
+    page.evaluate(MARK_PAGE)
+    expect(page.locator("#live-status")).to_have_attribute("data-state", "connected")
+    [started] = start_sessions(page, headers, 1)
+    # A point in each of the two plots, linking to the session; the chosen model stays.
+    expect(page.locator(f'#tradeoff a[href="/sessions/{started}"]')).to_have_count(2, timeout=90_000)
+    expect(page.locator("#tradeoff")).to_contain_text("of digits-mlp v1")
+    assert page.evaluate(NOT_RELOADED)

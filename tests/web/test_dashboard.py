@@ -22,7 +22,7 @@ def test_the_page_shows_cards_active_sessions_and_the_latest_models_trade_offs(o
     # The model that finished a session last is plotted: a point per session, each a link.
     assert "latest 3 completed sessions of m v1" in text_
     for s in sessions:
-        assert f'<a href="/sessions/{s.id}">' in text_
+        assert f'<a href="/sessions/{s.id}" aria-label=' in text_
     assert text_.count('class="point ') == 6  # three sessions, two plots
 
 
@@ -33,7 +33,7 @@ def test_another_models_trade_offs_come_as_a_partial(operator):
     partial = operator.client.get(f"/dashboard?model={older.id}", headers={"HX-Request": "true"})
     text_ = partial.get_data(as_text=True)
     assert text_.lstrip().startswith('<section class="panel" id="tradeoff">')
-    assert "of older v1" in text_ and f'<a href="/sessions/{first.id}">' in text_
+    assert "of older v1" in text_ and f'<a href="/sessions/{first.id}" aria-label=' in text_
     # Without JavaScript the same choice reloads the whole page.
     assert "of older v1" in operator.client.get(f"/dashboard?model={older.id}").get_data(as_text=True)
 

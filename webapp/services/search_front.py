@@ -44,7 +44,6 @@ def front(session: OptimizationSession) -> dict | None:
 def _point(candidate: dict, key: str, unit: str, chosen: int | None) -> dict:
     index = candidate["index"]
     return {
-        "index": index,
         "text": str(index),
         "kind": "chosen" if index == chosen else ("pareto" if candidate.get("pareto") else "other"),
         "title": f"#{index} {candidate['configuration']}: {candidate[key]:.3g}{unit}, "

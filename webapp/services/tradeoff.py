@@ -8,7 +8,9 @@ and as accurate at once.
 
 from __future__ import annotations
 
-WIDTH, HEIGHT, MARGIN = 380, 240, 56
+WIDTH, HEIGHT = 380, 220
+# Room for the tick labels: the y axis's on the left, the x axis's below.
+LEFT, RIGHT, TOP, BOTTOM = 52, 28, 14, 30
 AXES = (
     ("size_reduction_percent", "size reduction", " %"),
     ("speedup", "speedup over the original", "x"),
@@ -57,12 +59,12 @@ def plots(items: list[dict], floor: float, point) -> list[dict]:
     return [_plot(items, key, label, unit, floor, point) for key, label, unit in AXES]
 
 
-def _scale(low: float, high: float, size: float, flip: bool = False):
+def _scale(low: float, high: float, start: float, end: float):
+    """value -> coordinate, `low` at `start` and `high` at `end` (end < start flips it)."""
     span = (high - low) or 1.0
 
     def place(value: float) -> float:
-        share = (value - low) / span
-        return round(MARGIN + (1 - share if flip else share) * (size - 2 * MARGIN), 1)
+        return round(start + (value - low) / span * (end - start), 1)
 
     return place
 
@@ -76,13 +78,16 @@ def _plot(items: list[dict], key: str, label: str, unit: str, floor: float, poin
     retained = [item["accuracy_retention_percent"] for item in items]
     # The floor is always in view, so a point's distance from it shows.
     y_low, y_high = min(retained + [floor]) - 0.5, max(retained + [100.0]) + 0.5
-    x = _scale(x_low, x_high, WIDTH)
-    y = _scale(y_low, y_high, HEIGHT, flip=True)
+    x = _scale(x_low, x_high, LEFT, WIDTH - RIGHT)
+    y = _scale(y_low, y_high, HEIGHT - BOTTOM, TOP)
     return {
         "label": label,
         "width": WIDTH,
         "height": HEIGHT,
-        "margin": MARGIN,
+        "left": LEFT,
+        "right": WIDTH - RIGHT,
+        "top": TOP,
+        "bottom": HEIGHT - BOTTOM,
         "points": [
             {"x": x(item[key]), "y": y(item["accuracy_retention_percent"]), **point(item, key, unit)}
             for item in items

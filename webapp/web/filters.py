@@ -9,7 +9,7 @@ from datetime import datetime
 
 from flask import Flask
 
-from ..engine.search import AUTO
+from ..engine.search import AUTO, describe
 
 MISSING = "—"
 TIME_FORMATS = {
@@ -68,9 +68,13 @@ def filesize(value: int | None) -> str:
     return str(value)
 
 
-def techniques(ids: list[str]) -> str:
-    """A session's techniques as a list shows them; a search ("auto") reads as one."""
-    return ", ".join("search" if technique == AUTO else technique for technique in ids or [])
+def step_words(step: dict) -> str:
+    """A planned step's technique and parameters in words ("int8 static, QDQ, min-max
+    calibration"), not as JSON."""
+    if step.get("technique") == AUTO:
+        budget = (step.get("params") or {}).get("budget_minutes")
+        return "search of every technique the criteria allow" + (f", {budget:g} min budget" if budget else "")
+    return describe(step)
 
 
 def plain_errors(messages) -> str:
@@ -93,5 +97,5 @@ def plain_errors(messages) -> str:
 
 
 def init_app(app: Flask) -> None:
-    for function in (pct, speedup, ms, between, number, when, filesize, techniques, plain_errors):
+    for function in (pct, speedup, ms, between, number, when, filesize, step_words, plain_errors):
         app.add_template_filter(function)

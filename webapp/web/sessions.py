@@ -217,7 +217,8 @@ def start():
         errors = {"form": [exc.message], **_form_errors(exc.details)}
         context = {**_list_context(user, MultiDict()), **_start_form_context(user, form, errors)}
         return render_template("sessions/index.html", **context), exc.status
-    flash(f"Session #{session.id} queued.", "success")
+    # No flash: the page's live status line says queued, then what follows; a flashed
+    # "queued" would stay on screen, stale, after the session completes.
     return redirect(url_for("sessions.detail", session_id=session.id))
 
 
@@ -285,8 +286,7 @@ def cancel(session_id: int):
     user = _user()
     session = optimization.get_for(user, session_id)
     try:
-        optimization.cancel(session, user)
-        flash(f"Cancelling session #{session.id}.", "info")
+        optimization.cancel(session, user)  # the status line says cancelling, then cancelled
     except ServiceError as exc:
         flash(exc.message, "error")
     return redirect(url_for("sessions.detail", session_id=session_id))

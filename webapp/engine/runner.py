@@ -213,7 +213,7 @@ class _Session:
         technique = TECHNIQUES[step["technique"]]
         name = step["technique"]
         self.progress(start, name)
-        self._event("step_started", name, f"{technique.label}: {params_text(step['params'])}", {})
+        self._event("step_started", name, f"{technique.label}: {search.describe(step)}", {})
         candidate = self.work / f"step{index + 1}_{name}.onnx"
         self.phase("transform")
         try:
@@ -356,11 +356,6 @@ class _Session:
             "converted_latency_high_ms": c.latency_high_ms,
             "converted_accuracy_retention_percent": round(retention(baseline, c), 2),
         }
-
-
-def params_text(params: dict) -> str:
-    """{'mode': 'int8_dynamic'} as "mode int8_dynamic", for timelines people read."""
-    return ", ".join(f"{key} {value}" for key, value in params.items()) or "defaults"
 
 
 def warm_up() -> None:

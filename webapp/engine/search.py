@@ -62,6 +62,9 @@ def describe(step: dict) -> str:
     """One step in words: "int8 static, Conv only, QDQ, percentile calibration". A step as
     stored (parameters left to their defaults, or from an older version) reads the same."""
     technique = step.get("technique")
+    if technique == AUTO:
+        budget = (step.get("params") or {}).get("budget_minutes")
+        return "search of every technique the criteria allow" + (f", {budget:g} min budget" if budget else "")
     if technique not in TECHNIQUES:
         return str(technique)
     try:

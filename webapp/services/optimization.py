@@ -14,7 +14,7 @@ from sqlalchemy import CursorResult, select, update
 
 from ..bounds import file_stem
 from ..engine.planner import PlanError, build_plan
-from ..engine.runner import params_text
+from ..engine.search import describe
 from ..extensions import db
 from ..tables import (
     ModelMetadata,
@@ -96,7 +96,7 @@ def start(
 
 
 def _plan_text(plan: list[dict]) -> str:
-    return ", then ".join(f"{s['technique']} ({params_text(s['params'])})" for s in plan)
+    return ", then ".join(describe(step) for step in plan)
 
 
 def query_for(user: User):

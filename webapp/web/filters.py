@@ -9,7 +9,7 @@ from datetime import datetime
 
 from flask import Flask
 
-from ..engine.search import AUTO, describe
+from ..engine.search import describe
 
 MISSING = "—"
 TIME_FORMATS = {
@@ -71,9 +71,6 @@ def filesize(value: int | None) -> str:
 def step_words(step: dict) -> str:
     """A planned step's technique and parameters in words ("int8 static, QDQ, min-max
     calibration"), not as JSON."""
-    if step.get("technique") == AUTO:
-        budget = (step.get("params") or {}).get("budget_minutes")
-        return "search of every technique the criteria allow" + (f", {budget:g} min budget" if budget else "")
     return describe(step)
 
 

@@ -90,3 +90,12 @@ def test_another_operators_session_cannot_be_compared(operator):
     page = operator.client.get(f"/sessions/compare?ids={mine.id},{theirs.id}")
     assert page.status_code == 404
     assert "theirs" not in page.get_data(as_text=True)
+
+
+def test_a_model_page_links_to_comparing_its_sessions_once_two_completed(operator):
+    model = gen_model(operator.user, "m")
+    completed(model, operator.user, 10.0, 10.0, 99.5)
+    link = f'href="/sessions/compare?model_id={model.id}"'
+    assert link not in operator.client.get(f"/models/{model.id}").get_data(as_text=True)
+    completed(model, operator.user, 20.0, 10.0, 99.5)
+    assert link in operator.client.get(f"/models/{model.id}").get_data(as_text=True)

@@ -124,6 +124,7 @@ def test_every_operation_has_a_unique_readable_operation_id(client):
     assert ids[("/api/v1/optimization/sessions/{session_id}/artifact", "get")] == "downloadSessionArtifact"
     assert ids[("/api/v1/models", "post")] == "uploadModel"
     assert ids[("/api/v1/auth/token", "delete")] == "revokeToken"
+    assert ids[("/api/v1/optimization/sessions/compare", "get")] == "compareSessions"
 
 
 def _resolve(document, schema):
@@ -195,3 +196,27 @@ def test_a_bad_since_is_refused_before_the_handshake(client, since):
     assert response.status_code == 400
     body = response.get_json()
     assert body["error"] == "validation_error" and "since" in body["details"]
+
+
+def test_the_comparison_is_a_typed_schema_with_its_errors(client):
+    """Does compareSessions document its ids, its typed rows and cells, and its errors?"""
+    document = spec(client)
+    operation = document["paths"]["/api/v1/optimization/sessions/compare"]["get"]
+    params = {p["name"]: p for p in operation["parameters"]}
+    assert params["ids"]["schema"]["items"]["type"] == "integer"
+    assert (params["ids"]["schema"]["minItems"], params["ids"]["schema"]["maxItems"]) == (2, 6)
+    assert params["model_id"]["schema"]["type"] == "integer"
+    for status in ("400", "401", "404"):
+        assert ERROR_REF in repr(operation["responses"][status]), status
+    answer = _resolve(document, operation["responses"]["200"]["content"]["application/json"]["schema"])
+    assert set(answer["properties"]) == {"sessions", "rows", "floor"}
+    assert (
+        _resolve(document, answer["properties"]["sessions"]["items"])
+        == document["components"]["schemas"]["Session"]
+    )
+    row = _resolve(document, answer["properties"]["rows"]["items"])["properties"]
+    assert row["kind"]["enum"] == ["bytes", "ms", "pct", "text", "x"] and row["differs"]["type"] == "boolean"
+    cell = _resolve(document, row["cells"]["items"])["properties"]
+    assert {branch["type"] for branch in cell["value"]["anyOf"]} == {"number", "string"}
+    assert all(branch["nullable"] for branch in cell["value"]["anyOf"])
+    assert cell["best"]["type"] == "boolean" and cell["low"] == {"type": "number", "nullable": True}

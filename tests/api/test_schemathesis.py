@@ -18,9 +18,13 @@ is told that status for that operation only (POSITIVE_ALSO):
 - POST /models: 422, the file must be a model (and eval_data an .npz that fits it), and
   400, input_shape must be JSON text: the content of a file or a string, not its shape.
 - PUT /config/optimization-criteria: 400, the three weights must sum to 1, a rule across
-  fields.
+  fields; and 428, the version edited must be named by the If-Match header or the body's
+  `version`, the one or the other, a rule across a header and the body.
 - GET /optimization/sessions (and its CSV): 400, created_from must come before created_to,
   a rule across parameters.
+- GET /optimization/sessions/compare: 400, two to six ids, or a model_id with at least two
+  completed sessions: the one or the other, a rule across parameters (valid ids name no
+  session here: 404).
 - GET /api/v1/ws: 426, a plain HTTP request (all schemathesis sends) is not a WebSocket
   handshake; the socket's messages are tested in tests/live.
 """
@@ -40,9 +44,10 @@ MIN_CASES = 1000
 SLOW = {"POST /api/v1/models": 8, "POST /api/v1/auth/token": 10, "POST /api/v1/auth/refresh": 10}
 POSITIVE_ALSO = {
     "POST /api/v1/models": ["400", "422"],
-    "PUT /api/v1/config/optimization-criteria": ["400"],
+    "PUT /api/v1/config/optimization-criteria": ["400", "428"],
     "GET /api/v1/optimization/sessions": ["400"],
     "GET /api/v1/optimization/sessions/export.csv": ["400"],
+    "GET /api/v1/optimization/sessions/compare": ["400"],
     "GET /api/v1/ws": ["426"],
 }
 ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "429"]

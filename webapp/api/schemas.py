@@ -13,6 +13,7 @@ from ..engine.metrics import TASKS
 from ..engine.search import AUTO
 from ..engine.techniques import TECHNIQUES, CompressionParams, PruningParams, QuantizationParams
 from ..services.criteria import CriteriaSchema
+from ..services.session_compare import MAX_COMPARED, ROWS
 from ..tables import SessionStatus
 
 # The ids as documented: the registry when the app starts, and the search. The planner
@@ -208,6 +209,73 @@ class SessionListSchema(Schema):
     total = fields.Integer(metadata={"description": "Matching sessions, over all pages"})
     skip = fields.Integer()
     limit = fields.Integer()
+
+
+class _GivenIds(fields.List):
+    """Documented as a list of session ids (ids=3&ids=5), taken as the caller wrote it:
+    session_compare.parse_ids reads it as the compare page reads its own, so ids=3,5 works
+    too and a bad one is refused with the page's words."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, list | tuple):
+            raise self.make_error("invalid")
+        return [str(item) for item in value]
+
+
+class SessionCompareQuerySchema(Schema):
+    ids = _GivenIds(
+        id_field(),
+        metadata={
+            "description": f"Two to {MAX_COMPARED} sessions, in the order of the columns: "
+            "ids=3&ids=5, or ids=3,5",
+            "minItems": 2,
+            "maxItems": MAX_COMPARED,
+            "uniqueItems": True,
+        },
+    )
+    model_id = id_field(
+        metadata={
+            "description": f"Without ids: this model's latest completed sessions (at most {MAX_COMPARED})"
+        }
+    )
+
+
+class SessionComparisonCellSchema(Schema):
+    """One session's figure in a row; `low` and `high` bound a latency's or speed-up's
+    95 % interval where it was measured."""
+
+    value = fields.Raw(
+        allow_none=True,
+        metadata={
+            # Null in each branch: OpenAPI 3.0 honours `nullable` only beside a `type`.
+            "anyOf": [{"type": "number", "nullable": True}, {"type": "string", "nullable": True}],
+            "description": "A number (pct: percent, bytes, ms, x: times as fast) or words (text); "
+            "null when the session has none",
+        },
+    )
+    low = fields.Float(allow_none=True)
+    high = fields.Float(allow_none=True)
+    best = fields.Boolean(metadata={"description": "The best figure of its row (ties all marked)"})
+
+
+class SessionComparisonRowSchema(Schema):
+    label = fields.String(metadata={"example": "Size reduction"})
+    kind = fields.String(
+        validate=validate.OneOf(sorted({kind for _, kind, _ in ROWS})),
+        metadata={"description": "How the values read: text, pct, bytes, ms, or x (a speed-up)"},
+    )
+    differs = fields.Boolean(metadata={"description": "The sessions' values are not all the same"})
+    cells = fields.List(
+        fields.Nested(SessionComparisonCellSchema), metadata={"description": "One per session, in order"}
+    )
+
+
+class SessionComparisonSchema(Schema):
+    sessions = fields.List(fields.Nested(SessionSchema), metadata={"description": "The columns, in order"})
+    rows = fields.List(fields.Nested(SessionComparisonRowSchema))
+    floor = fields.Float(
+        metadata={"description": "The current criteria's minimum accuracy retention, percent"}
+    )
 
 
 class DashboardStatsSchema(Schema):

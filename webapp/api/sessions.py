@@ -6,11 +6,13 @@ from flask import Response, g, jsonify, send_file
 from flask.views import MethodView
 
 from ..auth.guards import roles_required
-from ..services import optimization, policy, session_query, session_summaries
+from ..services import optimization, policy, session_compare, session_query, session_summaries
 from . import ApiBlueprint
 from .schemas import (
     ArtifactQuerySchema,
     ErrorSchema,
+    SessionCompareQuerySchema,
+    SessionComparisonSchema,
     SessionDetailSchema,
     SessionEventListSchema,
     SessionListSchema,
@@ -79,6 +81,29 @@ def start_session(body):
         g.api_user, body["model_id"], body["techniques"], body["parameters"], body.get("budget_minutes")
     )
     return _detail(session)
+
+
+# A path of its own under /optimization/sessions: <int:session_id> never matches "compare".
+@blp.route("/optimization/sessions/compare")
+class SessionComparison(MethodView):
+    @blp.doc(operationId="compareSessions")
+    @blp.arguments(SessionCompareQuerySchema, location="query")
+    @blp.response(200, SessionComparisonSchema)
+    @blp.alt_response(
+        400,
+        schema=ErrorSchema,
+        description="Not two to six session ids (or model_id has fewer than two completed "
+        "sessions); `details` names `ids`.",
+    )
+    @blp.alt_response(404, schema=ErrorSchema, description="A session you may not see, or none such.")
+    def get(self, query):
+        """Sessions side by side, as on the compare page: one row per figure, one cell per
+        session, the differences and each row's best figure marked. `model_id` alone
+        compares that model's latest completed sessions."""
+        given = query.get("ids") or []
+        if not given and "model_id" in query:
+            given = [str(i) for i in session_compare.latest_of_model(g.api_user, query["model_id"])]
+        return session_compare.compare(g.api_user, session_compare.parse_ids(given))
 
 
 @blp.route("/optimization/sessions/<int:session_id>")

@@ -115,9 +115,9 @@ def _row(label: str, kind: str, better: str | None, cells: list[tuple]) -> dict:
     }
 
 
-def compare(user, ids: list[int], href) -> dict:
-    """The table and plots of the sessions `ids` (each visible to `user`, else 404);
-    `href(session_id)` links a plot's point to its session."""
+def compare(user, ids: list[int], href=None) -> dict:
+    """The table of the sessions `ids` (each visible to `user`, else 404), and with
+    `href(session_id)`, which links a plot's point to its session, their plots."""
     sessions = [optimization.get_for(user, session_id) for session_id in ids]
     summaries = [session_summaries.summary(s) for s in sessions]
     columns = [_cells(s, summary) for s, summary in zip(sessions, summaries, strict=True)]
@@ -125,13 +125,15 @@ def compare(user, ids: list[int], href) -> dict:
         _row(label, kind, better, [c[i] for c in columns]) for i, (label, kind, better) in enumerate(ROWS)
     ]
     floor = float(optimization.current_criteria()["min_accuracy_retention_percent"])
-    return {
+    comparison = {
         "sessions": summaries,
         "rows": rows,
-        "plots": tradeoff.session_plots(summaries, floor, href),
         "floor": floor,
         "models": len({s.model_id for s in sessions}),
     }
+    if href is not None:
+        comparison["plots"] = tradeoff.session_plots(summaries, floor, href)
+    return comparison
 
 
 def pickable(user, model_id: int | None = None) -> list[dict]:

@@ -48,7 +48,14 @@ def _pages(page) -> list[str]:
         paths.append(search.first.locator("td:first-child a").get_attribute("href"))
     paths += ["/models", _first_link(page, "/models", "#model-table tbody td:first-child a")]
     paths += ["/config", _first_link(page, "/config", "a[href^='/config/versions/']")]
-    paths += ["/account/tokens", "/admin/users", "/admin/audit", "/docs/api-tokens", "/docs/sessions", MISSING]
+    paths += [
+        "/account/tokens",
+        "/admin/users",
+        "/admin/audit",
+        "/docs/api-tokens",
+        "/docs/sessions",
+        MISSING,
+    ]
     return [p for p in paths if p]
 
 

@@ -21,7 +21,7 @@ lint:
 # Everything but the tests marked slow (workers, training, servers) and the browser, on
 # both cores (pytest-xdist). pytest-benchmark, where installed, refuses to run beside xdist.
 test-fast:
-	$(PYTHON) -m pytest -m "not slow and not e2e" -n 2 -p no:benchmark
+	$(PYTHON) -m pytest -m "not slow and not e2e" -n 2 --dist loadgroup -p no:benchmark
 
 # The whole suite, as CI runs it: installs, services, lint, SQLite with the browser, PostgreSQL.
 test:

@@ -137,6 +137,9 @@ def make_app(test_database_url, tmp_path, sandbox_work_dir):
     # test's database is dropped.
     for app in built:
         app.extensions["optideck.executor"].shutdown()
+        notifications = app.extensions["optideck.notifications"]
+        if hasattr(notifications, "stop"):  # the Redis fan-out's listener thread
+            notifications.stop()
         with app.app_context():
             db.session.remove()
             db.engine.dispose()

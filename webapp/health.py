@@ -15,6 +15,7 @@ from flask_migrate import Migrate
 from sqlalchemy import text
 
 from .extensions import csrf, db
+from .services.notifications import RedisNotificationService
 
 log = logging.getLogger("optideck.health")
 
@@ -70,11 +71,22 @@ def check_redis() -> Check | None:
     return Check("redis", True, "reachable")
 
 
+def check_fanout() -> Check | None:
+    """With Redis, live events reach this process's clients only through its listener."""
+    service = current_app.extensions["optideck.notifications"]
+    if not isinstance(service, RedisNotificationService):
+        return None
+    if service.wait_connected(timeout=1):
+        return Check("fanout", True, f"subscribed to {service.channel}")
+    reason = f" ({service.last_error})" if service.last_error else ""
+    return Check("fanout", False, f"not subscribed to Redis{reason}: live clients miss events until it is")
+
+
 def run_checks() -> list[Check]:
     checks = [*check_database(), check_storage()]
-    redis_check = check_redis()
-    if redis_check is not None:
-        checks.append(redis_check)
+    for check in (check_redis(), check_fanout()):
+        if check is not None:
+            checks.append(check)
     return checks
 
 

@@ -10,16 +10,15 @@ from flask import Flask, current_app
 
 
 def init_app(app: Flask) -> None:
-    from . import alerts
+    from . import alerts, notifications
     from .executor import LocalExecutor
     from .model_store import AnalysisSlots
-    from .notifications import NotificationService
     from .sandbox import Sandbox
     from .storage import BlobStore
     from .system_status import StatusWatch
 
     config = app.config["OPTIDECK"]
-    app.extensions["optideck.notifications"] = NotificationService(config["live"]["queue_size"])
+    app.extensions["optideck.notifications"] = notifications.for_config(config)
     app.extensions["optideck.blobs"] = BlobStore(config["storage"]["dir"])
     app.extensions["optideck.sandbox"] = Sandbox(config)
     app.extensions["optideck.analysis_slots"] = AnalysisSlots(

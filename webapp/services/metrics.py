@@ -15,6 +15,14 @@ EVENTS_DROPPED = Counter(
     "optideck_events_dropped_total",
     "Events a subscriber's full queue could not take (that subscriber is resynced).",
 )
+FANOUT_PUBLISH_ERRORS = Counter(
+    "optideck_fanout_publish_errors_total",
+    "Events Redis could not take (also counted as dropped; clients resync when it is back).",
+)
+FANOUT_RECONNECTS = Counter(
+    "optideck_fanout_reconnects_total",
+    "Times the Redis fan-out listener subscribed again after losing Redis (every client resyncs).",
+)
 CONNECTIONS_OPEN = Gauge("optideck_ws_connections_open", "WebSocket connections open now.", ["endpoint"])
 CONNECTIONS = Counter("optideck_ws_connections_total", "WebSocket connections accepted.", ["endpoint"])
 CONNECTIONS_REFUSED = Counter(

@@ -2,6 +2,8 @@
 
 The in-process backend serves the embedded default: one web process. Each
 subscriber has its own bounded queue, so a slow one never holds up publish.
+With Redis configured, RedisNotificationService carries every event through a
+Redis channel, so a client of any web process hears what any process publishes.
 """
 
 from __future__ import annotations
@@ -9,11 +11,16 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from . import metrics
 
@@ -115,6 +122,15 @@ class NotificationService:
         if event not in EVENTS:
             raise ValueError(f"unknown event {event!r}")
         notification = Notification(event, data, owner_id, admins_only)
+        self._send(notification)
+        return notification
+
+    def _send(self, notification: Notification) -> None:
+        self._deliver(notification)
+        metrics.EVENTS_PUBLISHED.labels(notification.event).inc()
+
+    def _deliver(self, notification: Notification) -> None:
+        """Queue the event for every local subscriber that accepts it."""
         with self._lock:
             subscribers = list(self._subscribers)
         delivered = 0
@@ -124,13 +140,193 @@ class NotificationService:
             delivered += 1
             if not subscription.put(notification):
                 metrics.EVENTS_DROPPED.inc()
-        metrics.EVENTS_PUBLISHED.labels(event).inc()
         log.debug(
-            "published %s owner=%s admins_only=%s to %d of %d subscribers",
-            event,
-            owner_id,
-            admins_only,
+            "delivered %s owner=%s admins_only=%s to %d of %d subscribers",
+            notification.event,
+            notification.owner_id,
+            notification.admins_only,
             delivered,
             len(subscribers),
         )
-        return notification
+
+    def resync_all(self) -> None:
+        """Events may have been lost for everyone: each subscriber reads the state afresh,
+        as one whose queue overflowed does."""
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for subscription in subscribers:
+            subscription.dropped += 1
+            subscription.wake()
+
+
+# A publish runs inside a request or the executor's thread: with Redis away it must give
+# up at once (the database stays the truth), not after redis-py's default retries.
+PUBLISH_TIMEOUT_SECONDS = 0.5
+# The listener's reconnect delays: doubling from the first, jittered, capped.
+BACKOFF_FIRST_SECONDS = 0.2
+BACKOFF_MAX_SECONDS = 5.0
+# How long the listener waits on its socket before it looks at its stop flag again.
+POLL_SECONDS = 1.0
+LISTENER_NAME = "optideck-fanout"
+
+
+def channel_for(url: str) -> str:
+    """Redis pub/sub ignores the database number: one server's subscribers of a channel
+    hear every database's publishers. Deployments (and test runs) kept apart by their
+    database number stay apart by naming the channel after it."""
+    db = redis.connection.parse_url(url).get("db", 0)
+    return f"optideck:notifications:{db}"
+
+
+class RedisNotificationService(NotificationService):
+    """Several processes: publish() goes to a Redis channel, and one listener thread per
+    process hands each event to this process's subscribers, as the in-process bus does.
+
+    The listener starts with the first subscriber (or readiness check), so a process that
+    only publishes runs no thread. After it lost Redis it reconnects with backoff, then
+    tells every subscriber to resync: what was published meanwhile is gone.
+    """
+
+    def __init__(self, url: str, queue_size: int = 1000):
+        super().__init__(queue_size)
+        self.url = url
+        self.channel = channel_for(url)
+        no_retry = Retry(NoBackoff(), 0)
+        self._publisher = redis.Redis.from_url(
+            url,
+            socket_timeout=PUBLISH_TIMEOUT_SECONDS,
+            socket_connect_timeout=PUBLISH_TIMEOUT_SECONDS,
+            retry=Retry(NoBackoff(), 1),  # once more on a fresh connection after a restart
+        )
+        self._listener_client = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=2,
+            socket_keepalive=True,
+            health_check_interval=10,
+            client_name=LISTENER_NAME,
+            retry=no_retry,  # the listener notices a lost connection and resyncs
+        )
+        self._connected = threading.Event()
+        self._stopping = threading.Event()
+        self._start_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.last_error: str | None = None  # why the listener is not connected, if known
+        self._ever_connected = False
+
+    def subscribe(self, accepts: Callable[[Notification], bool] | None = None) -> Subscription:
+        # While the listener is not subscribed (the first subscriber, an outage) wait
+        # briefly for it, so the subscriber's snapshot is not older than the channel.
+        self.wait_connected(PUBLISH_TIMEOUT_SECONDS)
+        return super().subscribe(accepts)
+
+    def _send(self, notification: Notification) -> None:
+        message = json.dumps(
+            {
+                "event": notification.event,
+                "data": notification.data,
+                "owner_id": notification.owner_id,
+                "admins_only": notification.admins_only,
+                "timestamp": notification.timestamp,
+            },
+            default=str,
+        )
+        try:
+            self._publisher.publish(self.channel, message)
+        except (redis.RedisError, OSError) as exc:
+            # The change is in the database; subscribers resync when the fan-out is back.
+            metrics.EVENTS_DROPPED.inc()
+            metrics.FANOUT_PUBLISH_ERRORS.inc()
+            log.warning("could not publish %s to Redis (%s); the event is dropped", notification.event, exc)
+            return
+        metrics.EVENTS_PUBLISHED.labels(notification.event).inc()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Whether the listener is subscribed, starting it if need be and waiting up to
+        timeout for it."""
+        self.start()
+        return self._connected.wait(timeout)
+
+    def start(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._stopping.clear()
+                self._thread = threading.Thread(target=self._listen, name=LISTENER_NAME, daemon=True)
+                self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the listener (tests, shutdown); a later subscribe() starts it again."""
+        with self._start_lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stopping.set()
+            thread.join(timeout)
+        self._connected.clear()
+        self._publisher.close()
+
+    def _listen(self) -> None:
+        delay = BACKOFF_FIRST_SECONDS
+        while not self._stopping.is_set():
+            pubsub = self._listener_client.pubsub()
+            try:
+                pubsub.subscribe(self.channel)
+                while not self._stopping.is_set():
+                    message = pubsub.get_message(timeout=POLL_SECONDS)
+                    if message is None:
+                        continue
+                    if message["type"] == "subscribe":
+                        self._on_subscribed()
+                        delay = BACKOFF_FIRST_SECONDS
+                    elif message["type"] == "message":
+                        self._receive(message["data"])
+            except (redis.RedisError, OSError) as exc:
+                # One warning per outage; its retries, every few seconds, at DEBUG.
+                first_failure = self.last_error is None
+                self.last_error = type(exc).__name__
+                (log.warning if first_failure else log.debug)(
+                    "Redis fan-out not subscribed (%s); retrying with backoff", exc
+                )
+            finally:
+                self._connected.clear()
+                pubsub.close()
+            self._stopping.wait(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter only
+            delay = min(delay * 2, BACKOFF_MAX_SECONDS)
+
+    def _on_subscribed(self) -> None:
+        self._connected.set()
+        self.last_error = None
+        if self._ever_connected:
+            metrics.FANOUT_RECONNECTS.inc()
+        self._ever_connected = True
+        log.info("fan-out subscribed to %s", self.channel)
+        # Whatever was published while the listener was away is lost: start again from the
+        # database. (On the first subscription, only those who subscribed before it.)
+        self.resync_all()
+
+    def _receive(self, raw: bytes) -> None:
+        try:
+            fields = json.loads(raw)
+            notification = Notification(
+                fields["event"],
+                fields["data"],
+                fields["owner_id"],
+                bool(fields["admins_only"]),
+                fields["timestamp"],
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignored a malformed message on %s: %s", self.channel, exc)
+            return
+        if notification.event not in EVENTS or not isinstance(notification.data, dict):
+            log.warning("ignored an unknown event on %s: %r", self.channel, notification.event)
+            return
+        self._deliver(notification)
+
+
+def for_config(config: dict) -> NotificationService:
+    """The in-process bus, or the Redis fan-out when redis.url is set."""
+    queue_size = config["live"]["queue_size"]
+    url = config["redis"]["url"]
+    return RedisNotificationService(url, queue_size) if url else NotificationService(queue_size)

@@ -84,8 +84,10 @@ class ApiErrorWorker(ThreadWorker):
         # gunicorn decides the status and logs the refusal; only its body is replaced.
         answer = _Captured()
         super().handle_error(req, answer, addr, exc)
+        status = _status_of(bytes(answer.data))
+        # A refusal's reason helps the client; a 5xx's text is the server's business.
         try:
-            client.sendall(json_error(_status_of(bytes(answer.data)), str(exc)))
+            client.sendall(json_error(status, str(exc) if status < 500 else ""))
         except OSError:
             self.log.debug("Failed to send error message.")
 

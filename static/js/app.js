@@ -16,9 +16,17 @@ document.addEventListener("htmx:afterRequest", (event) => {
   const form = event.target.closest && event.target.closest("#upload-form");
   if (!form || event.detail.xhr.status < 400) return;
   document.getElementById("upload-progress").hidden = true;
-  document.getElementById("upload-status").textContent = "Not uploaded; the reason is beside its field. Your files are still chosen.";
+  const status = document.getElementById("upload-status");
   const reason = form.querySelector(".form-error, .error");
-  if (reason) reason.scrollIntoView({ block: "center" });
+  if (reason) {
+    status.textContent = "Not uploaded; the reason is beside its field. Your files are still chosen.";
+    reason.scrollIntoView({ block: "center" });
+  } else if (event.detail.xhr.status === 413) {
+    // Refused before the form was read (its size): no field has a reason to show.
+    status.textContent = "Not uploaded: the files are larger than this server accepts.";
+  } else {
+    status.textContent = `Not uploaded (HTTP ${event.detail.xhr.status}): reload the page and try again.`;
+  }
 });
 
 // Forms that cannot be undone (delete a model, cancel a session, deactivate a user,

@@ -48,11 +48,32 @@ def _outcome(candidates, chosen=0, **extra):
         {**MEASURED, "index": True},
         {**MEASURED, "index": 64},
         {**MEASURED, "steps": "none"},
+        {**MEASURED, "steps": [{"technique": ["quantization"]}]},
+        {**MEASURED, "steps": [{"technique": "pruning", "params": [0.5]}]},
     ],
 )
 def test_a_candidate_reported_with_bad_figures_is_refused(bad):
     with pytest.raises(artifacts.Refused):
         artifacts.clean_candidate(bad)
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        {"technique": "pruning", "outcome": []},  # every page listing the session read it
+        {"technique": {"a": 1}, "outcome": "kept"},
+        {"technique": "pruning", "outcome": "exploded"},
+        {"technique": "pruning", "params": "sparsity 0.5", "outcome": "kept"},
+    ],
+)
+def test_a_report_with_an_odd_step_is_refused(step):
+    with pytest.raises(artifacts.Refused):
+        artifacts.results({"results": FIGURES, "steps": [step]}, 1000, 900)
+
+
+def test_a_measured_candidate_without_words_gets_a_name():
+    unnamed = {key: value for key, value in MEASURED.items() if key != "configuration"}
+    assert artifacts.clean_candidate(unnamed)["configuration"] == "candidate 1"
 
 
 def test_reported_words_are_bounded():

@@ -99,3 +99,15 @@ def test_a_model_page_links_to_comparing_its_sessions_once_two_completed(operato
     assert link not in operator.client.get(f"/models/{model.id}").get_data(as_text=True)
     completed(model, operator.user, 20.0, 10.0, 99.5)
     assert link in operator.client.get(f"/models/{model.id}").get_data(as_text=True)
+
+
+def test_a_model_with_one_completed_session_says_so_and_a_refused_pick_stays_ticked(operator):
+    model = gen_model(operator.user, "m")
+    sessions = [completed(model, operator.user, 10.0, 10.0, 99.5)]
+    page = operator.client.get(f"/sessions/compare?model_id={model.id}").get_data(as_text=True)
+    assert "fewer than two completed sessions" in page
+    sessions += [completed(model, operator.user, 10.0 + n, 10.0, 99.5) for n in range(6)]
+    ids = ",".join(str(s.id) for s in sessions)  # seven: one too many
+    page = operator.client.get(f"/sessions/compare?ids={ids}").get_data(as_text=True)
+    assert "Pick 2 to 6 sessions" in page
+    assert page.count("checked>") == 7

@@ -62,13 +62,15 @@ def describe(step: dict) -> str:
     """One step in words: "int8 static, Conv only, QDQ, percentile calibration". A step as
     stored (parameters left to their defaults, or from an older version) reads the same."""
     technique = step.get("technique")
+    given = step.get("params") if isinstance(step.get("params"), dict) else {}
     if technique == AUTO:
-        budget = (step.get("params") or {}).get("budget_minutes")
-        return "search of every technique the criteria allow" + (f", {budget:g} min budget" if budget else "")
-    if technique not in TECHNIQUES:
-        return str(technique)
+        budget = given.get("budget_minutes")
+        budget_words = f", {budget:g} min budget" if isinstance(budget, int | float) and budget else ""
+        return "search of every technique the criteria allow" + budget_words
+    if not isinstance(technique, str) or technique not in TECHNIQUES:
+        return str(technique)[:60]
     try:
-        params = TECHNIQUES[technique].params().load(step.get("params") or {})
+        params = TECHNIQUES[technique].params().load(given)
     except ValidationError:
         return TECHNIQUES[technique].label
     if technique == "quantization":

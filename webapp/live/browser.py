@@ -80,11 +80,12 @@ class FragmentStream(LiveStream):
         return [render_template("_ended.html", message=message)]
 
     def _sessions(self, session_ids: list[int], events: list[str]) -> list[str]:
-        out, listed = [], False
+        out, listed, seen = [], False, set()
         for session_id, event in zip(session_ids, events, strict=True):
             session = db.session.get(OptimizationSession, session_id)
             if session is None or not policy.can_see(self.user, session.owner_id):
                 continue
+            seen.add(event)
             if self.page == "session" and session.id == self.room:
                 out.append(_session_fragment(self.user, session))
             elif self.page == "sessions":
@@ -93,9 +94,9 @@ class FragmentStream(LiveStream):
                 out.append(_toast(session, event))
         if listed:
             out.append(_list_changed())
-        if self.page == "dashboard" and session_ids:
+        if self.page == "dashboard" and seen:  # only for sessions this user may see
             out.append(_dashboard_fragment(self.user))
-            if {"session_completed", "snapshot"} & set(events):
+            if {"session_completed", "snapshot"} & seen:
                 out.append(render_template("dashboard/_tradeoff_changed.html", oob=True))
         return out
 

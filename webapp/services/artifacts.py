@@ -142,9 +142,7 @@ def results(
     cleaned["size_reduction_percent"] = round(
         100.0 * (original_size - artifact_size) / original_size if original_size else 0.0, 2
     )
-    steps = outcome.get("steps", [])
-    if not isinstance(steps, list) or not all(isinstance(step, dict) for step in steps):
-        raise Refused("steps is not a list of steps")
+    steps = _steps(outcome.get("steps", []), "steps")
     if len(json.dumps(steps)) > MAX_STEPS_BYTES:
         raise Refused("its steps are larger than a report may be")
     cleaned["steps"] = steps
@@ -189,10 +187,9 @@ def clean_candidate(given) -> dict:
     for key, limit in CANDIDATE_WORDS.items():
         if given.get(key) is not None:
             cleaned[key] = scrub_paths(str(given[key]))[:limit]
-    steps = given.get("steps", [])
-    if not isinstance(steps, list) or not all(isinstance(step, dict) for step in steps):
-        raise Refused(f"candidate {given['index']}'s steps are not a list of steps")
-    cleaned["steps"] = steps
+    cleaned["steps"] = _steps(given.get("steps", []), f"candidate {given['index']}'s steps")
+    # Pages name a candidate by its configuration: one without words still gets a name.
+    cleaned.setdefault("configuration", f"candidate {given['index']}")
     measured = (
         "speedup",
         "speedup_low",
@@ -221,6 +218,26 @@ def _candidate(given, index: int, size: int | None, original_size: int) -> dict:
             100.0 * (original_size - size) / original_size if original_size else 0.0, 2
         )
     return cleaned
+
+
+STEP_OUTCOMES = {"kept", "kept_despite_violation", "rolled_back", "failed", "skipped"}
+
+
+def _steps(steps, what: str) -> list[dict]:
+    """A report's steps, with the fields pages read typed as pages read them: a worker's
+    odd step (a list for an outcome, say) would otherwise break every page listing it."""
+    if not isinstance(steps, list) or not all(isinstance(step, dict) for step in steps):
+        raise Refused(f"{what} are not a list of steps")
+    for step in steps:
+        if not isinstance(step.get("technique"), str) or len(step["technique"]) > 40:
+            raise Refused(f"{what}: a step's technique is not a name")
+        if not isinstance(step.get("params", {}), dict):
+            raise Refused(f"{what}: a step's parameters are not an object")
+        if "outcome" in step and not (isinstance(step["outcome"], str) and step["outcome"] in STEP_OUTCOMES):
+            raise Refused(f"{what}: a step's outcome is not one a step can have")
+        if "reason" in step:
+            step["reason"] = None if step["reason"] is None else scrub_paths(str(step["reason"]))[:500]
+    return steps
 
 
 def _count(value, key: str) -> int:

@@ -55,8 +55,8 @@ def parse_ids(given: list[str]) -> list[int]:
         raise ServiceError(
             400,
             "validation_error",
-            f"Pick two to {MAX_COMPARED} sessions to compare.",
-            {"ids": [f"Two to {MAX_COMPARED} sessions."]},
+            f"Pick 2 to {MAX_COMPARED} sessions to compare.",
+            {"ids": [f"2 to {MAX_COMPARED} sessions."]},
         )
     return ids
 

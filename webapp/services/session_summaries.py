@@ -106,12 +106,13 @@ def applied(techniques: list[str], parameters: dict | None, results: dict) -> st
     """What a session did, in words: the steps it kept, those rolled back marked so, or a
     search's chosen candidate; before it finishes, what it was asked to do."""
     if results.get("candidates") and results.get("chosen") is not None:
-        return f"search: {results['candidates'][results['chosen']]['configuration']}"
+        chosen = results["candidates"][results["chosen"]]
+        return f"search: {chosen.get('configuration') or 'candidate ' + str(results['chosen'])}"
     if techniques == [AUTO]:
         return "search"
     steps = results.get("steps")
     if steps:
-        return "; ".join(describe(step) + OUTCOME_WORDS.get(step.get("outcome"), "") for step in steps)
+        return "; ".join(describe(step) + OUTCOME_WORDS.get(str(step.get("outcome")), "") for step in steps)
     if "steps" in results:
         return "nothing applied"
     parameters = parameters or {}

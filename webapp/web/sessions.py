@@ -138,11 +138,11 @@ def _unavailable(model, offered: list, criteria: dict) -> dict[str, dict[str, st
     for technique in offered:
         defaults = technique.criteria_defaults(criteria)
         for param in technique.form_params:
-            for choice, label in param.choices:
+            for choice, _ in param.choices:
                 if technique.needs_data({**defaults, param.name: choice}) == param.name:
                     found.setdefault(_field(technique, param), {})[choice] = (
-                        f"{label} calibrates on evaluation data, and {model.name} v{model.version} "
-                        "has none: upload the model again with an .npz to use it."
+                        f"{choice.replace('_', ' ')} calibrates on evaluation data, and {model.name} "
+                        f"v{model.version} has none: upload the model again with an .npz to use it."
                     )
     return found
 
@@ -240,10 +240,12 @@ def compare():
     user = _user()
     model_id = _optional_id(request.args.get("model_id"))
     given = request.args.getlist("ids")
+    comparison, error, status = None, None, 200
     if not given and model_id is not None:
         given = [",".join(map(str, session_compare.latest_of_model(user, model_id)))]
-    comparison, error, status = None, None, 200
-    if given and any(given):
+        if len(given[0].split(",")) < 2:  # the user chose a model, not a number of sessions
+            given, error = [], "This model has fewer than two completed sessions; comparing needs two."
+    if any(given):
         try:
             ids = session_compare.parse_ids(given)
             comparison = session_compare.compare(
@@ -256,7 +258,8 @@ def compare():
             "sessions/compare.html",
             comparison=comparison,
             error=error,
-            picked=[s["session_id"] for s in comparison["sessions"]] if comparison else [],
+            # What was ticked stays ticked, also when the pick was refused (seven, say).
+            picked={int(part) for text in given for part in text.split(",") if part.strip().isdigit()},
             pickable=session_compare.pickable(user, model_id),
             models=model_store.list_for(user),
             model_id=model_id,

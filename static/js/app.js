@@ -80,6 +80,36 @@ document.addEventListener("htmx:afterSettle", (event) => {
   if (event.target.id === "session-list") syncFilters();
 });
 
+// The sessions list re-reads itself when the server says a session changed: at most once a
+// second (a running session reports often, and the last change must not wait for a quiet
+// moment), and not while focus is inside the list, where a swap would lose the reader's place.
+let listTimer = null;
+let listDue = false;
+function refreshList() {
+  const list = document.getElementById("session-list");
+  if (!list) return;
+  if (listTimer || list.contains(document.activeElement)) {
+    listDue = true;
+    if (!listTimer) listTimer = setTimeout(listTick, 1000);
+    return;
+  }
+  htmx.ajax("GET", window.location.pathname + window.location.search, {
+    target: "#session-list",
+    swap: "outerHTML",
+  });
+  listTimer = setTimeout(listTick, 1000);
+}
+function listTick() {
+  listTimer = null;
+  if (listDue) {
+    listDue = false;
+    refreshList();
+  }
+}
+document.addEventListener("htmx:oobAfterSwap", (event) => {
+  if (event.detail.target && event.detail.target.id === "sessions-changed") refreshList();
+});
+
 // Reconnect with exponential backoff and jitter, capped at 10 s: the extension's own
 // default can leave a page waiting a minute after a restart.
 htmx.config.wsReconnectDelay = (retry) =>

@@ -62,7 +62,9 @@ def describe(step: dict) -> str:
     """One step in words: "int8 static, Conv only, QDQ, percentile calibration". A step as
     stored (parameters left to their defaults, or from an older version) reads the same."""
     technique = step.get("technique")
-    given = step.get("params") if isinstance(step.get("params"), dict) else {}
+    given = step.get("params")
+    if not isinstance(given, dict):
+        given = {}
     if technique == AUTO:
         budget = given.get("budget_minutes")
         budget_words = f", {budget:g} min budget" if isinstance(budget, int | float) and budget else ""

@@ -45,7 +45,7 @@ def create_app(config: dict[str, dict[str, Any]] | None = None) -> Flask:
     errors.init_app(app)
     health.init_app(app)
 
-    from . import api, auth, cli, live, services, web
+    from . import api, auth, cli, live, monitoring, services, web
     from .services.criteria import check_defaults
 
     check_defaults(settings)
@@ -55,6 +55,7 @@ def create_app(config: dict[str, dict[str, Any]] | None = None) -> Flask:
     web.init_app(app)
     api.init_app(app)
     live.init_app(app)
+    monitoring.init_app(app)
     cli.init_app(app)
 
     log.info("effective configuration: %s", json.dumps(masked(settings), sort_keys=True))

@@ -11,6 +11,7 @@ never reach the app; under /api/ the worker answers them with the API's error bo
 from __future__ import annotations
 
 import json
+import os
 import signal
 import uuid
 from datetime import UTC, datetime
@@ -47,6 +48,15 @@ def post_worker_init(worker):
         gunicorn_handler(signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def child_exit(server, worker):
+    # prometheus-client's multiprocess mode: a dead worker's live gauges (open sockets)
+    # stop counting.
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
 
 
 def refused_path(req, exc: BaseException) -> str | None:

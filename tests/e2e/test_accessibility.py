@@ -52,6 +52,7 @@ def _pages(page) -> list[str]:
         "/account/tokens",
         "/admin/users",
         "/admin/audit",
+        "/admin/system",
         "/docs/api-tokens",
         "/docs/sessions",
         MISSING,

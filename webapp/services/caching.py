@@ -11,7 +11,7 @@ from flask import current_app
 
 from ..extensions import cache
 from ..tables import User
-from . import policy
+from . import metrics, policy
 
 log = logging.getLogger("optideck.cache")
 
@@ -34,7 +34,9 @@ def cached_for_generation(user: User, name: str, compute, keep=lambda value: Tru
     key = f"{name}:{cache.get(GENERATION_KEY) or 0}:{_scope_key(user)}"
     found = cache.get(key)
     if found is not None:
+        metrics.CACHE_HITS.labels(metrics.cache_figure(name)).inc()
         return found
+    metrics.CACHE_MISSES.labels(metrics.cache_figure(name)).inc()
     fresh = compute()
     if keep(fresh):
         cache.set(key, fresh)

@@ -15,7 +15,17 @@ from sqlalchemy.orm.exc import UnmappedInstanceError
 
 from ..extensions import db
 from ..tables import OptimizationSession, SessionCandidate, SessionEvent, SessionStatus, utcnow
-from . import alerts, artifacts, caching, get, model_store, search_front, session_summaries, stored_files
+from . import (
+    alerts,
+    artifacts,
+    caching,
+    get,
+    metrics,
+    model_store,
+    search_front,
+    session_summaries,
+    stored_files,
+)
 
 log = logging.getLogger("optideck.sessions")
 
@@ -126,6 +136,7 @@ def record_event(session_id: int, kind: str, step: str | None, message: str, dat
     add_event(session, kind, step, message, data)
     session.updated_at = utcnow()
     db.session.commit()
+    metrics.step_ended(session_id, kind, step)
 
 
 def record_heartbeat(session_id: int) -> None:

@@ -1,13 +1,16 @@
-"""Administration: users and the audit trail."""
+"""Administration: users, the audit trail and the system's state."""
 
 from __future__ import annotations
 
-from flask import abort, flash, redirect, render_template, request, url_for
+import os
+
+from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
 from ..auth.guards import roles_required
 from ..auth.schemas import NEW_PASSWORD_LENGTH, NewUserSchema, RoleChangeSchema, load_form
-from ..services import audit, policy, users
+from ..extensions import db
+from ..services import audit, get, metrics, policy, system_status, users
 from ..tables import Role
 from . import is_partial, page_blueprint
 
@@ -94,3 +97,25 @@ def audit_trail():
     template = "admin/_audit_table.html" if is_partial() else "admin/audit.html"
     response = render_template(template, page=page, filters=filters, actions=audit.known_actions())
     return response, 200, {"Vary": "HX-Request"}
+
+
+@bp.get("/system")
+def system():
+    """Processes, workers, queue, connections, alerts, isolation, versions and storage at a glance."""
+    settings = current_app.config["OPTIDECK"]
+    return render_template(
+        "admin/system.html",
+        pid=os.getpid(),
+        server=settings["server"],
+        multiprocess=metrics.multiprocess_dir() is not None,
+        load=system_status.current(),
+        connections=metrics.connections_open(),
+        alerts=metrics.alerts_raised(),
+        failures=metrics.recent_failures(),
+        isolation=get("sandbox").describe(),
+        versions=metrics.versions(),
+        storage=metrics.storage_use(),
+        database=db.engine.url.get_backend_name(),
+        redis_configured=bool(settings["redis"]["url"]),
+        metrics_settings=settings["metrics"],
+    )

@@ -1,10 +1,12 @@
-"""`flask --app webapp ...` commands: init-db, create-user, demo, serve."""
+"""`flask --app webapp ...` commands: init-db, create-user, demo, serve, worker."""
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import sys
+from pathlib import Path
 
 import click
 from flask import Flask, current_app
@@ -129,9 +131,35 @@ def serve_command(demo: bool):
         "python:webapp.gunicorn_conf",
         "webapp.wsgi:app",
     ]
-    os.execv(sys.executable, args)  # noqa: S606 - fixed argv, no shell
+    env = dict(os.environ)
+    if server["workers"] > 1 and not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Several workers: prometheus-client's multiprocess mode (each worker writes its
+        # values here; /metrics on any worker adds them up). Set before a worker imports
+        # prometheus_client, and emptied: a previous run's files would count again. A
+        # directory given in the environment is the operator's (shared with Celery
+        # workers, say) and is left as it is.
+        metrics_dir = Path(current_app.instance_path) / "prometheus"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(mode=0o700, parents=True)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    os.execve(sys.executable, args, env)  # noqa: S606 - fixed argv, no shell
+
+
+@click.command("worker")
+@click.option("--loglevel", default="INFO", show_default=True, help="Celery's log level.")
+def worker_command(loglevel: str):
+    """Run a Celery worker for this app's sessions (executor.backend = "celery");
+    executor.max_workers sessions at once."""
+    if current_app.config["OPTIDECK"]["executor"]["backend"] != "celery":
+        raise click.ClickException(
+            'executor.backend is "local": web processes run the sessions themselves. '
+            'Set it to "celery" (OPTIDECK_EXECUTOR_BACKEND=celery) to run Celery workers.'
+        )
+    from .services.celery_queue import run_worker
+
+    run_worker(current_app._get_current_object(), loglevel)  # type: ignore[attr-defined]
 
 
 def init_app(app: Flask) -> None:
-    for command in (init_db_command, create_user_command, demo_command, serve_command):
+    for command in (init_db_command, create_user_command, demo_command, serve_command, worker_command):
         app.cli.add_command(command)

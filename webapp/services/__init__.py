@@ -10,6 +10,7 @@ from flask import Flask, current_app
 
 
 def init_app(app: Flask) -> None:
+    from ..config import ConfigError
     from . import alerts, notifications
     from .executor import LocalExecutor
     from .model_store import AnalysisSlots
@@ -24,7 +25,17 @@ def init_app(app: Flask) -> None:
     app.extensions["optideck.analysis_slots"] = AnalysisSlots(
         config["uploads"]["max_concurrent_analyses"], config["uploads"]["analysis_timeout_seconds"]
     )
-    app.extensions["optideck.executor"] = LocalExecutor(app)
+    if config["executor"]["backend"] == "celery":
+        from .celery_queue import CeleryQueue
+
+        # Celery workers run the sessions (`flask --app webapp worker`); this process queues them.
+        app.extensions["optideck.executor"] = CeleryQueue(app)
+    elif config["executor"]["backend"] == "local":
+        app.extensions["optideck.executor"] = LocalExecutor(app)
+    else:
+        raise ConfigError(
+            f'executor.backend must be "local" or "celery", not {config["executor"]["backend"]!r}'
+        )
     app.extensions["optideck.status"] = StatusWatch(app)
     alerts.init_app(app)
 

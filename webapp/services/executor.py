@@ -1,12 +1,15 @@
-"""The local executor: one sandboxed worker per session, at most N at once.
+"""Running sessions: one sandboxed worker per session, watched until it ends.
 
-A dispatcher thread in the web process claims queued sessions (at most
-`executor.max_running_per_user` of one user at a time), starts their workers in the
-sandbox (services/sandbox.py), turns the workers' messages into database rows and
-notifications (through the optimization service), and watches them: cancel, the time
-limit, a model that stalls in one inference or one step, a worker writing too much, and
-a worker that dies. Workers are fresh interpreters, never forks: a fork after torch or
-ONNX Runtime started their thread pools can deadlock the child.
+`Supervisor` watches sessions' workers: it starts one in the sandbox
+(services/sandbox.py), turns its messages into database rows and notifications
+(through the optimization service), and enforces cancel, the time limit, a model that
+stalls in one inference or one step, a worker writing too much, and a worker that
+dies. Two schedulers use it. `LocalExecutor`, the embedded default, is a dispatcher
+thread in the web process that claims queued sessions (at most
+`executor.max_running_per_user` of one user at a time) and watches up to
+`executor.max_workers` of them at once; `run_one` runs the one session a Celery task
+names (services/celery_queue.py). Workers are fresh interpreters, never forks: a fork
+after torch or ONNX Runtime started their thread pools can deadlock the child.
 """
 
 from __future__ import annotations
@@ -17,15 +20,22 @@ import select
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
+from typing import cast
 
 from flask import Flask
+from sqlalchemy import CursorResult, func, update
+from sqlalchemy import select as sql_select
+from sqlalchemy.orm import aliased
 
 from ..engine.errors import scrub_paths
 from ..engine.runner import ARTIFACT_NAME
 from ..engine.search_runner import candidate_name
 from ..extensions import db
+from ..tables import OptimizationSession, SessionStatus, utcnow
 from . import artifacts, session_runs
 from .sandbox import SandboxError, Worker
 
@@ -51,8 +61,23 @@ OUTPUT_CHECK_SECONDS = 2.0
 HEARTBEAT_SECONDS = 5.0
 
 
+def _coalesced(messages: list[list]) -> list[list]:
+    """Drop progress and beat messages a later one in the same batch supersedes:
+    each progress costs a database write, and only the newest says anything."""
+    kept, seen = [], set()
+    for message in reversed(messages):
+        if message[0] in ("progress", "beat"):
+            if message[0] in seen:
+                continue
+            seen.add(message[0])
+        kept.append(message)
+    return kept[::-1]
+
+
 @dataclass
 class _Running:
+    """One session's worker and the watchdog's view of it."""
+
     session_id: int
     worker: Worker
     deadline: float
@@ -68,24 +93,12 @@ class _Running:
     events: int = 0
 
 
-def _coalesced(messages: list[list]) -> list[list]:
-    """Drop progress and beat messages a later one in the same batch supersedes:
-    each progress costs a database write, and only the newest says anything."""
-    kept, seen = [], set()
-    for message in reversed(messages):
-        if message[0] in ("progress", "beat"):
-            if message[0] in seen:
-                continue
-            seen.add(message[0])
-        kept.append(message)
-    return kept[::-1]
+class Supervisor:
+    """The limits sessions' workers are watched with, from [executor] and [sandbox]."""
 
-
-class LocalExecutor:
     def __init__(self, app: Flask) -> None:
         self.app = app
         settings = app.config["OPTIDECK"]["executor"]
-        self.max_workers = settings["max_workers"]
         self.per_user = settings["max_running_per_user"]
         self.poll = settings["poll_seconds"]
         self.grace = settings["cancel_grace_seconds"]
@@ -94,152 +107,49 @@ class LocalExecutor:
         self.step_timeout = settings["step_timeout_seconds"]
         self.sandbox = app.extensions["optideck.sandbox"]
         self.output_limit = self.sandbox.limits.file_bytes
-        self._running: dict[int, _Running] = {}
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._last_sweep = 0.0
-        self._spare: Worker | None = None
 
-    # Public interface ----------------------------------------------------
+    def launch(self, session: OptimizationSession, start_worker: Callable[[int], Worker]) -> _Running | None:
+        """Give a claimed session's job to a worker from `start_worker(threads)`; None
+        when no worker could take it (the session is failed)."""
+        job = session_runs.job_for(session)
+        worker = None
+        try:
+            worker = start_worker(int(job["criteria"]["threads"]))
+            job["model_path"] = str(worker.place(Path(job["model_path"]), "model"))
+            if job["eval_data_path"]:
+                job["eval_data_path"] = str(worker.place(Path(job["eval_data_path"]), "eval.npz"))
+            job.update(kind="session", work_dir=worker.out_path(), limits=self.sandbox.limits.for_job())
+            worker.send(job)
+        except OSError as exc:
+            if worker is not None:
+                worker.close()
+            session_runs.record_failed(
+                session.id, "worker_lost", f"Could not start a worker: {exc.strerror or exc}"
+            )
+            return None
+        log.info("session %s runs in sandboxed worker pid %s", session.id, worker.pid)
+        return _Running(session.id, worker, job["deadline"])
 
-    def start(self) -> None:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._stop.clear()
-                self._thread = threading.Thread(target=self._loop, daemon=True, name="optideck-executor")
-                self._thread.start()
-
-    def wake(self) -> None:
-        self.start()
-        self._wake.set()
-
-    def worker_pid(self, session_id: int) -> int | None:
-        running = self._running.get(session_id)
-        return running.worker.pid if running else None
-
-    def status(self) -> dict:
-        return {"busy": len(self._running), "capacity": self.max_workers}
-
-    def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop dispatching; workers still running are stopped and their sessions failed."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        with self.app.app_context():
-            for running in list(self._running.values()):
-                running.worker.kill()
-                session_runs.record_failed(
-                    running.session_id, "worker_lost", "The server shut down while the session ran."
-                )
-                self._forget(running)
-            db.session.remove()
-        self._drop_spare()
-
-    # Worker processes ------------------------------------------------------
-
-    def _take_worker(self, threads: int) -> Worker:
-        """The warm spare when it fits, else a new worker; then a new spare."""
-        spare, self._spare = self._spare, None
-        if spare is None or spare.threads != threads or not spare.alive():
-            if spare is not None:
-                spare.close()
-            spare = self.sandbox.start("session", threads)
-        if not self._stop.is_set():
-            self._spare = self.sandbox.start("session", threads)
-        return spare
-
-    def _drop_spare(self) -> None:
-        spare, self._spare = self._spare, None
-        if spare is not None:
-            spare.close()
-
-    # The dispatcher thread -------------------------------------------------
-
-    def _loop(self) -> None:
-        with self.app.app_context():
-            session_runs.fail_stale(self.heartbeat_timeout)
-            # Warm one worker now, so that the first session starts at once too.
-            self._drop_spare()
-            self._spare = self.sandbox.start("session", self.app.config["OPTIDECK"]["criteria"]["threads"])
-            while not self._stop.is_set():
-                try:
-                    self._tick()
-                except Exception:  # the dispatcher must outlive any one bad tick
-                    log.exception("executor tick failed")
-                    db.session.rollback()
-                    # Back off one poll period so a persistent fault (a database
-                    # outage) is retried, not spun on.
-                    time.sleep(self.poll)
-                finally:
-                    db.session.remove()
-
-    def _tick(self) -> None:
-        self._receive(self.poll if self._running else 0)
-        self._reap()
-        self._enforce_limits()
-        self._dispatch()
-        if time.monotonic() - self._last_sweep > STALE_SWEEP_SECONDS:
-            self._last_sweep = time.monotonic()
-            session_runs.fail_stale(self.heartbeat_timeout, set(self._running))
-        if not self._running:
-            self._wake.wait(self.poll)
-            self._wake.clear()
-
-    def _dispatch(self) -> None:
-        while len(self._running) < self.max_workers and not self._stop.is_set():
-            session = session_runs.claim_next(self.per_user)
-            if session is None:
-                return
-            job = session_runs.job_for(session)
-            taken = None
-            try:
-                taken = self._take_worker(int(job["criteria"]["threads"]))
-                job["model_path"] = str(taken.place(Path(job["model_path"]), "model"))
-                if job["eval_data_path"]:
-                    job["eval_data_path"] = str(taken.place(Path(job["eval_data_path"]), "eval.npz"))
-                job.update(kind="session", work_dir=taken.out_path(), limits=self.sandbox.limits.for_job())
-                taken.send(job)
-            except OSError as exc:
-                if taken is not None:
-                    taken.close()
-                session_runs.record_failed(
-                    session.id, "worker_lost", f"Could not start a worker: {exc.strerror or exc}"
-                )
-                continue
-            self._running[session.id] = _Running(session.id, taken, job["deadline"])
-            log.info("session %s runs in sandboxed worker pid %s", session.id, taken.pid)
-
-    def _receive(self, timeout: float) -> None:
-        by_fd = {running.worker.fileno(): running for running in self._running.values()}
-        if not by_fd:
+    def _receive_one(self, running: _Running) -> None:
+        """Handle what the worker wrote (call when its pipe is readable)."""
+        try:
+            messages = running.worker.receive()
+        except SandboxError as exc:
+            self._fail(running, "worker_lost", f"The worker was stopped: {exc}.")
             return
-        readable, _, _ = select.select(list(by_fd), [], [], timeout)
-        for fd in readable:
-            running = by_fd[fd]
+        for message in _coalesced(messages):
+            if running.finished:
+                break
+            # A worker handles a hostile file: whatever its messages hold, only its own
+            # session fails, and the executor goes on for everyone else.
             try:
-                messages = running.worker.receive()
-            except SandboxError as exc:
-                self._fail(running, "worker_lost", f"The worker was stopped: {exc}.")
-                continue
-            for message in _coalesced(messages):
-                if running.finished:
-                    break
-                # A worker handles a hostile file: whatever its messages hold, only its own
-                # session fails, and the executor goes on for everyone else.
-                try:
-                    self._handle(running, message)
-                except Exception as exc:  # noqa: BLE001 - see above
-                    db.session.rollback()
-                    log.warning(
-                        "session %s: worker message %r refused: %s",
-                        running.session_id,
-                        str(message)[:200],
-                        exc,
-                    )
-                    self._fail(running, "worker_lost", "The worker broke the protocol and was stopped.")
+                self._handle(running, message)
+            except Exception as exc:  # noqa: BLE001 - see above
+                db.session.rollback()
+                log.warning(
+                    "session %s: worker message %r refused: %s", running.session_id, str(message)[:200], exc
+                )
+                self._fail(running, "worker_lost", "The worker broke the protocol and was stopped.")
 
     def _handle(self, running: _Running, message: list) -> None:
         kind, *args = message
@@ -321,78 +231,324 @@ class LocalExecutor:
         running.worker.kill()
         session_runs.record_failed(running.session_id, error_type, message)
 
-    def _reap(self) -> None:
-        for running in list(self._running.values()):
-            worker = running.worker
-            if worker.alive() and not running.finished:
-                continue
-            if not running.finished:
-                try:
-                    for received in worker.receive():
-                        if not running.finished:
-                            self._handle(running, received)
-                except (SandboxError, TypeError, ValueError, IndexError, KeyError):
-                    pass  # judged below, as a worker that ended without a word
-            if not running.finished:
-                if running.cancel_sent_at is not None:
-                    session_runs.record_cancelled(running.session_id)
-                else:
-                    error_type, message = worker.exit_reason()
-                    log.info(
-                        "session %s: worker ended: %s\n%s", running.session_id, message, worker.stderr_tail()
-                    )
-                    session_runs.record_failed(running.session_id, error_type, message)
-            self._forget(running)
-
-    def _enforce_limits(self) -> None:
-        now = time.monotonic()
-        for session_id in session_runs.cancel_requests(list(self._running)):
-            running = self._running[session_id]
-            if running.cancel_sent_at is None:
-                running.worker.cancel()
-                running.cancel_sent_at = now
-        for running in list(self._running.values()):
-            if running.finished or not running.worker.alive():
-                continue
-            if now - running.heartbeat_written > HEARTBEAT_SECONDS:
-                running.heartbeat_written = now
-                session_runs.record_heartbeat(running.session_id)
+    def _reap_one(self, running: _Running) -> bool:
+        """Whether the run is over (its outcome recorded); the caller then closes it."""
+        worker = running.worker
+        if worker.alive() and not running.finished:
+            return False
+        if not running.finished:
+            try:
+                for received in worker.receive():
+                    if not running.finished:
+                        self._handle(running, received)
+            except (SandboxError, TypeError, ValueError, IndexError, KeyError):
+                pass  # judged below, as a worker that ended without a word
+        if not running.finished:
             if running.cancel_sent_at is not None:
-                if now - running.cancel_sent_at > self.grace:
-                    log.warning(
-                        "session %s ignored cancel; killing pid %s", running.session_id, running.worker.pid
-                    )
-                    running.worker.kill()
-                continue
-            problem = self._watchdog(running, now)
-            if problem is not None:
-                self._fail(running, *problem)
+                session_runs.record_cancelled(running.session_id)
+            else:
+                error_type, message = worker.exit_reason()
+                log.info(
+                    "session %s: worker ended: %s\n%s", running.session_id, message, worker.stderr_tail()
+                )
+                session_runs.record_failed(running.session_id, error_type, message)
+        return True
+
+    def _request_cancel(self, running: _Running, now: float) -> None:
+        if running.cancel_sent_at is None:
+            running.worker.cancel()
+            running.cancel_sent_at = now
+
+    def _enforce_one(self, running: _Running, now: float) -> None:
+        """Write the heartbeat; kill a worker that ignored its cancel; apply the watchdog."""
+        if running.finished or not running.worker.alive():
+            return
+        if now - running.heartbeat_written > HEARTBEAT_SECONDS:
+            running.heartbeat_written = now
+            session_runs.record_heartbeat(running.session_id)
+        if running.cancel_sent_at is not None:
+            if now - running.cancel_sent_at > self.grace:
+                log.warning(
+                    "session %s ignored cancel; killing pid %s", running.session_id, running.worker.pid
+                )
+                running.worker.kill()
+            return
+        problem = self._watchdog(running, now)
+        if problem is not None:
+            self._fail(running, *problem)
 
     def _watchdog(self, running: _Running, now: float) -> tuple[str, str] | None:
-        if time.time() > running.deadline + self.grace:
+        limits = self
+        if time.time() > running.deadline + limits.grace:
             return "timeout", "The session ran past its time limit and was stopped."
-        if running.phase == "inference" and now - running.last_beat > self.inference_timeout:
+        if running.phase == "inference" and now - running.last_beat > limits.inference_timeout:
             return "stalled", (
                 f"The model stopped making progress: one run of it took longer "
-                f"than {self.inference_timeout:g} s "
+                f"than {limits.inference_timeout:g} s "
                 "(executor.inference_timeout_seconds), so its worker was stopped."
             )
-        if now - running.step_started > self.step_timeout:
+        if now - running.step_started > limits.step_timeout:
             return "stalled", (
                 f"The step {running.step or 'starting'} took longer than "
-                f"{self.step_timeout:g} s (executor.step_timeout_seconds), so its "
+                f"{limits.step_timeout:g} s (executor.step_timeout_seconds), so its "
                 "worker was stopped."
             )
         if now - running.output_checked > OUTPUT_CHECK_SECONDS:
             running.output_checked = now
-            if running.worker.output_bytes() > self.output_limit:
+            if running.worker.output_bytes() > limits.output_limit:
                 return "resource_limit", (
                     f"The session wrote more than "
-                    f"{self.output_limit >> 20} MB (sandbox.output_mb) and "
+                    f"{limits.output_limit >> 20} MB (sandbox.output_mb) and "
                     "was stopped."
                 )
         return None
 
+    def watch(self, running: _Running) -> None:
+        """Watch one session's worker in this thread until the session ends."""
+        try:
+            while True:
+                try:
+                    readable, _, _ = select.select([running.worker.fileno()], [], [], self.poll)
+                    if readable:
+                        self._receive_one(running)
+                    if self._reap_one(running):
+                        return
+                    now = time.monotonic()
+                    if session_runs.cancel_requests([running.session_id]):
+                        self._request_cancel(running, now)
+                    self._enforce_one(running, now)
+                except Exception:  # a fault here (a database outage) must not orphan the worker
+                    log.exception("session %s: supervision failed", running.session_id)
+                    db.session.rollback()
+                    time.sleep(self.poll)
+                finally:
+                    db.session.remove()
+        finally:
+            if not running.finished and running.worker.alive():
+                # Stopped from outside (a time limit, a shutdown): the session must not stay running.
+                self._fail(running, "worker_lost", "The worker running the session was stopped.")
+            running.worker.close()
+
+
+class LocalExecutor(Supervisor):
+    def __init__(self, app: Flask) -> None:
+        super().__init__(app)
+        self.max_workers = app.config["OPTIDECK"]["executor"]["max_workers"]
+        self._running: dict[int, _Running] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._last_sweep = 0.0
+        self._spare: Worker | None = None
+
+    # Public interface ----------------------------------------------------
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._loop, daemon=True, name="optideck-executor")
+                self._thread.start()
+
+    def wake(self) -> None:
+        self.start()
+        self._wake.set()
+
+    def submit(self, session_id: int) -> None:
+        """A session was queued (and committed): the dispatcher claims it from the database."""
+        self.wake()
+
+    def worker_pid(self, session_id: int) -> int | None:
+        running = self._running.get(session_id)
+        return running.worker.pid if running else None
+
+    def status(self) -> dict:
+        return {"busy": len(self._running), "capacity": self.max_workers}
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop dispatching; workers still running are stopped and their sessions failed."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self.app.app_context():
+            for running in list(self._running.values()):
+                running.worker.kill()
+                session_runs.record_failed(
+                    running.session_id, "worker_lost", "The server shut down while the session ran."
+                )
+                self._forget(running)
+            db.session.remove()
+        self._drop_spare()
+
+    # Worker processes ------------------------------------------------------
+
+    def _take_worker(self, threads: int) -> Worker:
+        """The warm spare when it fits, else a new worker; then a new spare."""
+        spare, self._spare = self._spare, None
+        if spare is None or spare.threads != threads or not spare.alive():
+            if spare is not None:
+                spare.close()
+            spare = self.sandbox.start("session", threads)
+        if not self._stop.is_set():
+            self._spare = self.sandbox.start("session", threads)
+        return spare
+
+    def _drop_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.close()
+
+    # The dispatcher thread -------------------------------------------------
+
+    def _loop(self) -> None:
+        with self.app.app_context():
+            session_runs.fail_stale(self.heartbeat_timeout)
+            # Warm one worker now, so that the first session starts at once too.
+            self._drop_spare()
+            self._spare = self.sandbox.start("session", self.app.config["OPTIDECK"]["criteria"]["threads"])
+            while not self._stop.is_set():
+                try:
+                    self._tick()
+                except Exception:  # the dispatcher must outlive any one bad tick
+                    log.exception("executor tick failed")
+                    db.session.rollback()
+                    # Back off one poll period so a persistent fault (a database
+                    # outage) is retried, not spun on.
+                    time.sleep(self.poll)
+                finally:
+                    db.session.remove()
+
+    def _tick(self) -> None:
+        self._receive(self.poll if self._running else 0)
+        self._reap()
+        self._enforce_limits()
+        self._dispatch()
+        if time.monotonic() - self._last_sweep > STALE_SWEEP_SECONDS:
+            self._last_sweep = time.monotonic()
+            session_runs.fail_stale(self.heartbeat_timeout, set(self._running))
+        if not self._running:
+            self._wake.wait(self.poll)
+            self._wake.clear()
+
+    def _dispatch(self) -> None:
+        while len(self._running) < self.max_workers and not self._stop.is_set():
+            session = session_runs.claim_next(self.per_user)
+            if session is None:
+                return
+            running = self.launch(session, self._take_worker)
+            if running is not None:
+                self._running[session.id] = running
+
+    def _receive(self, timeout: float) -> None:
+        by_fd = {running.worker.fileno(): running for running in self._running.values()}
+        if not by_fd:
+            return
+        readable, _, _ = select.select(list(by_fd), [], [], timeout)
+        for fd in readable:
+            self._receive_one(by_fd[fd])
+
+    def _reap(self) -> None:
+        for running in list(self._running.values()):
+            if self._reap_one(running):
+                self._forget(running)
+
+    def _enforce_limits(self) -> None:
+        now = time.monotonic()
+        for session_id in session_runs.cancel_requests(list(self._running)):
+            self._request_cancel(self._running[session_id], now)
+        for running in list(self._running.values()):
+            self._enforce_one(running, now)
+
     def _forget(self, running: _Running) -> None:
         self._running.pop(running.session_id, None)
         running.worker.close()
+
+
+# One session at a time, for a work queue --------------------------------------
+
+
+def claim(session_id: int, per_user: int) -> OptimizationSession | None:
+    """Take this queued session if its owner runs fewer than `per_user` sessions; of
+    several processes asking at once, one wins."""
+    # Aliases: inside an UPDATE of the same table, a plain subquery would correlate with
+    # the row being updated.
+    others, this = aliased(OptimizationSession), aliased(OptimizationSession)
+    owner_running = (
+        sql_select(func.count())
+        .select_from(others)
+        .where(
+            others.status == SessionStatus.RUNNING.value,
+            others.owner_id == sql_select(this.owner_id).where(this.id == session_id).scalar_subquery(),
+        )
+        .scalar_subquery()
+    )
+    now = utcnow()
+    result = db.session.execute(
+        update(OptimizationSession)
+        .where(
+            OptimizationSession.id == session_id,
+            OptimizationSession.status == SessionStatus.QUEUED.value,
+            owner_running < per_user,
+        )
+        .values(
+            status=SessionStatus.RUNNING.value,
+            started_at=now,
+            updated_at=now,
+            heartbeat_at=now,
+            current_step="starting",
+        )
+        .execution_options(synchronize_session=False)
+    )
+    # An UPDATE's result is a CursorResult, which has the row count; execute() is typed Result.
+    won = cast(CursorResult, result).rowcount
+    db.session.commit()
+    if not won:
+        return None
+    session = db.session.get(OptimizationSession, session_id)
+    if session is None:
+        return None
+    db.session.refresh(session)
+    session_runs.add_event(session, "started", None, "A worker took the session.")
+    db.session.commit()
+    session_runs.publish("session_started", session)
+    return session
+
+
+def run_one(app: Flask, session_id: int) -> bool:
+    """Run one session to its end in a sandboxed worker, watched as the local executor
+    watches its own; False when it must wait (its owner runs as many sessions as allowed).
+
+    A session already claimed or finished is left alone, so a task delivered twice never
+    runs it twice; one left `running` by a worker that died is failed `worker_lost` once
+    its heartbeat is stale.
+    """
+    with app.app_context():
+        try:
+            supervisor = Supervisor(app)
+            session = claim(session_id, supervisor.per_user)
+            if session is None:
+                return _not_claimed(session_id, supervisor.heartbeat_timeout)
+            running = supervisor.launch(session, lambda threads: supervisor.sandbox.start("session", threads))
+            if running is not None:
+                supervisor.watch(running)
+            return True
+        finally:
+            db.session.remove()
+
+
+def _not_claimed(session_id: int, heartbeat_timeout: float) -> bool:
+    session = db.session.get(OptimizationSession, session_id)
+    if session is None:
+        return True
+    if session.status == SessionStatus.QUEUED.value:
+        return False
+    stale_before = utcnow() - timedelta(seconds=heartbeat_timeout)
+    if session.status == SessionStatus.RUNNING.value and (
+        session.heartbeat_at is None or session.heartbeat_at < stale_before
+    ):
+        session_runs.record_failed(
+            session_id, "worker_lost", f"The worker stopped reporting for more than {heartbeat_timeout:g} s."
+        )
+    return True

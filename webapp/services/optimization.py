@@ -91,7 +91,8 @@ def start(
     session_runs.publish("session_progress", session)
     caching.invalidate()
     get("status").publish_if_changed()
-    get("executor").wake()
+    # After the commit: a worker that takes the session at once must find it.
+    get("executor").submit(session.id)
     return session
 
 

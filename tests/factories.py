@@ -72,6 +72,22 @@ def gen_session(
     return session
 
 
+def gen_compared(model, owner, size, speed, retained, **results) -> OptimizationSession:
+    """A completed session with the figures the compare page and API read: sizes from a
+    1000-byte original, one kept int8 dynamic step."""
+    session = gen_session(model, owner, "completed", size=size, speed=speed)
+    session.results = {
+        **session.results,
+        "accuracy_retention_percent": retained,
+        "original_size_bytes": 1000,
+        "optimized_size_bytes": round(1000 * (1 - size / 100)),
+        "steps": [{"technique": "quantization", "params": {"mode": "int8_dynamic"}, "outcome": "kept"}],
+        **results,
+    }
+    db.session.commit()
+    return session
+
+
 def gen_artifact(session, content: bytes = b"onnx bytes") -> OptimizationSession:
     """Give a session an artifact file in storage (these bytes, not a real model)."""
     from webapp.services import get

@@ -6,28 +6,13 @@ import re
 import pytest
 from openapi_schema_validator import OAS30Validator
 
-from tests.factories import gen_model, gen_session
+from tests.factories import gen_compared, gen_model, gen_session
 from tests.helpers import ApiClient, make_user
-from webapp.extensions import db
 from webapp.services import optimization, tokens
 from webapp.web import filters
 
 COMPARE = "/api/v1/optimization/sessions/compare"
 ERROR_FIELDS = {"error", "message", "details", "timestamp", "request_id"}
-
-
-def completed(model, owner, size, speed, retained, **results):
-    session = gen_session(model, owner, "completed", size=size, speed=speed)
-    session.results = {
-        **session.results,
-        "accuracy_retention_percent": retained,
-        "original_size_bytes": 1000,
-        "optimized_size_bytes": round(1000 * (1 - size / 100)),
-        "steps": [{"technique": "quantization", "params": {"mode": "int8_dynamic"}, "outcome": "kept"}],
-        **results,
-    }
-    db.session.commit()
-    return session
 
 
 def by_label(body: dict) -> dict:
@@ -54,8 +39,8 @@ def test_two_sessions_side_by_side_with_differences_and_best_marked(app, api_cli
     """Does the API mark what differs and each row's best figure, as the page does?"""
     caller = api_client("operator")
     model = gen_model(caller.user, "m")
-    a = completed(model, caller.user, 70.0, 50.0, 99.0)
-    b = completed(model, caller.user, 40.0, 150.0, 99.8)
+    a = gen_compared(model, caller.user, 70.0, 50.0, 99.0)
+    b = gen_compared(model, caller.user, 40.0, 150.0, 99.8)
     response = caller.get(COMPARE, query_string={"ids": f"{a.id},{b.id}"})
     assert response.status_code == 200, response.get_json()
     body = response.get_json()
@@ -126,8 +111,8 @@ def test_the_page_and_the_api_show_the_same_figures_and_best_marks(app, operator
         "criteria_met": False,
     }
     sessions = [
-        completed(model, operator.user, 70.0, 50.0, 99.0),
-        completed(
+        gen_compared(model, operator.user, 70.0, 50.0, 99.0),
+        gen_compared(
             model,
             operator.user,
             40.0,
@@ -141,7 +126,7 @@ def test_the_page_and_the_api_show_the_same_figures_and_best_marks(app, operator
             accuracy_after=0.898,
             **timed,
         ),
-        completed(other, operator.user, 55.0, 80.0, 99.8, optimized_latency_ms=1.1, **timed),
+        gen_compared(other, operator.user, 55.0, 80.0, 99.8, optimized_latency_ms=1.1, **timed),
     ]
     ids = ",".join(str(s.id) for s in sessions)
     page = operator.client.get(f"/sessions/compare?ids={ids}")
@@ -167,7 +152,7 @@ def test_ids_with_commas_or_repeated_are_read_alike(api_client, form):
     """Is ids=3,5 the same request as ids=3&ids=5, as on the page?"""
     caller = api_client("operator")
     model = gen_model(caller.user, "m")
-    a, b, c = (completed(model, caller.user, 10.0 * n, 10.0, 99.5) for n in (1, 2, 3))
+    a, b, c = (gen_compared(model, caller.user, 10.0 * n, 10.0, 99.5) for n in (1, 2, 3))
     given = {
         "commas": f"{a.id},{b.id},{c.id}",
         "repeated": [str(a.id), str(b.id), str(c.id)],
@@ -183,8 +168,8 @@ def test_a_model_alone_compares_its_latest_completed_sessions(api_client):
     """Does model_id alone pick that model's latest completed sessions, as the page does?"""
     caller = api_client("operator")
     model, other = gen_model(caller.user, "m"), gen_model(caller.user, "other")
-    mine = [completed(model, caller.user, 10.0 * n, 10.0, 99.5) for n in range(1, 4)]
-    completed(other, caller.user, 5.0, 5.0, 99.5)
+    mine = [gen_compared(model, caller.user, 10.0 * n, 10.0, 99.5) for n in range(1, 4)]
+    gen_compared(other, caller.user, 5.0, 5.0, 99.5)
     gen_session(model, caller.user, "running")
     response = caller.get(COMPARE, query_string={"model_id": model.id})
     assert response.status_code == 200, response.get_json()
@@ -202,7 +187,7 @@ def test_anything_but_two_to_six_session_ids_is_a_400_naming_ids(api_client, que
     """Is a bad pick refused with the error body, its details naming ids?"""
     caller = api_client("operator")
     model = gen_model(caller.user, "m")
-    a = completed(model, caller.user, 10.0, 10.0, 99.5)
+    a = gen_compared(model, caller.user, 10.0, 10.0, 99.5)
     args = {
         "one": {"ids": str(a.id)},
         "seven": {"ids": ",".join(str(n) for n in range(1, 8))},
@@ -226,8 +211,8 @@ def test_another_operators_session_is_a_404_like_a_missing_one(api_client):
     """Can an operator learn anything of another operator's session by comparing it?"""
     caller = api_client("operator")
     stranger = make_user("stranger", "operator")
-    theirs = completed(gen_model(stranger, "theirs-secret"), stranger, 10.0, 10.0, 99.5)
-    mine = completed(gen_model(caller.user, "m"), caller.user, 20.0, 10.0, 99.5)
+    theirs = gen_compared(gen_model(stranger, "theirs-secret"), stranger, 10.0, 10.0, 99.5)
+    mine = gen_compared(gen_model(caller.user, "m"), caller.user, 20.0, 10.0, 99.5)
     missing = theirs.id + 1000
     hidden = caller.get(COMPARE, query_string={"ids": f"{mine.id},{theirs.id}"})
     absent = caller.get(COMPARE, query_string={"ids": f"{mine.id},{missing}"})
@@ -248,8 +233,8 @@ def test_a_viewer_compares_what_they_may_see(api_client):
     """May a viewer, who sees every session, compare any of them (and change none)?"""
     owner = make_user("owner", "operator")
     model = gen_model(owner, "m")
-    a = completed(model, owner, 70.0, 50.0, 99.0)
-    b = completed(model, owner, 40.0, 150.0, 99.8)
+    a = gen_compared(model, owner, 70.0, 50.0, 99.0)
+    b = gen_compared(model, owner, 40.0, 150.0, 99.8)
     response = api_client("viewer").get(COMPARE, query_string={"ids": [str(a.id), str(b.id)]})
     assert response.status_code == 200, response.get_json()
     assert by_label(response.get_json())["Size reduction"] == (True, [(70.0, True), (40.0, False)])

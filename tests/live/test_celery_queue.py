@@ -119,7 +119,7 @@ def test_sessions_run_on_celery_workers_and_cancel_reaches_them(app, queue, demo
     time.sleep(2)
     assert queue.session(token, started["session_id"])["status"] == "queued"
     queue.start_worker()
-    done = queue.wait_for(token, started["session_id"])
+    done = queue.wait_for(token, started["session_id"], seconds=120)  # CI runs tests beside it
     assert done["status"] == "completed", done
     assert done["results"]["size_reduction_percent"] > 0
 
@@ -129,8 +129,10 @@ def test_sessions_run_on_celery_workers_and_cancel_reaches_them(app, queue, demo
     status, _ = queue.call("POST", f"/optimization/sessions/{long['session_id']}/cancel", token)
     assert status == 202
     done = queue.wait_for(token, long["session_id"], seconds=30)
-    assert done["status"] == "cancelled"
-    assert time.monotonic() - asked < 10
+    assert done["status"] == "cancelled", done
+    # Within seconds (poll_seconds, then the worker's next check; the grace period at most),
+    # with room for a machine busy with other tests.
+    assert time.monotonic() - asked < 20
 
 
 def test_a_session_whose_worker_is_killed_ends_worker_lost(app, queue, demo_files):

@@ -3,23 +3,8 @@ picker, and nobody else's sessions."""
 
 import re
 
-from tests.factories import gen_model, gen_session
+from tests.factories import gen_compared, gen_model, gen_session
 from tests.helpers import make_user
-
-
-def completed(model, owner, size, speed, retained, **kw):
-    session = gen_session(model, owner, "completed", size=size, speed=speed, **kw)
-    session.results = {
-        **session.results,
-        "accuracy_retention_percent": retained,
-        "original_size_bytes": 1000,
-        "optimized_size_bytes": round(1000 * (1 - size / 100)),
-        "steps": [{"technique": "quantization", "params": {"mode": "int8_dynamic"}, "outcome": "kept"}],
-    }
-    from webapp.extensions import db
-
-    db.session.commit()
-    return session
 
 
 def table(text: str) -> dict:
@@ -42,8 +27,8 @@ CELL = re.compile(r"<td([^>]*)>(.*?)</td>", re.S)
 
 def test_two_sessions_side_by_side_with_differences_and_best_marked(operator):
     model = gen_model(operator.user, "m")
-    a = completed(model, operator.user, 70.0, 50.0, 99.0)
-    b = completed(model, operator.user, 40.0, 150.0, 99.8)
+    a = gen_compared(model, operator.user, 70.0, 50.0, 99.0)
+    b = gen_compared(model, operator.user, 40.0, 150.0, 99.8)
     page = operator.client.get(f"/sessions/compare?ids={a.id},{b.id}")
     assert page.status_code == 200
     text = page.get_data(as_text=True)
@@ -60,8 +45,8 @@ def test_two_sessions_side_by_side_with_differences_and_best_marked(operator):
 
 def test_a_model_alone_compares_its_latest_completed_sessions(operator):
     model, other = gen_model(operator.user, "m"), gen_model(operator.user, "other")
-    mine = [completed(model, operator.user, 10.0 * n, 10.0, 99.5) for n in range(1, 4)]
-    completed(other, operator.user, 5.0, 5.0, 99.5)
+    mine = [gen_compared(model, operator.user, 10.0 * n, 10.0, 99.5) for n in range(1, 4)]
+    gen_compared(other, operator.user, 5.0, 5.0, 99.5)
     gen_session(model, operator.user, "running")
     text = operator.client.get(f"/sessions/compare?model_id={model.id}").get_data(as_text=True)
     assert "3 sessions" in text
@@ -71,7 +56,7 @@ def test_a_model_alone_compares_its_latest_completed_sessions(operator):
 
 def test_a_single_or_bad_pick_is_explained_and_the_picker_stays(operator):
     model = gen_model(operator.user, "m")
-    a = completed(model, operator.user, 10.0, 10.0, 99.5)
+    a = gen_compared(model, operator.user, 10.0, 10.0, 99.5)
     for query in (f"ids={a.id}", "ids=abc", f"ids={a.id},{a.id}", "ids=" + ",".join(map(str, range(1, 9)))):
         page = operator.client.get(f"/sessions/compare?{query}")
         assert page.status_code == 400, query
@@ -85,28 +70,28 @@ def test_a_single_or_bad_pick_is_explained_and_the_picker_stays(operator):
 def test_another_operators_session_cannot_be_compared(operator):
     stranger = make_user("stranger", "operator")
     model = gen_model(operator.user, "m")
-    theirs = completed(gen_model(stranger, "theirs"), stranger, 10.0, 10.0, 99.5)
-    mine = completed(model, operator.user, 20.0, 10.0, 99.5)
+    theirs = gen_compared(gen_model(stranger, "theirs"), stranger, 10.0, 10.0, 99.5)
+    mine = gen_compared(model, operator.user, 20.0, 10.0, 99.5)
     page = operator.client.get(f"/sessions/compare?ids={mine.id},{theirs.id}")
     assert page.status_code == 404
     assert "theirs" not in page.get_data(as_text=True)
 
 
-def test_a_model_page_links_to_comparing_its_sessions_once_two_completed(operator):
+def test_a_model_page_links_to_comparing_its_sessions_once_two_gen_compared(operator):
     model = gen_model(operator.user, "m")
-    completed(model, operator.user, 10.0, 10.0, 99.5)
+    gen_compared(model, operator.user, 10.0, 10.0, 99.5)
     link = f'href="/sessions/compare?model_id={model.id}"'
     assert link not in operator.client.get(f"/models/{model.id}").get_data(as_text=True)
-    completed(model, operator.user, 20.0, 10.0, 99.5)
+    gen_compared(model, operator.user, 20.0, 10.0, 99.5)
     assert link in operator.client.get(f"/models/{model.id}").get_data(as_text=True)
 
 
 def test_a_model_with_one_completed_session_says_so_and_a_refused_pick_stays_ticked(operator):
     model = gen_model(operator.user, "m")
-    sessions = [completed(model, operator.user, 10.0, 10.0, 99.5)]
+    sessions = [gen_compared(model, operator.user, 10.0, 10.0, 99.5)]
     page = operator.client.get(f"/sessions/compare?model_id={model.id}").get_data(as_text=True)
     assert "fewer than two completed sessions" in page
-    sessions += [completed(model, operator.user, 10.0 + n, 10.0, 99.5) for n in range(6)]
+    sessions += [gen_compared(model, operator.user, 10.0 + n, 10.0, 99.5) for n in range(6)]
     ids = ",".join(str(s.id) for s in sessions)  # seven: one too many
     page = operator.client.get(f"/sessions/compare?ids={ids}").get_data(as_text=True)
     assert "Pick 2 to 6 sessions" in page

@@ -24,12 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import cast
 
 from flask import Flask
-from sqlalchemy import CursorResult, func, update
-from sqlalchemy import select as sql_select
-from sqlalchemy.orm import aliased
 
 from ..engine.errors import scrub_paths
 from ..engine.runner import ARTIFACT_NAME
@@ -469,53 +465,6 @@ class LocalExecutor(Supervisor):
 # One session at a time, for a work queue --------------------------------------
 
 
-def claim(session_id: int, per_user: int) -> OptimizationSession | None:
-    """Take this queued session if its owner runs fewer than `per_user` sessions; of
-    several processes asking at once, one wins."""
-    # Aliases: inside an UPDATE of the same table, a plain subquery would correlate with
-    # the row being updated.
-    others, this = aliased(OptimizationSession), aliased(OptimizationSession)
-    owner_running = (
-        sql_select(func.count())
-        .select_from(others)
-        .where(
-            others.status == SessionStatus.RUNNING.value,
-            others.owner_id == sql_select(this.owner_id).where(this.id == session_id).scalar_subquery(),
-        )
-        .scalar_subquery()
-    )
-    now = utcnow()
-    result = db.session.execute(
-        update(OptimizationSession)
-        .where(
-            OptimizationSession.id == session_id,
-            OptimizationSession.status == SessionStatus.QUEUED.value,
-            owner_running < per_user,
-        )
-        .values(
-            status=SessionStatus.RUNNING.value,
-            started_at=now,
-            updated_at=now,
-            heartbeat_at=now,
-            current_step="starting",
-        )
-        .execution_options(synchronize_session=False)
-    )
-    # An UPDATE's result is a CursorResult, which has the row count; execute() is typed Result.
-    won = cast(CursorResult, result).rowcount
-    db.session.commit()
-    if not won:
-        return None
-    session = db.session.get(OptimizationSession, session_id)
-    if session is None:
-        return None
-    db.session.refresh(session)
-    session_runs.add_event(session, "started", None, "A worker took the session.")
-    db.session.commit()
-    session_runs.publish("session_started", session)
-    return session
-
-
 def run_one(app: Flask, session_id: int) -> bool:
     """Run one session to its end in a sandboxed worker, watched as the local executor
     watches its own; False when it must wait (its owner runs as many sessions as allowed).
@@ -527,7 +476,7 @@ def run_one(app: Flask, session_id: int) -> bool:
     with app.app_context():
         try:
             supervisor = Supervisor(app)
-            session = claim(session_id, supervisor.per_user)
+            session = session_runs.claim(session_id, supervisor.per_user)
             if session is None:
                 return _not_claimed(session_id, supervisor.heartbeat_timeout)
             running = supervisor.launch(session, lambda threads: supervisor.sandbox.start("session", threads))

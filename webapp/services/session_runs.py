@@ -11,6 +11,7 @@ from typing import cast
 
 from flask import current_app
 from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy.orm import aliased
 from sqlalchemy.orm.exc import UnmappedInstanceError
 
 from ..extensions import db
@@ -54,32 +55,63 @@ def claim_next(per_user: int) -> OptimizationSession | None:
         )
         if candidate is None:
             return None
-        now = utcnow()
-        update_result = db.session.execute(
-            update(OptimizationSession)
-            .where(
-                OptimizationSession.id == candidate, OptimizationSession.status == SessionStatus.QUEUED.value
-            )
-            .values(
-                status=SessionStatus.RUNNING.value,
-                started_at=now,
-                updated_at=now,
-                heartbeat_at=now,
-                current_step="starting",
-            )
-        )
-        # An UPDATE's result is a CursorResult, which has the row count; execute() is typed Result.
-        won = cast(CursorResult, update_result).rowcount
-        db.session.commit()
-        if won:
-            session = db.session.get(OptimizationSession, candidate)
-            if session is None:  # gone since the commit: refresh() raises this for a None
-                raise UnmappedInstanceError(session)
-            db.session.refresh(session)
-            add_event(session, "started", None, "A worker took the session.")
-            db.session.commit()
-            publish("session_started", session)
+        session = _take(candidate)
+        if session is not None:
             return session
+
+
+def claim(session_id: int, per_user: int) -> OptimizationSession | None:
+    """Take this queued session (a work queue's task names it) if its owner runs fewer
+    than `per_user` sessions; of several processes asking at once, one wins."""
+    # Aliases: inside an UPDATE of the same table, a plain subquery would correlate with
+    # the row being updated.
+    others, this = aliased(OptimizationSession), aliased(OptimizationSession)
+    owner_running = (
+        select(func.count())
+        .select_from(others)
+        .where(
+            others.status == SessionStatus.RUNNING.value,
+            others.owner_id == select(this.owner_id).where(this.id == session_id).scalar_subquery(),
+        )
+        .scalar_subquery()
+    )
+    return _take(session_id, owner_running < per_user)
+
+
+def _take(session_id: int, *conditions) -> OptimizationSession | None:
+    """Move the session from queued to running if it still is queued (and `conditions`
+    hold): the UPDATE decides, so of several processes trying, one wins. The winner
+    announces it."""
+    now = utcnow()
+    update_result = db.session.execute(
+        update(OptimizationSession)
+        .where(
+            OptimizationSession.id == session_id,
+            OptimizationSession.status == SessionStatus.QUEUED.value,
+            *conditions,
+        )
+        .values(
+            status=SessionStatus.RUNNING.value,
+            started_at=now,
+            updated_at=now,
+            heartbeat_at=now,
+            current_step="starting",
+        )
+        .execution_options(synchronize_session=False)
+    )
+    # An UPDATE's result is a CursorResult, which has the row count; execute() is typed Result.
+    won = cast(CursorResult, update_result).rowcount
+    db.session.commit()
+    if not won:
+        return None
+    session = db.session.get(OptimizationSession, session_id)
+    if session is None:  # gone since the commit: refresh() raises this for a None
+        raise UnmappedInstanceError(session)
+    db.session.refresh(session)
+    add_event(session, "started", None, "A worker took the session.")
+    db.session.commit()
+    publish("session_started", session)
+    return session
 
 
 def job_for(session: OptimizationSession) -> dict:

@@ -1,20 +1,25 @@
 """`alert` events for administrators: a session failed, the API's error rate is high.
 
-The error rate is kept per web process over a sliding window; an alert is
-raised when it crosses the threshold and cleared when it falls back, never
-once per failing request.
+The error rate is kept over a sliding window, per web process by default and on Redis
+(per-second buckets every process adds to) when redis.url is set; an alert is raised when
+it crosses the threshold and cleared when it falls back, never once per failing request,
+and with Redis once for all processes, not once per process.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
 
+import redis
 from flask import request
 
 from ..tables import OptimizationSession
 from . import get, metrics
+
+log = logging.getLogger("optideck.alerts")
 
 
 def _publish(kind: str, level: str, message: str, **data) -> None:
@@ -63,12 +68,14 @@ class ErrorRateMonitor:
             while self._seen and self._seen[0][0] < now - self.window:
                 self._errors -= self._seen.popleft()[1]
             requests, errors = len(self._seen), self._errors
-            rate = errors / requests
-            high = requests >= self.min_requests and rate >= self.threshold
+            high = requests >= self.min_requests and errors / requests >= self.threshold
             changed = high != self._raised
             self._raised = high
-        if not changed:
-            return
+        if changed:
+            self._announce(high, requests, errors)
+
+    def _announce(self, high: bool, requests: int, errors: int) -> None:
+        rate = errors / requests if requests else 0.0
         detail = {
             "error_rate": round(rate, 4),
             "threshold": self.threshold,
@@ -89,14 +96,63 @@ class ErrorRateMonitor:
             _publish("api_error_rate", "info", f"The API's error rate is back to {rate:.0%}.", **detail)
 
 
+class SharedErrorRateMonitor(ErrorRateMonitor):
+    """The same window on Redis: every process adds its responses to per-second buckets,
+    reads the window's sum, and the raised state is one key, so of all processes exactly
+    one announces each crossing. Redis trouble costs the count, never the request."""
+
+    KEY = "optideck:api_errors"
+
+    def __init__(
+        self,
+        url: str,
+        threshold: float,
+        window_seconds: float,
+        min_requests: int,
+        min_status: int,
+        clock=time.time,
+    ):
+        # Wall-clock seconds: processes (and hosts, with NTP) agree on which bucket is now.
+        super().__init__(threshold, window_seconds, min_requests, min_status, clock=clock)
+        self._redis = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+    def record(self, status: int) -> None:
+        now = int(self._clock())
+        span = int(max(self.window, 1))
+        bucket = f"{self.KEY}:{now}"
+        try:
+            with self._redis.pipeline() as pipe:
+                pipe.hincrby(bucket, "requests", 1)
+                pipe.hincrby(bucket, "errors", int(status >= self.min_status))
+                pipe.expire(bucket, span + 5)
+                for second in range(now - span + 1, now + 1):
+                    pipe.hmget(f"{self.KEY}:{second}", "requests", "errors")
+                answers = pipe.execute()[3:]
+            requests = sum(int(r or 0) for r, _ in answers)
+            errors = sum(int(e or 0) for _, e in answers)
+            high = requests >= self.min_requests and errors / requests >= self.threshold
+            # SET NX / DEL: the one process whose write changes the state announces it.
+            if high:
+                changed = bool(self._redis.set(f"{self.KEY}:raised", 1, nx=True))
+            else:
+                changed = bool(self._redis.delete(f"{self.KEY}:raised"))
+        except redis.RedisError as exc:
+            log.warning("api error rate not counted: %s", exc)
+            return
+        if changed:
+            self._announce(high, requests, errors)
+
+
 def init_app(app) -> None:
     config = app.config["OPTIDECK"]["alerts"]
-    monitor = ErrorRateMonitor(
+    settings = (
         config["api_error_rate_threshold"],
         config["api_error_window_seconds"],
         config["api_error_min_requests"],
         config["api_error_min_status"],
     )
+    url = app.config["OPTIDECK"]["redis"]["url"]
+    monitor = SharedErrorRateMonitor(url, *settings) if url else ErrorRateMonitor(*settings)
     app.extensions["optideck.error_rate"] = monitor
 
     @app.after_request

@@ -1,0 +1,49 @@
+"""With Redis, the API's error rate is counted over every web process, and its alert is
+raised once and cleared once, not once per process (two app instances stand for two
+gunicorn workers; database 9 of the real Redis is theirs)."""
+
+import pytest
+import redis
+
+from webapp.services.alerts import SharedErrorRateMonitor
+
+URL = "redis://127.0.0.1:6379/9"
+pytestmark = pytest.mark.xdist_group("redis-db-9")
+
+ALERTS = {
+    "api_error_rate_threshold": 0.5,
+    "api_error_min_requests": 4,
+    "api_error_min_status": 400,
+    "api_error_window_seconds": 60.0,
+}
+
+
+def alerts_seen(subscription) -> list[str]:
+    seen = []
+    while (notification := subscription.get(timeout=1.0)) is not None:
+        if notification.event == "alert":
+            seen.append(notification.data["state"])
+    return seen
+
+
+def test_two_processes_share_one_window_and_one_alert(make_app):
+    redis.Redis.from_url(URL).flushdb()
+    first, second = (make_app(redis={"url": URL}, alerts=ALERTS) for _ in range(2))
+    assert isinstance(first.extensions["optideck.error_rate"], SharedErrorRateMonitor)
+    listening = first.extensions["optideck.notifications"].subscribe()
+    clients = [first.test_client(), second.test_client()]
+    # Three errors in each process: neither alone has crossed min_requests twice over,
+    # together they are 6 errors of 6 responses.
+    for turn in range(6):
+        assert clients[turn % 2].get("/api/v1/models").status_code == 401
+    assert alerts_seen(listening) == ["raised"]
+    for turn in range(14):  # 6 of 20 responses are errors now: below the threshold
+        assert clients[turn % 2].get("/api/v1/openapi.json").status_code == 200
+    assert alerts_seen(listening) == ["cleared"]
+
+
+def test_redis_away_costs_the_count_not_the_request(make_app):
+    app = make_app(redis={"url": "redis://127.0.0.1:1/0"}, alerts=ALERTS)
+    client = app.test_client()
+    for _ in range(5):
+        assert client.get("/api/v1/models").status_code == 401

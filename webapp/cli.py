@@ -12,8 +12,10 @@ import click
 from flask import Flask, current_app
 from flask_migrate import upgrade
 from marshmallow import ValidationError
+from sqlalchemy.exc import IntegrityError
 
 from .auth.schemas import NewUserSchema
+from .extensions import db
 from .health import log_checks, run_checks
 from .services import users
 from .tables import Role
@@ -41,7 +43,16 @@ def ensure_first_admin() -> None:
         return
     settings = current_app.config["OPTIDECK"]["admin"]
     password = settings["password"] or secrets.token_urlsafe(12)
-    user = _create_user(settings["username"], password, Role.ADMIN.value)
+    try:
+        user = _create_user(settings["username"], password, Role.ADMIN.value)
+    except (IntegrityError, click.ClickException):
+        # Several servers starting at once on an empty database (the Procfile's two web
+        # processes): one creates the administrator, the others find it made.
+        db.session.rollback()
+        if users.find(settings["username"]) is None:
+            raise
+        click.echo(f"Administrator {settings['username']!r} was created by another process.")
+        return
     if settings["password"]:
         click.echo(f"Created administrator {user.username!r} with the configured password.")
     else:

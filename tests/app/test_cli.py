@@ -67,3 +67,17 @@ def test_demo_fills_a_fresh_install_once(app, runner, monkeypatch):
 def test_init_db_is_repeatable(app, runner):
     assert runner.invoke(args=["init-db"]).exit_code == 0
     assert runner.invoke(args=["init-db"]).exit_code == 0
+
+
+def test_a_second_server_starting_at_once_finds_the_administrator_made(app, monkeypatch, capsys):
+    """Two servers start on an empty database: both count no users; the one that loses
+    the race to create the administrator carries on instead of failing to start."""
+    from webapp import cli
+    from webapp.services import users
+
+    with app.app_context():
+        cli.ensure_first_admin()
+        monkeypatch.setattr(users, "count", lambda: 0)  # it counted before the other's commit
+        cli.ensure_first_admin()
+        assert "created by another process" in capsys.readouterr().out
+        assert users.find("admin") is not None

@@ -100,10 +100,8 @@ class SessionComparison(MethodView):
         """Sessions side by side, as on the compare page: one row per figure, one cell per
         session, the differences and each row's best figure marked. `model_id` alone
         compares that model's latest completed sessions."""
-        given = query.get("ids") or []
-        if not given and "model_id" in query:
-            given = [str(i) for i in session_compare.latest_of_model(g.api_user, query["model_id"])]
-        return session_compare.compare(g.api_user, session_compare.parse_ids(given))
+        ids = session_compare.chosen_ids(g.api_user, query.get("ids") or [], query.get("model_id"))
+        return session_compare.compare(g.api_user, ids)
 
 
 @blp.route("/optimization/sessions/<int:session_id>")

@@ -316,6 +316,7 @@ class Supervisor:
                 except Exception:  # a fault here (a database outage) must not orphan the worker
                     log.exception("session %s: supervision failed", running.session_id)
                     db.session.rollback()
+                    # Back off one poll period: a persistent fault is retried, not spun on.
                     time.sleep(self.poll)
                 finally:
                     db.session.remove()

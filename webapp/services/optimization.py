@@ -96,6 +96,25 @@ def start(
     return session
 
 
+def unavailable_choices(model: ModelMetadata | None, offered, criteria: dict) -> dict[tuple, dict[str, str]]:
+    """Parameter choices `model` cannot take, as {(technique id, param): {choice: why}}.
+    Today that is what calibrates on evaluation data (int8 static) for a model uploaded
+    without any."""
+    if model is None or model.eval_data_sha256:
+        return {}
+    found: dict[tuple, dict[str, str]] = {}
+    for technique in offered:
+        defaults = technique.criteria_defaults(criteria)
+        for param in technique.form_params:
+            for choice, _ in param.choices:
+                if technique.needs_data({**defaults, param.name: choice}) == param.name:
+                    found.setdefault((technique.id, param), {})[choice] = (
+                        f"{choice.replace('_', ' ')} calibrates on evaluation data, and {model.name} "
+                        f"v{model.version} has none: upload the model again with an .npz to use it."
+                    )
+    return found
+
+
 def _plan_text(plan: list[dict]) -> str:
     return ", then ".join(describe(step) for step in plan)
 

@@ -146,6 +146,22 @@ def pickable(user, model_id: int | None = None) -> list[dict]:
     )
 
 
+def chosen_ids(user, given: list[str], model_id: int | None) -> list[int]:
+    """The sessions to compare (page and API alike): those given, or else, with only a
+    model named, its latest completed ones (raises ServiceError)."""
+    if any(given) or model_id is None:
+        return parse_ids(given)
+    latest = latest_of_model(user, model_id)
+    if len(latest) < 2:
+        raise ServiceError(
+            400,
+            "validation_error",
+            "This model has fewer than two completed sessions; comparing needs two.",
+            {"ids": ["2 to 6 sessions."]},
+        )
+    return latest
+
+
 def latest_of_model(user, model_id: int, count: int = MAX_COMPARED) -> list[int]:
     """The ids of a model's latest completed sessions, newest first."""
     query = (

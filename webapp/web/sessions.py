@@ -129,37 +129,22 @@ def _rerun_form(user, session_id: str) -> MultiDict:
     return MultiDict(fields)
 
 
-def _unavailable(model, offered: list, criteria: dict) -> dict[str, dict[str, str]]:
-    """Choices the model cannot take, by form field: {field: {choice: why}}. Today that is
-    what calibrates on evaluation data (int8 static) for a model uploaded without any."""
-    if model is None or model.eval_data_sha256:
-        return {}
-    found: dict[str, dict[str, str]] = {}
-    for technique in offered:
-        defaults = technique.criteria_defaults(criteria)
-        for param in technique.form_params:
-            for choice, _ in param.choices:
-                if technique.needs_data({**defaults, param.name: choice}) == param.name:
-                    found.setdefault(_field(technique, param), {})[choice] = (
-                        f"{choice.replace('_', ' ')} calibrates on evaluation data, and {model.name} "
-                        f"v{model.version} has none: upload the model again with an .npz to use it."
-                    )
-    return found
-
-
 def _start_form_context(user, form=None, errors=None, preselect: str = "") -> dict:
     criteria = optimization.current_criteria()
     models = [m for m in model_store.list_for(user) if policy.can_change(user, m.owner_id)]
     wanted = (form or {}).get("model_id", preselect)
     model = next((m for m in models if str(m.id) == wanted), models[0] if models else None)
     offered = _offered(criteria)
+    unavailable = optimization.unavailable_choices(model, offered, criteria)
     return {
         "can_start": policy.can_create(user),
         "startable_models": models,
         "criteria": criteria,
         "techniques": offered,
         "enabled_labels": [t.label for t in offered if t.id in criteria["enabled_techniques"]],
-        "unavailable": _unavailable(model, offered, criteria),
+        "unavailable": {
+            _field(TECHNIQUES[tid], param): choices for (tid, param), choices in unavailable.items()
+        },
         "param_field_name": _field,
         "start_form": form or {},
         "start_errors": errors or {},
@@ -241,13 +226,9 @@ def compare():
     model_id = _optional_id(request.args.get("model_id"))
     given = request.args.getlist("ids")
     comparison, error, status = None, None, 200
-    if not given and model_id is not None:
-        given = [",".join(map(str, session_compare.latest_of_model(user, model_id)))]
-        if len(given[0].split(",")) < 2:  # the user chose a model, not a number of sessions
-            given, error = [], "This model has fewer than two completed sessions; comparing needs two."
-    if any(given):
+    if any(given) or model_id is not None:
         try:
-            ids = session_compare.parse_ids(given)
+            ids = session_compare.chosen_ids(user, given, model_id)
             comparison = session_compare.compare(
                 user, ids, lambda sid: url_for("sessions.detail", session_id=sid)
             )
@@ -259,7 +240,9 @@ def compare():
             comparison=comparison,
             error=error,
             # What was ticked stays ticked, also when the pick was refused (seven, say).
-            picked={int(part) for text in given for part in text.split(",") if part.strip().isdigit()},
+            picked={s["session_id"] for s in comparison["sessions"]}
+            if comparison
+            else {int(part) for text in given for part in text.split(",") if part.strip().isdigit()},
             pickable=session_compare.pickable(user, model_id),
             models=model_store.list_for(user),
             model_id=model_id,

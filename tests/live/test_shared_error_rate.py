@@ -31,6 +31,8 @@ def test_two_processes_share_one_window_and_one_alert(make_app):
     first, second = (make_app(redis={"url": URL}, alerts=ALERTS) for _ in range(2))
     assert isinstance(first.extensions["optideck.error_rate"], SharedErrorRateMonitor)
     listening = first.extensions["optideck.notifications"].subscribe()
+    # Alerts travel through Redis: hear them only once the listener is subscribed.
+    assert first.extensions["optideck.notifications"].wait_connected(10)
     clients = [first.test_client(), second.test_client()]
     # Three errors in each process: neither alone has crossed min_requests twice over,
     # together they are 6 errors of 6 responses.

@@ -12,21 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import ADMIN_PASSWORD, DEMO_PASSWORD
+from tests.e2e.helpers import ADMIN_PASSWORD, CHROMIUM, CHROMIUM_ARGS, DEMO_PASSWORD
 from webapp.testing import Server
 
-CHROMIUM = os.environ.get("OPTIDECK_TEST_CHROMIUM", "/usr/bin/chromium")
-# Without these Chromium keeps calling home, and this machine's closed network
-# answers every attempt with an error.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 

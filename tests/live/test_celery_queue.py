@@ -8,13 +8,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 
 import pytest
 import redis
 
+from tests.live.processes import start_worker, stop_worker
 from tests.live.wsclient import token_for, upload_model
 from webapp.testing import Server
 
@@ -51,24 +51,7 @@ def queue(app, test_database_url, tmp_path):
 
         def start_worker(self) -> float:
             """A `flask worker` of its own process group; the time it was ready."""
-            folder = tmp_path / f"worker{len(self.workers)}"
-            folder.mkdir()
-            log = folder / "worker.log"
-            with log.open("ab") as out:
-                process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-                    [sys.executable, "-m", "flask", "--app", "webapp", "worker"],
-                    cwd=folder,
-                    env={**self.server.env, "OPTIDECK_APP_INSTANCE_DIR": str(folder)},
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            self.workers.append(process)
-            deadline = time.monotonic() + 60
-            while " ready." not in log.read_text():
-                assert process.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
+            self.workers.append(start_worker(self.server.env, tmp_path / f"worker{len(self.workers)}"))
             return time.monotonic()
 
         def call(self, method, path, token, body=None):
@@ -96,13 +79,7 @@ def queue(app, test_database_url, tmp_path):
     queue = Queue()
     yield queue
     for process in queue.workers:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_worker(process)
     queue.server.stop()
 
 

@@ -5,8 +5,6 @@ named after it). The restart test runs a Redis of its own, so stopping it touche
 """
 
 import json
-import shutil
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +17,7 @@ from tests.live.wsclient import events_until_done, open_socket, receive_json, to
 from webapp.extensions import db
 from webapp.services import metrics, session_summaries
 from webapp.services.notifications import RedisNotificationService
-from webapp.testing import Server, free_port
+from webapp.testing import Server
 
 # Both flush or restart Redis state of their own: one worker runs them, one after another.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("redis-fanout")]
@@ -48,41 +46,6 @@ def start_server(app, test_database_url, tmp_path):
     for server in servers:
         if server.process.poll() is None:
             server.stop()
-
-
-@pytest.fixture
-def own_redis(tmp_path):
-    """A Redis server of this test's own, which it may stop and start again."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-
-    class OwnRedis:
-        url = f"redis://127.0.0.1:{port}/0"
-        process = None
-
-        def start(self):
-            with (tmp_path / "redis.log").open("ab") as log:
-                self.process = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    redis.Redis.from_url(self.url, socket_connect_timeout=0.2).ping()
-                    return
-                except redis.ConnectionError:
-                    assert time.monotonic() < deadline, "redis-server did not start"
-                    time.sleep(0.05)
-
-        def stop(self):
-            self.process.terminate()
-            self.process.wait(timeout=10)
-
-    server = OwnRedis()
-    server.start()
-    yield server
-    if server.process.poll() is None:
-        server.stop()
 
 
 def post(server, path, token, body):

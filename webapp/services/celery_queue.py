@@ -6,17 +6,27 @@ same supervision as the local executor (executor.run_one): the sandbox runs the 
 Celery only schedules. Tasks are acknowledged late and rejected when their worker
 process dies, so a task is never lost; a claimed session is never run twice, since only
 the task that claims it from `queued` runs it. A worker that died mid-session leaves
-its session `running` with a heartbeat that goes stale: every worker sweeps such
-sessions (failed `worker_lost`), at start and every few seconds.
+its session `running` with a heartbeat that goes stale: every worker and every web
+process sweeps such sessions (failed `worker_lost`) every few seconds, so none is left
+running even when no worker is alive.
+
+Each worker announces itself on Redis under a key that expires unless renewed
+(WorkerRegistry): the capacity web processes report is the sum over the live workers,
+read in one round trip instead of Celery's broadcast-and-wait inspection.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import socket
 import threading
+import time
 from typing import Any
 
+import redis
 from celery import Celery, signals
 from flask import Flask
 from sqlalchemy import func, select
@@ -38,6 +48,10 @@ MARGIN_SECONDS = 3600
 # How long a task whose session's owner already runs as many sessions as allowed waits
 # before it asks again, in poll periods.
 OWNER_BUSY_POLLS = 5
+WORKER_KEY_PREFIX = "optideck:celery:worker:"
+# A worker renews its key every sweep; the key outlives a few missed renewals, so a busy
+# machine does not drop a live worker from the count, and a dead one leaves it soon.
+WORKER_KEY_RENEWALS = 3
 
 
 def longest_session_seconds() -> int:
@@ -45,6 +59,71 @@ def longest_session_seconds() -> int:
     an administrator may raise a session's limit up to it at any time."""
     field = CriteriaSchema().fields["max_optimization_time_minutes"]
     return int(max(validator.max for validator in field.validators if hasattr(validator, "max"))) * 60
+
+
+def sweep_seconds(config: dict) -> float:
+    """How often stale sessions are swept: a quarter of the heartbeat timeout, so a session
+    whose worker died is failed within about 1.25 timeouts."""
+    return min(executor.STALE_SWEEP_SECONDS, config["executor"]["heartbeat_timeout_seconds"] / 4)
+
+
+def _sweep_until(app: Flask, stopping: threading.Event, also: Any = None) -> None:
+    """Fail stale sessions every sweep period until `stopping` is set; `also()` runs each
+    period too (a worker renews its registry key)."""
+    heartbeat_timeout = app.config["OPTIDECK"]["executor"]["heartbeat_timeout_seconds"]
+    with app.app_context():
+        while True:
+            try:
+                lost = session_runs.fail_stale(heartbeat_timeout)
+                if lost:
+                    log.warning("sessions %s: their worker stopped reporting; failed worker_lost", lost)
+            except Exception:  # the sweep must outlive a database outage
+                log.exception("stale-session sweep failed")
+                db.session.rollback()
+            finally:
+                db.session.remove()
+            if also is not None:
+                also()
+            if stopping.wait(sweep_seconds(app.config["OPTIDECK"])):
+                return
+
+
+class WorkerRegistry:
+    """The live Celery workers, each a Redis key renewed every sweep: its name, host,
+    pid, concurrency and when it started."""
+
+    def __init__(self, url: str, ttl_seconds: float) -> None:
+        # Short timeouts: the System page and system_status read it, and must not hang on
+        # a Redis outage.
+        self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self.ttl = max(1, round(ttl_seconds))
+
+    def announce(self, name: str, concurrency: int, started: float) -> None:
+        record = {
+            "name": name,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "concurrency": concurrency,
+            "started": started,
+        }
+        self.client.set(WORKER_KEY_PREFIX + name, json.dumps(record), ex=self.ttl)
+
+    def withdraw(self, name: str) -> None:
+        self.client.delete(WORKER_KEY_PREFIX + name)
+
+    def live(self) -> list[dict]:
+        keys = sorted(self.client.scan_iter(match=WORKER_KEY_PREFIX + "*", count=500))
+        records = self.client.mget(keys) if keys else []
+        # A key may expire between the scan and the read.
+        return [json.loads(record) for record in records if record is not None]
+
+
+def registry_for(config: dict) -> WorkerRegistry | None:
+    """The registry on redis.url, else on a Redis broker; None with another broker."""
+    url = config["redis"]["url"] or broker_url(config)
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    return WorkerRegistry(url, sweep_seconds(config) * WORKER_KEY_RENEWALS)
 
 
 def broker_url(config: dict) -> str:
@@ -64,6 +143,10 @@ def make_celery(app: Flask) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # A session is claimed in the database, so a task redelivered after a broker outage
+        # never runs it twice; cancelling running tasks on a lost connection would instead
+        # fail every session over a Redis restart.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_concurrency=settings["max_workers"],
         task_time_limit=hard_limit,
         broker_transport_options={"visibility_timeout": hard_limit + MARGIN_SECONDS // 2},
@@ -85,15 +168,26 @@ def make_celery(app: Flask) -> Celery:
 
 
 class CeleryQueue:
-    """The web process's side: queue a task per session; run nothing."""
+    """The web process's side: queue a task per session, sweep sessions whose worker
+    died; run nothing."""
 
     def __init__(self, app: Flask) -> None:
         self.app = app
         self.celery = make_celery(app)
         self.concurrency = app.config["OPTIDECK"]["executor"]["max_workers"]
+        self.registry = registry_for(app.config["OPTIDECK"])
+        self._stopping = threading.Event()
+        self._sweeper: threading.Thread | None = None
 
     def start(self) -> None:
-        """Nothing to start: Celery workers run the sessions."""
+        """Sweep stale sessions: Celery workers run the sessions, but when every worker is
+        dead none is left to notice that its session will never finish."""
+        if self._sweeper is None or not self._sweeper.is_alive():
+            self._stopping.clear()
+            self._sweeper = threading.Thread(
+                target=_sweep_until, args=(self.app, self._stopping), name="optideck-stale-sweep", daemon=True
+            )
+            self._sweeper.start()
 
     def wake(self) -> None:
         """Nothing to wake: a task reads the cancel flag itself every poll_seconds."""
@@ -107,15 +201,30 @@ class CeleryQueue:
                 session_id, "worker_lost", "The work queue could not be reached; start the session again."
             )
 
+    def workers(self) -> list[dict] | None:
+        """The live workers, or None when they cannot be counted (another broker than
+        Redis, or Redis unreachable)."""
+        if self.registry is None:
+            return None
+        try:
+            return self.registry.live()
+        except (redis.RedisError, OSError, ValueError) as exc:
+            log.warning("could not read the live Celery workers: %s", exc)
+            return None
+
     def status(self) -> dict:
-        # Celery's own count of workers costs a broadcast and a wait: the capacity shown
-        # is one worker's concurrency.
         running = db.session.scalar(
             select(func.count()).where(OptimizationSession.status == SessionStatus.RUNNING.value)
         )
-        return {"busy": running or 0, "capacity": self.concurrency}
+        workers = self.workers()
+        # Uncountable: one worker's concurrency, the least a working deployment has.
+        capacity = self.concurrency if workers is None else sum(w["concurrency"] for w in workers)
+        return {"busy": running or 0, "capacity": capacity, "workers": workers}
 
     def shutdown(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        if self._sweeper is not None:
+            self._sweeper.join(timeout)
         self.celery.close()
 
 
@@ -132,25 +241,20 @@ def requeue_waiting(celery: Celery) -> int:
 
 def run_worker(app: Flask, loglevel: str = "INFO") -> None:
     """Run a Celery worker for this app in this process until it is stopped."""
-    celery = app.extensions["optideck.executor"].celery
-    heartbeat_timeout = app.config["OPTIDECK"]["executor"]["heartbeat_timeout_seconds"]
-    sweep_seconds = min(executor.STALE_SWEEP_SECONDS, heartbeat_timeout / 2)
+    queue = app.extensions["optideck.executor"]
+    celery = queue.celery
     stopping = threading.Event()
+    # Named by pid: several workers on one host stay apart.
+    name = f"optideck-{os.getpid()}@{socket.gethostname()}"
+    started = time.time()
 
-    def sweep() -> None:
-        with app.app_context():
-            while True:
-                try:
-                    lost = session_runs.fail_stale(heartbeat_timeout)
-                    if lost:
-                        log.warning("sessions %s: their worker stopped reporting; failed worker_lost", lost)
-                except Exception:  # the sweep must outlive a database outage
-                    log.exception("stale-session sweep failed")
-                    db.session.rollback()
-                finally:
-                    db.session.remove()
-                if stopping.wait(sweep_seconds):
-                    return
+    def announce() -> None:
+        if queue.registry is None:
+            return
+        try:
+            queue.registry.announce(name, queue.concurrency, started)
+        except (redis.RedisError, OSError) as exc:  # Redis restarting: the next sweep renews it
+            log.warning("could not announce this worker: %s", exc)
 
     @signals.worker_ready.connect(weak=False)
     def on_ready(**_: Any) -> None:
@@ -161,7 +265,9 @@ def run_worker(app: Flask, loglevel: str = "INFO") -> None:
                     log.info("queued a task for %d waiting sessions", requeued)
             finally:
                 db.session.remove()
-        threading.Thread(target=sweep, name="optideck-stale-sweep", daemon=True).start()
+        threading.Thread(
+            target=_sweep_until, args=(app, stopping, announce), name="optideck-stale-sweep", daemon=True
+        ).start()
 
     @signals.worker_process_init.connect(weak=False)
     def on_fork(**_: Any) -> None:
@@ -172,13 +278,16 @@ def run_worker(app: Flask, loglevel: str = "INFO") -> None:
     @signals.worker_shutdown.connect(weak=False)
     def on_shutdown(**_: Any) -> None:
         stopping.set()
+        if queue.registry is not None:
+            # On failure its key expires by itself.
+            with contextlib.suppress(redis.RedisError, OSError):
+                queue.registry.withdraw(name)
 
-    # Named by pid: several workers on one host stay apart.
     celery.worker_main(
         [
             "worker",
             f"--loglevel={loglevel}",
-            f"--hostname=optideck-{os.getpid()}@%h",
+            f"--hostname={name}",
             "--pool=prefork",
             "--without-mingle",
             "--without-gossip",

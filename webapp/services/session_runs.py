@@ -138,8 +138,15 @@ def job_for(session: OptimizationSession) -> dict:
     }
 
 
+def _locked(session_id: int) -> OptimizationSession | None:
+    """The session, read afresh and locked until the commit (on PostgreSQL): a worker's
+    report and another process's sweep of the same session happen one after the other, so
+    it is finished once, with one event."""
+    return db.session.get(OptimizationSession, session_id, with_for_update=True, populate_existing=True)
+
+
 def _running(session_id: int) -> OptimizationSession | None:
-    session = db.session.get(OptimizationSession, session_id)
+    session = _locked(session_id)
     if session is None or session.status != SessionStatus.RUNNING.value:
         return None
     return session
@@ -247,7 +254,7 @@ def _finish_completed(session: OptimizationSession, results: dict) -> None:
 
 
 def record_failed(session_id: int, error_type: str, message: str) -> None:
-    session = db.session.get(OptimizationSession, session_id)
+    session = _locked(session_id)
     if session is None or session.is_finished:
         return
     session.error_type, session.error_message = error_type, message
@@ -258,7 +265,7 @@ def record_failed(session_id: int, error_type: str, message: str) -> None:
 
 
 def record_cancelled(session_id: int) -> None:
-    session = db.session.get(OptimizationSession, session_id)
+    session = _locked(session_id)
     if session is None or session.is_finished:
         return
     _finish(session, SessionStatus.CANCELLED, utcnow())

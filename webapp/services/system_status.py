@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import UTC, datetime
 
 from flask import Flask
 from sqlalchemy import func, select
@@ -39,6 +40,17 @@ def current() -> dict:
         "capacity": capacity,
         "queued": counts.get(SessionStatus.QUEUED.value, 0),
     }
+
+
+def workers() -> list[dict] | None:
+    """The Celery workers alive now (name, host, pid, concurrency, started), or None: with
+    the local executor the web processes are the workers, and with a broker other than
+    Redis, or Redis down, they cannot be counted."""
+    executor = get("executor")
+    found = executor.workers() if hasattr(executor, "workers") else None
+    if found is None:
+        return None
+    return [{**w, "started_at": datetime.fromtimestamp(w["started"], UTC)} for w in found]
 
 
 class StatusWatch:

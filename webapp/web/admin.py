@@ -109,6 +109,8 @@ def system():
         server=settings["server"],
         multiprocess=metrics.multiprocess_dir() is not None,
         load=system_status.current(),
+        backend=settings["executor"]["backend"],
+        workers=system_status.workers(),
         connections=metrics.connections_open(),
         alerts=metrics.alerts_raised(),
         failures=metrics.recent_failures(),

@@ -1,15 +1,30 @@
-"""Benchmark: live events to 1,000 WebSocket clients of one server process.
+"""Benchmark: live events to 1,000 WebSocket clients of one server process, or to
+5,000 spread over two processes that fan out over Redis.
 
     python3 bench/live_fanout.py [--clients 1000] [--sessions 8] [--users 4]
+                                 [--processes 1] [--client-processes 1]
+                                 [--database-url URL --redis-url URL [--backend celery|local]]
+
+Scaled out (the issue's run; create the database first, `createdb bench_fanout`):
+
+    python3 bench/live_fanout.py --clients 5000 --processes 2 --client-processes 4 \\
+        --database-url postgresql+psycopg://postgres@127.0.0.1:5432/bench_fanout \\
+        --redis-url redis://127.0.0.1:6379/5 --backend celery
 
 Starts the real server (`flask --app webapp serve`, one gunicorn worker, a
-thread per connection), opens N clients on /api/v1/ws (a fifth as an admin who
-sees everything, the rest spread over operators who see their own), then runs
-real optimization sessions (the demo MLP, int8) owned by the operators. Each
-event carries the time it was published; the client notes when it arrived.
-Prints event-to-client latency p50/p99, events lost (started and finished
-events a client should have had and did not get), and the worker's memory per
-connection. Nothing is asserted.
+thread per connection), or with --processes N that many servers sharing one
+database, model store and Redis (its database FLUSHED first), opens N clients
+on /api/v1/ws spread evenly over the servers (a fifth as an admin who sees
+everything, the rest spread over operators who see their own), then runs real
+optimization sessions (the demo MLP, int8) owned by the operators, all started
+through the first server, so events reach the other servers' clients only over
+Redis. Sessions run on the servers' own executors (--backend local) or on one
+Celery worker (`flask --app webapp worker`; --backend celery). The clients run
+in --client-processes OS processes (asyncio each), so one event loop is not the
+bottleneck. Each event carries the time it was published; the client notes when
+it arrived. Prints event-to-client latency p50/p99/max, events lost (started and
+finished events a client should have had and did not get), resyncs, and each
+server's memory per connection. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -17,7 +32,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
+import os
+import resource
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -33,17 +54,23 @@ SECRET = "bench" * 8
 TERMINAL = {"session_completed", "session_failed", "session_cancelled"}
 
 
-def seed(instance: Path, operators: int) -> dict[str, dict]:
-    """Users with tokens and, for each operator, the demo MLP uploaded (analysed for real)."""
+def seed(instance: Path, operators: int, database_url: str | None = None) -> dict[str, dict]:
+    """Users with tokens and, for each operator, the demo MLP uploaded (analysed for real),
+    in <instance>/storage, the model store every server and worker is given."""
     from flask_migrate import upgrade
 
     from webapp import create_app
     from webapp.engine import demo_models
     from webapp.services import model_store, tokens, users
 
-    app = create_app(
-        {"app": {"instance_dir": str(instance), "secret_key": SECRET}, "logging": {"level": "WARNING"}}
-    )
+    overrides = {
+        "app": {"instance_dir": str(instance), "secret_key": SECRET},
+        "logging": {"level": "WARNING"},
+        "storage": {"dir": str(instance / "storage")},
+    }
+    if database_url:
+        overrides["database"] = {"url": database_url}
+    app = create_app(overrides)
     data = demo_models.digits(image=False)
     network = demo_models.mlp(hidden=256)
     demo_models.train(network, data, epochs=4)
@@ -77,75 +104,48 @@ def start_session(url: str, account: dict) -> int:
 
 
 def worker_stats(master_pid: int) -> dict:
-    """RSS and threads of gunicorn's (only) worker process."""
+    """RSS and threads of a server's (only) gunicorn worker process."""
     children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
     status = Path(f"/proc/{children[0]}/status").read_text()
     fields = dict(line.split(":", 1) for line in status.splitlines())
     return {"rss_kb": int(fields["VmRSS"].split()[0]), "threads": int(fields["Threads"])}
 
 
+def may_see(username: str, accounts: dict, owner: int) -> bool:
+    return username == "bench-admin" or accounts[username]["id"] == owner
+
+
 class Client:
     def __init__(self, username: str):
         self.username = username
         self.received: list[tuple[float, str]] = []  # (arrival, raw message)
+        self.finished: set[int] = set()  # sessions whose terminal event arrived
         self.ready = asyncio.Event()
+        self.ws = None
 
     async def run(self, url: str, token: str):
         async with websockets.connect(
-            url, additional_headers={"Authorization": f"Bearer {token}"}, max_queue=None, ping_interval=None
+            url,
+            additional_headers={"Authorization": f"Bearer {token}"},
+            max_queue=None,
+            ping_interval=None,
+            open_timeout=120,
+            proxy=None,
         ) as ws:
             self.ws = ws
             await ws.recv()  # the snapshot's system_status
             self.ready.set()
-            # Ends when run() closes the connection.
+            # Ends when the connection is closed.
             async for raw in ws:
                 self.received.append((time.time(), raw))  # parsed later, off the clock
+                if '"session_completed"' in raw or '"session_failed"' in raw or '"session_cancelled"' in raw:
+                    self.finished.add(json.loads(raw)["data"].get("session_id"))
 
     def events(self) -> list[tuple[float, dict]]:
         return [(arrived, json.loads(raw)) for arrived, raw in self.received]
 
 
-async def run(args, url: str, port: int, accounts: dict, server: Server) -> dict:
-    operators = [name for name in accounts if name != "bench-admin"]
-    clients = []
-    for n in range(args.clients):
-        name = "bench-admin" if n % 5 == 0 else operators[n % len(operators)]
-        clients.append(Client(name))
-    before = worker_stats(server.process.pid)
-    began = time.perf_counter()
-    tasks = []
-    for client in clients:
-        tasks.append(
-            asyncio.create_task(
-                client.run(f"ws://127.0.0.1:{port}/api/v1/ws", accounts[client.username]["token"])
-            )
-        )
-        await asyncio.sleep(0.002)  # a steady stream of connects, not one burst
-    await asyncio.wait_for(asyncio.gather(*(c.ready.wait() for c in clients)), 120)
-    connect_seconds = time.perf_counter() - began
-    await asyncio.sleep(2)
-    connected = worker_stats(server.process.pid)
-
-    owner_of = {}
-    for n in range(args.sessions):
-        name = operators[n % len(operators)]
-        session_id = await asyncio.to_thread(start_session, url, accounts[name])
-        owner_of[session_id] = accounts[name]["id"]
-
-    def finished(client):
-        seen = {e["data"].get("session_id") for _, e in client.events() if e["event"] in TERMINAL}
-        return all(sid in seen for sid, owner in owner_of.items() if may_see(client, owner))
-
-    def may_see(client, owner):
-        return client.username == "bench-admin" or accounts[client.username]["id"] == owner
-
-    deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline and not all(finished(c) for c in clients[-50:]):
-        await asyncio.sleep(0.5)
-    await asyncio.sleep(3)  # let the last events reach every client
-    await asyncio.gather(*(c.ws.close() for c in clients), return_exceptions=True)
-    await asyncio.gather(*tasks, return_exceptions=True)
-
+def tally(clients: list[Client], accounts: dict, owner_of: dict[int, int]) -> dict:
     latencies, lost, expected, progress, resyncs = [], 0, 0, 0, 0
     for client in clients:
         seen = set()
@@ -164,23 +164,154 @@ async def run(args, url: str, port: int, accounts: dict, server: Server) -> dict
                 )
             )
         for session_id, owner in owner_of.items():
-            if may_see(client, owner):
+            if may_see(client.username, accounts, owner):
                 expected += 2
                 lost += ("session_started", session_id) not in seen
                 lost += not any((name, session_id) in seen for name in TERMINAL)
+    return {
+        "latencies": latencies,
+        "lost": lost,
+        "expected": expected,
+        "progress": progress,
+        "resyncs": resyncs,
+    }
+
+
+def client_process(share: list[tuple[str, str]], accounts: dict, timeout: float, conn) -> None:
+    """One OS process's clients: (username, ws url) each. Reports ("ready", connect seconds),
+    then waits for the sessions' owners, then reports its tally."""
+    raise_open_files(len(share) + 200)
+
+    async def main():
+        clients = [Client(username) for username, _ in share]
+        began = time.perf_counter()
+        tasks = []
+        for client, (_, url) in zip(clients, share, strict=True):
+            tasks.append(asyncio.create_task(client.run(url, accounts[client.username]["token"])))
+            await asyncio.sleep(0.002)  # a steady stream of connects, not one burst
+        waiting = asyncio.gather(*(c.ready.wait() for c in clients))
+        await asyncio.wait_for(waiting, 180)
+        conn.send(("ready", time.perf_counter() - began))
+        owner_of = await asyncio.to_thread(conn.recv)
+
+        def done(client):
+            visible = [sid for sid, owner in owner_of.items() if may_see(client.username, accounts, owner)]
+            return all(sid in client.finished for sid in visible)
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not all(done(c) for c in clients):
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(3)  # let the last events reach every client
+        await asyncio.gather(*(c.ws.close() for c in clients if c.ws), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        conn.send(("tally", tally(clients, accounts, owner_of)))
+
+    asyncio.run(main())
+
+
+def raise_open_files(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            raise SystemExit(f"ulimit -n allows {hard} open files, {needed} needed")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+def start_celery_worker(folder: Path, env: dict) -> subprocess.Popen:
+    """A `flask worker` in a process group of its own (stopped with its children)."""
+    folder.mkdir()
+    log = folder / "worker.log"
+    with log.open("ab") as out:
+        process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            [sys.executable, "-m", "flask", "--app", "webapp", "worker"],
+            cwd=folder,
+            env={**env, "OPTIDECK_APP_INSTANCE_DIR": str(folder)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 120
+    while " ready." not in log.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_group(process)
+            raise RuntimeError(f"celery worker did not start:\n{log.read_text()}")
+        time.sleep(0.2)
+    return process
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def run(args, accounts: dict, servers: list[Server]) -> dict:
+    operators = [name for name in accounts if name != "bench-admin"]
+    # Client n: an admin every fifth, on server n % len(servers), in OS process n % k.
+    shares: list[list[tuple[str, str]]] = [[] for _ in range(args.client_processes)]
+    per_server = [0] * len(servers)
+    for n in range(args.clients):
+        name = "bench-admin" if n % 5 == 0 else operators[n % len(operators)]
+        server = servers[n % len(servers)]
+        per_server[n % len(servers)] += 1
+        shares[n % args.client_processes].append((name, f"ws://127.0.0.1:{server.port}/api/v1/ws"))
+    before = [worker_stats(s.process.pid) for s in servers]
+    context = multiprocessing.get_context("spawn")
+    pipes, children = [], []
+    for share in shares:
+        mine, theirs = context.Pipe()
+        child = context.Process(
+            target=client_process, args=(share, accounts, args.timeout, theirs), daemon=True
+        )
+        child.start()
+        pipes.append(mine)
+        children.append(child)
+    try:
+        connect_seconds = 0.0
+        for pipe in pipes:
+            if not pipe.poll(240):
+                raise RuntimeError("a client process did not connect its clients in time")
+            connect_seconds = max(connect_seconds, pipe.recv()[1])
+        time.sleep(2)
+        connected = [worker_stats(s.process.pid) for s in servers]
+
+        owner_of = {}
+        for n in range(args.sessions):
+            name = operators[n % len(operators)]
+            session_id = start_session(servers[0].url, accounts[name])  # through the first server only
+            owner_of[session_id] = accounts[name]["id"]
+        for pipe in pipes:
+            pipe.send(owner_of)
+        tallies = []
+        for pipe in pipes:
+            if not pipe.poll(args.timeout + 120):
+                raise RuntimeError("a client process did not report")
+            tallies.append(pipe.recv()[1])
+    finally:
+        for child in children:
+            child.join(10)
+            if child.is_alive():
+                child.kill()
+    latencies = [ms for t in tallies for ms in t["latencies"]]
     quantiles = statistics.quantiles(latencies, n=100)
     return {
         "connect_seconds": connect_seconds,
+        "per_server": per_server,
         "before": before,
         "connected": connected,
         "messages": len(latencies),
-        "progress": progress,
+        "progress": sum(t["progress"] for t in tallies),
         "p50": statistics.median(latencies),
         "p99": quantiles[98],
         "max": max(latencies),
-        "lost": lost,
-        "expected": expected,
-        "resyncs": resyncs,
+        "lost": sum(t["lost"] for t in tallies),
+        "expected": sum(t["expected"] for t in tallies),
+        "resyncs": sum(t["resyncs"] for t in tallies),
     }
 
 
@@ -190,34 +321,65 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=8)
     parser.add_argument("--users", type=int, default=4, help="operators owning sessions")
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--processes", type=int, default=1, help="servers (one gunicorn worker each)")
+    parser.add_argument("--client-processes", type=int, default=1, help="OS processes running the clients")
+    parser.add_argument("--database-url", default=None, help="shared by the servers (needed for > 1)")
+    parser.add_argument("--redis-url", default=None, help="fan-out and broker (FLUSHED; needed for > 1)")
+    parser.add_argument("--backend", choices=["local", "celery"], default="local", help="who runs sessions")
     args = parser.parse_args()
+    if (args.processes > 1 or args.backend == "celery") and not (args.database_url and args.redis_url):
+        parser.error("--processes > 1 and --backend celery need --database-url and --redis-url")
+    per_server = -(-args.clients // args.processes)
+    raise_open_files(args.clients + 500)
 
     with tempfile.TemporaryDirectory() as tmp:
         instance = Path(tmp)
-        accounts = seed(instance, args.users)
-        server = Server(
-            instance,
-            {
-                "OPTIDECK_APP_SECRET_KEY": SECRET,
-                "OPTIDECK_LOGGING_LEVEL": "WARNING",
-                # A thread per open WebSocket, plus some for ordinary requests.
-                "OPTIDECK_SERVER_THREADS": str(args.clients + 50),
-                # Every client comes from this host, a few hundred per account: no such caps.
-                "OPTIDECK_LIVE_MAX_PER_USER": "0",
-                "OPTIDECK_LIVE_MAX_PER_ADDRESS": "0",
-            },
-        ).start()
-        try:
-            result = asyncio.run(run(args, server.url, server.port, accounts, server))
-        finally:
-            server.stop()
+        accounts = seed(instance, args.users, args.database_url)
+        env = {
+            "OPTIDECK_APP_SECRET_KEY": SECRET,
+            "OPTIDECK_LOGGING_LEVEL": "WARNING",
+            "OPTIDECK_STORAGE_DIR": str(instance / "storage"),
+            # A thread per open WebSocket, plus some for ordinary requests.
+            "OPTIDECK_SERVER_THREADS": str(per_server + 50),
+            # Every client comes from this host, a few hundred per account: no such caps.
+            "OPTIDECK_LIVE_MAX_PER_USER": "0",
+            "OPTIDECK_LIVE_MAX_PER_ADDRESS": "0",
+            "OPTIDECK_EXECUTOR_BACKEND": args.backend,
+        }
+        if args.database_url:
+            env["OPTIDECK_DATABASE_URL"] = args.database_url
+        if args.redis_url:
+            import redis
 
-    rss = result["connected"]["rss_kb"] - result["before"]["rss_kb"]
+            redis.Redis.from_url(args.redis_url).flushdb()
+            env["OPTIDECK_REDIS_URL"] = args.redis_url
+        servers: list[Server] = []
+        worker = None
+        try:
+            for n in range(args.processes):
+                folder = instance / f"web{n}"
+                folder.mkdir()
+                servers.append(Server(folder, env).start())
+            if args.backend == "celery":
+                worker = start_celery_worker(instance / "celery", servers[0].env)
+            started = time.perf_counter()
+            result = run(args, accounts, servers)
+            wall = time.perf_counter() - started
+        finally:
+            if worker is not None:
+                stop_group(worker)
+            for server in servers:
+                server.stop()
+
+    runner = "one Celery worker" if args.backend == "celery" else "each server's own executor"
     print(
-        f"{args.clients} clients on /api/v1/ws, one gunicorn worker; {args.sessions} sessions "
-        f"(demo MLP, int8) by {args.users} operators; a fifth of the clients are admins"
+        f"{args.clients} clients on /api/v1/ws over {args.processes} server process(es) "
+        f"(one gunicorn worker each; {' + '.join(map(str, result['per_server']))} clients), "
+        f"in {args.client_processes} client process(es); {args.sessions} sessions (demo MLP, int8) "
+        f"by {args.users} operators, started through the first server, run by {runner}; "
+        f"a fifth of the clients are admins; {wall:.0f} s from first connect to last tally"
     )
-    print(f"{'metric':<42}{'value':>14}")
+    print(f"{'metric':<48}{'value':>14}")
     rows = [
         ("connect all clients (s)", f"{result['connect_seconds']:.1f}"),
         ("messages received (all clients)", f"{result['messages']:,}"),
@@ -227,11 +389,14 @@ def main() -> None:
         ("event-to-client latency max (ms)", f"{result['max']:.1f}"),
         ("started/finished events lost", f"{result['lost']} of {result['expected']:,}"),
         ("resyncs (a client fell behind)", f"{result['resyncs']}"),
-        ("worker memory per connection (KiB)", f"{rss / args.clients:.0f}"),
-        ("worker threads with all connected", f"{result['connected']['threads']:,}"),
     ]
+    for n, (before, connected) in enumerate(zip(result["before"], result["connected"], strict=True)):
+        rss = connected["rss_kb"] - before["rss_kb"]
+        rows.append((f"server {n}: memory per connection (KiB)", f"{rss / result['per_server'][n]:.0f}"))
+        rows.append((f"server {n}: worker RSS, all connected (MiB)", f"{connected['rss_kb'] / 1024:.0f}"))
+        rows.append((f"server {n}: worker threads, all connected", f"{connected['threads']:,}"))
     for name, value in rows:
-        print(f"{name:<42}{value:>14}")
+        print(f"{name:<48}{value:>14}")
 
 
 if __name__ == "__main__":

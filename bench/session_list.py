@@ -1,23 +1,38 @@
 """Benchmark: the session list and dashboard statistics at 100,000 sessions.
 
     python3 bench/session_list.py [--sessions 100000] [--clients 8] [--requests 400]
+                                  [--workers 1[,2,4]] [--redis-url redis://127.0.0.1:6379/5]
                                   [--database-url postgresql+psycopg://postgres@127.0.0.1/bench]
 
-Seeds a fresh database (SQLite by default) with sessions spread over owners,
-models, statuses and 90 days, starts the real server (`flask --app webapp
-serve`, gunicorn) and sends each scenario from N concurrent keep-alive clients.
-Prints p50/p95/p99 latency and requests per second; nothing is asserted.
-The list and the cached statistics run on the default configuration (cached
-for 10 s, cleared by any change); the uncached statistics with the cache off.
+Scaled out (the issue's run; create the database first, `createdb bench_list`):
+
+    python3 bench/session_list.py --sessions 1000000 --clients 8 --requests 2000 --workers 1,2,4 \\
+        --database-url postgresql+psycopg://postgres@127.0.0.1:5432/bench_list \\
+        --redis-url redis://127.0.0.1:6379/5
+
+Seeds a fresh database (SQLite by default) once with sessions spread over owners,
+models, statuses and 90 days (on PostgreSQL with COPY), then for each worker count
+starts the real server (`flask --app webapp serve`, gunicorn with that many worker
+processes) and sends each scenario from N concurrent keep-alive clients. With
+--redis-url the server's processes share the dashboard cache and list totals there;
+that Redis database is FLUSHED before each server starts, so every worker count
+begins with a cold cache, and the web processes run no executor (the Celery backend,
+no worker started), so the seeded `queued` sessions stay queued. Without Redis the
+server's local executor claims and runs them while the benchmark runs. Prints
+p50/p95/p99 latency and requests per second per worker count; nothing is asserted.
+The list and the cached statistics run on the default configuration (cached for
+10 s, cleared by any change); the uncached statistics with the cache off.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import random
 import tempfile
 import time
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 
 import loadgen
@@ -64,6 +79,46 @@ def seed(instance: Path, database_url: str | None, count: int) -> str:
         rng = random.Random(0)  # noqa: S311 - reproducible test data, not secrets
         now = utcnow()
         statuses = ["completed"] * 7 + ["failed", "cancelled", "queued"]
+        copy = db.engine.dialect.name == "postgresql"
+        table = OptimizationSession.__table__
+        columns = [
+            "model_id", "owner_id", "status", "progress", "techniques", "parameters", "criteria", "plan",
+            "results", "size_reduction_percent", "speed_improvement_percent", "created_at", "updated_at",
+            "completed_at",
+        ]  # fmt: skip
+
+        def flush(rows: list[dict]) -> None:
+            if not copy:
+                db.session.execute(table.insert(), rows)
+                db.session.commit()
+                return
+            # PostgreSQL: COPY, a round trip per batch and no statement to plan, in its
+            # text format (JSON as text; naive UTC, as webapp.tables.UTCDateTime stores).
+            buffer = io.StringIO()
+            for row in rows:
+                fields = []
+                for column in columns:
+                    value = row[column]
+                    if value is None:
+                        fields.append("\\N")
+                    elif isinstance(value, (dict, list)):
+                        fields.append(json.dumps(value).replace("\\", "\\\\"))
+                    elif column.endswith("_at"):
+                        fields.append(value.astimezone(UTC).replace(tzinfo=None).isoformat())
+                    else:
+                        fields.append(str(value))
+                buffer.write("\t".join(fields) + "\n")
+            raw = db.engine.raw_connection()
+            try:
+                with (
+                    raw.cursor() as cursor,
+                    cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as out,
+                ):
+                    out.write(buffer.getvalue())
+                raw.commit()
+            finally:
+                raw.close()
+
         batch = []
         for _ in range(count):
             model = models[rng.randrange(len(models))]
@@ -97,13 +152,11 @@ def seed(instance: Path, database_url: str | None, count: int) -> str:
                     "completed_at": created + timedelta(seconds=30) if done else None,
                 }
             )
-            if len(batch) == 5000:
-                db.session.execute(OptimizationSession.__table__.insert(), batch)
-                db.session.commit()
+            if len(batch) == 20000:
+                flush(batch)
                 batch = []
         if batch:
-            db.session.execute(OptimizationSession.__table__.insert(), batch)
-            db.session.commit()
+            flush(batch)
         db.session.commit()
         # Statistics for the planner; on PostgreSQL also the policy map autovacuum
         # would build on a live system (without it index-only scans read the table).
@@ -113,7 +166,9 @@ def seed(instance: Path, database_url: str | None, count: int) -> str:
         return tokens.create_personal(admin, "bench", 1, False).access_token
 
 
-def serve(instance: Path, database_url: str | None, cache_seconds: int, workers: int) -> Server:
+def serve(
+    instance: Path, database_url: str | None, cache_seconds: int, workers: int, redis_url: str | None = None
+) -> Server:
     env = {
         "OPTIDECK_APP_SECRET_KEY": "bench" * 8,
         "OPTIDECK_LOGGING_LEVEL": "WARNING",
@@ -123,18 +178,73 @@ def serve(instance: Path, database_url: str | None, cache_seconds: int, workers:
     }
     if database_url:
         env["OPTIDECK_DATABASE_URL"] = database_url
+    if redis_url:
+        import redis
+
+        redis.Redis.from_url(redis_url).flushdb()  # a cold shared cache for every server
+        env["OPTIDECK_REDIS_URL"] = redis_url
+        # The scaled-out deployment: web processes run no executor (Celery workers would,
+        # none is started here). With the local executor every web process would claim the
+        # tenth of seeded sessions that are `queued` (fake models) and run them, two at a
+        # time, for the whole benchmark: sandboxed workers eating the CPU, and each change
+        # clearing the cache.
+        env["OPTIDECK_EXECUTOR_BACKEND"] = "celery"
     return Server(instance, env).start()
 
 
 def load(port: int, token: str, path: str, clients: int, requests: int) -> dict:
     """`requests` GETs shared by `clients`, after one client's run to warm the server's
-    caches and pools; any answer but 200 stops the benchmark."""
+    caches and pools (and, with several workers, a round from every client so each
+    process has its pool open); any answer but 200 stops the benchmark."""
     per_client = max(1, requests // clients)
     loadgen.run(port, token, path, 1, per_client)
+    loadgen.run(port, token, path, clients, 4)
     result = loadgen.run(port, token, path, clients, per_client)
     if result["errors"]:
         raise RuntimeError(f"{path}: {result['errors']}")
     return result
+
+
+def measure(instance: Path, token: str, args, workers: int, scenarios: list[tuple[str, str]]) -> list:
+    rows = []
+    # The default configuration (statistics and list totals cached for 10 s, cleared
+    # by any change), then the cache turned off for the uncached statistics.
+    server = serve(instance, args.database_url, 10, workers, args.redis_url)
+    try:
+        for name, path in scenarios:
+            rows.append((name, load(server.port, token, path, args.clients, args.requests)))
+            print_row(workers, *rows[-1])
+        rows.append(
+            (
+                "stats, cached",
+                load(server.port, token, "/api/v1/dashboard/stats", args.clients, args.requests),
+            )
+        )
+        print_row(workers, *rows[-1])
+    finally:
+        server.stop()
+    server = serve(instance, args.database_url, 0, workers, args.redis_url)
+    try:
+        rows.append(
+            (
+                "stats, uncached",
+                load(server.port, token, "/api/v1/dashboard/stats", args.clients, args.requests),
+            )
+        )
+        print_row(workers, *rows[-1])
+    finally:
+        server.stop()
+    return rows
+
+
+HEADER = f"{'workers':>7}  {'scenario':<36}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'req/s':>9}"
+
+
+def print_row(workers: int, name: str, r: dict) -> None:
+    print(
+        f"{workers:>7}  {name:<36}{r['p50']:>9.1f}{r['p95']:>9.1f}{r['p99']:>9.1f}{r['rps']:>9.0f}",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -143,7 +253,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--database-url", default=None)
-    parser.add_argument("--workers", type=int, default=1, help="gunicorn worker processes")
+    parser.add_argument("--redis-url", default=None, help="shared cache of the server's processes (flushed)")
+    parser.add_argument(
+        "--workers",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1],
+        help="gunicorn worker processes; a list (1,2,4) measures each in turn",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -152,7 +268,8 @@ def main() -> None:
         token = seed(instance, args.database_url, args.sessions)
         print(
             f"seeded {args.sessions:,} sessions in {time.perf_counter() - started:.1f} s "
-            f"({args.database_url or 'SQLite'})"
+            f"({args.database_url or 'SQLite'})",
+            flush=True,
         )
         deep = (args.sessions * 9 // 10) // 50 * 50
         scenarios = [
@@ -164,39 +281,20 @@ def main() -> None:
             ("list, sorted by size", "/api/v1/optimization/sessions?sort=size"),
             (f"list, deep page (skip={deep:,})", f"/api/v1/optimization/sessions?skip={deep}"),
         ]
-        rows = []
-        # The default configuration (statistics and list totals cached for 10 s, cleared
-        # by any change), then the cache turned off for the uncached statistics.
-        server = serve(instance, args.database_url, 10, args.workers)
-        try:
-            for name, path in scenarios:
-                rows.append((name, load(server.port, token, path, args.clients, args.requests)))
-            rows.append(
-                (
-                    "stats, cached",
-                    load(server.port, token, "/api/v1/dashboard/stats", args.clients, args.requests),
-                )
-            )
-        finally:
-            server.stop()
-        server = serve(instance, args.database_url, 0, args.workers)
-        try:
-            rows.append(
-                (
-                    "stats, uncached",
-                    load(server.port, token, "/api/v1/dashboard/stats", args.clients, args.requests),
-                )
-            )
-        finally:
-            server.stop()
+        print(HEADER, flush=True)
+        results = {}
+        for workers in args.workers:
+            results[workers] = measure(instance, token, args, workers, scenarios)
 
+    print()
     print(
-        f"{args.clients} concurrent clients, {args.requests} requests per scenario, "
-        f"gunicorn ({args.workers} worker(s), 16 threads each)"
+        f"{args.clients} concurrent clients, {args.requests} requests per scenario, gunicorn "
+        f"(16 threads per worker), {'Redis ' + args.redis_url if args.redis_url else 'no Redis'}"
     )
-    print(f"{'scenario':<36}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'req/s':>9}")
-    for name, r in rows:
-        print(f"{name:<36}{r['p50']:>9.1f}{r['p95']:>9.1f}{r['p99']:>9.1f}{r['rps']:>9.0f}")
+    print(HEADER)
+    for workers, rows in results.items():
+        for name, r in rows:
+            print_row(workers, name, r)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import redis
 from alembic.migration import MigrationContext
@@ -49,15 +47,14 @@ def check_database() -> list[Check]:
 
 
 def check_storage() -> Check:
-    path = Path(current_app.config["OPTIDECK"]["storage"]["dir"])
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
-            pass
+        detail = current_app.extensions["optideck.blobs"].check()
     except OSError as exc:
         # /readyz answers anyone: the folder is named by storage.dir, not here.
         return Check("storage", False, f"storage.dir is not writable: {exc.strerror}")
-    return Check("storage", True, "writable")
+    except Exception as exc:  # noqa: BLE001 - boto3's errors: the bucket, its credentials, the network
+        return Check("storage", False, f"the bucket is not reachable: {type(exc).__name__}")
+    return Check("storage", True, detail)
 
 
 def check_redis() -> Check | None:

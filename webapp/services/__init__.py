@@ -11,16 +11,15 @@ from flask import Flask, current_app
 
 def init_app(app: Flask) -> None:
     from ..config import ConfigError
-    from . import alerts, notifications
+    from . import alerts, notifications, storage
     from .executor import LocalExecutor
     from .model_store import AnalysisSlots
     from .sandbox import Sandbox
-    from .storage import BlobStore
     from .system_status import StatusWatch
 
     config = app.config["OPTIDECK"]
     app.extensions["optideck.notifications"] = notifications.for_config(config)
-    app.extensions["optideck.blobs"] = BlobStore(config["storage"]["dir"])
+    app.extensions["optideck.blobs"] = storage.for_config(config)
     app.extensions["optideck.sandbox"] = Sandbox(config)
     app.extensions["optideck.analysis_slots"] = AnalysisSlots(
         config["uploads"]["max_concurrent_analyses"], config["uploads"]["analysis_timeout_seconds"]

@@ -107,7 +107,19 @@ class Supervisor:
     def launch(self, session: OptimizationSession, start_worker: Callable[[int], Worker]) -> _Running | None:
         """Give a claimed session's job to a worker from `start_worker(threads)`; None
         when no worker could take it (the session is failed)."""
-        job = session_runs.job_for(session)
+        try:
+            job = session_runs.job_for(session)
+        except FileNotFoundError:
+            session_runs.record_failed(
+                session.id, "storage_error", "The model's file is missing from storage."
+            )
+            return None
+        except Exception as exc:  # noqa: BLE001 - a bucket store's errors (network, credentials)
+            log.warning("session %s: could not read its model from storage", session.id, exc_info=True)
+            session_runs.record_failed(
+                session.id, "storage_error", f"The model store could not be read ({type(exc).__name__})."
+            )
+            return None
         worker = None
         try:
             worker = start_worker(int(job["criteria"]["threads"]))

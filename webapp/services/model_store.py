@@ -328,8 +328,9 @@ def delete(model: ModelMetadata, by: User) -> None:
 
 
 def file_path(model: ModelMetadata) -> Path:
-    return get("blobs").path_for(model.sha256)
+    """The model's file on this host's disk (fetched first from a bucket store)."""
+    return get("blobs").local_copy(model.sha256)
 
 
 def eval_path(model: ModelMetadata) -> Path | None:
-    return get("blobs").path_for(model.eval_data_sha256) if model.eval_data_sha256 else None
+    return get("blobs").local_copy(model.eval_data_sha256) if model.eval_data_sha256 else None

@@ -199,10 +199,10 @@ def artifact_path(session: OptimizationSession, candidate: int | None = None) ->
                 {"candidate": ["Only the candidates on the front (and the chosen one) are kept."]},
             )
         sha256 = kept
-    path = get("blobs").path_for(sha256)
-    if not path.is_file():
-        raise ServiceError(404, "not_found", "The optimized model file is missing from storage.")
-    return path
+    try:
+        return get("blobs").local_copy(sha256)
+    except FileNotFoundError:
+        raise ServiceError(404, "not_found", "The optimized model file is missing from storage.") from None
 
 
 def artifact_download_name(session: OptimizationSession, candidate: int | None = None) -> str:

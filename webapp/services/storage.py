@@ -1,18 +1,37 @@
-"""A content-addressed file store: files are named by their sha256, never by the user."""
+"""A content-addressed file store: files are named by their sha256, never by the user.
+
+`BlobStore` keeps them in a folder (`storage.dir`: local disk, or a shared filesystem
+mounted on every host). `S3BlobStore` keeps them in an S3-compatible bucket through
+boto3, with `storage.dir` as this host's cache of the files it has read: the sandbox
+and downloads need a file on disk, and the same bytes never change under one name.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 CHUNK = 1 << 20
+
+log = logging.getLogger("optideck.storage")
 
 
 class TooLarge(Exception):
     pass
+
+
+@dataclass
+class Aside:
+    """A file taken out of the store until the transaction that removed it commits
+    (`discard`) or fails (`put_back`)."""
+
+    sha256: str
+    local: tuple[Path, Path] | None  # (tombstone, path) of the local copy
 
 
 class BlobStore:
@@ -26,7 +45,15 @@ class BlobStore:
         return path
 
     def path_for(self, sha256: str) -> Path:
+        """Where the file lies on this host, if it is here (see local_copy)."""
         return self.root / "objects" / sha256[:2] / sha256
+
+    def local_copy(self, sha256: str) -> Path:
+        """The file on this host's disk; FileNotFoundError when the store lacks it."""
+        path = self.path_for(sha256)
+        if not path.is_file():
+            raise FileNotFoundError(sha256)
+        return path
 
     def spool(self, stream: BinaryIO, limit: int, suffix: str = "") -> tuple[Path, str, int]:
         """Copy a stream to a temporary file in chunks: (path, sha256, size)."""
@@ -57,6 +84,31 @@ class BlobStore:
         os.replace(tmp_path, target)
         return target
 
+    def set_aside(self, sha256: str) -> Aside:
+        """Take the file out of the store, reversibly (the caller holds its row's lock)."""
+        path = self.path_for(sha256)
+        tombstone = path.with_name(path.name + ".removing")
+        try:
+            os.replace(path, tombstone)
+        except FileNotFoundError:
+            return Aside(sha256, None)
+        return Aside(sha256, (tombstone, path))
+
+    def put_back(self, aside: Aside) -> None:
+        if aside.local is not None:
+            os.replace(*aside.local)
+
+    def discard(self, aside: Aside) -> None:
+        if aside.local is not None:
+            aside.local[0].unlink(missing_ok=True)
+
+    def check(self) -> str:
+        """What /readyz says of the store; OSError when it cannot be written."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=self.root, prefix=".write-check-"):
+            pass
+        return "writable"
+
     @staticmethod
     def digest(path: Path) -> tuple[str, int]:
         """(sha256, size) of a file."""
@@ -66,3 +118,120 @@ class BlobStore:
                 digest.update(chunk)
                 size += len(chunk)
         return digest.hexdigest(), size
+
+
+class S3BlobStore(BlobStore):
+    """Files in an S3-compatible bucket (AWS S3, MinIO, Ceph...), under
+    `<prefix>objects/<sha256>`; `root` is this host's cache and spool folder.
+
+    Credentials come from boto3's usual places (AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY, a profile, an instance role), never from config.toml.
+    """
+
+    def __init__(self, root: str, bucket: str, prefix: str = "", endpoint_url: str = "", region: str = ""):
+        super().__init__(root)
+        import boto3
+        from botocore.config import Config
+
+        self.bucket, self.prefix = bucket, prefix
+        self.client: Any = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url or None,
+            region_name=region or None,
+            # A stuck bucket fails a request in seconds instead of holding a thread.
+            config=Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 3}),
+        )
+
+    def key_for(self, sha256: str) -> str:
+        return f"{self.prefix}objects/{sha256}"
+
+    def _exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def _move(self, source: str, target: str) -> None:
+        """S3 has no rename: a server-side copy, then the delete."""
+        source_ref = {"Bucket": self.bucket, "Key": source}
+        self.client.copy_object(Bucket=self.bucket, Key=target, CopySource=source_ref)
+        self.client.delete_object(Bucket=self.bucket, Key=source)
+
+    def adopt(self, tmp_path: Path, sha256: str) -> Path:
+        """Upload a spooled file unless the bucket has these bytes; keep it as this host's
+        cached copy. (Under its row's lock: no removal of the same bytes runs meanwhile.)"""
+        key = self.key_for(sha256)
+        if not self._exists(key):
+            self.client.upload_file(str(tmp_path), self.bucket, key)
+        return super().adopt(tmp_path, sha256)
+
+    def local_copy(self, sha256: str) -> Path:
+        """This host's cached copy, downloaded first when it has none."""
+        from botocore.exceptions import ClientError
+
+        path = self.path_for(sha256)
+        if path.is_file():
+            return path
+        fd, name = tempfile.mkstemp(dir=self.tmp_dir, suffix=".download")
+        os.close(fd)
+        try:
+            self.client.download_file(self.bucket, self.key_for(sha256), name)
+        except ClientError as exc:
+            Path(name).unlink(missing_ok=True)
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise FileNotFoundError(sha256) from None
+            raise
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(name, path)  # two hosts' readers may race: the same bytes either way
+        return path
+
+    def set_aside(self, sha256: str) -> Aside:
+        """Move the object to a tombstone key (a server-side copy), and the cached copy
+        to a tombstone name, so that an upload of the same bytes meanwhile stores them anew."""
+        key = self.key_for(sha256)
+        if self._exists(key):
+            self._move(key, key + ".removing")
+        return super().set_aside(sha256)
+
+    def put_back(self, aside: Aside) -> None:
+        key = self.key_for(aside.sha256)
+        if self._exists(key + ".removing"):
+            self._move(key + ".removing", key)
+        super().put_back(aside)
+
+    def discard(self, aside: Aside) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.key_for(aside.sha256) + ".removing")
+        super().discard(aside)
+
+    def check(self) -> str:
+        super().check()
+        self.client.head_bucket(Bucket=self.bucket)
+        return f"bucket {self.bucket} reachable"
+
+
+def for_config(config: dict) -> BlobStore:
+    """The store `storage.backend` names."""
+    from ..config import ConfigError
+
+    settings = config["storage"]
+    if settings["backend"] == "local":
+        return BlobStore(settings["dir"])
+    if settings["backend"] == "s3":
+        if not settings["s3_bucket"]:
+            raise ConfigError('storage.backend = "s3" needs storage.s3_bucket')
+        return S3BlobStore(
+            settings["dir"],
+            settings["s3_bucket"],
+            prefix=settings["s3_prefix"],
+            endpoint_url=settings["s3_endpoint_url"],
+            region=settings["s3_region"],
+        )
+    raise ConfigError(f'storage.backend must be "local" or "s3", not {settings["backend"]!r}')

@@ -9,7 +9,6 @@ model using the same bytes wait for each other instead of losing the file.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from ..extensions import db
 from ..tables import ModelMetadata, OptimizationSession, SessionCandidate, StoredFile, utcnow
 from . import get
+from .storage import Aside
 
 log = logging.getLogger("optideck.storage")
 
@@ -77,27 +77,25 @@ def commit_releasing(hashes: Sequence[str | None]) -> None:
     files nothing refers to any more. A file leaves the store only with the commit: it is
     set aside first and put back should the commit fail."""
     db.session.flush()
-    aside: list[tuple[Path, Path]] = []
+    blobs = get("blobs")
+    aside: list[Aside] = []
     try:
         for sha256 in dict.fromkeys(h for h in hashes if h):
             row = _lock(sha256)
             if references(sha256):
                 continue
-            path = get("blobs").path_for(sha256)
-            tombstone = path.with_name(path.name + ".removing")
-            try:
-                os.replace(path, tombstone)
-            except FileNotFoundError:
-                pass
-            else:
-                aside.append((tombstone, path))
+            aside.append(blobs.set_aside(sha256))
             row.removed_at = utcnow()
         db.session.commit()
     except BaseException:
         db.session.rollback()
-        for tombstone, path in aside:
-            os.replace(tombstone, path)
+        for taken in aside:
+            blobs.put_back(taken)
         raise
-    for tombstone, _ in aside:
-        tombstone.unlink(missing_ok=True)
-        log.info("removed stored file %s: nothing refers to it", tombstone.name[:12])
+    for taken in aside:
+        try:
+            blobs.discard(taken)
+        except Exception:  # the rows are gone: a leftover file costs space, not correctness
+            log.warning("stored file %s: could not remove it", taken.sha256[:12], exc_info=True)
+            continue
+        log.info("removed stored file %s: nothing refers to it", taken.sha256[:12])

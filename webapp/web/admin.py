@@ -119,5 +119,6 @@ def system():
         storage=metrics.storage_use(),
         database=db.engine.url.get_backend_name(),
         redis_configured=bool(settings["redis"]["url"]),
+        store=settings["storage"],
         metrics_settings=settings["metrics"],
     )

@@ -1,8 +1,9 @@
-"""A real Optideck server in a subprocess, for tests and benchmarks.
+"""A real Optideck server in a subprocess, for tests and benchmarks, and Celery workers.
 
 `flask --app webapp serve` (gunicorn) as an operator starts it, on a free port with
-an instance folder of its own. It lives in the package, as flask.testing does, so
-that tests/ and bench/ both import it without either reaching into the other.
+an instance folder of its own; `start_worker` runs `flask --app webapp worker`. It
+lives in the package, as flask.testing does, so that tests/ and bench/ both import it
+without either reaching into the other.
 """
 
 from __future__ import annotations
@@ -80,3 +81,39 @@ class Server:
             self.process.kill()
             self.process.wait()
         return time.monotonic() - began
+
+
+def start_worker(env: dict[str, str], folder: Path) -> subprocess.Popen:
+    """A Celery worker in a process group of its own (killing the group kills its pool
+    and sandboxed sessions too), once it says it is ready."""
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "worker.log"
+    with log.open("ab") as out:
+        process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            [sys.executable, "-m", "flask", "--app", "webapp", "worker"],
+            cwd=folder,
+            env={**env, "OPTIDECK_APP_INSTANCE_DIR": str(folder)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 60
+    while " ready." not in log.read_text():
+        if process.poll() is not None:
+            raise RuntimeError(f"worker exited with {process.returncode}:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"worker not ready after 60 s:\n{log.read_text()}")
+        time.sleep(0.1)
+    return process
+
+
+def stop_worker(process: subprocess.Popen) -> None:
+    """A warm shutdown (SIGTERM to the group), then SIGKILL if it lingers."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -14,9 +14,8 @@ import urllib.request
 import pytest
 import redis
 
-from tests.live.processes import start_worker, stop_worker
 from tests.live.wsclient import token_for, upload_model
-from webapp.testing import Server
+from webapp.testing import Server, start_worker, stop_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("celery")]
 

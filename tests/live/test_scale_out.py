@@ -19,16 +19,16 @@ from playwright.sync_api import expect, sync_playwright
 
 from tests.e2e.helpers import CHROMIUM, CHROMIUM_ARGS, log_in
 from tests.helpers import PASSWORD
-from tests.live.processes import start_worker, stop_worker
 from tests.live.wsclient import (
     TERMINAL,
     events_until_done,
+    next_event,
     open_socket,
     receive_json,
     token_for,
     upload_model,
 )
-from webapp.testing import Server
+from webapp.testing import Server, start_worker, stop_worker
 
 pytestmark = pytest.mark.slow
 
@@ -74,19 +74,6 @@ def post(server, path, token, body=None):
     )
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - localhost
         return response.status, json.load(response)
-
-
-def next_event(ws, session_id, names, seconds):
-    """The next event of this session whose name is in `names`."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        message = ws.receive(timeout=1)
-        if message is None:
-            continue
-        event = json.loads(message)
-        if event["event"] in names and event["data"].get("session_id") == session_id:
-            return event
-    raise AssertionError(f"no {names} for session {session_id} within {seconds} s")
 
 
 def test_two_web_processes_one_worker_a_kill_and_a_redis_restart(app, cluster, own_redis, demo_files):

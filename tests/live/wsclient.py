@@ -110,8 +110,8 @@ def start_session(app, token, demo_files) -> int:
     return start_on(app, token, upload_model(app, token, demo_files))
 
 
-def events_until_done(ws, session_id, seconds=120):
-    seen = []
+def session_events(ws, session_id, seconds):
+    """This session's events as they arrive, until `seconds` have passed (then it fails)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         message = ws.receive(timeout=1)
@@ -119,7 +119,19 @@ def events_until_done(ws, session_id, seconds=120):
             continue
         event = json.loads(message)
         if event["data"].get("session_id") == session_id:
-            seen.append(event)
-            if event["event"] in TERMINAL:
-                return seen
-    raise AssertionError(f"no end event; saw {[e['event'] for e in seen]}")
+            yield event
+    raise AssertionError(f"nothing more of session {session_id} within {seconds} s")
+
+
+def events_until_done(ws, session_id, seconds=120):
+    seen = []
+    for event in session_events(ws, session_id, seconds):
+        seen.append(event)
+        if event["event"] in TERMINAL:
+            return seen
+    raise AssertionError("unreachable: session_events raises when time is up")
+
+
+def next_event(ws, session_id, names, seconds):
+    """The next event of this session whose name is in `names`."""
+    return next(event for event in session_events(ws, session_id, seconds) if event["event"] in names)

@@ -13,6 +13,7 @@ from flask_migrate import Migrate
 from sqlalchemy import text
 
 from .extensions import csrf, db
+from .services.errors import ServiceError
 from .services.notifications import RedisNotificationService
 
 log = logging.getLogger("optideck.health")
@@ -52,8 +53,8 @@ def check_storage() -> Check:
     except OSError as exc:
         # /readyz answers anyone: the folder is named by storage.dir, not here.
         return Check("storage", False, f"storage.dir is not writable: {exc.strerror}")
-    except Exception as exc:  # noqa: BLE001 - boto3's errors: the bucket, its credentials, the network
-        return Check("storage", False, f"the bucket is not reachable: {type(exc).__name__}")
+    except ServiceError:  # a bucket store's: logged there with its cause
+        return Check("storage", False, "the model store's bucket is not reachable")
     return Check("storage", True, detail)
 
 

@@ -12,7 +12,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from tests.helpers import api_client_for
+from tests.helpers import api_client_for, tiny_onnx_model
 from webapp.config import ConfigError
 from webapp.services.storage import S3BlobStore, for_config
 from webapp.testing import free_port
@@ -160,4 +160,35 @@ def test_models_sessions_and_deletes_go_through_the_bucket(s3, make_app, tmp_pat
         # The session's artifact keeps its own file; the model's goes with the model.
         assert operator.delete(f"/api/v1/models/{model['model_id']}").status_code == 204
         assert keys(s3) == [f"optideck/objects/{artifact_sha}"]
+        app.extensions["optideck.executor"].shutdown()
+
+
+def test_an_unreachable_bucket_is_a_503_that_changes_nothing(make_app, tmp_path, monkeypatch):
+    """With the bucket down, is an upload refused with the JSON error body (nothing stored,
+    no file left in the spool), and does /readyz say the store is not reachable?"""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    closed = f"http://127.0.0.1:{free_port()}"
+    app = make_app(storage={"backend": "s3", "s3_bucket": BUCKET, "s3_endpoint_url": closed})
+    with app.app_context():
+        ready = app.test_client().get("/readyz")
+        assert ready.status_code == 503
+        assert ready.get_json()["checks"]["storage"] == {
+            "ok": False,
+            "detail": "the model store's bucket is not reachable",
+        }
+        operator = api_client_for(app, "s3-down")
+        content = tiny_onnx_model(tmp_path / "m.onnx").read_bytes()
+        response = operator.post(
+            "/api/v1/models",
+            content_type="multipart/form-data",
+            data={"file": (io.BytesIO(content), "m.onnx"), "name": "nowhere"},
+        )
+        assert response.status_code == 503, response.get_json()
+        body = response.get_json()
+        assert body["error"] == "storage_unavailable"
+        assert "nothing was changed" in body["message"]
+        assert operator.get("/api/v1/models").get_json()["total"] == 0
+        assert list(app.extensions["optideck.blobs"].tmp_dir.iterdir()) == []
         app.extensions["optideck.executor"].shutdown()

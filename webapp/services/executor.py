@@ -33,6 +33,7 @@ from ..engine.search_runner import candidate_name
 from ..extensions import db
 from ..tables import OptimizationSession, SessionStatus, utcnow
 from . import artifacts, session_runs
+from .errors import ServiceError
 from .sandbox import SandboxError, Worker
 
 log = logging.getLogger("optideck.executor")
@@ -114,11 +115,8 @@ class Supervisor:
                 session.id, "storage_error", "The model's file is missing from storage."
             )
             return None
-        except Exception as exc:  # noqa: BLE001 - a bucket store's errors (network, credentials)
-            log.warning("session %s: could not read its model from storage", session.id, exc_info=True)
-            session_runs.record_failed(
-                session.id, "storage_error", f"The model store could not be read ({type(exc).__name__})."
-            )
+        except ServiceError as exc:  # a bucket store that cannot be reached
+            session_runs.record_failed(session.id, "storage_error", exc.message)
             return None
         worker = None
         try:

@@ -12,9 +12,13 @@ import hashlib
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from .errors import ServiceError
 
 CHUNK = 1 << 20
 
@@ -139,8 +143,24 @@ class S3BlobStore(BlobStore):
             endpoint_url=endpoint_url or None,
             region_name=region or None,
             # A stuck bucket fails a request in seconds instead of holding a thread.
-            config=Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 3}),
+            config=Config(connect_timeout=3, read_timeout=60, retries={"max_attempts": 2}),
         )
+
+    @contextmanager
+    def _bucket(self, doing: str) -> Iterator[None]:
+        """A bucket that cannot be reached (network, credentials, permissions) is a 503 the
+        caller's transaction rolls back on, not an internal error."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except (BotoCoreError, ClientError) as exc:
+            log.warning("model store bucket %s: could not %s: %s", self.bucket, doing, exc)
+            raise ServiceError(
+                503,
+                "storage_unavailable",
+                "The model store cannot be reached just now; nothing was changed. Try again shortly.",
+            ) from exc
 
     def key_for(self, sha256: str) -> str:
         return f"{self.prefix}objects/{sha256}"
@@ -148,26 +168,29 @@ class S3BlobStore(BlobStore):
     def _exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
+        with self._bucket("look up a file"):
+            try:
+                self.client.head_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if _missing(exc):
+                    return False
+                raise
         return True
 
     def _move(self, source: str, target: str) -> None:
         """S3 has no rename: a server-side copy, then the delete."""
-        source_ref = {"Bucket": self.bucket, "Key": source}
-        self.client.copy_object(Bucket=self.bucket, Key=target, CopySource=source_ref)
-        self.client.delete_object(Bucket=self.bucket, Key=source)
+        with self._bucket("move a file"):
+            source_ref = {"Bucket": self.bucket, "Key": source}
+            self.client.copy_object(Bucket=self.bucket, Key=target, CopySource=source_ref)
+            self.client.delete_object(Bucket=self.bucket, Key=source)
 
     def adopt(self, tmp_path: Path, sha256: str) -> Path:
         """Upload a spooled file unless the bucket has these bytes; keep it as this host's
         cached copy. (Under its row's lock: no removal of the same bytes runs meanwhile.)"""
         key = self.key_for(sha256)
         if not self._exists(key):
-            self.client.upload_file(str(tmp_path), self.bucket, key)
+            with self._bucket("store a file"):
+                self.client.upload_file(str(tmp_path), self.bucket, key)
         return super().adopt(tmp_path, sha256)
 
     def local_copy(self, sha256: str) -> Path:
@@ -180,12 +203,13 @@ class S3BlobStore(BlobStore):
         fd, name = tempfile.mkstemp(dir=self.tmp_dir, suffix=".download")
         os.close(fd)
         try:
-            self.client.download_file(self.bucket, self.key_for(sha256), name)
-        except ClientError as exc:
-            Path(name).unlink(missing_ok=True)
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                raise FileNotFoundError(sha256) from None
-            raise
+            with self._bucket("read a file"):
+                try:
+                    self.client.download_file(self.bucket, self.key_for(sha256), name)
+                except ClientError as exc:
+                    if _missing(exc):
+                        raise FileNotFoundError(sha256) from None
+                    raise
         except BaseException:
             Path(name).unlink(missing_ok=True)
             raise
@@ -208,13 +232,20 @@ class S3BlobStore(BlobStore):
         super().put_back(aside)
 
     def discard(self, aside: Aside) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self.key_for(aside.sha256) + ".removing")
+        with self._bucket("remove a file"):
+            self.client.delete_object(Bucket=self.bucket, Key=self.key_for(aside.sha256) + ".removing")
         super().discard(aside)
 
     def check(self) -> str:
         super().check()
-        self.client.head_bucket(Bucket=self.bucket)
+        with self._bucket("check the bucket"):
+            self.client.head_bucket(Bucket=self.bucket)
         return f"bucket {self.bucket} reachable"
+
+
+def _missing(exc: Any) -> bool:
+    """Is a botocore ClientError S3's "no such key"?"""
+    return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
 
 
 def for_config(config: dict) -> BlobStore:

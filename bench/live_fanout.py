@@ -129,7 +129,7 @@ class Client:
             additional_headers={"Authorization": f"Bearer {token}"},
             max_queue=None,
             ping_interval=None,
-            open_timeout=120,
+            open_timeout=300,
             proxy=None,
         ) as ws:
             self.ws = ws
@@ -177,7 +177,7 @@ def tally(clients: list[Client], accounts: dict, owner_of: dict[int, int]) -> di
     }
 
 
-def client_process(share: list[tuple[str, str]], accounts: dict, timeout: float, conn) -> None:
+def client_process(share: list[tuple[str, str]], accounts: dict, timeout: float, pause: float, conn) -> None:
     """One OS process's clients: (username, ws url) each. Reports ("ready", connect seconds),
     then waits for the sessions' owners, then reports its tally."""
     raise_open_files(len(share) + 200)
@@ -188,9 +188,9 @@ def client_process(share: list[tuple[str, str]], accounts: dict, timeout: float,
         tasks = []
         for client, (_, url) in zip(clients, share, strict=True):
             tasks.append(asyncio.create_task(client.run(url, accounts[client.username]["token"])))
-            await asyncio.sleep(0.002)  # a steady stream of connects, not one burst
+            await asyncio.sleep(pause)  # a steady stream of connects, not one burst
         waiting = asyncio.gather(*(c.ready.wait() for c in clients))
-        await asyncio.wait_for(waiting, 180)
+        await asyncio.wait_for(waiting, 300 + len(clients) * pause)
         conn.send(("ready", time.perf_counter() - began))
         owner_of = await asyncio.to_thread(conn.recv)
 
@@ -266,7 +266,9 @@ def run(args, accounts: dict, servers: list[Server]) -> dict:
     for share in shares:
         mine, theirs = context.Pipe()
         child = context.Process(
-            target=client_process, args=(share, accounts, args.timeout, theirs), daemon=True
+            target=client_process,
+            args=(share, accounts, args.timeout, args.client_processes / args.connect_rate, theirs),
+            daemon=True,
         )
         child.start()
         pipes.append(mine)
@@ -274,7 +276,7 @@ def run(args, accounts: dict, servers: list[Server]) -> dict:
     try:
         connect_seconds = 0.0
         for pipe in pipes:
-            if not pipe.poll(240):
+            if not pipe.poll(360 + args.clients / args.connect_rate):
                 raise RuntimeError("a client process did not connect its clients in time")
             connect_seconds = max(connect_seconds, pipe.recv()[1])
         time.sleep(2)
@@ -323,6 +325,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--processes", type=int, default=1, help="servers (one gunicorn worker each)")
     parser.add_argument("--client-processes", type=int, default=1, help="OS processes running the clients")
+    parser.add_argument("--connect-rate", type=float, default=500, help="new connections per second, in all")
     parser.add_argument("--database-url", default=None, help="shared by the servers (needed for > 1)")
     parser.add_argument("--redis-url", default=None, help="fan-out and broker (FLUSHED; needed for > 1)")
     parser.add_argument("--backend", choices=["local", "celery"], default="local", help="who runs sessions")

@@ -10,7 +10,7 @@ import redis
 
 from tests.conftest import _logged_in
 from tests.factories import gen_model, gen_session
-from tests.helpers import make_user
+from tests.helpers import api_client_for, make_user
 from webapp.extensions import db
 from webapp.services import system_status
 from webapp.services.celery_queue import WorkerRegistry
@@ -47,11 +47,19 @@ def test_capacity_is_the_sum_over_the_live_workers(celery_app):
     assert (load["capacity"], load["idle"]) == (6, 6)
     assert sorted(w["name"] for w in system_status.workers()) == ["w1@host", "w2@host"]
 
+    scrape = celery_app.test_client().get("/metrics", headers=admin_token(celery_app)).get_data(as_text=True)
+    assert "optideck_celery_workers 2.0" in scrape
+    assert "optideck_workers_capacity 6.0" in scrape
+
     registry.withdraw("w1@host")
     assert system_status.current()["capacity"] == 4
     time.sleep(2.1)  # w2 stopped renewing: its key expired
     assert system_status.current()["capacity"] == 0
     assert system_status.workers() == []
+
+
+def admin_token(app) -> dict:
+    return {"Authorization": f"Bearer {api_client_for(app, 'metrics-admin', 'admin').token}"}
 
 
 def test_redis_down_costs_the_count_not_the_status(make_app):

@@ -185,13 +185,18 @@ class DatabaseCollector:
         )
         yield GaugeMetricFamily("optideck_workers_busy", "Sessions running now.", load["busy"])
         yield GaugeMetricFamily(
-            "optideck_workers_capacity", "Sessions the executor runs at once.", load["capacity"]
+            "optideck_workers_capacity",
+            "Sessions that can run at once (every live Celery worker's concurrency, added up).",
+            load["capacity"],
         )
         yield GaugeMetricFamily(
             "optideck_worker_utilisation",
             "Busy workers over capacity (0..1).",
             load["busy"] / load["capacity"] if load["capacity"] else 0.0,
         )
+        workers = system_status.workers()
+        if workers is not None:  # Celery workers alive now, every host (capacity adds theirs up)
+            yield GaugeMetricFamily("optideck_celery_workers", "Celery workers alive now.", len(workers))
 
 
 class _ThisProcess:

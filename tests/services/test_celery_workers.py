@@ -12,8 +12,8 @@ from tests.conftest import _logged_in
 from tests.factories import gen_model, gen_session
 from tests.helpers import api_client_for, make_user
 from webapp.extensions import db
-from webapp.services import system_status
-from webapp.services.celery_queue import WorkerRegistry
+from webapp.services import celery_queue, system_status
+from webapp.services.celery_queue import WORKER_KEY_PREFIX, WORKERS_KEY, WorkerRegistry
 from webapp.tables import OptimizationSession, utcnow
 
 URL = "redis://127.0.0.1:6379/13"
@@ -21,8 +21,10 @@ pytestmark = pytest.mark.xdist_group("redis-db-13")
 
 
 @pytest.fixture
-def celery_app(make_app):
+def celery_app(make_app, monkeypatch):
     redis.Redis.from_url(URL).flushdb()
+    # Every read goes to Redis (a process otherwise reads the registry once a second).
+    monkeypatch.setattr(celery_queue, "WORKERS_READ_SECONDS", 0)
     app = make_app(
         executor={"backend": "celery", "max_workers": 3, "heartbeat_timeout_seconds": 5},
         redis={"url": URL},
@@ -53,9 +55,30 @@ def test_capacity_is_the_sum_over_the_live_workers(celery_app):
 
     registry.withdraw("w1@host")
     assert system_status.current()["capacity"] == 4
-    time.sleep(2.1)  # w2 stopped renewing: its key expired
+    time.sleep(2.1)  # w2 stopped renewing: its announcement expired
     assert system_status.current()["capacity"] == 0
     assert system_status.workers() == []
+
+
+def test_a_record_of_another_shape_is_left_out_not_a_500(celery_app):
+    """Does a worker record the page cannot use (another version's, or not JSON) leave the
+    System page, the dashboard and the load working, counting only the sound ones?"""
+    registry = WorkerRegistry(URL, ttl_seconds=30)
+    registry.announce("sound@host", 2, time.time())
+    client = redis.Redis.from_url(URL)
+    for name, raw in [
+        ("text", '{"name": "text", "host": "h", "pid": 1, "concurrency": "2", "started": 1}'),
+        ("missing", '{"name": "missing", "host": "h", "pid": 1, "started": 1}'),
+        ("list", "[1, 2]"),
+        ("garbage", "{not json"),
+    ]:
+        client.set(WORKER_KEY_PREFIX + name, raw, ex=30)
+        client.zadd(WORKERS_KEY, {name: time.time() + 30})
+    assert [w["name"] for w in system_status.workers()] == ["sound@host"]
+    assert system_status.current()["capacity"] == 2
+    admin = _logged_in(celery_app, "admin").client
+    assert admin.get("/admin/system").status_code == 200
+    assert admin.get("/dashboard").status_code == 200
 
 
 def admin_token(app) -> dict:

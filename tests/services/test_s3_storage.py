@@ -14,6 +14,8 @@ from moto.server import ThreadedMotoServer
 
 from tests.helpers import api_client_for, tiny_onnx_model
 from webapp.config import ConfigError
+from webapp.services import stored_files
+from webapp.services.errors import ServiceError
 from webapp.services.storage import S3BlobStore, for_config
 from webapp.testing import free_port
 
@@ -65,33 +67,34 @@ def test_a_file_stored_on_one_host_is_read_on_another(s3, tmp_path):
         worker.local_copy(hashlib.sha256(b"never stored").hexdigest())
 
 
-def test_a_removal_is_undone_by_a_rollback_and_final_after_a_commit(s3, tmp_path):
+def test_nothing_leaves_the_bucket_before_the_commit(s3, tmp_path):
+    """Setting a file aside (the delete's transaction is still open) keeps the bucket's
+    copy, so a rollback loses nothing even if the bucket then fails; forget() after the
+    commit removes it."""
     store = S3BlobStore(str(tmp_path / "web"), BUCKET, endpoint_url=s3)
     path, sha, _ = spooled(store, b"artifact bytes")
     store.adopt(path, sha)
 
     aside = store.set_aside(sha)
-    assert keys(s3) == [f"objects/{sha}.removing"]
-    store.put_back(aside)  # the transaction failed
     assert keys(s3) == [f"objects/{sha}"]
+    store.put_back(aside)  # the transaction failed
     assert store.local_copy(sha).read_bytes() == b"artifact bytes"
 
     store.discard(store.set_aside(sha))  # it committed
+    store.forget(sha)
     assert keys(s3) == []
     assert not store.path_for(sha).exists()
 
 
-def test_an_upload_during_a_removal_keeps_its_bytes(s3, tmp_path):
-    """The same bytes uploaded again while their last user's delete commits: the upload
-    stores them anew, and the delete's clean-up does not take them."""
+def test_a_download_that_does_not_match_its_hash_is_refused(s3, tmp_path):
     store = S3BlobStore(str(tmp_path / "web"), BUCKET, endpoint_url=s3)
-    path, sha, _ = spooled(store, b"shared bytes")
-    store.adopt(path, sha)
-    aside = store.set_aside(sha)
-    again, _, _ = spooled(store, b"shared bytes")
-    store.adopt(again, sha)
-    store.discard(aside)
-    assert keys(s3) == [f"objects/{sha}"]
+    sha = hashlib.sha256(b"the real bytes").hexdigest()
+    boto3.client("s3", endpoint_url=s3).put_object(Bucket=BUCKET, Key=store.key_for(sha), Body=b"other bytes")
+    with pytest.raises(ServiceError) as refused:
+        store.local_copy(sha)
+    assert refused.value.status == 503
+    assert not store.path_for(sha).exists()
+    assert list(store.tmp_dir.iterdir()) == []
 
 
 @pytest.mark.parametrize(
@@ -116,7 +119,7 @@ def test_models_sessions_and_deletes_go_through_the_bucket(s3, make_app, tmp_pat
     app = make_app(storage={"backend": "s3", "s3_bucket": BUCKET, "s3_endpoint_url": s3})
     with app.app_context():
         ready = app.test_client().get("/readyz").get_json()
-        assert ready["checks"]["storage"] == {"ok": True, "detail": f"bucket {BUCKET} reachable"}
+        assert ready["checks"]["storage"] == {"ok": True, "detail": "bucket reachable"}
         operator = api_client_for(app, "s3-operator")
         content = demo_files["onnx"].read_bytes()  # int8 shrinks it: the artifact is a file of its own
         model = operator.post(
@@ -160,6 +163,17 @@ def test_models_sessions_and_deletes_go_through_the_bucket(s3, make_app, tmp_pat
         # The session's artifact keeps its own file; the model's goes with the model.
         assert operator.delete(f"/api/v1/models/{model['model_id']}").status_code == 204
         assert keys(s3) == [f"optideck/objects/{artifact_sha}"]
+
+        # The same bytes uploaded again: a clean-up of the earlier delete arriving late (it
+        # runs after its commit) finds them referenced again and leaves them.
+        again = operator.post(
+            "/api/v1/models",
+            content_type="multipart/form-data",
+            data={"file": (io.BytesIO(content), "m.onnx"), "name": "bucketed-again"},
+        )
+        assert again.status_code == 201, again.get_json()
+        stored_files._forget_unused(model["sha256"])
+        assert f"optideck/objects/{model['sha256']}" in keys(s3)
         app.extensions["optideck.executor"].shutdown()
 
 

@@ -48,7 +48,10 @@ MARGIN_SECONDS = 3600
 # How long a task whose session's owner already runs as many sessions as allowed waits
 # before it asks again, in poll periods.
 OWNER_BUSY_POLLS = 5
+WORKERS_KEY = "optideck:celery:workers"
 WORKER_KEY_PREFIX = "optideck:celery:worker:"
+# The System page and system_status read the live workers this often at most per process.
+WORKERS_READ_SECONDS = 1.0
 # A worker renews its key every sweep; the key outlives a few missed renewals, so a busy
 # machine does not drop a live worker from the count, and a dead one leaves it soon.
 WORKER_KEY_RENEWALS = 3
@@ -67,9 +70,8 @@ def sweep_seconds(config: dict) -> float:
     return min(executor.STALE_SWEEP_SECONDS, config["executor"]["heartbeat_timeout_seconds"] / 4)
 
 
-def _sweep_until(app: Flask, stopping: threading.Event, also: Any = None) -> None:
-    """Fail stale sessions every sweep period until `stopping` is set; `also()` runs each
-    period too (a worker renews its registry key)."""
+def _sweep_until(app: Flask, stopping: threading.Event) -> None:
+    """Fail stale sessions every sweep period until `stopping` is set."""
     heartbeat_timeout = app.config["OPTIDECK"]["executor"]["heartbeat_timeout_seconds"]
     with app.app_context():
         while True:
@@ -82,15 +84,15 @@ def _sweep_until(app: Flask, stopping: threading.Event, also: Any = None) -> Non
                 db.session.rollback()
             finally:
                 db.session.remove()
-            if also is not None:
-                also()
             if stopping.wait(sweep_seconds(app.config["OPTIDECK"])):
                 return
 
 
 class WorkerRegistry:
-    """The live Celery workers, each a Redis key renewed every sweep: its name, host,
-    pid, concurrency and when it started."""
+    """The live Celery workers: a sorted set of names scored by when each announcement
+    expires, and one key per worker holding its record (name, host, pid, concurrency,
+    started), both renewed every sweep. Reading it costs three round trips, whatever else
+    the Redis database holds."""
 
     def __init__(self, url: str, ttl_seconds: float) -> None:
         # Short timeouts: the System page and system_status read it, and must not hang on
@@ -106,16 +108,45 @@ class WorkerRegistry:
             "concurrency": concurrency,
             "started": started,
         }
-        self.client.set(WORKER_KEY_PREFIX + name, json.dumps(record), ex=self.ttl)
+        pipe = self.client.pipeline()
+        pipe.set(WORKER_KEY_PREFIX + name, json.dumps(record), ex=self.ttl)
+        pipe.zadd(WORKERS_KEY, {name: time.time() + self.ttl})
+        pipe.execute()
 
     def withdraw(self, name: str) -> None:
-        self.client.delete(WORKER_KEY_PREFIX + name)
+        pipe = self.client.pipeline()
+        pipe.delete(WORKER_KEY_PREFIX + name)
+        pipe.zrem(WORKERS_KEY, name)
+        pipe.execute()
 
     def live(self) -> list[dict]:
-        keys = sorted(self.client.scan_iter(match=WORKER_KEY_PREFIX + "*", count=500))
-        records = self.client.mget(keys) if keys else []
-        # A key may expire between the scan and the read.
-        return [json.loads(record) for record in records if record is not None]
+        pipe = self.client.pipeline()
+        pipe.zremrangebyscore(WORKERS_KEY, "-inf", time.time())
+        pipe.zrange(WORKERS_KEY, 0, -1)
+        names = pipe.execute()[1]
+        if not names:
+            return []
+        records = self.client.mget([WORKER_KEY_PREFIX.encode() + name for name in names])
+        # A key may expire between the two reads; a record not of this shape is skipped.
+        return [found for raw in records if raw is not None and (found := _worker_record(raw))]
+
+
+def _worker_record(raw: bytes | str) -> dict | None:
+    """A worker's record as announce() writes it, or None (logged) for anything else."""
+    try:
+        record = json.loads(raw)
+        if (
+            isinstance(record, dict)
+            and all(isinstance(record.get(k), str) for k in ("name", "host"))
+            and all(type(record.get(k)) is int and record[k] > 0 for k in ("pid", "concurrency"))
+            and isinstance(record.get("started"), int | float)
+            and 0 < record["started"] < 1e11
+        ):
+            return record
+    except ValueError:
+        pass
+    log.warning("a Celery worker record on Redis is not one this version writes; it is left out")
+    return None
 
 
 def registry_for(config: dict) -> WorkerRegistry | None:
@@ -178,6 +209,8 @@ class CeleryQueue:
         self.registry = registry_for(app.config["OPTIDECK"])
         self._stopping = threading.Event()
         self._sweeper: threading.Thread | None = None
+        self._workers_lock = threading.Lock()
+        self._workers_read: tuple[float, list[dict] | None] = (-WORKERS_READ_SECONDS, None)
 
     def start(self) -> None:
         """Sweep stale sessions: Celery workers run the sessions, but when every worker is
@@ -203,14 +236,20 @@ class CeleryQueue:
 
     def workers(self) -> list[dict] | None:
         """The live workers, or None when they cannot be counted (another broker than
-        Redis, or Redis unreachable)."""
+        Redis, or Redis unreachable); read at most once per WORKERS_READ_SECONDS."""
         if self.registry is None:
             return None
-        try:
-            return self.registry.live()
-        except (redis.RedisError, OSError, ValueError) as exc:
-            log.warning("could not read the live Celery workers: %s", exc)
-            return None
+        with self._workers_lock:
+            read_at, found = self._workers_read
+            if time.monotonic() - read_at < WORKERS_READ_SECONDS:
+                return found
+            try:
+                found = self.registry.live()
+            except (redis.RedisError, OSError) as exc:
+                log.warning("could not read the live Celery workers: %s", exc)
+                found = None
+            self._workers_read = (time.monotonic(), found)
+            return found
 
     def status(self) -> dict:
         running = db.session.scalar(
@@ -219,7 +258,7 @@ class CeleryQueue:
         workers = self.workers()
         # Uncountable: one worker's concurrency, the least a working deployment has.
         capacity = self.concurrency if workers is None else sum(w["concurrency"] for w in workers)
-        return {"busy": running or 0, "capacity": capacity, "workers": workers}
+        return {"busy": running or 0, "capacity": capacity}
 
     def shutdown(self, timeout: float = 10.0) -> None:
         self._stopping.set()
@@ -248,13 +287,17 @@ def run_worker(app: Flask, loglevel: str = "INFO") -> None:
     name = f"optideck-{os.getpid()}@{socket.gethostname()}"
     started = time.time()
 
-    def announce() -> None:
-        if queue.registry is None:
-            return
-        try:
-            queue.registry.announce(name, queue.concurrency, started)
-        except (redis.RedisError, OSError) as exc:  # Redis restarting: the next sweep renews it
-            log.warning("could not announce this worker: %s", exc)
+    def announce_until_stopped() -> None:
+        """Renew this worker's announcement every sweep period, in a thread of its own: a
+        sweep waiting on a row lock must not let the worker drop off the count."""
+        while not stopping.is_set():
+            try:
+                queue.registry.announce(name, queue.concurrency, started)
+            except (redis.RedisError, OSError) as exc:  # Redis restarting: the next one renews it
+                log.warning("could not announce this worker: %s", exc)
+            stopping.wait(sweep_seconds(app.config["OPTIDECK"]))
+
+    threads: list[threading.Thread] = []
 
     @signals.worker_ready.connect(weak=False)
     def on_ready(**_: Any) -> None:
@@ -265,9 +308,11 @@ def run_worker(app: Flask, loglevel: str = "INFO") -> None:
                     log.info("queued a task for %d waiting sessions", requeued)
             finally:
                 db.session.remove()
-        threading.Thread(
-            target=_sweep_until, args=(app, stopping, announce), name="optideck-stale-sweep", daemon=True
-        ).start()
+        threads.append(threading.Thread(target=_sweep_until, args=(app, stopping), daemon=True))
+        if queue.registry is not None:
+            threads.append(threading.Thread(target=announce_until_stopped, daemon=True))
+        for thread in threads:
+            thread.start()
 
     @signals.worker_process_init.connect(weak=False)
     def on_fork(**_: Any) -> None:
@@ -278,6 +323,8 @@ def run_worker(app: Flask, loglevel: str = "INFO") -> None:
     @signals.worker_shutdown.connect(weak=False)
     def on_shutdown(**_: Any) -> None:
         stopping.set()
+        for thread in threads:
+            thread.join(5)  # an announcement on its way must not outlive the withdrawal
         if queue.registry is not None:
             # On failure its key expires by itself.
             with contextlib.suppress(redis.RedisError, OSError):

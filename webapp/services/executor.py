@@ -32,7 +32,7 @@ from ..engine.runner import ARTIFACT_NAME
 from ..engine.search_runner import candidate_name
 from ..extensions import db
 from ..tables import OptimizationSession, SessionStatus, utcnow
-from . import artifacts, session_runs
+from . import artifacts, model_store, session_runs
 from .errors import ServiceError
 from .sandbox import SandboxError, Worker
 
@@ -118,6 +118,8 @@ class Supervisor:
         except ServiceError as exc:  # a bucket store that cannot be reached
             session_runs.record_failed(session.id, "storage_error", exc.message)
             return None
+        # Building the job may have fetched the files from a bucket: the clock restarts now.
+        session_runs.record_heartbeat(session.id)
         worker = None
         try:
             worker = start_worker(int(job["criteria"]["threads"]))
@@ -271,7 +273,15 @@ class Supervisor:
             return
         if now - running.heartbeat_written > HEARTBEAT_SECONDS:
             running.heartbeat_written = now
-            session_runs.record_heartbeat(running.session_id)
+            if not session_runs.record_heartbeat(running.session_id):
+                log.warning(
+                    "session %s was ended by another process; stopping its worker pid %s",
+                    running.session_id,
+                    running.worker.pid,
+                )
+                running.finished = True
+                running.worker.kill()
+                return
         if running.cancel_sent_at is not None:
             if now - running.cancel_sent_at > self.grace:
                 log.warning(
@@ -487,6 +497,7 @@ def run_one(app: Flask, session_id: int) -> bool:
     with app.app_context():
         try:
             supervisor = Supervisor(app)
+            _fetch_files(session_id)
             session = session_runs.claim(session_id, supervisor.per_user)
             if session is None:
                 return _not_claimed(session_id, supervisor.heartbeat_timeout)
@@ -496,6 +507,22 @@ def run_one(app: Flask, session_id: int) -> bool:
             return True
         finally:
             db.session.remove()
+
+
+def _fetch_files(session_id: int) -> None:
+    """Bring a queued session's files into this host's cache before it is claimed, so a slow
+    bucket delays the session's start, not its heartbeats. A failure is left for launch()
+    to report."""
+    session = db.session.get(OptimizationSession, session_id)
+    if session is None or session.status != SessionStatus.QUEUED.value:
+        return
+    try:
+        model_store.file_path(session.model)
+        model_store.eval_path(session.model)
+    except (ServiceError, FileNotFoundError):
+        pass
+    finally:
+        db.session.rollback()  # read only: end the transaction before the claim
 
 
 def _not_claimed(session_id: int, heartbeat_timeout: float) -> bool:

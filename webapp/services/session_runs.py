@@ -178,12 +178,17 @@ def record_event(session_id: int, kind: str, step: str | None, message: str, dat
     metrics.step_ended(session_id, kind, step)
 
 
-def record_heartbeat(session_id: int) -> None:
-    """The session's worker is alive (the executor calls this every few seconds)."""
+def record_heartbeat(session_id: int) -> bool:
+    """The session's worker is alive (the executor calls this every few seconds). False when
+    the session is no longer running: another process ended it (a sweep that judged its
+    worker lost), and its worker must stop."""
     session = _running(session_id)
-    if session is not None:
-        session.heartbeat_at = utcnow()
-        db.session.commit()
+    if session is None:
+        db.session.commit()  # the row lock
+        return False
+    session.heartbeat_at = utcnow()
+    db.session.commit()
+    return True
 
 
 def record_completed(
@@ -283,11 +288,19 @@ def fail_stale(heartbeat_timeout: float, except_ids: Set[int] = frozenset()) -> 
             (OptimizationSession.heartbeat_at.is_(None)) | (OptimizationSession.heartbeat_at < cutoff),
         )
     ).all()
-    lost = [sid for sid in stale if sid not in except_ids]
-    for session_id in lost:
+    lost = []
+    for session_id in stale:
+        if session_id in except_ids:
+            continue
+        # Judged again under the row's lock: its worker may have reported since the query.
+        session = _running(session_id)
+        if session is None or (session.heartbeat_at is not None and session.heartbeat_at >= cutoff):
+            db.session.commit()  # the row lock
+            continue
         record_failed(
             session_id, "worker_lost", f"The worker stopped reporting for more than {heartbeat_timeout:g} s."
         )
+        lost.append(session_id)
     return lost
 
 

@@ -3,7 +3,9 @@
 `BlobStore` keeps them in a folder (`storage.dir`: local disk, or a shared filesystem
 mounted on every host). `S3BlobStore` keeps them in an S3-compatible bucket through
 boto3, with `storage.dir` as this host's cache of the files it has read: the sandbox
-and downloads need a file on disk, and the same bytes never change under one name.
+and downloads need a file on disk, and the same bytes never change under one name. A file
+leaves the bucket only after the database commit that removed its last reference (a
+failure then leaves an unused object, never a model without its file).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +25,8 @@ from typing import Any, BinaryIO
 from .errors import ServiceError
 
 CHUNK = 1 << 20
+# How long a bucket check's answer is reused.
+PROBE_SECONDS = 5.0
 
 log = logging.getLogger("optideck.storage")
 
@@ -106,6 +112,14 @@ class BlobStore:
         if aside.local is not None:
             aside.local[0].unlink(missing_ok=True)
 
+    def forget(self, sha256: str) -> None:
+        """Remove what set_aside could not take back: nothing, for a folder."""
+
+    @property
+    def remote(self) -> bool:
+        """Whether files live elsewhere than this host's disk (forget() has work to do)."""
+        return False
+
     def check(self) -> str:
         """What /readyz says of the store; OSError when it cannot be written."""
         self.root.mkdir(parents=True, exist_ok=True)
@@ -138,13 +152,26 @@ class S3BlobStore(BlobStore):
         from botocore.config import Config
 
         self.bucket, self.prefix = bucket, prefix
-        self.client: Any = boto3.client(
-            "s3",
-            endpoint_url=endpoint_url or None,
-            region_name=region or None,
-            # A stuck bucket fails a request in seconds instead of holding a thread.
-            config=Config(connect_timeout=3, read_timeout=60, retries={"max_attempts": 2}),
-        )
+
+        def client(timeout: float, attempts: int) -> Any:
+            return boto3.client(
+                "s3",
+                endpoint_url=endpoint_url or None,
+                region_name=region or None,
+                config=Config(
+                    connect_timeout=min(timeout, 3),
+                    read_timeout=timeout,
+                    retries={"mode": "standard", "total_max_attempts": attempts},
+                ),
+            )
+
+        # A stuck bucket fails a request in about half a minute at most instead of holding
+        # a thread (and, during uploads and deletes, a row lock) for minutes.
+        self.client = client(15, 2)
+        # /readyz answers anyone, often: one quick try, its answer kept a few seconds.
+        self._probe = client(2, 1)
+        self._probe_lock = threading.Lock()
+        self._probed: tuple[float, ServiceError | None] = (-PROBE_SECONDS, None)
 
     @contextmanager
     def _bucket(self, doing: str) -> Iterator[None]:
@@ -162,6 +189,10 @@ class S3BlobStore(BlobStore):
                 "The model store cannot be reached just now; nothing was changed. Try again shortly.",
             ) from exc
 
+    @property
+    def remote(self) -> bool:
+        return True
+
     def key_for(self, sha256: str) -> str:
         return f"{self.prefix}objects/{sha256}"
 
@@ -176,13 +207,6 @@ class S3BlobStore(BlobStore):
                     return False
                 raise
         return True
-
-    def _move(self, source: str, target: str) -> None:
-        """S3 has no rename: a server-side copy, then the delete."""
-        with self._bucket("move a file"):
-            source_ref = {"Bucket": self.bucket, "Key": source}
-            self.client.copy_object(Bucket=self.bucket, Key=target, CopySource=source_ref)
-            self.client.delete_object(Bucket=self.bucket, Key=source)
 
     def adopt(self, tmp_path: Path, sha256: str) -> Path:
         """Upload a spooled file unless the bucket has these bytes; keep it as this host's
@@ -210,6 +234,9 @@ class S3BlobStore(BlobStore):
                     if _missing(exc):
                         raise FileNotFoundError(sha256) from None
                     raise
+            if self.digest(Path(name))[0] != sha256:
+                log.error("model store bucket %s: %s does not hold its bytes", self.bucket, sha256)
+                raise ServiceError(503, "storage_unavailable", "A file in the model store is damaged.")
         except BaseException:
             Path(name).unlink(missing_ok=True)
             raise
@@ -217,30 +244,28 @@ class S3BlobStore(BlobStore):
         os.replace(name, path)  # two hosts' readers may race: the same bytes either way
         return path
 
-    def set_aside(self, sha256: str) -> Aside:
-        """Move the object to a tombstone key (a server-side copy), and the cached copy
-        to a tombstone name, so that an upload of the same bytes meanwhile stores them anew."""
-        key = self.key_for(sha256)
-        if self._exists(key):
-            self._move(key, key + ".removing")
-        return super().set_aside(sha256)
-
-    def put_back(self, aside: Aside) -> None:
-        key = self.key_for(aside.sha256)
-        if self._exists(key + ".removing"):
-            self._move(key + ".removing", key)
-        super().put_back(aside)
-
-    def discard(self, aside: Aside) -> None:
+    def forget(self, sha256: str) -> None:
+        """Delete the object (after the commit that removed its last reference, under the
+        row's lock again: see stored_files.commit_releasing)."""
         with self._bucket("remove a file"):
-            self.client.delete_object(Bucket=self.bucket, Key=self.key_for(aside.sha256) + ".removing")
-        super().discard(aside)
+            self.client.delete_object(Bucket=self.bucket, Key=self.key_for(sha256))
 
     def check(self) -> str:
         super().check()
-        with self._bucket("check the bucket"):
-            self.client.head_bucket(Bucket=self.bucket)
-        return f"bucket {self.bucket} reachable"
+        with self._probe_lock:  # one probe at a time; the others wait for its answer
+            checked, problem = self._probed
+            if time.monotonic() - checked >= PROBE_SECONDS:
+                problem = None
+                try:
+                    with self._bucket("check the bucket"):
+                        self._probe.head_bucket(Bucket=self.bucket)
+                except ServiceError as exc:
+                    problem = exc
+                self._probed = (time.monotonic(), problem)
+        if problem is not None:
+            raise problem
+        # Not the bucket's name: /readyz answers anyone.
+        return "bucket reachable"
 
 
 def _missing(exc: Any) -> bool:

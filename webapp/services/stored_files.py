@@ -3,7 +3,8 @@
 Files are stored once per sha256, so one file can serve several users' models and a
 session's artifact at once. Adding and removing a hash both lock its `stored_files` row
 inside the caller's transaction: an upload of some bytes and the delete of the last
-model using the same bytes wait for each other instead of losing the file.
+model using the same bytes wait for each other instead of losing the file. A bucket's
+copy is deleted only after the commit, under the lock again (_forget_unused).
 """
 
 from __future__ import annotations
@@ -93,9 +94,22 @@ def commit_releasing(hashes: Sequence[str | None]) -> None:
             blobs.put_back(taken)
         raise
     for taken in aside:
-        try:
-            blobs.discard(taken)
-        except Exception:  # the rows are gone: a leftover file costs space, not correctness
-            log.warning("stored file %s: could not remove it", taken.sha256[:12], exc_info=True)
-            continue
+        blobs.discard(taken)
+        if blobs.remote:
+            _forget_unused(taken.sha256)
         log.info("removed stored file %s: nothing refers to it", taken.sha256[:12])
+
+
+def _forget_unused(sha256: str) -> None:
+    """Delete a bucket's copy of a file the commit left unreferenced, unless an upload of
+    the same bytes took it back meanwhile (the row's lock orders the two). Nothing in the
+    bucket moved before the commit, so a failure here leaves an unused object, never a
+    model without its file."""
+    try:
+        row = _lock(sha256)
+        if row.removed_at is not None and not references(sha256):
+            get("blobs").forget(sha256)
+        db.session.commit()
+    except Exception:  # the rows are already right: a leftover object costs space only
+        db.session.rollback()
+        log.warning("stored file %s: could not remove it from the bucket", sha256[:12], exc_info=True)

@@ -2,12 +2,12 @@
 5,000 spread over two processes that fan out over Redis.
 
     python3 bench/live_fanout.py [--clients 1000] [--sessions 8] [--users 4]
-                                 [--processes 1] [--client-processes 1]
+                                 [--processes 1] [--client-processes 1] [--connect-rate 500]
                                  [--database-url URL --redis-url URL [--backend celery|local]]
 
 Scaled out (the issue's run; create the database first, `createdb bench_fanout`):
 
-    python3 bench/live_fanout.py --clients 5000 --processes 2 --client-processes 4 \\
+    python3 bench/live_fanout.py --clients 5000 --processes 2 --client-processes 4 --connect-rate 200 \\
         --database-url postgresql+psycopg://postgres@127.0.0.1:5432/bench_fanout \\
         --redis-url redis://127.0.0.1:6379/5 --backend celery
 
@@ -33,21 +33,18 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import os
 import resource
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
 import websockets
 
-from webapp.testing import Server
+from webapp.testing import Server, start_worker, stop_worker
 
 PASSWORD = "bench-password-1"  # noqa: S105 - a throwaway instance
 SECRET = "bench" * 8
@@ -99,7 +96,8 @@ def start_session(url: str, account: dict) -> int:
         data=json.dumps({"model_id": account["model_id"], "techniques": ["quantization"]}).encode(),
         headers={"Authorization": f"Bearer {account['token']}", "Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+    # A server holding thousands of sockets may take long to answer (what this measures).
+    with urllib.request.urlopen(request, timeout=300) as response:  # noqa: S310
         return json.load(response)["session_id"]
 
 
@@ -122,24 +120,34 @@ class Client:
         self.finished: set[int] = set()  # sessions whose terminal event arrived
         self.ready = asyncio.Event()
         self.ws = None
+        self.dropped: str | None = None
+        self.closing = False  # the bench closes it: what follows is no drop
 
     async def run(self, url: str, token: str):
-        async with websockets.connect(
-            url,
-            additional_headers={"Authorization": f"Bearer {token}"},
-            max_queue=None,
-            ping_interval=None,
-            open_timeout=300,
-            proxy=None,
-        ) as ws:
-            self.ws = ws
-            await ws.recv()  # the snapshot's system_status
+        try:
+            async with websockets.connect(
+                url,
+                additional_headers={"Authorization": f"Bearer {token}"},
+                max_queue=None,
+                ping_interval=None,
+                open_timeout=300,
+                proxy=None,
+            ) as ws:
+                self.ws = ws
+                await ws.recv()  # the snapshot's system_status
+                self.ready.set()
+                # Ends when the connection is closed.
+                async for raw in ws:
+                    self.received.append((time.time(), raw))  # parsed later, off the clock
+                    if any(f'"{name}"' in raw for name in TERMINAL):
+                        self.finished.add(json.loads(raw)["data"].get("session_id"))
+        except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+            # Failed to connect, or closed by the server before the run's end (its events
+            # then count as lost).
+            if not self.closing:
+                self.dropped = f"{type(exc).__name__}: {exc}"[:80]
+        finally:
             self.ready.set()
-            # Ends when the connection is closed.
-            async for raw in ws:
-                self.received.append((time.time(), raw))  # parsed later, off the clock
-                if '"session_completed"' in raw or '"session_failed"' in raw or '"session_cancelled"' in raw:
-                    self.finished.add(json.loads(raw)["data"].get("session_id"))
 
     def events(self) -> list[tuple[float, dict]]:
         return [(arrived, json.loads(raw)) for arrived, raw in self.received]
@@ -174,6 +182,7 @@ def tally(clients: list[Client], accounts: dict, owner_of: dict[int, int]) -> di
         "expected": expected,
         "progress": progress,
         "resyncs": resyncs,
+        "dropped": Counter(c.dropped for c in clients if c.dropped),
     }
 
 
@@ -199,10 +208,14 @@ def client_process(share: list[tuple[str, str]], accounts: dict, timeout: float,
             return all(sid in client.finished for sid in visible)
 
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not all(done(c) for c in clients):
+        while time.monotonic() < deadline and not all(done(c) for c in clients if not c.dropped):
             await asyncio.sleep(0.5)
         await asyncio.sleep(3)  # let the last events reach every client
-        await asyncio.gather(*(c.ws.close() for c in clients if c.ws), return_exceptions=True)
+        for client in clients:
+            client.closing = True
+        await asyncio.gather(
+            *(c.ws.close() for c in clients if c.ws and not c.dropped), return_exceptions=True
+        )
         await asyncio.gather(*tasks, return_exceptions=True)
         conn.send(("tally", tally(clients, accounts, owner_of)))
 
@@ -215,39 +228,6 @@ def raise_open_files(needed: int) -> None:
         if hard != resource.RLIM_INFINITY and hard < needed:
             raise SystemExit(f"ulimit -n allows {hard} open files, {needed} needed")
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
-
-
-def start_celery_worker(folder: Path, env: dict) -> subprocess.Popen:
-    """A `flask worker` in a process group of its own (stopped with its children)."""
-    folder.mkdir()
-    log = folder / "worker.log"
-    with log.open("ab") as out:
-        process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            [sys.executable, "-m", "flask", "--app", "webapp", "worker"],
-            cwd=folder,
-            env={**env, "OPTIDECK_APP_INSTANCE_DIR": str(folder)},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + 120
-    while " ready." not in log.read_text():
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop_group(process)
-            raise RuntimeError(f"celery worker did not start:\n{log.read_text()}")
-        time.sleep(0.2)
-    return process
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def run(args, accounts: dict, servers: list[Server]) -> dict:
@@ -314,6 +294,7 @@ def run(args, accounts: dict, servers: list[Server]) -> dict:
         "lost": sum(t["lost"] for t in tallies),
         "expected": sum(t["expected"] for t in tallies),
         "resyncs": sum(t["resyncs"] for t in tallies),
+        "dropped": sum((t["dropped"] for t in tallies), Counter()),
     }
 
 
@@ -364,13 +345,13 @@ def main() -> None:
                 folder.mkdir()
                 servers.append(Server(folder, env).start())
             if args.backend == "celery":
-                worker = start_celery_worker(instance / "celery", servers[0].env)
+                worker = start_worker(servers[0].env, instance / "celery")
             started = time.perf_counter()
             result = run(args, accounts, servers)
             wall = time.perf_counter() - started
         finally:
             if worker is not None:
-                stop_group(worker)
+                stop_worker(worker)
             for server in servers:
                 server.stop()
 
@@ -392,6 +373,7 @@ def main() -> None:
         ("event-to-client latency max (ms)", f"{result['max']:.1f}"),
         ("started/finished events lost", f"{result['lost']} of {result['expected']:,}"),
         ("resyncs (a client fell behind)", f"{result['resyncs']}"),
+        ("clients dropped (never connected, closed early)", f"{sum(result['dropped'].values())}"),
     ]
     for n, (before, connected) in enumerate(zip(result["before"], result["connected"], strict=True)):
         rss = connected["rss_kb"] - before["rss_kb"]
@@ -400,6 +382,8 @@ def main() -> None:
         rows.append((f"server {n}: worker threads, all connected", f"{connected['threads']:,}"))
     for name, value in rows:
         print(f"{name:<48}{value:>14}")
+    for reason, number in result["dropped"].most_common(5):
+        print(f"  dropped: {reason} x{number}")
 
 
 if __name__ == "__main__":

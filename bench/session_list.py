@@ -223,6 +223,8 @@ def measure(instance: Path, token: str, args, workers: int, scenarios: list[tupl
         print_row(workers, *rows[-1])
     finally:
         server.stop()
+    if args.no_uncached:
+        return rows
     server = serve(instance, args.database_url, 0, workers, args.redis_url)
     try:
         rows.append(
@@ -259,6 +261,11 @@ def main() -> None:
         type=lambda text: [int(n) for n in text.split(",")],
         default=[1],
         help="gunicorn worker processes; a list (1,2,4) measures each in turn",
+    )
+    parser.add_argument(
+        "--no-uncached",
+        action="store_true",
+        help="skip the uncached statistics (a full scan per request: minutes at 1,000,000 sessions)",
     )
     args = parser.parse_args()
 

@@ -9,6 +9,8 @@ accuracy at once and picks the one the criteria's weights prefer.
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 
 from marshmallow import ValidationError
@@ -60,7 +62,23 @@ class Configuration:
 
 def describe(step: dict) -> str:
     """One step in words: "int8 static, Conv only, QDQ, percentile calibration". A step as
-    stored (parameters left to their defaults, or from an older version) reads the same."""
+    stored (parameters left to their defaults, or from an older version) reads the same.
+
+    Remembered by the step's JSON: a page of sessions describes the same few steps over and
+    over, and loading their parameters through the technique's schema costs most of it."""
+    try:
+        key = json.dumps(step, sort_keys=True)
+    except (TypeError, ValueError):  # not a stored step (values JSON cannot hold)
+        return _describe(step)
+    return _describe_json(key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _describe_json(key: str) -> str:
+    return _describe(json.loads(key))
+
+
+def _describe(step: dict) -> str:
     technique = step.get("technique")
     given = step.get("params")
     if not isinstance(given, dict):

@@ -96,6 +96,10 @@ class ErrorRateMonitor:
             _publish("api_error_rate", "info", f"The API's error rate is back to {rate:.0%}.", **detail)
 
 
+# How often a process reads the shared window while it sees only healthy responses.
+EVALUATE_SECONDS = 1.0
+
+
 class SharedErrorRateMonitor(ErrorRateMonitor):
     """The same window on Redis: every process adds its responses to per-second buckets,
     reads the window's sum, and the raised state is one key, so of all processes exactly
@@ -115,22 +119,35 @@ class SharedErrorRateMonitor(ErrorRateMonitor):
         # Wall-clock seconds: processes (and hosts, with NTP) agree on which bucket is now.
         super().__init__(threshold, window_seconds, min_requests, min_status, clock=clock)
         self._redis = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self._believed_raised = False
+        self._evaluated = float("-inf")
 
     def record(self, status: int) -> None:
         now = int(self._clock())
         span = int(max(self.window, 1))
         bucket = f"{self.KEY}:{now}"
+        error = status >= self.min_status
         try:
             with self._redis.pipeline() as pipe:
                 pipe.hincrby(bucket, "requests", 1)
-                pipe.hincrby(bucket, "errors", int(status >= self.min_status))
+                if error:
+                    pipe.hincrby(bucket, "errors", 1)
                 pipe.expire(bucket, span + 5)
+                pipe.execute()
+            # Reading the window costs a bucket per second of it: done when the state may
+            # change here (an error; a success while raised) or once per EVALUATE_SECONDS
+            # (another process may have raised or cleared it), not on every healthy response.
+            if not (error or self._believed_raised or self._clock() - self._evaluated >= EVALUATE_SECONDS):
+                return
+            self._evaluated = self._clock()
+            with self._redis.pipeline() as pipe:
                 for second in range(now - span + 1, now + 1):
                     pipe.hmget(f"{self.KEY}:{second}", "requests", "errors")
-                answers = pipe.execute()[3:]
+                answers = pipe.execute()
             requests = sum(int(r or 0) for r, _ in answers)
             errors = sum(int(e or 0) for _, e in answers)
             high = requests >= self.min_requests and errors / requests >= self.threshold
+            self._believed_raised = high
             # SET NX / DEL: the one process whose write changes the state announces it.
             if high:
                 changed = bool(self._redis.set(f"{self.KEY}:raised", 1, nx=True))

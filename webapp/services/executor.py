@@ -383,6 +383,10 @@ class LocalExecutor(Supervisor):
     def status(self) -> dict:
         return {"busy": len(self._running), "capacity": self.max_workers}
 
+    def workers(self) -> None:
+        """No Celery workers to list: this process is the worker."""
+        return None
+
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop dispatching; workers still running are stopped and their sessions failed."""
         self._stop.set()

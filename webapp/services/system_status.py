@@ -46,8 +46,7 @@ def workers() -> list[dict] | None:
     """The Celery workers alive now (name, host, pid, concurrency, started), or None: with
     the local executor the web processes are the workers, and with a broker other than
     Redis, or Redis down, they cannot be counted."""
-    executor = get("executor")
-    found = executor.workers() if hasattr(executor, "workers") else None
+    found = get("executor").workers()
     if found is None:
         return None
     return [{**w, "started_at": datetime.fromtimestamp(w["started"], UTC)} for w in found]

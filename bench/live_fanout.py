@@ -4,27 +4,29 @@
     python3 bench/live_fanout.py [--clients 1000] [--sessions 8] [--users 4]
                                  [--processes 1] [--client-processes 1] [--connect-rate 500]
                                  [--database-url URL --redis-url URL [--backend celery|local]]
+                                 [--worker-class gthread|gevent]
 
 Scaled out (the issue's run; create the database first, `createdb bench_fanout`):
 
     python3 bench/live_fanout.py --clients 5000 --processes 2 --client-processes 4 --connect-rate 200 \\
         --database-url postgresql+psycopg://postgres@127.0.0.1:5432/bench_fanout \\
-        --redis-url redis://127.0.0.1:6379/5 --backend celery
+        --redis-url redis://127.0.0.1:6379/5 --backend celery --worker-class gevent
 
 Starts the real server (`flask --app webapp serve`, one gunicorn worker, a
-thread per connection), or with --processes N that many servers sharing one
-database, model store and Redis (its database FLUSHED first), opens N clients
-on /api/v1/ws spread evenly over the servers (a fifth as an admin who sees
-everything, the rest spread over operators who see their own), then runs real
-optimization sessions (the demo MLP, int8) owned by the operators, all started
-through the first server, so events reach the other servers' clients only over
-Redis. Sessions run on the servers' own executors (--backend local) or on one
-Celery worker (`flask --app webapp worker`; --backend celery). The clients run
-in --client-processes OS processes (asyncio each), so one event loop is not the
-bottleneck. Each event carries the time it was published; the client notes when
-it arrived. Prints event-to-client latency p50/p99/max, events lost (started and
-finished events a client should have had and did not get), resyncs, and each
-server's memory per connection. Nothing is asserted.
+thread per connection, or with --worker-class gevent a greenlet each), or with
+--processes N that many servers sharing one database, model store and Redis (its
+database FLUSHED first), opens N clients on /api/v1/ws spread evenly over the
+servers (a fifth as an admin who sees everything, the rest spread over operators
+who see their own), then runs real optimization sessions (the demo MLP, int8)
+owned by the operators, all started through the first server, so events reach
+the other servers' clients only over Redis. Sessions run on the servers' own
+executors (--backend local) or on one Celery worker (`flask --app webapp
+worker`; --backend celery). The clients run in --client-processes OS processes
+(asyncio each), so one event loop is not the bottleneck. Each event carries the
+time it was published; the client notes when it arrived. Prints event-to-client
+latency p50/p99/max, events lost (started and finished events a client should
+have had and did not get), resyncs, and each server's memory per connection.
+Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -310,6 +312,9 @@ def main() -> None:
     parser.add_argument("--database-url", default=None, help="shared by the servers (needed for > 1)")
     parser.add_argument("--redis-url", default=None, help="fan-out and broker (FLUSHED; needed for > 1)")
     parser.add_argument("--backend", choices=["local", "celery"], default="local", help="who runs sessions")
+    parser.add_argument(
+        "--worker-class", choices=["gthread", "gevent"], default="gthread", help="server.worker_class"
+    )
     args = parser.parse_args()
     if (args.processes > 1 or args.backend == "celery") and not (args.database_url and args.redis_url):
         parser.error("--processes > 1 and --backend celery need --database-url and --redis-url")
@@ -324,7 +329,9 @@ def main() -> None:
             "OPTIDECK_LOGGING_LEVEL": "WARNING",
             "OPTIDECK_STORAGE_DIR": str(instance / "storage"),
             # A thread per open WebSocket, plus some for ordinary requests.
+            "OPTIDECK_SERVER_WORKER_CLASS": args.worker_class,
             "OPTIDECK_SERVER_THREADS": str(per_server + 50),
+            "OPTIDECK_SERVER_CONNECTIONS": str(per_server + 50),
             # Every client comes from this host, a few hundred per account: no such caps.
             "OPTIDECK_LIVE_MAX_PER_USER": "0",
             "OPTIDECK_LIVE_MAX_PER_ADDRESS": "0",
@@ -358,7 +365,8 @@ def main() -> None:
     runner = "one Celery worker" if args.backend == "celery" else "each server's own executor"
     print(
         f"{args.clients} clients on /api/v1/ws over {args.processes} server process(es) "
-        f"(one gunicorn worker each; {' + '.join(map(str, result['per_server']))} clients), "
+        f"(one {args.worker_class} gunicorn worker each; "
+        f"{' + '.join(map(str, result['per_server']))} clients), "
         f"in {args.client_processes} client process(es); {args.sessions} sessions (demo MLP, int8) "
         f"by {args.users} operators, started through the first server, run by {runner}; "
         f"a fifth of the clients are admins; {wall:.0f} s from first connect to last tally"

@@ -90,6 +90,14 @@ def _tune_sqlite(app: Flask) -> None:
                 os.chmod(f"{database}{suffix}", 0o600)
 
 
+def _engine_options(database: dict) -> dict[str, Any]:
+    options: dict[str, Any] = {"pool_pre_ping": True}
+    if not database["url"].startswith("sqlite"):
+        # SQLite (one file, one host) keeps SQLAlchemy's own pool for it.
+        options.update(pool_size=database["pool_size"], max_overflow=database["max_overflow"])
+    return options
+
+
 def _configure(app: Flask, settings: dict[str, dict[str, Any]]) -> None:
     # SQLite, the default, cannot create the folder its file lives in.
     # The secret key, the default database and the store live here: the server's alone.
@@ -99,7 +107,7 @@ def _configure(app: Flask, settings: dict[str, dict[str, Any]]) -> None:
         OPTIDECK=settings,
         SECRET_KEY=ensure_secret_key(settings),
         SQLALCHEMY_DATABASE_URI=settings["database"]["url"],
-        SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True},
+        SQLALCHEMY_ENGINE_OPTIONS=_engine_options(settings["database"]),
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings["security"]["session_cookie_secure"],

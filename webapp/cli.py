@@ -100,10 +100,31 @@ def demo_command():
         wait_for(sessions)
 
 
+def _worker_class_args(server: dict) -> list[str]:
+    """gunicorn's worker class and its capacity: gthread's threads, or gevent's greenlets.
+    Both answer gunicorn's own refusals under /api/ with the API's error body."""
+    if server["worker_class"] == "gevent":
+        return [
+            "--worker-class",
+            "webapp.gunicorn_gevent.ApiErrorGeventWorker",
+            "--worker-connections",
+            str(server["connections"]),
+        ]
+    return [
+        "--worker-class",
+        "webapp.gunicorn_conf.ApiErrorWorker",
+        "--threads",
+        str(server["threads"]),
+        # gthread counts open connections against this (default 1000); WebSockets stay open.
+        "--worker-connections",
+        str(max(1000, 2 * server["threads"])),
+    ]
+
+
 @click.command("serve")
 @click.option("--demo", is_flag=True, help="Also create the demo data before serving.")
 def serve_command(demo: bool):
-    """Migrate, create the first admin, then serve with gunicorn (gthread workers)."""
+    """Migrate, create the first admin, then serve with gunicorn (server.worker_class)."""
     ctx = click.get_current_context()
     if demo:
         ctx.invoke(demo_command)
@@ -124,14 +145,7 @@ def serve_command(demo: bool):
         f"{server['host']}:{server['port']}",
         "--workers",
         str(server["workers"]),
-        # gthread, answering gunicorn's own refusals under /api/ with the API's error body.
-        "--worker-class",
-        "webapp.gunicorn_conf.ApiErrorWorker",
-        "--threads",
-        str(server["threads"]),
-        # gthread counts open connections against this (default 1000); WebSockets stay open.
-        "--worker-connections",
-        str(max(1000, 2 * server["threads"])),
+        *_worker_class_args(server),
         "--timeout",
         str(server["timeout"]),
         "--graceful-timeout",

@@ -40,6 +40,7 @@ ENV_NOT_SETTINGS_PREFIXES = ("TEST_",)
 
 SECRET_KEYS = {"secret_key", "password"}
 ISOLATION_CHOICES = ("auto", "bubblewrap", "user", "none")
+WORKER_CLASSES = ("gthread", "gevent")
 LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
 
 
@@ -173,9 +174,13 @@ def _check_values(settings) -> None:
     server = settings["server"]
     if not 1 <= server["port"] <= 65535:
         raise ConfigError(f"server.port must be between 1 and 65535, got {server['port']}")
-    for key in ("workers", "threads", "timeout"):
+    for key in ("workers", "threads", "connections", "timeout"):
         if server[key] < 1:
             raise ConfigError(f"server.{key} must be at least 1, got {server[key]}")
+    if server["worker_class"] not in WORKER_CLASSES:
+        raise ConfigError(
+            f"server.worker_class must be one of {', '.join(WORKER_CLASSES)}, got {server['worker_class']!r}"
+        )
     security = settings["security"]
     for key in ("access_token_minutes", "refresh_token_days", "personal_token_max_days"):
         if security[key] < 1:
@@ -192,9 +197,10 @@ def _check_values(settings) -> None:
             f"'pbkdf2:sha256:600000', got {security['password_hash_method']!r}"
         )
     _check_ranges(settings)
-    if settings["live"]["reserved_threads"] >= server["threads"]:
+    if settings["live"]["reserved_threads"] >= connection_capacity(server):
+        capacity = "server.connections" if server["worker_class"] == "gevent" else "server.threads"
         raise ConfigError(
-            f"live.reserved_threads must be less than server.threads ({server['threads']}), "
+            f"live.reserved_threads must be less than {capacity} ({connection_capacity(server)}), "
             f"or no WebSocket could ever open; got {settings['live']['reserved_threads']}"
         )
     if settings["sandbox"]["isolation"] not in ISOLATION_CHOICES:
@@ -210,6 +216,12 @@ def _check_values(settings) -> None:
         parts = urlsplit(origin)
         if origin == "*" or parts.scheme not in {"http", "https"} or not parts.netloc:
             raise ConfigError(f"cors.origins must list origins like 'https://host:port', got {origin!r}")
+
+
+def connection_capacity(server: dict) -> int:
+    """How many connections one worker serves at once: a thread each under gthread, a
+    greenlet each (up to server.connections) under gevent."""
+    return server["connections"] if server["worker_class"] == "gevent" else server["threads"]
 
 
 _WHOLE_NUMBER = re.compile(r"[1-9][0-9]*")
@@ -242,6 +254,8 @@ def _hash_method_ok(method: str) -> bool:
 # (section, key, lowest, highest): inclusive bounds of numeric settings.
 # [criteria] is checked by the criteria's own schema (services/criteria.py).
 RANGES = (
+    ("database", "pool_size", 1, 1000),
+    ("database", "max_overflow", 0, 1000),
     ("uploads", "max_bytes", 1, None),
     ("uploads", "analysis_timeout_seconds", 1, None),
     ("uploads", "max_unpacked_bytes", 1, None),

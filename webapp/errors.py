@@ -6,6 +6,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import sqlalchemy.exc
 from flask import Flask, jsonify, make_response, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, InternalServerError
@@ -128,6 +129,16 @@ def handle_unexpected(exc: Exception):
     return handle_http_exception(InternalServerError())
 
 
+# What a client is told when every database connection of its process stayed busy for the
+# pool's whole timeout: the server is overloaded, not broken.
+BUSY_MESSAGE = "The server is busy; try again in a moment."
+
+
+def handle_pool_timeout(exc: Exception):
+    log.warning("database connection pool exhausted id=%s: answered 503", request_id())
+    return handle_http_exception(ApiError(503, "unavailable", BUSY_MESSAGE, headers={"Retry-After": "1"}))
+
+
 def handle_service_error(exc):
     """A service's refusal, answered like any HTTP error of that status."""
     return handle_http_exception(ApiError(exc.status, exc.error, exc.message, exc.details))
@@ -137,5 +148,6 @@ def init_app(app: Flask) -> None:
     from .services.errors import ServiceError
 
     app.register_error_handler(ServiceError, handle_service_error)
+    app.register_error_handler(sqlalchemy.exc.TimeoutError, handle_pool_timeout)
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(Exception, handle_unexpected)

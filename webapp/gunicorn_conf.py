@@ -84,9 +84,9 @@ def is_api_path(path: str | None) -> bool:
     return path is not None and (path == "/api" or path.startswith("/api/"))
 
 
-class ApiErrorWorker(ThreadWorker):
-    """gthread, with gunicorn's own error answers in the API's JSON body under /api/ (the
-    HTML page it writes elsewhere is left as it is)."""
+class ApiErrors:
+    """gunicorn's own error answers in the API's JSON body under /api/ (the HTML page it
+    writes elsewhere is left as it is); mixed into either worker class."""
 
     def handle_error(self, req, client, addr, exc):
         if not is_api_path(refused_path(req, exc)):
@@ -100,6 +100,10 @@ class ApiErrorWorker(ThreadWorker):
             client.sendall(json_error(status, str(exc) if status < 500 else ""))
         except OSError:
             self.log.debug("Failed to send error message.")
+
+
+class ApiErrorWorker(ApiErrors, ThreadWorker):
+    """gthread (server.worker_class = "gthread"): a thread per connection."""
 
 
 class _Captured:

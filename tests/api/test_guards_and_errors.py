@@ -5,6 +5,7 @@ are the ones every real API blueprint gets from ApiBlueprint.
 """
 
 import pytest
+import sqlalchemy.exc
 from flask import g
 
 from webapp.api import ApiBlueprint
@@ -32,6 +33,11 @@ def app(make_app):
     @probe.route("/probe/crash")
     def crash():
         raise RuntimeError("boom")
+
+    @probe.route("/probe/pool")
+    def pool_exhausted():
+        # What SQLAlchemy raises when no connection of the pool came free in time.
+        raise sqlalchemy.exc.TimeoutError("QueuePool limit of size 5 overflow 10 reached")
 
     app.register_blueprint(probe, url_prefix="/api/v1")
     with app.app_context():
@@ -83,6 +89,17 @@ def test_a_500_says_nothing_of_the_exception(app, api_client):
     body = api_client("operator").get("/api/v1/probe/crash").get_json()
     assert body["error"] == "internal_error"
     assert "boom" not in repr(body)
+
+
+def test_an_exhausted_database_pool_is_a_503_to_retry_not_a_crash(app, api_client, caplog):
+    response = api_client("operator").get("/api/v1/probe/pool")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    body = response.get_json()
+    assert set(body) == ERROR_FIELDS
+    assert (body["error"], body["message"]) == ("unavailable", "The server is busy; try again in a moment.")
+    assert "QueuePool" not in repr(body)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]  # no traceback: not a bug
 
 
 def test_html_pages_get_html_errors_not_json(app, client):

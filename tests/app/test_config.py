@@ -50,6 +50,13 @@ def test_config_file_then_environment(tmp_path):
         ({"OPTIDECK_LOGGING_LEVEL": "LOUD"}, "logging.level"),
         ({"OPTIDECK_CORS_ORIGINS": "*"}, "cors.origins"),
         ({"OPTIDECK_SECURITY_LOGIN_RATE_LIMIT": "lots"}, "security.login_rate_limit"),
+        ({"OPTIDECK_SERVER_WORKER_CLASS": "eventlet"}, "server.worker_class"),
+        ({"OPTIDECK_SERVER_CONNECTIONS": "0"}, "server.connections"),
+        # Under gevent the sockets' capacity is server.connections, not server.threads.
+        (
+            {"OPTIDECK_SERVER_WORKER_CLASS": "gevent", "OPTIDECK_SERVER_CONNECTIONS": "4"},
+            "less than server.connections (4)",
+        ),
     ],
 )
 def test_bad_environment_values_name_the_setting(environ, named):
@@ -141,3 +148,21 @@ def test_config_comments_say_what_the_technique_registry_says():
             assert all(value in words for value, _ in param.choices), (param.criteria, words)
         else:
             assert f"{param.minimum:g} to {param.maximum:g}" in words, (param.criteria, words)
+
+
+def test_under_gevent_the_socket_capacity_is_connections_not_threads():
+    """gevent holds a connection per greenlet: reserved_threads counts against
+    server.connections, and more reserved places than threads is fine."""
+    settings = load_config(
+        environ={
+            "OPTIDECK_SERVER_WORKER_CLASS": "gevent",
+            "OPTIDECK_SERVER_THREADS": "2",
+            "OPTIDECK_SERVER_CONNECTIONS": "3000",
+            "OPTIDECK_LIVE_RESERVED_THREADS": "8",
+        }
+    )
+    from webapp.live.admission import Admission
+
+    assert Admission(settings).limit == 3000 - 8
+    with pytest.raises(ConfigError):
+        load_config(environ={"OPTIDECK_SERVER_THREADS": "2", "OPTIDECK_LIVE_RESERVED_THREADS": "8"})

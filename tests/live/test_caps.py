@@ -1,12 +1,15 @@
 """Sockets cannot starve the server: an auth deadline, and caps per process, account and address."""
 
+import contextlib
 import json
 import time
 
 import pytest
+import sqlalchemy.exc
 
 from tests.helpers import AuthActions
 from tests.live.wsclient import browser_socket, closed_within, connect, receive_json, serving, token_for
+from webapp.live.admission import Admission, Refused
 
 pytestmark = pytest.mark.slow  # each test serves its own app
 
@@ -87,3 +90,41 @@ def test_one_address_may_hold_only_so_many_sockets_even_unauthenticated(make_app
         ws.send(json.dumps({"action": "auth", "token": token}))
         assert receive_json(ws)["event"] == "system_status"
         ws.close()
+
+
+def test_one_address_cannot_fill_the_pool_of_sockets_waiting_to_authenticate(make_app):
+    """A flood of unauthenticated sockets from one address takes at most half of the
+    waiting pool: a script elsewhere that authenticates by message still gets in."""
+    admission = Admission(make_app().config["OPTIDECK"])  # 32 threads - 4: 28 sockets, 7 waiting
+    with contextlib.ExitStack() as held:
+        for _ in range(admission.waiting_per_address):
+            held.enter_context(admission.ticket("203.0.113.9", waiting=True))
+        with pytest.raises(Refused) as refused, admission.ticket("203.0.113.9", waiting=True):
+            pass
+        assert (refused.value.code, refused.value.reason) == (
+            POLICY_VIOLATION,
+            "too many unauthenticated connections from this address",
+        )
+        # Another address still finds room, and the flooder may still authenticate by header.
+        with admission.ticket("198.51.100.7", waiting=True), admission.ticket("203.0.113.9") as ticket:
+            ticket.claim(1)
+        # Once authenticated, a socket leaves the waiting pool and frees its address's share.
+        with admission.ticket("198.51.100.7", waiting=True) as ticket:
+            ticket.claim(2)
+            for _ in range(admission.waiting_per_address):
+                held.enter_context(admission.ticket("198.51.100.7", waiting=True))
+
+
+def test_a_socket_that_finds_the_database_pool_exhausted_is_told_to_come_back(make_app, monkeypatch):
+    """An overloaded process (every database connection busy for the pool's timeout)
+    closes a new socket with 1013, which browsers retry after, not with an error."""
+    app = make_app()
+    with app.app_context(), serving(app) as address:
+        _, token = token_for("ada")
+
+        def exhausted(header):
+            raise sqlalchemy.exc.TimeoutError("QueuePool limit of size 5 overflow 10 reached")
+
+        monkeypatch.setattr("webapp.services.tokens.authenticate", exhausted)
+        code, reason, _ = closed_within(connect(address, token), 5)
+        assert (code, reason) == (TRY_AGAIN_LATER, "server busy, try again later")

@@ -11,12 +11,13 @@ from webapp.testing import Server
 ERROR_FIELDS = {"error", "message", "details", "timestamp", "request_id"}
 
 
-@pytest.fixture
-def server(app, test_database_url, tmp_path):
-    """`flask serve` (gunicorn) on this test's database."""
+@pytest.fixture(params=["gthread", "gevent"])
+def server(request, app, test_database_url, tmp_path):
+    """`flask serve` (gunicorn) on this test's database, with either worker class."""
     folder = tmp_path / "server"
     folder.mkdir()
-    server = Server(folder, {"OPTIDECK_DATABASE_URL": test_database_url}).start()
+    env = {"OPTIDECK_DATABASE_URL": test_database_url, "OPTIDECK_SERVER_WORKER_CLASS": request.param}
+    server = Server(folder, env).start()
     yield server
     server.stop()
 

@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
+import sqlalchemy.exc
 from flask import current_app, request
 
 from ..bounds import parse_datetime
@@ -18,7 +19,7 @@ from ..extensions import db, sock
 from ..services import get, metrics, optimization, policy
 from ..services.notifications import Notification
 from ..tables import ACTIVE_STATUSES, OptimizationSession, SessionStatus, User, utcnow
-from .admission import POLICY_VIOLATION, Refused
+from .admission import POLICY_VIOLATION, TRY_AGAIN_LATER, Refused
 
 log = logging.getLogger("optideck.live")
 
@@ -100,6 +101,12 @@ def live_route(path: str, endpoint: str, waits_for_auth=lambda: False):
                     raise Refused("origin not allowed")
                 with get("admission").ticket(request.remote_addr, waits_for_auth()) as ticket:
                     handler(ws, ticket)
+            except sqlalchemy.exc.TimeoutError:
+                # Every database connection of this process stayed busy: it is overloaded.
+                # 1013 sends browsers back later, as when the socket places are all taken.
+                metrics.CONNECTIONS_REFUSED.labels(endpoint, "database busy").inc()
+                log.warning("refused %s connection: database connection pool exhausted", endpoint)
+                ws.close(TRY_AGAIN_LATER, "server busy, try again later")
             except Refused as refusal:
                 metrics.CONNECTIONS_REFUSED.labels(endpoint, refusal.reason).inc()
                 log.debug("refused %s connection: %s", endpoint, refusal.reason)

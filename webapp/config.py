@@ -273,6 +273,7 @@ RANGES = (
     ("sandbox", "output_mb", 1, None),
     ("sandbox", "open_files", 64, None),
     ("sandbox", "processes", 16, None),
+    ("sandbox", "nice", 0, 19),
     ("dashboard", "stats_cache_seconds", 0, 3600),
     ("live", "auth_timeout_seconds", 0.5, 60),
     ("live", "reserved_threads", 1, None),

@@ -314,3 +314,14 @@ def test_a_deleted_file_kept_open_still_counts_as_output(settings):
         assert worker.output_bytes() >= 8 << 20
     finally:
         worker.close()
+
+
+@pytest.mark.parametrize("nice", [10, 0])
+def test_a_worker_runs_below_the_servers_cpu_priority(settings, tmp_path, nice):
+    """Sessions are batch work: their workers run at sandbox.nice, so the server's pages
+    and live events come first on a busy machine."""
+    settings["sandbox"]["nice"] = nice
+    found = _run_inside(
+        Sandbox(settings), tmp_path, "import json, os; print(json.dumps({'nice': os.nice(0)}))", {}
+    )
+    assert found["nice"] == os.nice(0) + nice

@@ -126,6 +126,7 @@ class Limits:
     open_files: int
     processes: int
     max_unpacked_bytes: int
+    nice: int
 
     @classmethod
     def from_settings(cls, settings: dict) -> Limits:
@@ -137,6 +138,7 @@ class Limits:
             open_files=sandbox["open_files"],
             processes=sandbox["processes"],
             max_unpacked_bytes=settings["uploads"]["max_unpacked_bytes"],
+            nice=sandbox["nice"],
         )
 
     def for_job(self) -> dict:
@@ -280,7 +282,10 @@ class Sandbox:
         """The worker's launch. prlimit starts with a bare environment (never the server's
         own), and the worker gets only what its job needs."""
         limits = self.limits
-        prlimit = [
+        # Sessions are batch work: below the server's priority, pages, API calls and live
+        # events stay quick while they compute; they get the whole CPU when it is idle.
+        prlimit = ["nice", "-n", str(limits.nice)] if limits.nice else []
+        prlimit += [
             "prlimit",
             f"--as={limits.memory_bytes}",
             f"--cpu={cpu_seconds}",

@@ -12,7 +12,7 @@ from flask import current_app, g, request
 from flask_login import current_user
 
 from ..errors import ApiError, is_api_request
-from ..services import audit, tokens
+from ..services import audit, caching, tokens
 from ..tables import Role, User
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -51,8 +51,14 @@ def authenticate_api_request() -> None:
     """before_request of every API blueprint."""
     if request.method == "OPTIONS" or _view_flag("optideck_public"):
         return
+    # The lists' and accounts' generations in one round trip: the token's check uses one,
+    # a cached list page the other (read before the page's rows, as it must be).
+    generations = caching.generations()
+    g.list_generation = generations["list"] if generations else None
     try:
-        user, token = tokens.authenticate(request.headers.get("Authorization"))
+        user, token = tokens.authenticate(
+            request.headers.get("Authorization"), generations["auth"] if generations else None
+        )
     except tokens.TokenRejected as exc:
         raise ApiError(
             401, exc.code, exc.message, headers={"WWW-Authenticate": 'Bearer realm="optideck"'}

@@ -96,14 +96,21 @@ class ErrorRateMonitor:
             _publish("api_error_rate", "info", f"The API's error rate is back to {rate:.0%}.", **detail)
 
 
-# How often a process reads the shared window while it sees only healthy responses.
+# How often a process writes its counts to the shared window and reads the window back
+# while it sees only healthy responses: one round trip per second per process, not one per
+# response (that pipeline was an eighth of a cached list page's time, bench/session_list.py).
 EVALUATE_SECONDS = 1.0
 
 
 class SharedErrorRateMonitor(ErrorRateMonitor):
     """The same window on Redis: every process adds its responses to per-second buckets,
     reads the window's sum, and the raised state is one key, so of all processes exactly
-    one announces each crossing. Redis trouble costs the count, never the request."""
+    one announces each crossing. Redis trouble costs the count, never the request.
+
+    A process gathers its counts in memory and sends them, with the window's read, in one
+    pipeline: at once on an error, or on any response while the alert is believed raised
+    (so a crossing is seen by the response that makes it), else once per EVALUATE_SECONDS.
+    """
 
     KEY = "optideck:api_errors"
 
@@ -121,37 +128,46 @@ class SharedErrorRateMonitor(ErrorRateMonitor):
         self._redis = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
         self._believed_raised = False
         self._evaluated = float("-inf")
+        # second -> [responses, errors] not yet added to the shared buckets
+        self._pending: dict[int, list[int]] = {}
 
     def record(self, status: int) -> None:
-        now = int(self._clock())
-        span = int(max(self.window, 1))
-        bucket = f"{self.KEY}:{now}"
+        now = self._clock()
         error = status >= self.min_status
-        try:
-            with self._redis.pipeline() as pipe:
-                pipe.hincrby(bucket, "requests", 1)
-                if error:
-                    pipe.hincrby(bucket, "errors", 1)
-                pipe.expire(bucket, span + 5)
-                pipe.execute()
-            # Reading the window costs a bucket per second of it: done when the state may
-            # change here (an error; a success while raised) or once per EVALUATE_SECONDS
-            # (another process may have raised or cleared it), not on every healthy response.
-            if not (error or self._believed_raised or self._clock() - self._evaluated >= EVALUATE_SECONDS):
+        with self._lock:
+            counts = self._pending.setdefault(int(now), [0, 0])
+            counts[0] += 1
+            counts[1] += error
+            if not (error or self._believed_raised or now - self._evaluated >= EVALUATE_SECONDS):
                 return
-            self._evaluated = self._clock()
-            with self._redis.pipeline() as pipe:
-                for second in range(now - span + 1, now + 1):
+            pending, self._pending = self._pending, {}
+            self._evaluated = now
+        span = int(max(self.window, 1))
+        current = int(now)
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for second, (requests, errors) in pending.items():
+                    bucket = f"{self.KEY}:{second}"
+                    pipe.hincrby(bucket, "requests", requests)
+                    if errors:
+                        pipe.hincrby(bucket, "errors", errors)
+                    pipe.expire(bucket, span + 5)
+                for second in range(current - span + 1, current + 1):
                     pipe.hmget(f"{self.KEY}:{second}", "requests", "errors")
+                pipe.exists(f"{self.KEY}:raised")
                 answers = pipe.execute()
-            requests = sum(int(r or 0) for r, _ in answers)
-            errors = sum(int(e or 0) for _, e in answers)
+            window, raised = answers[-span - 1 : -1], bool(answers[-1])
+            requests = sum(int(r or 0) for r, _ in window)
+            errors = sum(int(e or 0) for _, e in window)
             high = requests >= self.min_requests and errors / requests >= self.threshold
             self._believed_raised = high
-            # SET NX / DEL: the one process whose write changes the state announces it.
-            if high:
+            # SET NX / DEL: the one process whose write changes the state announces it
+            # (asked only when the state read with the window differs: the usual healthy
+            # evaluation is one round trip).
+            changed = False
+            if high and not raised:
                 changed = bool(self._redis.set(f"{self.KEY}:raised", 1, nx=True))
-            else:
+            elif raised and not high:
                 changed = bool(self._redis.delete(f"{self.KEY}:raised"))
         except redis.RedisError as exc:
             log.warning("api error rate not counted: %s", exc)

@@ -1,29 +1,107 @@
-"""Cached figures (dashboard statistics, list totals), dropped whenever the data behind
-them changes: one generation counter in the cache, bumped by invalidate(), is part of
-every key. In memory per process by default, shared by all processes with Redis.
+"""Cached figures (dashboard statistics, list totals) and cached answers (session list
+pages, who a bearer token is), dropped whenever the data behind them changes: generation
+counters in the cache, part of every key or stored beside every entry, are bumped when
+that data changes. In memory per process by default, shared by all processes with Redis.
+
+Three generations:
+
+- the *figures'* (GENERATION_KEY), bumped by invalidate(): a session started or changed
+  state, a model came or went. Progress alone does not bump it (it changes no count).
+- the *lists'* (LIST_GENERATION_KEY): anything a session list row shows or is chosen,
+  sorted or named by. Bumped by invalidate() and, after every commit, by a change the
+  ORM flushed to a session (its heartbeat alone excepted), a model or a user.
+- the *accounts'* (AUTH_GENERATION_KEY): anything that decides what a token may do.
+  Bumped after every commit that changed a user or a token (a token's last use and a
+  user's last login excepted): revocation, refresh, deactivation, role, password.
+
+The second and third are noted by SQLAlchemy session events rather than by each service,
+so a change made anywhere (a service, the CLI, a Celery worker) bumps them; they are
+bumped after the commit, so whoever reads the new generation reads the new rows.
+
+Answers cached by the lists' and accounts' generations are used only when the cache is
+shared (Redis): without it a change in one process (another gunicorn worker, the CLI)
+could not reach the others, and a cached answer could outlive what it says.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from itertools import chain
 
-from flask import current_app
+from flask import current_app, has_app_context
+from sqlalchemy import event
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.orm import ORMExecuteState, Session
 
 from ..extensions import cache
-from ..tables import User
+from ..tables import ApiToken, ModelMetadata, OptimizationSession, User
 from . import metrics, policy
 
 log = logging.getLogger("optideck.cache")
 
 GENERATION_KEY = "dashboard:generation"
+LIST_GENERATION_KEY = "sessions:list:generation"
+AUTH_GENERATION_KEY = "auth:generation"
+
+# Which generations a change to a row of each table moves on, and the columns whose
+# change alone moves none (bookkeeping no list shows and no access decision reads).
+_GENERATIONS = {
+    OptimizationSession: (LIST_GENERATION_KEY,),
+    ModelMetadata: (LIST_GENERATION_KEY,),
+    User: (LIST_GENERATION_KEY, AUTH_GENERATION_KEY),
+    ApiToken: (AUTH_GENERATION_KEY,),
+}
+_QUIET_COLUMNS = {
+    OptimizationSession: frozenset({"heartbeat_at"}),
+    User: frozenset({"last_login_at"}),
+    ApiToken: frozenset({"last_used_at"}),
+}
+_PENDING = "optideck.generations"
 
 
 def invalidate() -> None:
-    """Forget every cached figure (a session changed state, a model came or went)."""
+    """Forget every cached figure and list page (a session changed state, a model came or
+    went)."""
+    bump(GENERATION_KEY, LIST_GENERATION_KEY)
+
+
+def bump(*keys: str) -> None:
+    for key in keys:
+        try:
+            # INCR on Redis: two processes bumping at once both count.
+            cache.cache.inc(key)
+        except Exception:  # a cache outage must not fail the action that changed the data
+            log.warning("could not move on the cache generation %s", key, exc_info=True)
+
+
+def shared() -> bool:
+    """Whether every process (web workers, Celery workers, the CLI) shares this cache."""
+    return current_app.config["CACHE_TYPE"] == "RedisCache"
+
+
+def generations() -> dict[str, int] | None:
+    """The lists' and accounts' generations, in one round trip; None where a cached answer
+    must not be used (no shared cache, caching turned off, or the cache failing)."""
+    if not shared() or not current_app.config["OPTIDECK"]["dashboard"]["stats_cache_seconds"]:
+        return None
+    keys = (LIST_GENERATION_KEY, AUTH_GENERATION_KEY)
     try:
-        cache.set(GENERATION_KEY, (cache.get(GENERATION_KEY) or 0) + 1, timeout=0)
-    except Exception:  # a cache outage must not fail the action that changed the data
-        log.warning("could not invalidate dashboard statistics", exc_info=True)
+        values = cache.get_many(*keys)
+        if None in values:
+            # A fresh (or flushed, or evicted) cache starts each generation at the clock's
+            # nanoseconds, never at a value it had before: an answer remembered under an
+            # old generation must not become valid again.
+            for key, value in zip(keys, values, strict=True):
+                if value is None:
+                    cache.add(key, time.time_ns(), timeout=0)
+            values = cache.get_many(*keys)
+    except Exception:
+        log.warning("could not read the cache generations", exc_info=True)
+        return None
+    if any(type(value) is not int for value in values):
+        return None
+    return dict(zip(("list", "auth"), values, strict=True))
 
 
 def cached_for_generation(user: User, name: str, compute, keep=lambda value: True):
@@ -43,5 +121,90 @@ def cached_for_generation(user: User, name: str, compute, keep=lambda value: Tru
     return fresh
 
 
+# Pages this process (this app) read or made lately, by the same keys as in the shared
+# cache, which carry the generation: (until when, bytes). Saves a round trip and the transfer.
+PAGES_MAX = 256
+
+
+def cached_page(user: User, name: str, list_generation: int | None, compute) -> bytes:
+    """compute()'s bytes (a rendered list page) for this user's scope at this lists'
+    generation (from generations(), read before anything the page shows), until that
+    generation moves on or the TTL. Without a generation, compute() every time."""
+    if list_generation is None:
+        return compute()
+    key = f"{name}:{list_generation}:{_scope_key(user)}"
+    now = time.monotonic()
+    local = _local_pages().get(key)
+    if local is not None and local[0] > now:
+        metrics.CACHE_HITS.labels(metrics.cache_figure(name)).inc()
+        return local[1]
+    try:
+        found = cache.get(key)
+    except Exception:
+        log.warning("could not read a cached page", exc_info=True)
+        return compute()
+    if isinstance(found, bytes):
+        metrics.CACHE_HITS.labels(metrics.cache_figure(name)).inc()
+        _keep_page(key, found, now)
+        return found
+    metrics.CACHE_MISSES.labels(metrics.cache_figure(name)).inc()
+    fresh = compute()
+    try:
+        cache.set(key, fresh)
+    except Exception:
+        log.warning("could not cache a page", exc_info=True)
+    else:
+        _keep_page(key, fresh, now)
+    return fresh
+
+
+def _local_pages() -> dict[str, tuple[float, bytes]]:
+    return current_app.extensions.setdefault("optideck.cached_pages", {})
+
+
+def _keep_page(key: str, body: bytes, now: float) -> None:
+    pages = _local_pages()
+    if len(pages) >= PAGES_MAX:
+        pages.clear()
+    pages[key] = (now + current_app.config["OPTIDECK"]["dashboard"]["stats_cache_seconds"], body)
+
+
 def _scope_key(user: User) -> str:
     return "all" if policy.sees_everything(user) else f"user:{user.id}"
+
+
+def _note(session: Session, keys) -> None:
+    session.info.setdefault(_PENDING, set()).update(keys)
+
+
+def _changed(instance) -> bool:
+    quiet = _QUIET_COLUMNS.get(type(instance), frozenset())
+    return any(attr.history.has_changes() for attr in sa_inspect(instance).attrs if attr.key not in quiet)
+
+
+@event.listens_for(Session, "after_flush")
+def _note_flushed(session: Session, flush_context) -> None:
+    # Here the session still lists what the flush wrote, with each attribute's history.
+    for instance in chain(session.new, session.deleted):
+        _note(session, _GENERATIONS.get(type(instance), ()))
+    for instance in session.dirty:
+        keys = _GENERATIONS.get(type(instance))
+        if keys and _changed(instance):
+            _note(session, keys)
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _note_bulk(state: ORMExecuteState) -> None:
+    # update(OptimizationSession)... and the like write rows the flush never sees.
+    if state.is_update or state.is_delete or state.is_insert:
+        for mapper in state.all_mappers:
+            _note(state.session, _GENERATIONS.get(mapper.class_, ()))
+
+
+@event.listens_for(Session, "after_commit")
+def _bump_noted(session: Session) -> None:
+    # Noted changes rolled back since are bumped anyway at the next commit: a needless
+    # bump costs a cache miss, a missed one a stale answer.
+    keys = session.info.pop(_PENDING, None)
+    if keys and has_app_context():
+        bump(*sorted(keys))

@@ -158,6 +158,11 @@ def search(user: User, filters: dict) -> dict:
     }
 
 
+def page_key(filters: dict) -> str:
+    """The cache name of one page of the list: every filter as parsed, in a fixed order."""
+    return "session_pages:" + repr(sorted((name, filters[name]) for name in filters))
+
+
 COUNTED = ("status", "model_id", "q", "owner", "created_from", "created_to")
 
 

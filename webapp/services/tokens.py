@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from flask import current_app
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import select
-from sqlalchemy.orm import joinedload
+from sqlalchemy.orm import joinedload, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
 from ..extensions import db
 from ..tables import ApiToken, User, utcnow
@@ -21,6 +23,9 @@ TOKEN_PREFIX = "odk_"  # noqa: S105
 REFRESH_PREFIX = "odr_"  # noqa: S105
 # Touching last_used_at on every call would turn each read into a write.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+# Tokens this process (this app) remembers: token hash -> (the accounts' generation they
+# were read at, a copy of the token and its owner attached to no database session).
+REMEMBERED_MAX = 1000
 
 
 @dataclass(frozen=True)
@@ -131,28 +136,73 @@ def revoke(record: ApiToken, *, by: User) -> None:
     announce_access_change()
 
 
-def authenticate(header: str | None) -> tuple[User, ApiToken]:
-    """The user and token behind an `Authorization: Bearer ...` header."""
+def authenticate(header: str | None, auth_generation: int | None = None) -> tuple[User, ApiToken]:
+    """The user and token behind an `Authorization: Bearer ...` header.
+
+    `auth_generation` is the accounts' generation read for this request before anything
+    else (caching.generations()); with it, a token this process read at that same
+    generation is not read again. Every change to a user or a token moves it on in every
+    process (caching.py), so the next request after a revocation, refresh, deactivation
+    or role change reads the database again. Only accepted tokens are remembered, and
+    only until they expire or their last use is due to be written."""
     if not header:
         raise TokenRejected("token_missing", "Send 'Authorization: Bearer <token>'.")
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         raise TokenRejected("token_invalid", "The Authorization header is not a bearer token.")
+    digest = _hash(token)
+    now = utcnow()
+    remembered_tokens = current_app.extensions.setdefault("optideck.remembered_tokens", {})
+    if auth_generation is not None:
+        remembered = remembered_tokens.get(digest)
+        if remembered is not None and remembered[0] == auth_generation and _still_good(remembered[1], now):
+            # A copy in this request's session, from memory (no query): the template is
+            # never attached, so requests on other threads share it safely.
+            record = db.session.merge(remembered[1], load=False)
+            return record.owner, record
     record = db.session.scalar(
-        select(ApiToken).options(joinedload(ApiToken.owner)).where(ApiToken.token_hash == _hash(token))
+        select(ApiToken).options(joinedload(ApiToken.owner)).where(ApiToken.token_hash == digest)
     )
     if record is None or record.revoked_at is not None:
         raise TokenRejected("token_invalid", "The token is unknown or has been revoked.")
     if not record.owner.active:
         raise TokenRejected("token_invalid", "The token's account is deactivated.")
-    now = utcnow()
     if record.expires_at <= now:
         raise TokenRejected("token_expired", "The token has expired; refresh it or log in again.")
-    if record.last_used_at is None or now - record.last_used_at > LAST_USED_RESOLUTION:
+    stale = record.last_used_at is None or now - record.last_used_at > LAST_USED_RESOLUTION
+    if stale:
         record.last_used_at = now
+    # Copied before the commit expires the rows, remembered once it succeeded.
+    template = _template(record) if auth_generation is not None else None
+    if stale:
         db.session.commit()
+    if template is not None:
+        if len(remembered_tokens) >= REMEMBERED_MAX:
+            remembered_tokens.clear()
+        remembered_tokens[digest] = (auth_generation, template)
     return record.owner, record
+
+
+def _still_good(template: ApiToken, now) -> bool:
+    last_used = template.last_used_at
+    return template.expires_at > now and last_used is not None and now - last_used <= LAST_USED_RESOLUTION
+
+
+def _template(record: ApiToken) -> ApiToken:
+    """A detached copy of the token and its owner, column values only."""
+    token, owner = _detached_copy(record), _detached_copy(record.owner)
+    set_committed_value(token, "owner", owner)
+    return token
+
+
+def _detached_copy(instance):
+    mapper = sa_inspect(instance).mapper
+    copy = mapper.class_manager.new_instance()
+    for column in mapper.column_attrs:
+        set_committed_value(copy, column.key, getattr(instance, column.key))
+    make_transient_to_detached(copy)
+    return copy
 
 
 def for_user(user: User) -> list[ApiToken]:

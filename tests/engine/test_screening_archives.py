@@ -151,3 +151,21 @@ def test_npz_array_failing_its_checksum_is_refused_when_loaded(tmp_path):
     with pytest.raises(DatasetRejected) as refused:
         datasets.load_npz(damaged, INPUTS)
     assert _plain(refused) == "The evaluation data is corrupt: 'x.npy' does not match its checksum."
+
+
+@pytest.mark.parametrize(
+    "arrays, words",
+    [
+        # Zeros compress a thousandfold: a small upload that would unpack to 100 MB.
+        ({"x": np.zeros((datasets.MAX_SAMPLES + 1, 4), np.float32)}, "between 1 and"),
+        ({"x": np.zeros((50_000, 4, 2), np.float32)}, "has 2 dimensions"),
+        ({"x": np.zeros((50_000, 5), np.float32)}, "dimension 1 is 5, not 4"),
+        ({"x": np.zeros((50_000, 4), np.float32), "y": np.zeros(7, np.int64)}, "one label per sample"),
+    ],
+)
+def test_npz_arrays_of_the_wrong_shape_are_refused_before_they_are_unpacked(tmp_path, arrays, words):
+    out = tmp_path / "zeros.npz"
+    np.savez_compressed(out, **arrays)
+    assert out.stat().st_size < BOUND
+    message = _refused_within(BOUND, DatasetRejected, lambda: datasets.load_npz(out, INPUTS))
+    assert words in message, message

@@ -82,16 +82,18 @@ def input_shape(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> list[int]:
     return list(shapes["x"])
 
 
-def _read(path: Path, max_bytes: int) -> dict[str, np.ndarray]:
+def _read(path: Path, max_bytes: int, only: set[str] | None = None) -> dict[str, np.ndarray]:
+    """The .npz's arrays (those named in `only`, if given)."""
     screening.check_npz(path, MEMBERS, max_bytes)
     arrays = {}
     try:
         for info in screening.zip_members(path, DatasetRejected):
+            name = info.filename.removesuffix(".npy")
+            if only is not None and name not in only:
+                continue
             with screening.open_member(path, info, DatasetRejected) as member:
                 # allow_pickle=False: object arrays (pickles) are refused, never loaded.
-                arrays[info.filename.removesuffix(".npy")] = np.lib.format.read_array(
-                    member, allow_pickle=False
-                )
+                arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
                 screening.unpack_rest(member)
     except (ValueError, OSError, EOFError) as exc:
         raise DatasetRejected(
@@ -100,20 +102,21 @@ def _read(path: Path, max_bytes: int) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _by_input(arrays: dict[str, np.ndarray], specs: list[InputSpec]) -> dict[str, np.ndarray]:
+def _members_for_inputs(members: set[str], specs: list[InputSpec]) -> dict[str, str]:
+    """Which array of the .npz feeds each model input: {input name: array name}."""
     names = [spec.name for spec in specs]
-    if len(specs) == 1 and "x" in arrays and names[0] not in arrays:
-        found = {names[0]: arrays.pop("x")}
+    if len(specs) == 1 and "x" in members and names[0] not in members:
+        found = {names[0]: "x"}
     else:
-        missing = [name for name in names if name not in arrays]
+        missing = [name for name in names if name not in members]
         if missing:
             wanted = "'x' or " + repr(names[0]) if len(names) == 1 else ", ".join(repr(n) for n in names)
             raise DatasetRejected(
                 f"The evaluation .npz needs one array per model input ({wanted}); "
                 f"missing: {', '.join(repr(m) for m in missing)}."
             )
-        found = {name: arrays.pop(name) for name in names}
-    extra = sorted(set(arrays) - {"y", AXES})
+        found = {name: name for name in names}
+    extra = sorted(members - set(found.values()) - {"y", AXES})
     if extra:
         raise DatasetRejected(
             f"The evaluation .npz holds {', '.join(repr(e[:60]) for e in extra)}, which is not an input "
@@ -132,8 +135,7 @@ def default_axes(specs: list[InputSpec]) -> dict[str, int | None]:
     }
 
 
-def _axes(arrays: dict[str, np.ndarray], specs: list[InputSpec]) -> dict[str, int | None]:
-    declared = arrays.get(AXES)
+def _axes(declared: np.ndarray | None, specs: list[InputSpec]) -> dict[str, int | None]:
     if declared is None:
         return default_axes(specs)
     if declared.ndim != 1 or len(declared) != len(specs) or not np.issubdtype(declared.dtype, np.integer):
@@ -151,49 +153,62 @@ def _axes(arrays: dict[str, np.ndarray], specs: list[InputSpec]) -> dict[str, in
     return axes
 
 
-def load_npz(path: Path, specs: list[InputSpec], max_bytes: int = DEFAULT_MAX_BYTES) -> EvalData:
-    """Read and check an evaluation .npz against the model's inputs."""
-    arrays = _read(path, max_bytes)
-    used_x = len(specs) == 1 and "x" in arrays and specs[0].name not in arrays
-    inputs = _by_input(arrays, specs)
-    axes = _axes(arrays, specs)
+def _sample_count(
+    shapes: dict[str, tuple], sources: dict[str, str], specs: list[InputSpec], axes: dict[str, int | None]
+) -> int:
+    """The number of samples the arrays' headers declare, once each input's shape is
+    checked against the model's: judged before any large array is unpacked."""
     counts = set()
     for spec in specs:
-        array = inputs[spec.name]
-        shown = "'x'" if used_x else repr(spec.name)
-        if array.ndim != len(spec.shape):
+        shape = shapes[sources[spec.name]]
+        shown = repr(sources[spec.name])
+        if len(shape) != len(spec.shape):
             raise DatasetRejected(
-                f"{shown} has shape {list(array.shape)} but the model's input {spec.name!r} has "
+                f"{shown} has shape {list(shape)} but the model's input {spec.name!r} has "
                 f"{len(spec.shape)} dimensions {spec.shape}."
             )
         axis = axes[spec.name]
-        for dim, (have, want) in enumerate(zip(array.shape, spec.shape, strict=True)):
+        for dim, (have, want) in enumerate(zip(shape, spec.shape, strict=True)):
             if dim != axis and want is not None and have != want:
                 raise DatasetRejected(
-                    f"{shown} has shape {list(array.shape)} but the model's input {spec.name!r} expects "
+                    f"{shown} has shape {list(shape)} but the model's input {spec.name!r} expects "
                     f"{spec.shape}: dimension {dim} is {have}, not {want}."
                 )
+        if axis is not None:
+            counts.add(shape[axis])
+    if len(counts) > 1:
+        raise DatasetRejected(f"The inputs hold different numbers of samples: {sorted(counts)}.")
+    count = counts.pop() if counts else 1
+    if not 1 <= count <= MAX_SAMPLES:
+        raise DatasetRejected(f"The evaluation data must hold between 1 and {MAX_SAMPLES} samples.")
+    labels = shapes.get("y")
+    if labels is not None and (len(labels) != 1 or labels[0] != count):
+        raise DatasetRejected(f"'y' must be one label per sample: {count} values, got shape {list(labels)}.")
+    return count
+
+
+def load_npz(path: Path, specs: list[InputSpec], max_bytes: int = DEFAULT_MAX_BYTES) -> EvalData:
+    """Read and check an evaluation .npz against the model's inputs. Names, shapes and the
+    sample count are checked from the arrays' headers first, so a small file that unpacks
+    to a large array of the wrong shape is refused without being unpacked."""
+    shapes = screening.check_npz(path, MEMBERS, max_bytes)
+    sources = _members_for_inputs(set(shapes), specs)
+    axes = _axes(_read(path, max_bytes, {AXES}).get(AXES) if AXES in shapes else None, specs)
+    _sample_count(shapes, sources, specs, axes)
+    arrays = _read(path, max_bytes, set(sources.values()) | {"y"})
+    inputs = {}
+    for spec in specs:
+        array = arrays[sources[spec.name]]
+        shown = repr(sources[spec.name])
         if not np.issubdtype(array.dtype, np.number) and array.dtype != np.bool_:
             raise DatasetRejected(f"{shown} must be numeric, not {array.dtype}.")
         array = array.astype(spec.dtype, copy=False)
         if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
             raise DatasetRejected(f"{shown} contains NaN or infinite values.")
         inputs[spec.name] = array
-        if axis is not None:
-            counts.add(array.shape[axis])
-    if len(counts) > 1:
-        raise DatasetRejected(f"The inputs hold different numbers of samples: {sorted(counts)}.")
-    count = counts.pop() if counts else 1
-    if not 1 <= count <= MAX_SAMPLES:
-        raise DatasetRejected(f"The evaluation data must hold between 1 and {MAX_SAMPLES} samples.")
     labels = arrays.get("y")
-    if labels is not None:
-        if labels.ndim != 1 or len(labels) != count:
-            raise DatasetRejected(
-                f"'y' must be one label per sample: {count} values, got shape {list(labels.shape)}."
-            )
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise DatasetRejected("'y' must hold integer class labels.")
+    if labels is not None and not np.issubdtype(labels.dtype, np.integer):
+        raise DatasetRejected("'y' must hold integer class labels.")
     return EvalData(inputs, labels, "dataset", axes)
 
 

@@ -14,14 +14,18 @@ Seeds a fresh database (SQLite by default) once with sessions spread over owners
 models, statuses and 90 days (on PostgreSQL with COPY), then for each worker count
 starts the real server (`flask --app webapp serve`, gunicorn with that many worker
 processes) and sends each scenario from N concurrent keep-alive clients. With
---redis-url the server's processes share the dashboard cache and list totals there;
+--redis-url the server's processes share the dashboard cache, list totals and list
+pages there (and each remembers bearer tokens);
 that Redis database is FLUSHED before each server starts, so every worker count
 begins with a cold cache, and the web processes run no executor (the Celery backend,
 no worker started), so the seeded `queued` sessions stay queued. Without Redis the
 server's local executor claims and runs them while the benchmark runs. Prints
 p50/p95/p99 latency and requests per second per worker count; nothing is asserted.
 The list and the cached statistics run on the default configuration (cached for
-10 s, cleared by any change); the uncached statistics with the cache off.
+10 s, cleared by any change), the first page once more while another process commits
+--changes changes a second to a listed session (each clearing the cached pages), then
+the first page and the statistics with the cache off (--no-uncached skips the
+statistics, a full scan per request).
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ import io
 import json
 import random
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from datetime import UTC, timedelta
 from pathlib import Path
 
@@ -205,14 +211,63 @@ def load(port: int, token: str, path: str, clients: int, requests: int) -> dict:
     return result
 
 
+@contextmanager
+def changing(instance: Path, args):
+    """While the block runs, another process's writes (this one's, through the app and
+    its ORM, as a worker's progress would be): `args.changes` commits a second, each to
+    a row every list shows, each moving the lists' cache generation on."""
+    from webapp import create_app
+    from webapp.extensions import db
+    from webapp.tables import OptimizationSession, utcnow
+
+    overrides = {
+        "app": {"instance_dir": str(instance), "secret_key": "bench" * 8},
+        "logging": {"level": "WARNING"},
+    }
+    if args.database_url:
+        overrides["database"] = {"url": args.database_url}
+    if args.redis_url:
+        overrides["redis"] = {"url": args.redis_url}
+        overrides["executor"] = {"backend": "celery"}
+    app = create_app(overrides)
+    stop = threading.Event()
+
+    def write() -> None:
+        with app.app_context():
+            newest = db.session.scalar(db.select(OptimizationSession).order_by(OptimizationSession.id.desc()))
+            step = 0
+            while not stop.wait(1 / args.changes):
+                step += 1
+                newest.current_step = f"bench step {step}"
+                newest.updated_at = utcnow()
+                db.session.commit()
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        writer.join()
+
+
 def measure(instance: Path, token: str, args, workers: int, scenarios: list[tuple[str, str]]) -> list:
     rows = []
-    # The default configuration (statistics and list totals cached for 10 s, cleared
-    # by any change), then the cache turned off for the uncached statistics.
+    # The default configuration (statistics, list totals and, with Redis, list pages
+    # cached, cleared by any change), then the cache turned off for the uncached figures.
     server = serve(instance, args.database_url, 10, workers, args.redis_url)
     try:
         for name, path in scenarios:
             rows.append((name, load(server.port, token, path, args.clients, args.requests)))
+            print_row(workers, *rows[-1])
+        if args.changes:
+            with changing(instance, args):
+                rows.append(
+                    (
+                        f"list, first page, {args.changes:g} changes/s",
+                        load(server.port, token, scenarios[0][1], args.clients, args.requests),
+                    )
+                )
             print_row(workers, *rows[-1])
         rows.append(
             (
@@ -223,17 +278,21 @@ def measure(instance: Path, token: str, args, workers: int, scenarios: list[tupl
         print_row(workers, *rows[-1])
     finally:
         server.stop()
-    if args.no_uncached:
-        return rows
     server = serve(instance, args.database_url, 0, workers, args.redis_url)
     try:
+        first_page = scenarios[0][1]
         rows.append(
-            (
-                "stats, uncached",
-                load(server.port, token, "/api/v1/dashboard/stats", args.clients, args.requests),
-            )
+            ("list, first page, uncached", load(server.port, token, first_page, args.clients, args.requests))
         )
         print_row(workers, *rows[-1])
+        if not args.no_uncached:
+            rows.append(
+                (
+                    "stats, uncached",
+                    load(server.port, token, "/api/v1/dashboard/stats", args.clients, args.requests),
+                )
+            )
+            print_row(workers, *rows[-1])
     finally:
         server.stop()
     return rows
@@ -266,6 +325,13 @@ def main() -> None:
         "--no-uncached",
         action="store_true",
         help="skip the uncached statistics (a full scan per request: minutes at 1,000,000 sessions)",
+    )
+    parser.add_argument(
+        "--changes",
+        type=float,
+        default=10.0,
+        help="commits a second to a listed session during one more run of the first page "
+        "(each drops the cached pages); 0 skips it",
     )
     args = parser.parse_args()
 

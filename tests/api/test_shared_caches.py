@@ -5,6 +5,8 @@ either reaches the other's very next request, even with every cache warm."""
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -15,7 +17,7 @@ from tests.factories import gen_model, gen_session
 from tests.helpers import PASSWORD, ApiClient, api_client_for
 from tests.live.processes import OwnRedis
 from webapp.extensions import db
-from webapp.services import session_runs, tokens, users
+from webapp.services import caching, session_runs, tokens, users
 from webapp.tables import ApiToken, ModelMetadata, OptimizationSession, User, utcnow
 
 LIST = "/api/v1/optimization/sessions"
@@ -212,3 +214,32 @@ def test_logging_out_with_a_remembered_token_revokes_it_everywhere(pair):
         answer = client.get(LIST)
         assert answer.status_code == 401
         assert answer.get_json()["error"] == "token_invalid"
+
+
+def test_a_page_missing_from_the_caches_is_made_once_for_all_who_ask_at_that_moment(pair):
+    """After a change every page is gone: the clients reading the list at that moment wait
+    for one of them to make it, not each make it again."""
+    first, second, on, ids = pair
+    made = []
+    start = threading.Barrier(8)
+
+    def make() -> bytes:
+        made.append(1)
+        time.sleep(0.3)  # long enough for every other caller to arrive meanwhile
+        return b'{"made": true}'
+
+    def ask(answers: list) -> None:
+        with second.app_context():
+            viewer = db.session.get(User, ids["admin"])
+            generation = caching.generations()["list"]
+            start.wait()
+            answers.append(caching.cached_page(viewer, "bench-page", generation, make))
+
+    answers: list[bytes] = []
+    threads = [threading.Thread(target=ask, args=(answers,)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert answers == [b'{"made": true}'] * 8
+    assert len(made) == 1

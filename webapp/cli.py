@@ -148,6 +148,8 @@ def serve_command(demo: bool):
         *_worker_class_args(server),
         "--timeout",
         str(server["timeout"]),
+        "--keep-alive",
+        str(server["keepalive"]),
         "--graceful-timeout",
         "10",
         # Its shared default path would collide between two servers on one host.

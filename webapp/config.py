@@ -177,6 +177,8 @@ def _check_values(settings) -> None:
     for key in ("workers", "threads", "connections", "timeout"):
         if server[key] < 1:
             raise ConfigError(f"server.{key} must be at least 1, got {server[key]}")
+    if server["keepalive"] < 0:
+        raise ConfigError(f"server.keepalive must be 0 or more, got {server['keepalive']}")
     if server["worker_class"] not in WORKER_CLASSES:
         raise ConfigError(
             f"server.worker_class must be one of {', '.join(WORKER_CLASSES)}, got {server['worker_class']!r}"

@@ -52,6 +52,7 @@ def test_config_file_then_environment(tmp_path):
         ({"OPTIDECK_SECURITY_LOGIN_RATE_LIMIT": "lots"}, "security.login_rate_limit"),
         ({"OPTIDECK_SERVER_WORKER_CLASS": "eventlet"}, "server.worker_class"),
         ({"OPTIDECK_SERVER_CONNECTIONS": "0"}, "server.connections"),
+        ({"OPTIDECK_SERVER_KEEPALIVE": "-1"}, "server.keepalive"),
         # Under gevent the sockets' capacity is server.connections, not server.threads.
         (
             {"OPTIDECK_SERVER_WORKER_CLASS": "gevent", "OPTIDECK_SERVER_CONNECTIONS": "4"},

@@ -1,6 +1,8 @@
 """A server restart, as a deployment does it: clients are told (1012), come back, catch up."""
 
+import http.client
 import json
+import time
 import urllib.request
 
 import pytest
@@ -64,3 +66,23 @@ def test_a_restart_closes_with_1012_and_a_reconnect_catches_up(app, server):
     assert caught_up["data"]["session_id"] == finished.id
     assert caught_up["data"]["size_reduction_percent"] == 50.0
     ws.close()
+
+
+def test_a_keep_alive_connection_outlasts_a_pause_between_requests(server):
+    """A browser or script pausing a few seconds between requests reuses its connection:
+    gunicorn's own 2 s closed it under them, and a request racing the close was reset."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        for _ in range(2):
+            connection.request("GET", "/healthz")
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200
+            assert response.getheader("Connection", "").lower() != "close"
+            time.sleep(3)  # longer than gunicorn's default keep-alive, within server.keepalive
+        socket_before = connection.sock
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().status == 200
+        assert connection.sock is socket_before  # the same connection, not a new one
+    finally:
+        connection.close()

@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import resource
 import statistics
 import tempfile
@@ -104,11 +105,14 @@ def start_session(url: str, account: dict) -> int:
 
 
 def worker_stats(master_pid: int) -> dict:
-    """RSS and threads of a server's (only) gunicorn worker process."""
+    """RSS, threads and CPU seconds so far of a server's (only) gunicorn worker process."""
     children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
     status = Path(f"/proc/{children[0]}/status").read_text()
     fields = dict(line.split(":", 1) for line in status.splitlines())
-    return {"rss_kb": int(fields["VmRSS"].split()[0]), "threads": int(fields["Threads"])}
+    # /proc/<pid>/stat: utime and stime are the 14th and 15th fields, after "(comm)".
+    stat = Path(f"/proc/{children[0]}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+    return {"rss_kb": int(fields["VmRSS"].split()[0]), "threads": int(fields["Threads"]), "cpu_s": cpu}
 
 
 def may_see(username: str, accounts: dict, owner: int) -> bool:
@@ -276,6 +280,7 @@ def run(args, accounts: dict, servers: list[Server]) -> dict:
             if not pipe.poll(args.timeout + 120):
                 raise RuntimeError("a client process did not report")
             tallies.append(pipe.recv()[1])
+        finished = [worker_stats(s.process.pid) for s in servers]
     finally:
         for child in children:
             child.join(10)
@@ -288,6 +293,7 @@ def run(args, accounts: dict, servers: list[Server]) -> dict:
         "per_server": per_server,
         "before": before,
         "connected": connected,
+        "events_cpu_s": sum(f["cpu_s"] - c["cpu_s"] for f, c in zip(finished, connected, strict=True)),
         "messages": len(latencies),
         "progress": sum(t["progress"] for t in tallies),
         "p50": statistics.median(latencies),
@@ -382,6 +388,10 @@ def main() -> None:
         ("started/finished events lost", f"{result['lost']} of {result['expected']:,}"),
         ("resyncs (a client fell behind)", f"{result['resyncs']}"),
         ("clients dropped (never connected, closed early)", f"{sum(result['dropped'].values())}"),
+        # From the last connect to the last tally: the events' fan-out, the sessions'
+        # requests, idle wake-ups. Per message: the servers' cost of one delivery.
+        ("servers' CPU while sessions ran (s)", f"{result['events_cpu_s']:.1f}"),
+        ("  per message received (us)", f"{result['events_cpu_s'] / result['messages'] * 1e6:.0f}"),
     ]
     for n, (before, connected) in enumerate(zip(result["before"], result["connected"], strict=True)):
         rss = connected["rss_kb"] - before["rss_kb"]

@@ -117,17 +117,17 @@ def live_route(path: str, endpoint: str, waits_for_auth=lambda: False):
     return decorate
 
 
-def may_see(user: User, notification: Notification, rooms: set[int] | None) -> bool:
+def may_see(rights: policy.Rights, notification: Notification, rooms: set[int] | None) -> bool:
     """Alerts go to admins; session events to those who may see the session (and joined
     its room, if any); platform-wide events (no owner) to everyone."""
     if notification.admins_only:
-        return policy.can_administer(user)
+        return rights.administers
     session_id = notification.data.get("session_id")
     if rooms is not None and session_id is not None and session_id not in rooms:
         return False
     if notification.owner_id is None:
         return True
-    return policy.can_see(user, notification.owner_id)
+    return rights.can_see(notification.owner_id)
 
 
 def changed_sessions(user: User, since: datetime | None, active: bool = False):
@@ -154,7 +154,7 @@ def drain_latest(subscription, first: Notification) -> list[Notification]:
     a slow client catches up on the state, not on every step it missed."""
     batch = [first]
     while True:
-        more = subscription.get(timeout=0)
+        more = subscription.get_nowait()
         if more is None:
             break
         batch.append(more)
@@ -189,6 +189,8 @@ class LiveStream(ABC):
 
     def __init__(self, ws, user: User, since: datetime | None):
         self.ws, self.user = ws, user
+        # Every event is filtered for every socket: by plain values, not the ORM row's.
+        self.rights = policy.Rights.of(user)
         self.user_id = user.id
         self.since = since  # the last time this client was brought up to date
         self.wake = lambda: None
@@ -199,7 +201,7 @@ class LiveStream(ABC):
 
     def accepts(self, notification: Notification) -> bool:
         """Whether this client gets the event at all (called by the publisher)."""
-        return may_see(self.user, notification, None)
+        return may_see(self.rights, notification, None)
 
     @abstractmethod
     def snapshot(self) -> list[str]:
@@ -237,6 +239,7 @@ class LiveStream(ABC):
         """The account afresh, so every later event is filtered by its new role; then the
         state as that role sees it."""
         self.user = db.session.get(User, self.user_id)
+        self.rights = policy.Rights.of(self.user)
         log.info("%s stream of user %s follows its new role %s", self.endpoint, self.user_id, self.user.role)
         return self.resync(f"your role changed to {self.user.role}")
 
@@ -276,13 +279,20 @@ class LiveStream(ABC):
             metrics.CONNECTIONS_OPEN.labels(self.endpoint).dec()
             log.debug("%s connection closed for user %s", self.endpoint, self.user_id)
 
+    def _client_spoke(self) -> bool:
+        """Whether a message or the client's leaving is waiting to be read: what
+        receive(timeout=0) would find, asked without arming a timer (under gevent it arms
+        one each call, and the loop asks after every batch it sends)."""
+        ws = self.ws
+        return bool(ws.input_buffer) or not ws.connected or ws.event.is_set()
+
     def _loop(self, subscription) -> None:
         while not shutting_down() and self.ending is None:
             if self.renew_due:
                 self.renew_due = False
                 self._catch_up(self.renew)
                 continue
-            text = self.ws.receive(timeout=0)  # also how a closed client is noticed
+            text = self.ws.receive(timeout=0) if self._client_spoke() else None
             if text is not None:
                 self.send(lambda: self.on_message(text))  # noqa: B023 - called at once
                 continue

@@ -116,7 +116,7 @@ class EventStream(LiveStream):
         return [error(error_word, text)]
 
     def accepts(self, notification: Notification) -> bool:
-        return may_see(self.user, notification, self.rooms)
+        return may_see(self.rights, notification, self.rooms)
 
     def deliver(self, batch: list[Notification]) -> list[str]:
         # Filtered again: an event queued before a role change is judged by the new role.

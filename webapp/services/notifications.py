@@ -79,10 +79,18 @@ class Subscription:
         except queue.Empty:
             return None
 
+    def get_nowait(self) -> Notification | None:
+        """The next event if one is queued, else None. Under gevent, get(timeout=0) arms
+        and cancels a timer each call: a tenth of a 5,000-socket fan-out's CPU."""
+        try:
+            return self._queue.get(block=False)
+        except queue.Empty:
+            return None
+
     def clear(self) -> None:
         """Forget what is queued (the subscriber is about to read the state afresh)."""
         for _ in range(self._queue.qsize()):
-            self.get(timeout=0)
+            self.get_nowait()
 
     def wake(self) -> None:
         """Make a waiting get() return None now (something other than an event happened)."""

@@ -7,6 +7,8 @@ and run sessions, and see and act on what they own.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..tables import Role, User
 
 # The roles that may upload models and start sessions, and those that administer.
@@ -19,7 +21,11 @@ def sees_everything(user: User) -> bool:
 
 
 def can_see(user: User, owner_id: int | None) -> bool:
-    return sees_everything(user) or owner_id == user.id
+    return _sees(sees_everything(user), user.id, owner_id)
+
+
+def _sees(everything: bool, user_id: int, owner_id: int | None) -> bool:
+    return everything or owner_id == user_id
 
 
 def can_change(user: User, owner_id: int | None) -> bool:
@@ -40,3 +46,20 @@ def scope(query, owner_column, user: User):
     """`query` narrowed to the rows `user` may see, `owner_column` naming their owner: the
     one place a list, a count or a live snapshot learns what a user may see."""
     return query if sees_everything(user) else query.where(owner_column == user.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Rights:
+    """One user's seeing rights, read once from the account: for checks made for every
+    event and every open socket (a live stream re-reads them when the role changes)."""
+
+    user_id: int
+    sees_everything: bool
+    administers: bool
+
+    @classmethod
+    def of(cls, user: User) -> Rights:
+        return cls(user.id, sees_everything(user), can_administer(user))
+
+    def can_see(self, owner_id: int | None) -> bool:
+        return _sees(self.sees_everything, self.user_id, owner_id)

@@ -200,6 +200,10 @@ class OptimizationSession(db.Model):
         # Dashboard averages read from the index alone.
         Index("ix_sessions_status_results", "status", "size_reduction_percent", "speed_improvement_percent"),
         Index("ix_sessions_owner_status", "owner_id", "status"),
+        # The dashboard's "recently finished", newest first, for everyone and per owner:
+        # without them each dashboard sorted every finished session (44 ms at 100,000).
+        Index("ix_sessions_completed", "completed_at", "id"),
+        Index("ix_sessions_owner_completed", "owner_id", "completed_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -217,3 +217,18 @@ def api_client(app):
         return api_client_for(app, f"api-{role}-{next(made)}", role, read_only)
 
     return build
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A Redis server of this test's own (nothing another test cached can answer), which it
+    may stop and start again."""
+    from tests.live.processes import OwnRedis
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = OwnRedis(tmp_path)
+    server.start()
+    yield server
+    if server.process.poll() is None:
+        server.stop()

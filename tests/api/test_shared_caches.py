@@ -4,7 +4,6 @@ either reaches the other's very next request, even with every cache warm."""
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from contextlib import contextmanager
@@ -15,7 +14,6 @@ from sqlalchemy import event, update
 
 from tests.factories import gen_model, gen_session
 from tests.helpers import PASSWORD, ApiClient, api_client_for
-from tests.live.processes import OwnRedis
 from webapp.extensions import db
 from webapp.services import caching, session_runs, tokens, users
 from webapp.tables import ApiToken, ModelMetadata, OptimizationSession, User, utcnow
@@ -24,21 +22,10 @@ LIST = "/api/v1/optimization/sessions"
 
 
 @pytest.fixture
-def redis_url(tmp_path):
-    """A Redis server of this test's own: nothing cached by another test can answer."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    server = OwnRedis(tmp_path)
-    server.start()
-    yield server.url
-    server.stop()
-
-
-@pytest.fixture
-def pair(make_app, redis_url):
+def pair(make_app, own_redis):
     """Two processes' apps on one database and one Redis, with an admin and two operators
     (their clients on the second app), each with models and sessions."""
-    first, second = make_app(redis={"url": redis_url}), make_app(redis={"url": redis_url})
+    first, second = make_app(redis={"url": own_redis.url}), make_app(redis={"url": own_redis.url})
     with first.app_context():
         clients = {
             "admin": api_client_for(first, "root", "admin"),

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
+import redis
 from sqlalchemy import event, update
 
 from tests.factories import gen_model, gen_session
@@ -230,3 +231,52 @@ def test_a_page_missing_from_the_caches_is_made_once_for_all_who_ask_at_that_mom
         thread.join()
     assert answers == [b'{"made": true}'] * 8
     assert len(made) == 1
+
+
+def test_a_generation_started_again_after_a_flush_never_repeats_an_old_value(pair):
+    """A change that reaches an empty Redis first (restarted, flushed, evicted) starts the
+    generation at the clock, as a read would: INCR alone would make it 1 after every
+    flush, and a token remembered at 1 would pass again."""
+    first, second, on, ids = pair
+    redis_client = redis.Redis.from_url(first.config["OPTIDECK"]["redis"]["url"])
+    redis_client.flushdb()
+    with first.app_context():
+        admin = db.session.get(User, ids["admin"])
+        users.set_role(db.session.get(User, ids["bob"]), "viewer", by=admin)
+    warm(on["alice"])  # remembered at the generation that change made
+    redis_client.flushdb()
+    with first.app_context():
+        record = db.session.scalar(db.select(ApiToken).where(ApiToken.user_id == ids["alice"]))
+        tokens.revoke(record, by=record.owner)
+    assert on["alice"].get(LIST).status_code == 401
+
+
+def test_when_redis_refuses_the_change_a_remembered_token_lasts_seconds_not_a_minute(pair, monkeypatch):
+    """Redis out of memory refuses the bump but still answers reads: the revocation is
+    then seen when the remembered copy runs out (REMEMBER_SECONDS), not a minute later."""
+    first, second, on, ids = pair
+    monkeypatch.setattr(tokens, "REMEMBER_SECONDS", 0.5)
+    warm(on["alice"])
+    redis_client = redis.Redis.from_url(first.config["OPTIDECK"]["redis"]["url"])
+    redis_client.config_set("maxmemory-policy", "noeviction")
+    redis_client.config_set("maxmemory", 1)  # every write is refused from here on
+    try:
+        with first.app_context():
+            record = db.session.scalar(db.select(ApiToken).where(ApiToken.user_id == ids["alice"]))
+            tokens.revoke(record, by=record.owner)
+        time.sleep(0.6)
+        assert on["alice"].get(LIST).status_code == 401
+    finally:
+        redis_client.config_set("maxmemory", 0)
+
+
+def test_spellings_of_one_query_share_a_page(pair):
+    first, second, on, _ = pair
+    warm(on["admin"], f"{LIST}?status=completed&status=running&q=a-model")
+    with statements(second) as sent:
+        for spelling in (
+            "status=running&status=completed&q=%20a-model%20",
+            "status=running&status=completed&status=running&q=a-model",
+        ):
+            assert on["admin"].get(f"{LIST}?{spelling}").status_code == 200
+    assert not [s for s in sent if "optimization_sessions" in s]

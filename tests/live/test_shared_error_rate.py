@@ -55,3 +55,23 @@ def test_redis_away_costs_the_count_not_the_request(make_app):
     client = app.test_client()
     for _ in range(5):
         assert client.get("/api/v1/models").status_code == 401
+
+
+def test_an_idle_process_sends_its_counts_within_a_second(make_app):
+    """Healthy responses are sent in batches; a process that then goes quiet still adds
+    them to the shared window, or another process's errors would be judged without them."""
+    client = redis.Redis.from_url(URL)
+    client.flushdb()
+    app = make_app(redis={"url": URL}, alerts=ALERTS)
+    for _ in range(5):
+        assert app.test_client().get("/api/v1/openapi.json").status_code == 200
+
+    def counted() -> int:
+        return sum(
+            int(client.hget(key, "requests") or 0) for key in client.keys(f"{SharedErrorRateMonitor.KEY}:1*")
+        )
+
+    deadline = time.monotonic() + 3
+    while counted() < 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert counted() == 5

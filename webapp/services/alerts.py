@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 
 import redis
-from flask import request
+from flask import current_app, request
 
 from ..tables import OptimizationSession
 from . import get, metrics
@@ -96,7 +97,7 @@ class ErrorRateMonitor:
             _publish("api_error_rate", "info", f"The API's error rate is back to {rate:.0%}.", **detail)
 
 
-# How often a process writes its counts to the shared window and reads the window back
+# How often a process sends its counts to the shared window and reads the window back
 # while it sees only healthy responses: one round trip per second per process, not one per
 # response (that pipeline was an eighth of a cached list page's time, bench/session_list.py).
 EVALUATE_SECONDS = 1.0
@@ -109,7 +110,9 @@ class SharedErrorRateMonitor(ErrorRateMonitor):
 
     A process gathers its counts in memory and sends them, with the window's read, in one
     pipeline: at once on an error, or on any response while the alert is believed raised
-    (so a crossing is seen by the response that makes it), else once per EVALUATE_SECONDS.
+    (so a crossing is seen by the response that makes it), and otherwise from a
+    background thread once per EVALUATE_SECONDS (so an idle process's counts are not kept
+    back). Counts of a process's last second are lost when it exits.
     """
 
     KEY = "optideck:api_errors"
@@ -127,23 +130,40 @@ class SharedErrorRateMonitor(ErrorRateMonitor):
         super().__init__(threshold, window_seconds, min_requests, min_status, clock=clock)
         self._redis = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
         self._believed_raised = False
-        self._evaluated = float("-inf")
         # second -> [responses, errors] not yet added to the shared buckets
         self._pending: dict[int, list[int]] = {}
+        self._sending = threading.Lock()  # one pipeline at a time, in order
+        self._flusher: threading.Thread | None = None
 
     def record(self, status: int) -> None:
-        now = self._clock()
         error = status >= self.min_status
         with self._lock:
-            counts = self._pending.setdefault(int(now), [0, 0])
+            counts = self._pending.setdefault(int(self._clock()), [0, 0])
             counts[0] += 1
             counts[1] += error
-            if not (error or self._believed_raised or now - self._evaluated >= EVALUATE_SECONDS):
+            if self._flusher is None:
+                # Started on first use, in the process that serves (gunicorn forks first).
+                app = weakref.ref(current_app._get_current_object())  # type: ignore[attr-defined]
+                self._flusher = threading.Thread(
+                    target=_flush_every, args=(app,), name="optideck-error-rate", daemon=True
+                )
+                self._flusher.start()
+            if not (error or self._believed_raised):
                 return
-            pending, self._pending = self._pending, {}
-            self._evaluated = now
+        self.flush()
+
+    def flush(self) -> None:
+        """Send the counts gathered since the last flush and act on the window's state."""
+        with self._sending:
+            with self._lock:
+                if not self._pending and not self._believed_raised:
+                    return  # idle and healthy: nothing to send, nothing to clear
+                pending, self._pending = self._pending, {}
+            self._send(pending)
+
+    def _send(self, pending: dict[int, list[int]]) -> None:
         span = int(max(self.window, 1))
-        current = int(now)
+        current = int(self._clock())
         try:
             with self._redis.pipeline(transaction=False) as pipe:
                 for second, (requests, errors) in pending.items():
@@ -174,6 +194,22 @@ class SharedErrorRateMonitor(ErrorRateMonitor):
             return
         if changed:
             self._announce(high, requests, errors)
+
+
+def _flush_every(app_ref) -> None:
+    """The background flush of one app's monitor, until the app is gone (its alerts need
+    the app's notification service)."""
+    while True:
+        time.sleep(EVALUATE_SECONDS)
+        app = app_ref()
+        if app is None:
+            return
+        try:
+            with app.app_context():
+                app.extensions["optideck.error_rate"].flush()
+        except Exception:  # the thread must outlive any one failure
+            log.exception("api error rate flush failed")
+        del app
 
 
 def init_app(app) -> None:

@@ -1,7 +1,8 @@
 """Cached figures (dashboard statistics, list totals) and cached answers (session list
 pages, who a bearer token is), dropped whenever the data behind them changes: generation
 counters in the cache, part of every key or stored beside every entry, are bumped when
-that data changes. In memory per process by default, shared by all processes with Redis.
+that data changes. Figures: in memory per process by default, shared by all processes
+with Redis.
 
 Three generations:
 
@@ -18,9 +19,10 @@ The second and third are noted by SQLAlchemy session events rather than by each 
 so a change made anywhere (a service, the CLI, a Celery worker) bumps them; they are
 bumped after the commit, so whoever reads the new generation reads the new rows.
 
-Answers cached by the lists' and accounts' generations are used only when the cache is
-shared (Redis): without it a change in one process (another gunicorn worker, the CLI)
-could not reach the others, and a cached answer could outlive what it says.
+List pages and remembered tokens are kept in each process's memory, keyed by the lists'
+and accounts' generations, which live in the shared cache; they are used only when that
+cache is shared (Redis): without it a change in one process (another gunicorn worker, the
+CLI) could not reach the others, and a cached answer could outlive what it says.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from itertools import chain
 
 from flask import current_app, has_app_context
@@ -70,9 +73,15 @@ def invalidate() -> None:
 def bump(*keys: str) -> None:
     for key in keys:
         try:
+            # A missing generation (a fresh, flushed or evicted cache) starts at the clock's
+            # nanoseconds, as in generations(): INCR alone would start it at 1 every time,
+            # and an answer remembered at 1 before a flush would pass again after it.
+            cache.add(key, time.time_ns(), timeout=0)
             # INCR on Redis: two processes bumping at once both count.
             cache.cache.inc(key)
         except Exception:  # a cache outage must not fail the action that changed the data
+            # Cached answers then outlive the change by at most their own short lives
+            # (a page: stats_cache_seconds; a remembered token: tokens.REMEMBER_SECONDS).
             log.warning("could not move on the cache generation %s", key, exc_info=True)
 
 
@@ -122,10 +131,13 @@ def cached_for_generation(user: User, name: str, compute, keep=lambda value: Tru
     return fresh
 
 
-# Pages this process (this app) read or made lately, by the same keys as in the shared
-# cache, which carry the generation: (until when, bytes). Saves a round trip and the transfer.
+# Pages this process (this app) made lately, least recently used first: key (with the
+# generation) -> (until when, bytes). Kept in the process, not in Redis: any query string
+# makes a page, and a shared store of them would let one client fill Redis, which also
+# holds the queue and the fan-out. Each process makes a page once per generation instead.
 PAGES_MAX = 256
-# A page missing from the caches is made by one request of this process while the others
+_pages_lock = threading.Lock()
+# A page missing from the cache is made by one request of this process while the others
 # asking for it wait and take its bytes: every change drops every page, and without this
 # all the clients reading a list at that moment would each make it again (bench/session_list.py
 # with changes: 8 clients, 10 changes a second, a third of the cached throughput).
@@ -136,59 +148,49 @@ _MAKING = [threading.Lock() for _ in range(64)]
 def cached_page(user: User, name: str, list_generation: int | None, compute) -> bytes:
     """compute()'s bytes (a rendered list page) for this user's scope at this lists'
     generation (from generations(), read before anything the page shows), until that
-    generation moves on or the TTL. Without a generation, compute() every time."""
+    generation moves on or stats_cache_seconds pass. Without a generation, compute()
+    every time."""
     if list_generation is None:
         return compute()
     key = f"{name}:{list_generation}:{_scope_key(user)}"
     found = _local_page(key)
     if found is None:
         with _MAKING[hash(key) % len(_MAKING)]:
-            found = _local_page(key) or _shared_page(key)
+            found = _local_page(key)
             if found is None:
                 metrics.CACHE_MISSES.labels(metrics.cache_figure(name)).inc()
-                return _make_page(key, compute)
+                fresh = compute()
+                _keep_page(key, fresh)
+                return fresh
     metrics.CACHE_HITS.labels(metrics.cache_figure(name)).inc()
     return found
 
 
+def _local_pages() -> OrderedDict[str, tuple[float, bytes]]:
+    return current_app.extensions.setdefault("optideck.cached_pages", OrderedDict())
+
+
 def _local_page(key: str) -> bytes | None:
-    local = _local_pages().get(key)
-    return local[1] if local is not None and local[0] > time.monotonic() else None
-
-
-def _shared_page(key: str) -> bytes | None:
-    try:
-        found = cache.get(key)
-    except Exception:
-        log.warning("could not read a cached page", exc_info=True)
-        return None
-    if not isinstance(found, bytes):
-        return None
-    _keep_page(key, found)
-    return found
-
-
-def _make_page(key: str, compute) -> bytes:
-    fresh = compute()
-    try:
-        cache.set(key, fresh)
-    except Exception:
-        log.warning("could not cache a page", exc_info=True)
-    else:
-        _keep_page(key, fresh)
-    return fresh
-
-
-def _local_pages() -> dict[str, tuple[float, bytes]]:
-    return current_app.extensions.setdefault("optideck.cached_pages", {})
+    pages = _local_pages()
+    with _pages_lock:
+        local = pages.get(key)
+        if local is None:
+            return None
+        if local[0] <= time.monotonic():
+            del pages[key]
+            return None
+        pages.move_to_end(key)
+        return local[1]
 
 
 def _keep_page(key: str, body: bytes) -> None:
-    pages = _local_pages()
-    if len(pages) >= PAGES_MAX:
-        pages.clear()
     until = time.monotonic() + current_app.config["OPTIDECK"]["dashboard"]["stats_cache_seconds"]
-    pages[key] = (until, body)
+    pages = _local_pages()
+    with _pages_lock:
+        pages[key] = (until, body)
+        pages.move_to_end(key)
+        while len(pages) > PAGES_MAX:
+            pages.popitem(last=False)
 
 
 def _scope_key(user: User) -> str:
@@ -228,5 +230,11 @@ def _bump_noted(session: Session) -> None:
     # Noted changes rolled back since are bumped anyway at the next commit: a needless
     # bump costs a cache miss, a missed one a stale answer.
     keys = session.info.pop(_PENDING, None)
-    if keys and has_app_context():
+    if not keys:
+        return
+    if has_app_context():
         bump(*sorted(keys))
+    else:
+        # No app, no cache to tell: cached answers elsewhere outlive this change until
+        # their own short lives end. Every writer in webapp/ commits in an app context.
+        log.warning("a change to %s was committed outside an app context", ", ".join(sorted(keys)))

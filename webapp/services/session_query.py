@@ -159,8 +159,15 @@ def search(user: User, filters: dict) -> dict:
 
 
 def page_key(filters: dict) -> str:
-    """The cache name of one page of the list: every filter as parsed, in a fixed order."""
-    return "session_pages:" + repr(sorted((name, filters[name]) for name in filters))
+    """The cache name of one page of the list: every filter as the query reads it, in a
+    fixed order, so that spellings of one query (statuses reordered or repeated, spaces
+    around q) share a page."""
+    normal = dict(filters)
+    if "status" in normal:
+        normal["status"] = sorted(set(normal["status"]))
+    if "q" in normal:
+        normal["q"] = normal["q"].strip()
+    return "session_pages:" + repr(sorted(normal.items()))
 
 
 COUNTED = ("status", "model_id", "q", "owner", "created_from", "created_to")

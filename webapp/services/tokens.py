@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -24,8 +25,13 @@ REFRESH_PREFIX = "odr_"  # noqa: S105
 # Touching last_used_at on every call would turn each read into a write.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 # Tokens this process (this app) remembers: token hash -> (the accounts' generation they
-# were read at, a copy of the token and its owner attached to no database session).
+# were read at, until when (monotonic), a copy of the token and its owner attached to no
+# database session).
 REMEMBERED_MAX = 1000
+# A remembered token is read again after this long whatever the generation says: should
+# a change's bump fail to reach Redis (out of memory, a read-only replica), a revocation
+# or a role change is still seen within these seconds, not only at the minute's touch.
+REMEMBER_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -144,7 +150,8 @@ def authenticate(header: str | None, auth_generation: int | None = None) -> tupl
     generation is not read again. Every change to a user or a token moves it on in every
     process (caching.py), so the next request after a revocation, refresh, deactivation
     or role change reads the database again. Only accepted tokens are remembered, and
-    only until they expire or their last use is due to be written."""
+    only for REMEMBER_SECONDS, until they expire or until their last use is due to be
+    written, whichever comes first."""
     if not header:
         raise TokenRejected("token_missing", "Send 'Authorization: Bearer <token>'.")
     scheme, _, token = header.partition(" ")
@@ -156,10 +163,15 @@ def authenticate(header: str | None, auth_generation: int | None = None) -> tupl
     remembered_tokens = current_app.extensions.setdefault("optideck.remembered_tokens", {})
     if auth_generation is not None:
         remembered = remembered_tokens.get(digest)
-        if remembered is not None and remembered[0] == auth_generation and _still_good(remembered[1], now):
+        if (
+            remembered is not None
+            and remembered[0] == auth_generation
+            and remembered[1] > time.monotonic()
+            and _still_good(remembered[2], now)
+        ):
             # A copy in this request's session, from memory (no query): the template is
             # never attached, so requests on other threads share it safely.
-            record = db.session.merge(remembered[1], load=False)
+            record = db.session.merge(remembered[2], load=False)
             return record.owner, record
     record = db.session.scalar(
         select(ApiToken).options(joinedload(ApiToken.owner)).where(ApiToken.token_hash == digest)
@@ -180,7 +192,7 @@ def authenticate(header: str | None, auth_generation: int | None = None) -> tupl
     if template is not None:
         if len(remembered_tokens) >= REMEMBERED_MAX:
             remembered_tokens.clear()
-        remembered_tokens[digest] = (auth_generation, template)
+        remembered_tokens[digest] = (auth_generation, time.monotonic() + REMEMBER_SECONDS, template)
     return record.owner, record
 
 

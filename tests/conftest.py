@@ -140,6 +140,9 @@ def make_app(test_database_url, tmp_path, sandbox_work_dir):
         notifications = app.extensions["optideck.notifications"]
         if hasattr(notifications, "stop"):  # the Redis fan-out's listener thread
             notifications.stop()
+        error_rate = app.extensions["optideck.error_rate"]
+        if hasattr(error_rate, "stop"):  # the shared error-rate window's flush thread
+            error_rate.stop()
         with app.app_context():
             db.session.remove()
             db.engine.dispose()

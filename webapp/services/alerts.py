@@ -134,6 +134,7 @@ class SharedErrorRateMonitor(ErrorRateMonitor):
         self._pending: dict[int, list[int]] = {}
         self._sending = threading.Lock()  # one pipeline at a time, in order
         self._flusher: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     def record(self, status: int) -> None:
         error = status >= self.min_status
@@ -141,25 +142,45 @@ class SharedErrorRateMonitor(ErrorRateMonitor):
             counts = self._pending.setdefault(int(self._clock()), [0, 0])
             counts[0] += 1
             counts[1] += error
-            if self._flusher is None:
-                # Started on first use, in the process that serves (gunicorn forks first).
-                app = weakref.ref(current_app._get_current_object())  # type: ignore[attr-defined]
-                self._flusher = threading.Thread(
-                    target=_flush_every, args=(app,), name="optideck-error-rate", daemon=True
-                )
-                self._flusher.start()
+            if self._flusher is None and not self._stopping.is_set():
+                self._start_flusher()
             if not (error or self._believed_raised):
                 return
-        self.flush()
+        # A request never queues behind another's round trip (Redis may be slow): while a
+        # flush is under way, these counts wait for the next one.
+        self.flush(wait=False)
 
-    def flush(self) -> None:
+    def _start_flusher(self) -> None:
+        # Started on first use, in the process that serves (gunicorn forks first).
+        app = weakref.ref(current_app._get_current_object())  # type: ignore[attr-defined]
+        flusher = threading.Thread(
+            target=_flush_every, args=(app, self._stopping), name="optideck-error-rate", daemon=True
+        )
+        try:
+            flusher.start()
+        except RuntimeError:  # no thread to be had: counted at errors only, tried again later
+            log.warning("api error rate: could not start its background thread", exc_info=True)
+            return
+        self._flusher = flusher
+
+    def flush(self, wait: bool = True) -> None:
         """Send the counts gathered since the last flush and act on the window's state."""
-        with self._sending:
+        if not self._sending.acquire(blocking=wait):
+            return
+        try:
             with self._lock:
                 if not self._pending and not self._believed_raised:
                     return  # idle and healthy: nothing to send, nothing to clear
                 pending, self._pending = self._pending, {}
             self._send(pending)
+        finally:
+            self._sending.release()
+
+    def stop(self) -> None:
+        """End the background thread (tests, shutdown); the counts it held are dropped."""
+        self._stopping.set()
+        if self._flusher is not None:
+            self._flusher.join(EVALUATE_SECONDS + 1)
 
     def _send(self, pending: dict[int, list[int]]) -> None:
         span = int(max(self.window, 1))
@@ -196,11 +217,10 @@ class SharedErrorRateMonitor(ErrorRateMonitor):
             self._announce(high, requests, errors)
 
 
-def _flush_every(app_ref) -> None:
-    """The background flush of one app's monitor, until the app is gone (its alerts need
-    the app's notification service)."""
-    while True:
-        time.sleep(EVALUATE_SECONDS)
+def _flush_every(app_ref, stopping: threading.Event) -> None:
+    """The background flush of one app's monitor, until it is stopped or the app is gone
+    (its alerts need the app's notification service)."""
+    while not stopping.wait(EVALUATE_SECONDS):
         app = app_ref()
         if app is None:
             return

@@ -143,6 +143,7 @@ _pages_lock = threading.Lock()
 # with changes: 8 clients, 10 changes a second, a third of the cached throughput).
 # Striped by key, so locks are never created or dropped per key.
 _MAKING = [threading.Lock() for _ in range(64)]
+MAKING_WAIT_SECONDS = 1.0
 
 
 def cached_page(user: User, name: str, list_generation: int | None, compute) -> bytes:
@@ -155,13 +156,22 @@ def cached_page(user: User, name: str, list_generation: int | None, compute) -> 
     key = f"{name}:{list_generation}:{_scope_key(user)}"
     found = _local_page(key)
     if found is None:
-        with _MAKING[hash(key) % len(_MAKING)]:
+        making = _MAKING[hash(key) % len(_MAKING)]
+        # Waiters may hold database connections the maker needs: past a second they stop
+        # waiting and make the page themselves rather than starve the pool.
+        waited = making.acquire(timeout=MAKING_WAIT_SECONDS)
+        try:
             found = _local_page(key)
             if found is None:
                 metrics.CACHE_MISSES.labels(metrics.cache_figure(name)).inc()
+                # Counted from before the reading: a page is never older than its lifetime.
+                started = time.monotonic()
                 fresh = compute()
-                _keep_page(key, fresh)
+                _keep_page(key, fresh, started)
                 return fresh
+        finally:
+            if waited:
+                making.release()
     metrics.CACHE_HITS.labels(metrics.cache_figure(name)).inc()
     return found
 
@@ -183,8 +193,8 @@ def _local_page(key: str) -> bytes | None:
         return local[1]
 
 
-def _keep_page(key: str, body: bytes) -> None:
-    until = time.monotonic() + current_app.config["OPTIDECK"]["dashboard"]["stats_cache_seconds"]
+def _keep_page(key: str, body: bytes, started: float) -> None:
+    until = started + current_app.config["OPTIDECK"]["dashboard"]["stats_cache_seconds"]
     pages = _local_pages()
     with _pages_lock:
         pages[key] = (until, body)

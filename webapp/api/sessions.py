@@ -53,8 +53,9 @@ def list_sessions(filters):
         page["sessions"] = [session_summaries.jsonable(s) for s in page["sessions"]]
         return jsonify(page).get_data()
 
-    # The page's bytes are shared by every caller of the same scope and filters until any
-    # row of any list changes (the lists' generation, read with the token's).
+    # With Redis, this process answers every caller of the same scope and filters with the
+    # same bytes until any row of any list changes (the lists' generation, read with the
+    # token's); services/caching.py.
     body = caching.cached_page(g.api_user, session_query.page_key(filters), g.get("list_generation"), render)
     return current_app.response_class(body, mimetype=current_app.json.mimetype)
 

@@ -82,14 +82,13 @@ def input_shape(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> list[int]:
     return list(shapes["x"])
 
 
-def _read(path: Path, max_bytes: int, only: set[str] | None = None) -> dict[str, np.ndarray]:
-    """The .npz's arrays (those named in `only`, if given)."""
-    screening.check_npz(path, MEMBERS, max_bytes)
+def _read(path: Path, names: set[str]) -> dict[str, np.ndarray]:
+    """The .npz's arrays named in `names`, once screening.check_npz has passed the file."""
     arrays = {}
     try:
         for info in screening.zip_members(path, DatasetRejected):
             name = info.filename.removesuffix(".npy")
-            if only is not None and name not in only:
+            if name not in names:
                 continue
             with screening.open_member(path, info, DatasetRejected) as member:
                 # allow_pickle=False: object arrays (pickles) are refused, never loaded.
@@ -193,9 +192,9 @@ def load_npz(path: Path, specs: list[InputSpec], max_bytes: int = DEFAULT_MAX_BY
     to a large array of the wrong shape is refused without being unpacked."""
     shapes = screening.check_npz(path, MEMBERS, max_bytes)
     sources = _members_for_inputs(set(shapes), specs)
-    axes = _axes(_read(path, max_bytes, {AXES}).get(AXES) if AXES in shapes else None, specs)
+    axes = _axes(_read(path, {AXES}).get(AXES) if AXES in shapes else None, specs)
     _sample_count(shapes, sources, specs, axes)
-    arrays = _read(path, max_bytes, set(sources.values()) | {"y"})
+    arrays = _read(path, set(sources.values()) | {"y"})
     inputs = {}
     for spec in specs:
         array = arrays[sources[spec.name]]

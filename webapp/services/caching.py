@@ -73,16 +73,20 @@ def invalidate() -> None:
 def bump(*keys: str) -> None:
     for key in keys:
         try:
-            # A missing generation (a fresh, flushed or evicted cache) starts at the clock's
-            # nanoseconds, as in generations(): INCR alone would start it at 1 every time,
-            # and an answer remembered at 1 before a flush would pass again after it.
-            cache.add(key, time.time_ns(), timeout=0)
+            _start(key)  # INCR alone would start a missing generation at 1 every time
             # INCR on Redis: two processes bumping at once both count.
             cache.cache.inc(key)
         except Exception:  # a cache outage must not fail the action that changed the data
             # Cached answers then outlive the change by at most their own short lives
             # (a page: stats_cache_seconds; a remembered token: tokens.REMEMBER_SECONDS).
             log.warning("could not move on the cache generation %s", key, exc_info=True)
+
+
+def _start(key: str) -> None:
+    """A missing generation (a fresh, flushed or evicted cache) starts at the clock's
+    nanoseconds, never at a value it had before: an answer remembered under an old
+    generation must not become valid again."""
+    cache.add(key, time.time_ns(), timeout=0)
 
 
 def shared() -> bool:
@@ -99,12 +103,9 @@ def generations() -> dict[str, int] | None:
     try:
         values = cache.get_many(*keys)
         if None in values:
-            # A fresh (or flushed, or evicted) cache starts each generation at the clock's
-            # nanoseconds, never at a value it had before: an answer remembered under an
-            # old generation must not become valid again.
             for key, value in zip(keys, values, strict=True):
                 if value is None:
-                    cache.add(key, time.time_ns(), timeout=0)
+                    _start(key)
             values = cache.get_many(*keys)
     except Exception:
         log.warning("could not read the cache generations", exc_info=True)

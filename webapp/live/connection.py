@@ -8,11 +8,12 @@ import logging
 import threading
 import weakref
 from abc import ABC, abstractmethod
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 import sqlalchemy.exc
 from flask import current_app, request
+from wsproto.connection import ConnectionState
 
 from ..bounds import parse_datetime
 from ..extensions import db, sock
@@ -20,6 +21,7 @@ from ..services import get, metrics, optimization, policy
 from ..services.notifications import Notification
 from ..tables import ACTIVE_STATUSES, OptimizationSession, SessionStatus, User, utcnow
 from .admission import POLICY_VIOLATION, TRY_AGAIN_LATER, Refused
+from .wire import Wire
 
 log = logging.getLogger("optideck.live")
 
@@ -176,8 +178,7 @@ WATERMARK_MARGIN = timedelta(seconds=2)
 
 def _watermark(last: Notification) -> datetime:
     """Up to when this client has seen every change: a resync re-reads from here."""
-    published = datetime.fromisoformat(last.timestamp.replace("Z", "+00:00"))
-    return published - WATERMARK_MARGIN
+    return datetime.fromtimestamp(last.published, UTC) - WATERMARK_MARGIN
 
 
 class LiveStream(ABC):
@@ -186,18 +187,39 @@ class LiveStream(ABC):
 
     endpoint = ""
     token_id: int | None = None  # the bearer token a script's stream was opened with
+    # Whether the fan-out may write an accepted event straight to the socket: when the
+    # stream's message for an event is the event's own frame, whoever receives it.
+    takes_frames = False
 
     def __init__(self, ws, user: User, since: datetime | None):
         self.ws, self.user = ws, user
+        # Every write to the socket goes through the wire's lock, simple-websocket's too.
+        self.wire = Wire(ws.sock)
+        ws.sock = self.wire
         # Every event is filtered for every socket: by plain values, not the ORM row's.
         self.rights = policy.Rights.of(user)
         self.user_id = user.id
-        self.since = since  # the last time this client was brought up to date
+        self._since = since
+        self._last_written: Notification | None = None  # by the fan-out, after _since
         self.wake = lambda: None
         # Set from the access watch's thread; the handler acts on them at its next turn.
         self.ending: tuple[str, str] | None = None  # (error word, message) to close with
         self.renew_due = False  # the account's role changed: reload it, then resync
+        self.subscription = None  # while it runs: its events
         self._sent = metrics.MESSAGES_SENT.labels(self.endpoint)
+
+    @property
+    def since(self) -> datetime | None:
+        """Up to when this client has seen every change: a resync re-reads from here. The
+        fan-out notes only the event it wrote last; the time is worked out when asked."""
+        last = self._last_written
+        if last is not None:
+            self._since, self._last_written = _watermark(last), None
+        return self._since
+
+    @since.setter
+    def since(self, value: datetime | None) -> None:
+        self._since, self._last_written = value, None
 
     def accepts(self, notification: Notification) -> bool:
         """Whether this client gets the event at all (called by the publisher)."""
@@ -249,15 +271,49 @@ class LiveStream(ABC):
         self.since = started
 
     def send(self, messages) -> None:
-        """Send what messages() makes; a connection lives long, so it gives back the
-        database connection it may have used at once."""
-        try:
-            made = messages()
-        finally:
-            db.session.remove()
-        for message in made:
-            self.ws.send(message)
+        """Send what messages() makes, with nothing of the fan-out's in between (a
+        snapshot's state, then the events after it); a connection lives long, so it gives
+        back the database connection it may have used at once."""
+        with self.wire.lock:
+            try:
+                made = messages()
+            finally:
+                db.session.remove()
+            for message in made:
+                self.ws.send(message)
         self._sent.inc(len(made))
+
+    def send_now(self, notification: Notification) -> bool:
+        """The fan-out's hand-off (its thread): the event's frame goes to the socket at
+        once if nothing of this stream's is queued or being sent. False: queue it."""
+        written = self.wire.write_now(notification.frame, self._may_write_now, notification)
+        if written is False:
+            return False
+        if written is None:
+            self.wake()  # the client took part of the frame: the handler sends the rest
+        self._last_written = notification
+        self._sent.inc()
+        return True
+
+    def _may_write_now(self, notification: Notification) -> bool:
+        """Asked under the wire's lock: nothing queued would be overtaken, the stream is
+        neither ending, changing rights, resyncing nor closed, and it still accepts the
+        event (its rights may have been renewed since the publisher asked)."""
+        subscription = self.subscription
+        return (
+            not subscription.pending()
+            and not subscription.dropped
+            and self.ending is None
+            and not self.renew_due
+            and not shutting_down()
+            and self.ws.ws.state is ConnectionState.OPEN
+            and self.accepts(notification)
+        )
+
+    def close(self, code: int, message: str) -> None:
+        # Under the lock, so no event is written after the close frame.
+        with self.wire.lock:
+            self.ws.close(code, message)
 
     def run(self, ticket) -> None:
         ticket.claim(self.user_id)
@@ -267,12 +323,15 @@ class LiveStream(ABC):
         watch = get("access_watch")
         try:
             with get("notifications").subscribe(self.accepts) as subscription:
+                self.subscription = subscription
                 self.wake = subscription.wake
                 if isinstance(self.ws.event, WakingEvent):
                     self.ws.event.on_set = subscription.wake
                 _streams.add(self)
                 watch.add(self)
                 self._catch_up(self.snapshot)
+                if self.takes_frames:
+                    subscription.direct = self.send_now
                 self._loop(subscription)
         finally:
             watch.discard(self)
@@ -289,32 +348,44 @@ class LiveStream(ABC):
     def _loop(self, subscription) -> None:
         while not shutting_down() and self.ending is None:
             if self.renew_due:
-                self.renew_due = False
-                self._catch_up(self.renew)
+                with self.wire.lock:  # no event goes out while the rights change
+                    self.renew_due = False
+                    self._catch_up(self.renew)
                 continue
             text = self.ws.receive(timeout=0) if self._client_spoke() else None
             if text is not None:
                 self.send(lambda: self.on_message(text))  # noqa: B023 - called at once
                 continue
-            first = subscription.get(timeout=IDLE_SECONDS)
+            subscription.wait(IDLE_SECONDS)
             if self.ending is not None or self.renew_due:
                 continue  # nothing more goes out under the rights the stream had
             if subscription.dropped:
                 # Fell behind and lost events: start again from the database.
-                subscription.dropped = 0
-                subscription.clear()  # older than the state about to be read
-                metrics.RESYNCS.labels(self.endpoint).inc()
-                log.debug("%s client of user %s resynced", self.endpoint, self.user_id)
-                self._catch_up(lambda: self.resync("the client fell behind"))
+                with self.wire.lock:
+                    subscription.dropped = 0
+                    subscription.clear()  # older than the state about to be read
+                    metrics.RESYNCS.labels(self.endpoint).inc()
+                    log.debug("%s client of user %s resynced", self.endpoint, self.user_id)
+                    self._catch_up(lambda: self.resync("the client fell behind"))
                 continue
-            if first is not None:
-                batch = drain_latest(subscription, first)
-                self.send(lambda: self.deliver(batch))  # noqa: B023 - called at once
-                self.since = _watermark(batch[-1])
+            self._send_queued(subscription)
         if self.ending is None:
-            self.ws.close(SERVICE_RESTART, "server restarting")
+            self.close(SERVICE_RESTART, "server restarting")
             return
         error, message = self.ending
         log.info("%s stream of user %s ended: %s", self.endpoint, self.user_id, message)
-        self.send(lambda: self.farewell(error, message))
-        self.ws.close(POLICY_VIOLATION, message)
+        with self.wire.lock:
+            self.send(lambda: self.farewell(error, message))
+            self.close(POLICY_VIOLATION, message)
+
+    def _send_queued(self, subscription) -> None:
+        """What the fan-out left unsent or queued (the socket was busy, or this stream
+        makes its own messages), in order; under the lock, so no event overtakes it."""
+        with self.wire.lock:
+            self.wire.flush()
+            first = subscription.get_nowait()
+            if first is None:
+                return
+            batch = drain_latest(subscription, first)
+            self.send(lambda: self.deliver(batch))
+            self.since = _watermark(batch[-1])

@@ -77,6 +77,7 @@ def _authenticate(ws):
 
 class EventStream(LiveStream):
     endpoint = "api"
+    takes_frames = True  # every accepted event goes out as it is (deliver)
 
     def __init__(self, ws, user, token, since):
         super().__init__(ws, user, since)

@@ -67,6 +67,12 @@ MESSAGES_SENT = Counter(
 RESYNCS = Counter(
     "optideck_ws_resyncs_total", "Times a client fell behind and was sent the state again.", ["endpoint"]
 )
+EVENT_DELIVERY_SECONDS = Histogram(
+    "optideck_event_delivery_seconds",
+    "Time from an event's publishing (any process, as the clocks agree) to this process having "
+    "handed it to every local subscriber: written to script sockets, queued for the others.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5, 10),
+)
 ALERTS = Counter("optideck_alerts_total", "Alerts raised.", ["kind"])
 
 REQUESTS = Counter(

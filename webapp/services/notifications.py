@@ -13,6 +13,8 @@ import logging
 import queue
 import random
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +23,7 @@ from functools import cached_property
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from wsproto.frame_protocol import FrameProtocol
 
 from . import metrics
 
@@ -50,51 +53,97 @@ class Notification:
         """The event as scripts receive it; made once, however many clients it goes to."""
         return json.dumps({"event": self.event, "data": self.data, "timestamp": self.timestamp}, default=str)
 
+    @cached_property
+    def published(self) -> float:
+        """When it was published, in seconds since the epoch."""
+        return datetime.fromisoformat(self.timestamp.replace("Z", "+00:00")).timestamp()
+
+    @cached_property
+    def frame(self) -> bytes:
+        """`json` as one server-to-client WebSocket text frame, for the live streams that
+        write it to many sockets: framed once, not once per socket."""
+        return bytes(FrameProtocol(client=False, extensions=[]).send_data(self.json, fin=True))
+
 
 class Subscription:
+    """One subscriber's events: a bounded queue it drains, or, where the subscriber
+    offers one, a `direct` hand-off the publisher tries first."""
+
     def __init__(
         self, service: NotificationService, size: int, accepts: Callable[[Notification], bool] | None
     ):
         self._service = service
         self.accepts = accepts
         self.size = size
-        # SimpleQueue is C all the way: with a thousand subscribers, queue.Queue's Python
-        # Condition made each publish a storm of GIL hand-offs. It has no bound of its own,
-        # so put() keeps it (give or take a racing put or two).
-        self._queue: queue.SimpleQueue[Notification | None] = queue.SimpleQueue()
+        # Called by the publisher, before queuing: True when the subscriber took the event
+        # at once (a script's stream writes it to its socket), so nothing is queued or woken.
+        self.direct: Callable[[Notification], bool] | None = None
+        # Events wait in a deque (append and popleft are atomic); a waiting reader sleeps on
+        # the signals, one per event or wake(). SimpleQueue is C all the way: with a
+        # thousand subscribers, queue.Queue's Python Condition made each publish a storm of
+        # GIL hand-offs.
+        self._events: deque[Notification] = deque()
+        self._signals: queue.SimpleQueue[bool] = queue.SimpleQueue()
         self.dropped = 0
 
     def put(self, notification: Notification) -> bool:
-        """Queue the event, unless the subscriber is this far behind (then it must resync)."""
-        if self._queue.qsize() >= self.size:
+        """Hand the event over or queue it, unless the subscriber is this far behind (then
+        it must resync)."""
+        if self.direct is not None and self.direct(notification):
+            return True
+        if len(self._events) >= self.size:
             self.dropped += 1
             return False
-        self._queue.put(notification)
+        self._events.append(notification)
+        self._signals.put(True)
         return True
+
+    def pending(self) -> bool:
+        """Whether an event is queued (a direct hand-off must not overtake it)."""
+        return bool(self._events)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Sleep until an event is queued or wake() is called, at most timeout seconds;
+        what it woke for is then read with get_nowait(). True if wake() was called."""
+        try:
+            signals = [self._signals.get(timeout=timeout)]
+        except queue.Empty:
+            return False
+        # The events behind these signals are read next; a signal for an event queued after
+        # this wakes the next wait() (at worst to find the event already read).
+        while True:
+            try:
+                signals.append(self._signals.get(block=False))
+            except queue.Empty:
+                return False in signals
 
     def get(self, timeout: float | None = None) -> Notification | None:
         """The next event; None after the timeout or a wake()."""
-        try:
-            return self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            event = self.get_nowait()
+            if event is not None:
+                return event
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            if self.wait(left):
+                return self.get_nowait()
 
     def get_nowait(self) -> Notification | None:
-        """The next event if one is queued, else None. Under gevent, get(timeout=0) arms
-        and cancels a timer each call: a tenth of a 5,000-socket fan-out's CPU."""
+        """The next event if one is queued, else None."""
         try:
-            return self._queue.get(block=False)
-        except queue.Empty:
+            return self._events.popleft()
+        except IndexError:
             return None
 
     def clear(self) -> None:
         """Forget what is queued (the subscriber is about to read the state afresh)."""
-        for _ in range(self._queue.qsize()):
-            self.get_nowait()
+        self._events.clear()
 
     def wake(self) -> None:
-        """Make a waiting get() return None now (something other than an event happened)."""
-        self._queue.put(None)
+        """Make a waiting get() or wait() return now (something other than an event happened)."""
+        self._signals.put(False)
 
     def close(self) -> None:
         self._service.unsubscribe(self)
@@ -148,6 +197,7 @@ class NotificationService:
             delivered += 1
             if not subscription.put(notification):
                 metrics.EVENTS_DROPPED.inc()
+        metrics.EVENT_DELIVERY_SECONDS.observe(max(0.0, time.time() - notification.published))
         log.debug(
             "delivered %s owner=%s admins_only=%s to %d of %d subscribers",
             notification.event,
@@ -304,15 +354,16 @@ class RedisNotificationService(NotificationService):
             delay = min(delay * 2, BACKOFF_MAX_SECONDS)
 
     def _on_subscribed(self) -> None:
-        self._connected.set()
-        self.last_error = None
+        # Whatever was published while the listener was away is lost: those who subscribed
+        # before now start again from the database. Done before `connected` is told, so one
+        # who subscribes from here on (and reads its state after) is not resynced for nothing.
+        self.resync_all()
         if self._ever_connected:
             metrics.FANOUT_RECONNECTS.inc()
         self._ever_connected = True
+        self.last_error = None
+        self._connected.set()
         log.info("fan-out subscribed to %s", self.channel)
-        # Whatever was published while the listener was away is lost: start again from the
-        # database. (On the first subscription, only those who subscribed before it.)
-        self.resync_all()
 
     def _receive(self, raw: bytes) -> None:
         try:

@@ -4,13 +4,14 @@
     python3 bench/live_fanout.py [--clients 1000] [--sessions 8] [--users 4]
                                  [--processes 1] [--client-processes 1] [--connect-rate 500]
                                  [--database-url URL --redis-url URL [--backend celery|local]]
-                                 [--worker-class gthread|gevent]
+                                 [--worker-class gthread|gevent] [--split-cpus]
 
-Scaled out (the issue's run; create the database first, `createdb bench_fanout`):
+Scaled out (the issue's run; create the database first, and again for every run:
+`dropdb bench_fanout; createdb bench_fanout`):
 
     python3 bench/live_fanout.py --clients 5000 --processes 2 --client-processes 4 --connect-rate 200 \\
         --database-url postgresql+psycopg://postgres@127.0.0.1:5432/bench_fanout \\
-        --redis-url redis://127.0.0.1:6379/5 --backend celery --worker-class gevent
+        --redis-url redis://127.0.0.1:6379/5 --backend celery --worker-class gevent [--split-cpus]
 
 Starts the real server (`flask --app webapp serve`, one gunicorn worker, a
 thread per connection, or with --worker-class gevent a greenlet each), or with
@@ -22,11 +23,15 @@ owned by the operators, all started through the first server, so events reach
 the other servers' clients only over Redis. Sessions run on the servers' own
 executors (--backend local) or on one Celery worker (`flask --app webapp
 worker`; --backend celery). The clients run in --client-processes OS processes
-(asyncio each), so one event loop is not the bottleneck. Each event carries the
-time it was published; the client notes when it arrived. Prints event-to-client
-latency p50/p99/max, events lost (started and finished events a client should
-have had and did not get), resyncs, and each server's memory per connection.
-Nothing is asserted.
+(uvloop and picows each), so one event loop is not the bottleneck. Each event
+carries the time it was published; the client notes when it arrived. Prints
+event-to-client latency p50/p99/max, events lost (started and finished events a
+client should have had and did not get), resyncs, the servers' and the clients'
+CPU, the share of events each server handed to all its sockets within 200 ms of
+the publish (the servers' own histogram, optideck_event_delivery_seconds: the
+clients' reading left out), and each server's memory per connection. With
+--split-cpus the servers run on the first CPU and the clients and the worker on
+the others. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -45,13 +50,16 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
-import websockets
+import uvloop
+from picows import WSCloseCode, WSError, WSListener, WSMsgType, ws_connect
+from prometheus_client.parser import text_string_to_metric_families
 
 from webapp.testing import Server, start_worker, stop_worker
 
 PASSWORD = "bench-password-1"  # noqa: S105 - a throwaway instance
 SECRET = "bench" * 8
 TERMINAL = {"session_completed", "session_failed", "session_cancelled"}
+TERMINAL_BYTES = tuple(f'"{name}"'.encode() for name in TERMINAL)
 
 
 def seed(instance: Path, operators: int, database_url: str | None = None) -> dict[str, dict]:
@@ -119,41 +127,56 @@ def may_see(username: str, accounts: dict, owner: int) -> bool:
     return username == "bench-admin" or accounts[username]["id"] == owner
 
 
-class Client:
+class Client(WSListener):
+    """One connection (picows: frames parsed in C, so 5,000 clients spend their CPU on
+    reading events, not on a Python protocol stack; on one host that CPU is the servers'
+    too). Notes each message's arrival time and bytes; parsed later, off the clock."""
+
     def __init__(self, username: str):
+        super().__init__()
         self.username = username
-        self.received: list[tuple[float, str]] = []  # (arrival, raw message)
+        self.received: list[tuple[float, bytes]] = []
         self.finished: set[int] = set()  # sessions whose terminal event arrived
         self.ready = asyncio.Event()
-        self.ws = None
+        self.transport = None
         self.dropped: str | None = None
         self.closing = False  # the bench closes it: what follows is no drop
 
+    def on_ws_frame(self, transport, frame) -> None:
+        if frame.msg_type == WSMsgType.TEXT:
+            raw = frame.get_payload_as_bytes()
+            if not self.ready.is_set():
+                self.ready.set()  # the snapshot's system_status
+                return
+            self.received.append((time.time(), raw))
+            if any(name in raw for name in TERMINAL_BYTES):
+                self.finished.add(json.loads(raw)["data"].get("session_id"))
+        elif frame.msg_type == WSMsgType.CLOSE:
+            if not self.closing:
+                self.dropped = f"closed by the server: {frame.get_close_code()}"
+            transport.disconnect()
+
+    def on_ws_disconnected(self, transport) -> None:
+        if not self.closing and self.dropped is None:
+            self.dropped = "disconnected"
+        self.ready.set()
+
     async def run(self, url: str, token: str):
         try:
-            async with websockets.connect(
+            self.transport, _ = await ws_connect(
+                lambda: self,
                 url,
-                additional_headers={"Authorization": f"Bearer {token}"},
-                max_queue=None,
-                ping_interval=None,
-                open_timeout=300,
-                proxy=None,
-            ) as ws:
-                self.ws = ws
-                await ws.recv()  # the snapshot's system_status
-                self.ready.set()
-                # Ends when the connection is closed.
-                async for raw in ws:
-                    self.received.append((time.time(), raw))  # parsed later, off the clock
-                    if any(f'"{name}"' in raw for name in TERMINAL):
-                        self.finished.add(json.loads(raw)["data"].get("session_id"))
-        except (OSError, TimeoutError, websockets.WebSocketException) as exc:
-            # Failed to connect, or closed by the server before the run's end (its events
-            # then count as lost).
-            if not self.closing:
-                self.dropped = f"{type(exc).__name__}: {exc}"[:80]
-        finally:
+                extra_headers={"Authorization": f"Bearer {token}"},
+                websocket_handshake_timeout=300,
+            )
+        except (OSError, TimeoutError, WSError) as exc:
+            self.dropped = f"{type(exc).__name__}: {exc}"[:80]
             self.ready.set()
+
+    async def close(self):
+        if self.transport is not None and not self.transport.is_disconnected():
+            self.transport.send_close(WSCloseCode.OK)
+            await asyncio.wait_for(self.transport.wait_disconnected(), 10)
 
     def events(self) -> list[tuple[float, dict]]:
         return [(arrived, json.loads(raw)) for arrived, raw in self.received]
@@ -207,6 +230,7 @@ def client_process(share: list[tuple[str, str]], accounts: dict, timeout: float,
         waiting = asyncio.gather(*(c.ready.wait() for c in clients))
         await asyncio.wait_for(waiting, 300 + len(clients) * pause)
         conn.send(("ready", time.perf_counter() - began))
+        cpu_connected = cpu_seconds()
         owner_of = await asyncio.to_thread(conn.recv)
 
         def done(client):
@@ -219,13 +243,39 @@ def client_process(share: list[tuple[str, str]], accounts: dict, timeout: float,
         await asyncio.sleep(3)  # let the last events reach every client
         for client in clients:
             client.closing = True
-        await asyncio.gather(
-            *(c.ws.close() for c in clients if c.ws and not c.dropped), return_exceptions=True
-        )
         await asyncio.gather(*tasks, return_exceptions=True)
-        conn.send(("tally", tally(clients, accounts, owner_of)))
+        await asyncio.gather(*(c.close() for c in clients if not c.dropped), return_exceptions=True)
+        # Reading and timestamping the messages: this share of the machine was not the servers'.
+        conn.send(("tally", tally(clients, accounts, owner_of) | {"cpu_s": cpu_seconds() - cpu_connected}))
 
-    asyncio.run(main())
+    uvloop.run(main())  # libuv's loop: a read callback per socket costs less than asyncio's
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def delivery(servers: list[Server], token: str) -> tuple[float, float]:
+    """From the servers' own histogram (optideck_event_delivery_seconds): how many event
+    hand-offs there were, and the share done within 200 ms of the publish, the clients'
+    reading left out."""
+    within = total = 0.0
+    for server in servers:
+        request = urllib.request.Request(  # noqa: S310 - the bench's own server
+            f"{server.url}/metrics", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
+            text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            if family.name != "optideck_event_delivery_seconds":
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_bucket") and sample.labels["le"] == "0.2":
+                    within += sample.value
+                elif sample.name.endswith("_count"):
+                    total += sample.value
+    return total, within / total if total else 0.0
 
 
 def raise_open_files(needed: int) -> None:
@@ -281,6 +331,7 @@ def run(args, accounts: dict, servers: list[Server]) -> dict:
                 raise RuntimeError("a client process did not report")
             tallies.append(pipe.recv()[1])
         finished = [worker_stats(s.process.pid) for s in servers]
+        handoffs, within_200ms = delivery(servers, accounts["bench-admin"]["token"])
     finally:
         for child in children:
             child.join(10)
@@ -303,6 +354,9 @@ def run(args, accounts: dict, servers: list[Server]) -> dict:
         "expected": sum(t["expected"] for t in tallies),
         "resyncs": sum(t["resyncs"] for t in tallies),
         "dropped": sum((t["dropped"] for t in tallies), Counter()),
+        "clients_cpu_s": sum(t["cpu_s"] for t in tallies),
+        "handoffs": handoffs,
+        "within_200ms": within_200ms,
     }
 
 
@@ -320,6 +374,12 @@ def main() -> None:
     parser.add_argument("--backend", choices=["local", "celery"], default="local", help="who runs sessions")
     parser.add_argument(
         "--worker-class", choices=["gthread", "gevent"], default="gthread", help="server.worker_class"
+    )
+    parser.add_argument(
+        "--split-cpus",
+        action="store_true",
+        help="servers on the first CPU, the clients and the Celery worker on the others "
+        "(the nearest a one-host run comes to clients on other machines)",
     )
     args = parser.parse_args()
     if (args.processes > 1 or args.backend == "celery") and not (args.database_url and args.redis_url):
@@ -352,11 +412,18 @@ def main() -> None:
             env["OPTIDECK_REDIS_URL"] = args.redis_url
         servers: list[Server] = []
         worker = None
+        cpus = sorted(os.sched_getaffinity(0))
+        if args.split_cpus and len(cpus) < 2:
+            parser.error("--split-cpus needs at least 2 CPUs")
         try:
+            if args.split_cpus:
+                os.sched_setaffinity(0, cpus[:1])  # the servers inherit it ...
             for n in range(args.processes):
                 folder = instance / f"web{n}"
                 folder.mkdir()
                 servers.append(Server(folder, env).start())
+            if args.split_cpus:
+                os.sched_setaffinity(0, cpus[1:])  # ... what starts after them, this
             if args.backend == "celery":
                 worker = start_worker(servers[0].env, instance / "celery")
             started = time.perf_counter()
@@ -376,6 +443,7 @@ def main() -> None:
         f"in {args.client_processes} client process(es); {args.sessions} sessions (demo MLP, int8) "
         f"by {args.users} operators, started through the first server, run by {runner}; "
         f"a fifth of the clients are admins; {wall:.0f} s from first connect to last tally"
+        + ("; servers on CPU 0, clients and worker on the others" if args.split_cpus else "")
     )
     print(f"{'metric':<48}{'value':>14}")
     rows = [
@@ -392,6 +460,10 @@ def main() -> None:
         # requests, idle wake-ups. Per message: the servers' cost of one delivery.
         ("servers' CPU while sessions ran (s)", f"{result['events_cpu_s']:.1f}"),
         ("  per message received (us)", f"{result['events_cpu_s'] / result['messages'] * 1e6:.0f}"),
+        ("clients' CPU meanwhile (s)", f"{result['clients_cpu_s']:.1f}"),
+        # Publish to hand-off in each server (histogram): what the servers alone add.
+        ("events handed to all of a server's sockets", f"{result['handoffs']:,.0f}"),
+        ("  of which within 200 ms of the publish (%)", f"{result['within_200ms'] * 100:.1f}"),
     ]
     for n, (before, connected) in enumerate(zip(result["before"], result["connected"], strict=True)):
         rss = connected["rss_kb"] - before["rss_kb"]

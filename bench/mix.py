@@ -106,7 +106,8 @@ def seed(instance: Path, database_url: str, count: int, starters: int) -> dict:
             .values(status="cancelled")
         )
         # session_list's results carry only what lists and statistics read; the session
-        # page reads more (it answers 500 without them), as a real session stores it.
+        # page's full report reads more, as a real session stores it (without them the
+        # page shows a short "incomplete report" panel, less work than the real thing).
         db.session.execute(db.text(COMPLETED_RESULTS))
         db.session.commit()
         # Fresh planner statistics after those updates, as autovacuum would gather on a

@@ -257,3 +257,16 @@ def test_the_start_form_disables_what_the_chosen_model_cannot_take_and_says_why(
 
 def test_viewers_cannot_ask_for_start_options(viewer):
     assert viewer.client.get("/sessions/start-options").status_code == 403
+
+
+def test_a_completed_session_with_an_incomplete_report_still_shows_what_it_has(operator):
+    """Results stored without the full report (by hand, or by an older version) must not
+    break the page: it says what is missing and shows the figures it has."""
+    model = gen_model(operator.user, "m")
+    session = gen_session(model, operator.user, "completed", size=40.0, speed=25.0)
+    response = operator.client.get(f"/sessions/{session.id}")
+    assert response.status_code == 200
+    text = response.get_data(as_text=True)
+    assert 'id="report-incomplete"' in text
+    assert "it lacks original_size_bytes" in text
+    assert "40.0 % smaller" in text and "1.25x speed" in text and "99.50 % accuracy retained" in text

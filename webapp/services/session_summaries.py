@@ -123,13 +123,35 @@ def jsonable(data: dict) -> dict:
     return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in data.items()}
 
 
+# What the session page's before-and-after table reads. A run stores them all; results
+# without them (written by hand, or by an older version) get a short panel, not a 500.
+REPORT_FIELDS = (
+    "original_size_bytes",
+    "optimized_size_bytes",
+    "size_reduction_percent",
+    "original_latency_ms",
+    "optimized_latency_ms",
+    "speedup",
+    "accuracy_before",
+    "accuracy_after",
+    "accuracy_retention_percent",
+    "criteria_met",
+)
+
+
+def missing_report_fields(results: dict) -> list[str]:
+    return [name for name in REPORT_FIELDS if results.get(name) is None]
+
+
 def page_context(user: User, session: OptimizationSession) -> dict:
     """What templates/sessions/detail.html and its live fragment render."""
+    results = session.results or {}
     return {
         "session": session,
         "s": summary(session),
         "events": list(session.events),
-        "results": session.results or {},
+        "results": results,
+        "report_missing": missing_report_fields(results) if results else [],
         "search": search_front.front(session),
         "can_change": policy.can_change(user, session.owner_id),
     }

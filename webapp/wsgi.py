@@ -7,6 +7,7 @@ from . import create_app
 from .config import ConfigError
 from .health import log_checks, run_checks
 from .live.connection import begin_shutdown
+from .services import alerts
 
 # gunicorn's "app failed to load" exit code: it stops instead of respawning a
 # worker that can never start.
@@ -28,3 +29,5 @@ executor.start()
 atexit.register(executor.shutdown)
 # Open WebSockets close with 1012 ("service restart") so browsers reconnect by themselves.
 atexit.register(begin_shutdown)
+# The API error rate this process counted but has not yet sent joins the shared window.
+atexit.register(alerts.send_at_exit, app)

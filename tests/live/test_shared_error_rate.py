@@ -75,3 +75,22 @@ def test_an_idle_process_sends_its_counts_within_a_second(make_app):
     while counted() < 5 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert counted() == 5
+
+
+def test_a_process_leaving_sends_what_it_still_held(make_app):
+    """A worker that exits right after its responses (a restart, a scale-down) must not
+    take its last second's counts with it."""
+    from webapp.services import alerts
+
+    client = redis.Redis.from_url(URL)
+    client.flushdb()
+    app = make_app(redis={"url": URL}, alerts=ALERTS)
+    monitor = app.extensions["optideck.error_rate"]
+    with app.app_context():
+        for _ in range(3):
+            monitor.record(200)
+    alerts.send_at_exit(app)  # what wsgi.py registers with atexit
+    counted = sum(
+        int(client.hget(key, "requests") or 0) for key in client.keys(f"{SharedErrorRateMonitor.KEY}:1*")
+    )
+    assert counted == 3

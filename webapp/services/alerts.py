@@ -112,7 +112,7 @@ class SharedErrorRateMonitor(ErrorRateMonitor):
     pipeline: at once on an error, or on any response while the alert is believed raised
     (so a crossing is seen by the response that makes it), and otherwise from a
     background thread once per EVALUATE_SECONDS (so an idle process's counts are not kept
-    back). Counts of a process's last second are lost when it exits.
+    back), and once more when the process exits (`send_at_exit`).
     """
 
     KEY = "optideck:api_errors"
@@ -176,11 +176,14 @@ class SharedErrorRateMonitor(ErrorRateMonitor):
         finally:
             self._sending.release()
 
-    def stop(self) -> None:
-        """End the background thread (tests, shutdown); the counts it held are dropped."""
+    def stop(self, send_held: bool = False) -> None:
+        """End the background thread (tests, shutdown); with send_held, the counts not yet
+        sent go to Redis first, else they are dropped."""
         self._stopping.set()
         if self._flusher is not None:
             self._flusher.join(EVALUATE_SECONDS + 1)
+        if send_held:
+            self.flush()
 
     def _send(self, pending: dict[int, list[int]]) -> None:
         span = int(max(self.window, 1))
@@ -230,6 +233,18 @@ def _flush_every(app_ref, stopping: threading.Event) -> None:
         except Exception:  # the thread must outlive any one failure
             log.exception("api error rate flush failed")
         del app
+
+
+def send_at_exit(app) -> None:
+    """A web process leaving (wsgi.py's atexit): what it counted in its last second still
+    reaches the shared window, so other processes judge the error rate with it."""
+    monitor = app.extensions.get("optideck.error_rate")
+    if isinstance(monitor, SharedErrorRateMonitor):
+        with app.app_context():
+            try:
+                monitor.stop(send_held=True)
+            except Exception:  # exiting anyway: say so, never hang or raise at exit
+                log.exception("api error rate: the last counts could not be sent")
 
 
 def init_app(app) -> None:

@@ -44,6 +44,7 @@ OTHER_QUANTIZED = {
 }
 LOW_RANK_ENERGIES = (0.99, 0.95, 0.9)
 NEURON_SHARES = (0.1, 0.25)
+CHANNEL_SHARES = (0.1, 0.25)
 # Files a search hands back (the chosen one and the best of the front): each is checked
 # on the trusted side before it is stored.
 MAX_KEPT = 16
@@ -116,6 +117,8 @@ def _describe(step: dict) -> str:
     if technique == "pruning":
         if params.get("structure") == "neurons":
             return f"{params['sparsity'] * 100:g} % of neurons removed"
+        if params.get("structure") == "channels":
+            return f"{params['sparsity'] * 100:g} % of conv channels removed"
         return f"magnitude pruning {params['sparsity'] * 100:g} %"
     return TECHNIQUES[technique].label
 
@@ -162,6 +165,8 @@ def space(allowed: set[str], op_types: set[str], has_data: bool) -> list[Configu
             found += dynamic_all
     if "pruning" in allowed and matmul:
         found += [Configuration([_step("pruning", structure="neurons", sparsity=s)]) for s in NEURON_SHARES]
+    if "pruning" in allowed and conv:
+        found += [Configuration([_step("pruning", structure="channels", sparsity=s)]) for s in CHANNEL_SHARES]
     if "compression" in allowed and matmul:
         found += [Configuration([_step("compression", energy=e)]) for e in LOW_RANK_ENERGIES]
     if "pruning" in allowed and (conv or matmul):

@@ -89,15 +89,19 @@ class PruningParams(Schema):
     # Left out: magnitude pruning of single weights, the plain recipe.
     structure = fields.String(
         validate=validate.OneOf(
-            ("weights", "neurons"),
+            ("weights", "neurons", "channels"),
             labels=(
                 "single weights (magnitude; shrinks the compressed file)",
                 "whole neurons (shrinks the model)",
+                "whole convolution channels (shrinks the model)",
             ),
         ),
         metadata={
             "label": "structure",
-            "description": "single weights set to zero, or hidden units removed between dense layers",
+            "description": (
+                "single weights set to zero, hidden units removed between dense layers, "
+                "or channels removed between convolutions"
+            ),
             "form": False,
         },
     )
@@ -237,8 +241,10 @@ def _quantize(src: Path, dst: Path, params: dict, data, batch: int, check) -> di
 
 
 def _prune(src: Path, dst: Path, params: dict, data, batch, check) -> dict:
-    from . import pruning
+    from . import channels, pruning
 
+    if params.get("structure") == "channels":
+        return channels.prune_channels(src, dst, params["sparsity"])
     return pruning.prune(src, dst, params["sparsity"], params.get("structure", "weights"))
 
 
@@ -269,16 +275,18 @@ register(
     )
 )
 # Zeros are written densely: magnitude pruning takes nothing off the file itself, only off
-# its archive; removing neurons takes their share of the dense layers off.
+# its archive; removing neurons or channels takes their share of those layers off.
 register(
     Technique(
         "pruning",
         "Pruning",
-        "set the smallest weights to zero, or remove whole neurons",
+        "set the smallest weights to zero, or remove whole neurons or channels",
         2,
         PruningParams,
         _prune,
-        lambda params: 95.0 * params["sparsity"] if params.get("structure") == "neurons" else 0.0,
+        lambda params: (
+            95.0 * params["sparsity"] if params.get("structure") in ("neurons", "channels") else 0.0
+        ),
     )
 )
 register(

@@ -19,15 +19,16 @@ class WeightUse:
     initializer: onnx.TensorProto
 
 
-def load_with_weights(path) -> onnx.ModelProto:
+def load_with_weights(path, min_rank: int = 2) -> onnx.ModelProto:
     """The model, with weights stored as `Constant` nodes (Paddle's exporter writes them so)
-    turned into initializers, where the techniques look for weights."""
+    turned into initializers, where the techniques look for weights: float tensors of
+    `min_rank` dimensions or more (1 takes biases and batch norm parameters too)."""
     model = onnx.load(str(path))
     for node in list(model.graph.node):
         if node.op_type != "Constant" or len(node.output) != 1:
             continue
         value = next((a.t for a in node.attribute if a.name == "value" and a.type == a.TENSOR), None)
-        if value is None or value.data_type != onnx.TensorProto.FLOAT or len(value.dims) < 2:
+        if value is None or value.data_type != onnx.TensorProto.FLOAT or len(value.dims) < min_rank:
             continue
         tensor = onnx.TensorProto()
         tensor.CopyFrom(value)

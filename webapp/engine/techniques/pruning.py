@@ -1,4 +1,5 @@
-"""Pruning: global magnitude pruning of weights, or structured pruning of neurons.
+"""Pruning: global magnitude pruning of weights, or structured pruning of neurons (and of
+convolution channels, in channels.py).
 
 Zeros stored densely do not make a file smaller or a CPU kernel faster; magnitude
 pruning reports the sparsity reached and the compressed size (what a zip or a
@@ -24,6 +25,7 @@ from .onnx_graph import load_with_weights, replace_initializer, weight_uses
 def prune(src: Path, dst: Path, sparsity: float, structure: str = "weights") -> dict:
     if structure == "neurons":
         return prune_neurons(src, dst, sparsity)
+
     model = load_with_weights(src)
     uses = weight_uses(model)
     if not uses:
@@ -65,7 +67,7 @@ ELEMENTWISE = {
 
 
 @dataclass
-class _Dense:
+class Dense:
     """A dense layer: its weight (an initializer), how it is stored, its bias, its output."""
 
     weight: onnx.TensorProto
@@ -79,7 +81,7 @@ class _Dense:
         return array.T if self.transposed else array
 
 
-def _dense(node, inits, consumers, uses) -> _Dense | None:
+def dense_layer(node, inits, consumers, uses) -> Dense | None:
     if node.op_type not in ("Gemm", "MatMul") or len(node.input) < 2 or node.input[1] not in inits:
         return None
     weight = inits[node.input[1]]
@@ -103,10 +105,10 @@ def _dense(node, inits, consumers, uses) -> _Dense | None:
             # skl2onnx writes biases as [1, out]
             if list(candidate.dims) in ([out], [1, out]) and uses[candidate.name] == 1:
                 bias, output = candidate, add.output[0]
-    return _Dense(weight, transposed, bias, output, node)
+    return Dense(weight, transposed, bias, output, node)
 
 
-def _pairs(model: onnx.ModelProto) -> list[tuple[_Dense, _Dense]]:
+def _pairs(model: onnx.ModelProto) -> list[tuple[Dense, Dense]]:
     """(first, second) dense layers where the first's output reaches only the second's
     data input, through element-wise activations alone."""
     inits = {t.name: t for t in model.graph.initializer}
@@ -118,7 +120,7 @@ def _pairs(model: onnx.ModelProto) -> list[tuple[_Dense, _Dense]]:
     outputs = {o.name for o in model.graph.output}
     found = []
     for node in model.graph.node:
-        first = _dense(node, inits, consumers, uses)
+        first = dense_layer(node, inits, consumers, uses)
         if first is None:
             continue
         tensor = first.output
@@ -127,14 +129,14 @@ def _pairs(model: onnx.ModelProto) -> list[tuple[_Dense, _Dense]]:
             if after.op_type in ELEMENTWISE and len(after.input) == 1:
                 tensor = after.output[0]
                 continue
-            second = _dense(after, inits, consumers, uses)
+            second = dense_layer(after, inits, consumers, uses)
             if second is not None and after.input[0] == tensor:
                 found.append((first, second))
             break
     return found
 
 
-def _store(model: onnx.ModelProto, tensor: onnx.TensorProto, array: np.ndarray) -> None:
+def store(model: onnx.ModelProto, tensor: onnx.TensorProto, array: np.ndarray) -> None:
     tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), tensor.name))
 
 
@@ -148,7 +150,7 @@ def prune_neurons(src: Path, dst: Path, share: float) -> dict:
             "No dense layer feeds another through element-wise activations alone; neuron pruning "
             "removes hidden units between such pairs."
         )
-    before = _parameters(model)
+    before = parameters(model)
     layers = []
     for first, second in pairs:
         w1, w2 = first.matrix(), second.matrix()
@@ -161,10 +163,10 @@ def prune_neurons(src: Path, dst: Path, share: float) -> dict:
         importance = np.linalg.norm(w1, axis=0) * np.linalg.norm(w2, axis=1)
         keep = np.sort(np.argsort(importance)[-keep_count:])
         w1, w2 = w1[:, keep], w2[keep, :]
-        _store(model, first.weight, w1.T if first.transposed else w1)
-        _store(model, second.weight, w2.T if second.transposed else w2)
+        store(model, first.weight, w1.T if first.transposed else w1)
+        store(model, second.weight, w2.T if second.transposed else w2)
         if first.bias is not None:
-            _store(model, first.bias, numpy_helper.to_array(first.bias)[..., keep])
+            store(model, first.bias, numpy_helper.to_array(first.bias)[..., keep])
         layers.append({"layer": first.node.name or first.weight.name, "neurons": [hidden, keep_count]})
     if not layers:
         raise TechniqueFailed("The hidden layers are too small to remove a unit at this share.")
@@ -177,9 +179,9 @@ def prune_neurons(src: Path, dst: Path, share: float) -> dict:
         "share_removed": share,
         "layers": layers,
         "parameters_before": before,
-        "parameters_after": _parameters(model),
+        "parameters_after": parameters(model),
     }
 
 
-def _parameters(model: onnx.ModelProto) -> int:
+def parameters(model: onnx.ModelProto) -> int:
     return sum(int(np.prod(t.dims)) for t in model.graph.initializer)

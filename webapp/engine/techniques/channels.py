@@ -132,10 +132,11 @@ class _Graph:
         for mul, branch in (users, users[::-1]):
             if mul.op_type != "Mul" or branch is mul:
                 continue
-            node, before = branch, tensor
-            while (node.op_type in ELEMENTWISE and node.input[0] == before) or self.passes_through(
-                node, before
+            node, before, steps = branch, tensor, 0
+            while steps < len(self.model.graph.node) and (
+                (node.op_type in ELEMENTWISE and node.input[0] == before) or self.passes_through(node, before)
             ):
+                steps += 1
                 before = node.output[0]
                 after = self.consumers.get(before, [])
                 if after == [mul] and sorted(mul.input) == sorted([tensor, before]):
@@ -181,7 +182,9 @@ class _Graph:
         channels = producer.weight.dims[0]
         lane = _Lane(producer)
         tensor, flattened = producer.node.output[0], False
-        while tensor not in self.outputs:
+        seen: set[str] = set()  # a graph with a cycle (not a valid model) must not hang the walk
+        while tensor not in self.outputs and tensor not in seen:
+            seen.add(tensor)
             after_gate = None if flattened else self.gated(tensor)
             if after_gate is not None:
                 tensor = after_gate

@@ -125,20 +125,19 @@ def test_a_channel_another_branch_reads_is_left_alone(tmp_path):
     """conv1 → Relu → conv2, with conv1's output also added back after conv2 (a residual):
     removing one of conv1's channels would change the sum, so no lane qualifies."""
     rng = np.random.default_rng(0)
-    nodes = [
+
+    def two_convs(name, nodes):
+        weights = {"w1": rng.normal(size=(3, 3, 3, 3)), "w2": rng.normal(size=(3, 3, 3, 3))}
+        return _save(tmp_path / name, nodes, weights, [3, 8, 8])
+
+    residual = [
         helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"]),
         helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
         helper.make_node("Add", ["c2", "x"], ["y"]),
     ]
-    src = _save(
-        tmp_path / "res.onnx",
-        nodes,
-        {"w1": rng.normal(size=(3, 3, 3, 3)), "w2": rng.normal(size=(3, 3, 3, 3))},
-        [3, 8, 8],
-    )
     # conv2's output meets the input in an Add, and conv1's lane is conv2: only that one.
-    details = _prune(src, tmp_path / "o.onnx", 0.34)
+    details = _prune(two_convs("res.onnx", residual), tmp_path / "o.onnx", 0.34)
     assert details["layers"] == [{"layer": "w1", "channels": [3, 2]}]
 
     branching = [
@@ -146,12 +145,7 @@ def test_a_channel_another_branch_reads_is_left_alone(tmp_path):
         helper.make_node("Conv", ["c1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
         helper.make_node("Add", ["c2", "c1"], ["y"]),
     ]
-    src = _save(
-        tmp_path / "branch.onnx",
-        branching,
-        {"w1": rng.normal(size=(3, 3, 3, 3)), "w2": rng.normal(size=(3, 3, 3, 3))},
-        [3, 8, 8],
-    )
+    src = two_convs("branch.onnx", branching)
     with pytest.raises(TechniqueFailed) as caught:
         _prune(src, tmp_path / "o2.onnx", 0.34)
     assert "privately" in caught.value.message

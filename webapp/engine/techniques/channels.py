@@ -22,7 +22,7 @@ from onnx import numpy_helper
 
 from ..errors import TechniqueFailed
 from .onnx_graph import load_with_weights
-from .pruning import ELEMENTWISE, Dense, dense_layer, parameters, store
+from .pruning import ELEMENTWISE, Dense, dense_layer, parameters, save_narrowed, store
 
 # Operators that keep channels apart and take the lane as their first input only.
 PER_CHANNEL = ELEMENTWISE | {
@@ -338,14 +338,4 @@ def prune_channels(src: Path, dst: Path, share: float) -> dict:
             "The convolutions are too narrow to remove a channel at this share (widths made of "
             f"blocks of {CHANNEL_BLOCK} channels lose whole blocks)."
         )
-    # Shapes recorded for the old widths would contradict the new ones.
-    del model.graph.value_info[:]
-    onnx.checker.check_model(model)
-    onnx.save(model, str(dst))
-    return {
-        "structure": "channels",
-        "share_removed": share,
-        "layers": layers,
-        "parameters_before": before,
-        "parameters_after": parameters(model),
-    }
+    return save_narrowed(model, dst, "channels", share, layers, before)

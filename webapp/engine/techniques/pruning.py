@@ -170,12 +170,19 @@ def prune_neurons(src: Path, dst: Path, share: float) -> dict:
         layers.append({"layer": first.node.name or first.weight.name, "neurons": [hidden, keep_count]})
     if not layers:
         raise TechniqueFailed("The hidden layers are too small to remove a unit at this share.")
+    return save_narrowed(model, dst, "neurons", share, layers, before)
+
+
+def save_narrowed(
+    model: onnx.ModelProto, dst: Path, structure: str, share: float, layers: list[dict], before: int
+) -> dict:
+    """Write a model whose layers lost units, and the step's details."""
     # Shapes recorded for the old widths would contradict the new ones.
     del model.graph.value_info[:]
     onnx.checker.check_model(model)
     onnx.save(model, str(dst))
     return {
-        "structure": "neurons",
+        "structure": structure,
         "share_removed": share,
         "layers": layers,
         "parameters_before": before,

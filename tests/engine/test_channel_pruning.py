@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from webapp.engine import search
 from webapp.engine.errors import TechniqueFailed
 from webapp.engine.techniques import TECHNIQUES
-from webapp.engine.techniques.channels import kept_channels
+from webapp.engine.techniques.channels import kept_channels, prune_channels
 
 
 def _save(path, nodes, inits, output_shape):
@@ -94,8 +94,7 @@ def _run(path, x):
 
 
 def _prune(src, dst, share):
-    params = {"sparsity": share, "structure": "channels"}
-    return TECHNIQUES["pruning"].apply(src, dst, params, None, 1, lambda: None)
+    return prune_channels(src, dst, share)
 
 
 @pytest.mark.parametrize("style", ["torch", "paddle"])
@@ -170,3 +169,21 @@ def test_the_search_tries_channels_on_convolutional_models_only():
     assert not any("channels" in w for w in dense)
     params = TECHNIQUES["pruning"].params().load({"sparsity": 0.25, "structure": "channels"})
     assert TECHNIQUES["pruning"].best_size_reduction(params) > 0
+
+
+def test_the_pruned_file_carries_onnx_runtimes_basic_graph_optimizations(tmp_path):
+    """What the technique hands on is the graph ONNX Runtime would build at load: batch norm
+    folded into the convolution, Constant nodes folded, the same outputs."""
+    src = _cnn(tmp_path / "cnn.onnx", "paddle")
+    plain, saved = tmp_path / "plain.onnx", tmp_path / "saved.onnx"
+    prune_channels(src, plain, 0.2)
+    details = TECHNIQUES["pruning"].apply(
+        src, saved, {"sparsity": 0.2, "structure": "channels"}, None, 1, lambda: None
+    )
+    assert details["graph_optimizations_saved"] is True
+    ops = {node.op_type for node in onnx.load(str(saved)).graph.node}
+    assert "BatchNormalization" in {node.op_type for node in onnx.load(str(plain)).graph.node}
+    assert not ops & {"BatchNormalization", "Constant"}
+    assert ops <= {"Conv", "Relu", "Sigmoid", "Mul", "Add", "Clip", "Div", "MaxPool", "Flatten", "Gemm"}
+    x = np.random.default_rng(3).normal(size=(4, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(_run(saved, x), _run(plain, x), rtol=1e-4, atol=1e-4)

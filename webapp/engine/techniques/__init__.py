@@ -241,17 +241,22 @@ def _quantize(src: Path, dst: Path, params: dict, data, batch: int, check) -> di
 
 
 def _prune(src: Path, dst: Path, params: dict, data, batch, check) -> dict:
-    from . import channels, pruning
+    from . import channels, onnx_graph, pruning
 
     if params.get("structure") == "channels":
-        return channels.prune_channels(src, dst, params["sparsity"])
-    return pruning.prune(src, dst, params["sparsity"], params.get("structure", "weights"))
+        details = channels.prune_channels(src, dst, params["sparsity"])
+    else:
+        details = pruning.prune(src, dst, params["sparsity"], params.get("structure", "weights"))
+    details["graph_optimizations_saved"] = onnx_graph.save_graph_optimizations(dst)
+    return details
 
 
 def _compress(src: Path, dst: Path, params: dict, data, batch, check) -> dict:
-    from . import lowrank
+    from . import lowrank, onnx_graph
 
-    return lowrank.compress(src, dst, energy=params.get("energy"), rank=params.get("rank"))
+    details = lowrank.compress(src, dst, energy=params.get("energy"), rank=params.get("rank"))
+    details["graph_optimizations_saved"] = onnx_graph.save_graph_optimizations(dst)
+    return details
 
 
 TECHNIQUES: dict[str, Technique] = {}

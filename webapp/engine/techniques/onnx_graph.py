@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -82,3 +85,37 @@ def unique_name(model: onnx.ModelProto, base: str) -> str:
         n += 1
         candidate = f"{base}_{n}"
     return candidate
+
+
+def save_graph_optimizations(path: Path) -> bool:
+    """Rewrite the model at `path` with ONNX Runtime's basic graph optimizations saved into
+    it (constant folding, redundant nodes removed, Conv with BatchNorm, Add or Mul fused),
+    and say whether it did (only when they took nodes away). Those hold on any hardware and
+    execution provider; the extended and layout levels tie a file to one, so ONNX Runtime
+    applies them at load.
+
+    The quantizations get the same from ORT's pre-processing; this serves the techniques
+    that write their graph themselves. A file that ORT cannot optimize, or that folding
+    would make larger, stays as it is.
+    """
+    import onnxruntime as ort
+
+    target = path.with_name(f"{path.stem}.optimized{path.suffix}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(target)
+    try:
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        before, after = (onnx.load(str(p), load_external_data=False) for p in (path, target))
+        removed = len(before.graph.node) - len(after.graph.node)
+        # ORT's writer adds a few hundred bytes of its own; folding a big constant adds more.
+        grown = target.stat().st_size - path.stat().st_size
+        keep = removed > 0 and grown <= max(path.stat().st_size // 100, 4096)
+    except Exception:  # an optimization: the step's own file is still right
+        logging.getLogger(__name__).info("graph optimizations not saved for %s", path.name, exc_info=True)
+        keep = False
+    if not keep:
+        target.unlink(missing_ok=True)
+        return False
+    os.replace(target, path)
+    return True

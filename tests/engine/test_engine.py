@@ -185,7 +185,7 @@ def test_int8_static_calibrates_on_the_data(demo_files, tmp_path):
         cancelled=lambda: False,
     )
     step = outcome.steps[0]
-    assert step["details"] == {"mode": "int8_static"}
+    assert step["details"] == {"mode": "int8_static", "calibration_samples": 256}
     assert step["outcome"] in ("kept", "kept_despite_violation")
     assert step["measurement"]["score_kind"] == "accuracy"
     model = onnx.load(outcome.artifact_path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,7 @@ def quantize(
     src: Path, dst: Path, params: dict, data: EvalData | None, batch: int, check: Callable[[], None]
 ) -> dict:
     mode = params["mode"]
+    details: dict = {"mode": mode}
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         source = _preprocessed(src, Path(tmp))
         if mode == "int8_dynamic":
@@ -54,7 +56,7 @@ def quantize(
                     "int8 static quantization calibrates on evaluation data; "
                     "attach an .npz to the model first."
                 )
-            _static(source, dst, params, opset_for_static(source, Path(tmp)), data, batch, check)
+            details |= _static(source, dst, params, opset_for_static(source, Path(tmp)), data, batch, check)
         elif mode == "fp16":
             from onnxconverter_common import float16
 
@@ -64,7 +66,7 @@ def quantize(
             _int4(source, dst)
         else:
             raise TechniqueFailed(f"Unknown quantization mode {mode!r}.")
-    return {"mode": mode}
+    return details
 
 
 def _op_types(params: dict) -> list[str] | None:
@@ -84,13 +86,15 @@ def _dynamic(source: Path, dst: Path, params: dict) -> None:
     )
 
 
-def _static(source, dst, params, source_opset, data, batch, check) -> None:
+def _static(source, dst, params, source_opset, data, batch, check) -> dict:
+    """Quantize, and say how many samples calibrated it."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    reader = _CalibrationReader(data, batch, check)
     quantize_static(
         str(source_opset),
         str(dst),
-        _CalibrationReader(data, batch, check),
+        reader,
         quant_format=QuantFormat.QOperator if params.get("format") == "qoperator" else QuantFormat.QDQ,
         op_types_to_quantize=_op_types(params),
         nodes_to_exclude=params.get("exclude_nodes") or None,
@@ -109,6 +113,10 @@ def _static(source, dst, params, source_opset, data, batch, check) -> None:
             "CalibNumBins": 512,
         },
     )
+    found = {"calibration_samples": min(reader.samples, data.count)}
+    if reader.cut_short:
+        found["calibration_note"] = "stopped early: the calibration's tensors filled its share of memory"
+    return found
 
 
 def opset_for_static(source: Path, workdir: Path) -> Path:
@@ -168,10 +176,11 @@ def sensitive_nodes(
         source = opset_for_static(_preprocessed(src, folder), folder)
         sample = data.head(SENSITIVITY_SAMPLES)
         qdq = folder / "qdq.onnx"
+        calibration = _CalibrationReader(sample, batch, check)
         quantize_static(
             str(source),
             str(qdq),
-            _CalibrationReader(sample, batch, check),
+            calibration,
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QUInt8,
@@ -179,11 +188,17 @@ def sensitive_nodes(
             extra_options={"QDQDisableWeightAdjustForInt32Bias": True},
         )
         check()
+        # Both models' tensors are held at once, over the same samples: half of what one
+        # calibration could hold, and never cut short, or the two would not match.
+        if calibration.cut_short:
+            sample = sample.head(max(batch, calibration.samples // 2))
         found = {}
         for name, model in (("qdq", qdq), ("float", source)):
             augmented = folder / f"{name}_outputs.onnx"
             modify_model_output_intermediate_tensors(str(model), str(augmented))
-            found[name] = collect_activations(str(augmented), _CalibrationReader(sample, batch, check))
+            found[name] = collect_activations(
+                str(augmented), _CalibrationReader(sample, batch, check, bounded=False)
+            )
             check()
         matches = create_activation_matching(found["qdq"], found["float"])
         ratio = {
@@ -203,18 +218,72 @@ def sensitive_nodes(
     return [name for _, name in sorted(lost)]
 
 
-class _CalibrationReader:
-    """Feeds calibration batches to quantize_static, checking for a cancel between batches."""
+def _memory() -> tuple[int, int] | None:
+    """This process's address space and resident memory in bytes (Linux), or None."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    try:
+        size, resident = Path("/proc/self/statm").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return int(size) * page, int(resident) * page
 
-    def __init__(self, data: EvalData, batch: int, check: Callable[[], None]):
+
+def _machine_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def memory_guard() -> Callable[[], bool] | None:
+    """A check that says when the process has used half the memory it had left now, or None
+    where memory cannot be read.
+
+    ORT's calibrators keep every batch's intermediate tensors until the end (23.6 GB for
+    256 samples of the PP-OCRv4 recognizer), and its own bound, CalibMaxIntermediateOutputs,
+    drops the batches it clears in onnxruntime 1.32 instead of merging their ranges. So
+    calibration stops taking batches at that mark: the address space against its limit (the
+    sandbox's memory cap) or, without a limit, resident memory against the machine's.
+    """
+    import resource
+
+    now = _memory()
+    if now is None:
+        return None
+    limit, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if limit == resource.RLIM_INFINITY:
+        which, limit = 1, _machine_memory()
+    else:
+        which = 0
+    mark = now[which] + max(limit - now[which], 0) // 2
+
+    def exhausted() -> bool:
+        reading = _memory()
+        return reading is not None and reading[which] > mark
+
+    return exhausted
+
+
+class _CalibrationReader:
+    """Feeds calibration batches to quantize_static, checking for a cancel between batches
+    and, when `bounded`, stopping early (after one batch at least) when memory runs short."""
+
+    def __init__(self, data: EvalData, batch: int, check: Callable[[], None], bounded: bool = True):
         count = min(data.count, CALIBRATION_SAMPLES)
         starts = range(0, max(count - batch, 0) + 1, batch)
         self._feeds = iter([data.take(start, start + batch) for start in starts])
         self._check = check
+        self._exhausted = memory_guard() if bounded else None
+        self._batch = batch
+        self.samples = 0
+        self.cut_short = False
 
     def get_next(self):
         self._check()
-        return next(self._feeds, None)
+        if self.samples and self._exhausted is not None and self._exhausted():
+            self.cut_short = True
+            return None
+        feeds = next(self._feeds, None)
+        if feeds is not None:
+            self.samples += self._batch
+        return feeds
 
     def __iter__(self):  # qdq_loss_debug iterates where quantize_static calls get_next
         return iter(self.get_next, None)

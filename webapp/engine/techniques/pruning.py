@@ -25,7 +25,6 @@ from .onnx_graph import load_with_weights, replace_initializer, weight_uses
 def prune(src: Path, dst: Path, sparsity: float, structure: str = "weights") -> dict:
     if structure == "neurons":
         return prune_neurons(src, dst, sparsity)
-
     model = load_with_weights(src)
     uses = weight_uses(model)
     if not uses:

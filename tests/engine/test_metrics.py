@@ -49,7 +49,9 @@ def test_boxes_that_shift_a_little_still_agree():
     moved[:, 4:] *= 0.97  # confidences a little lower, still above the threshold
     value, kind, compared = detect([moved], [original])
     assert (value, kind) == (1.0, DETECTION_F1)
-    assert compared == [{"output": 0, "kind": DETECTION_F1, "value": 1.0, "reference_detections": 24}]
+    assert compared == [
+        {"output": 0, "kind": DETECTION_F1, "value": 1.0, "reference_detections": 24, "confidence": 0.25}
+    ]
 
 
 def test_scrambled_class_scores_show_though_the_boxes_outweigh_them():
@@ -114,13 +116,43 @@ def test_boxes_scores_and_classes_outputs_are_found_and_compared():
 
 
 def test_images_where_neither_model_sees_anything_agree():
-    nothing = yolo_output()
-    nothing[:, 4:] = 0.01
-    value, _, compared = detect([nothing], [nothing.copy()])
+    original = yolo_output()
+    original[1:3, 4:] = np.minimum(original[1:3, 4:], 0.01)  # two images without objects
+    value, _, compared = detect([original.copy()], [original])
     assert value == 1.0
-    assert compared[0]["reference_detections"] == 0  # and the report says it rests on nothing
-    # A candidate that loses every detection agrees with none of the original's images.
-    assert detect([nothing], [yolo_output()])[0] == 0.0
+    assert compared[0]["reference_detections"] == 16
+    # A candidate that loses every detection agrees only on the images that had none.
+    lost = original.copy()
+    lost[:, 4:] = 0.0
+    assert detect([lost], [original])[0] == pytest.approx(2 / 6, abs=1e-6)
+
+
+def test_an_original_that_finds_little_at_the_usual_confidence_is_judged_on_its_top_boxes():
+    """Photos without the detector's classes: nothing reaches 0.25, so a candidate that
+    lost every box would agree everywhere. The original's most confident boxes, one per
+    image, set the confidence instead, and losing them shows."""
+    faint = yolo_output()
+    faint[:, 4:] *= 0.2  # objects at 0.1-0.19, the rest below 0.01
+    value, _, compared = detect([faint.copy()], [faint])
+    assert value == 1.0
+    assert compared[0]["reference_detections"] == IMAGES
+    assert 0.09 < compared[0]["confidence"] < 0.25
+    lost = faint.copy()
+    lost[:, 4:] = 0.0
+    # Six boxes need not fall on six images: the ones left empty still agree.
+    empty = sum(1 for image in faint if image[4:].max() < compared[0]["confidence"])
+    assert detect([lost], [faint])[0] == pytest.approx(empty / IMAGES, abs=1e-6)
+    assert empty < IMAGES / 2
+    # Confidences that move a little around the lowered threshold cost little.
+    assert detect([faint * 0.98], [faint])[0] >= 0.8
+
+
+def test_an_original_that_detects_nothing_at_all_cannot_judge():
+    nothing = yolo_output()
+    nothing[:, 4:] = 0.001
+    with pytest.raises(TaskMismatch, match="detects nothing") as raised:
+        detect([nothing], [nothing])
+    assert raised.value.kind == "task_mismatch"
 
 
 def test_detection_on_a_model_without_a_detection_head_fails_plainly():
@@ -230,3 +262,63 @@ def test_the_catalog_and_unknown_tasks():
     assert all(task.label and task.description.endswith(".") for task in TASKS.values())
     with pytest.raises(TaskMismatch, match="Unknown task metric"):
         score([np.zeros((2, 2))], UNLABELLED, [np.zeros((2, 2))], task="segmentation")
+
+
+def _detector(path, scale: float):
+    """x [batch, 16] -> a YOLOv8-style head [batch, 4 + 3 classes, 20 anchors]: fixed boxes
+    on a row, 40 px apart, and class scores linear in x, `scale` times a random matrix."""
+    weights = np.zeros((16, 7, 20), dtype=np.float32)
+    weights[:, 4:] = np.random.default_rng(5).normal(0, 1, (16, 3, 20)) * scale
+    bias = np.zeros((7, 20), dtype=np.float32)
+    bias[0], bias[1], bias[2:4] = 40 * np.arange(20) + 20, 20, 30
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["m"]),
+            helper.make_node("Add", ["m", "b"], ["flat"]),
+            helper.make_node("Reshape", ["flat", "shape"], ["y"]),
+        ],
+        "detector",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 7, 20])],
+        [
+            onnx.numpy_helper.from_array(weights.reshape(16, 140), "w"),
+            onnx.numpy_helper.from_array(bias.reshape(140), "b"),
+            onnx.numpy_helper.from_array(np.array([-1, 7, 20], dtype=np.int64), "shape"),
+        ],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _detection_session(tmp_path, scale: float):
+    from webapp.engine.runner import SessionJob, run_session
+
+    model = _detector(tmp_path / "detector.onnx", scale)
+    np.savez(tmp_path / "eval.npz", x=RNG.uniform(0, 1, (32, 16)).astype(np.float32))
+    job = SessionJob(
+        session_id=1,
+        model_path=str(model),
+        model_format="onnx",
+        input_specs=[{"name": "x", "shape": [None, 16], "dtype": "float32"}],
+        steps=[{"technique": "quantization", "params": {"mode": "int8_dynamic"}}],
+        criteria={"threads": 1, "latency_batch_size": 8, "min_accuracy_retention_percent": 99.0},
+        work_dir=str(tmp_path / "work"),
+        eval_data_path=str(tmp_path / "eval.npz"),
+        latency_seconds=0.05,
+        task="detection",
+    )
+    return run_session(job, progress=lambda *a: None, event=lambda *a: None, cancelled=lambda: False)
+
+
+def test_a_detection_session_reports_what_its_figure_rests_on(tmp_path):
+    """Class scores that never reach 0.25: the session is judged on the original's most
+    confident boxes, one per image, and its results say how many and at what confidence."""
+    results = _detection_session(tmp_path, scale=0.02).results
+    assert results["accuracy_kind"] == DETECTION_F1
+    assert results["reference_detections"] == 32
+    assert 0.01 <= results["detection_confidence"] < 0.25
+
+
+def test_a_detection_session_on_data_the_original_sees_nothing_in_fails_plainly(tmp_path):
+    with pytest.raises(TaskMismatch, match="detects nothing"):
+        _detection_session(tmp_path, scale=0.0)

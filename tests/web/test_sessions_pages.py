@@ -3,6 +3,8 @@
 import io
 import time
 
+import pytest
+
 from tests.factories import gen_model, gen_session
 from tests.helpers import AuthActions, csrf_from, make_user
 from webapp.extensions import db
@@ -270,3 +272,27 @@ def test_a_completed_session_with_an_incomplete_report_still_shows_what_it_has(o
     assert 'id="report-incomplete"' in text
     assert "it lacks original_size_bytes" in text
     assert "40.0 % smaller" in text and "1.25x speed" in text and "99.50 % accuracy retained" in text
+
+
+def test_a_detection_report_says_what_its_figure_rests_on(operator):
+    """The worker's word passes the same check as any worker's, and the page names the
+    detections and the confidence the F1 was judged at."""
+    from webapp.services import artifacts
+
+    given = {name: 1.0 for name in artifacts.NUMBERS} | {
+        "criteria_met": True,
+        "accuracy_kind": "detection_f1",
+        "reference_detections": 48,
+        "detection_confidence": 0.0431,
+    }
+    model = gen_model(operator.user, "detector")
+    session = gen_session(model, operator.user, "completed")
+    session.results = artifacts.results({"results": given, "steps": []}, 1000, 900)
+    session.criteria = {"min_accuracy_retention_percent": 99.0, "threads": 1}
+    db.session.commit()
+    text = operator.client.get(f"/sessions/{session.id}").get_data(as_text=True)
+    assert "rests on the original's 48 detections at confidence 0.0431 or more" in text
+    assert "fewer than one box per image at 0.25" in text
+    assert session.results["reference_detections"] == 48
+    with pytest.raises(artifacts.Refused):
+        artifacts.results({"results": given | {"reference_detections": "many"}, "steps": []}, 1000, 900)

@@ -402,6 +402,15 @@ class ResultsSchema(Schema):
     accuracy_after = fields.Float()
     accuracy_kind = fields.String(metadata={"description": "accuracy, or the agreement measured"})
     evaluation_inputs = fields.String(metadata={"description": "Where the inputs came from"})
+    reference_detections = fields.Integer(
+        metadata={"description": "detection_f1's: how many of the original's detections it rests on"}
+    )
+    detection_confidence = fields.Float(
+        metadata={
+            "description": "detection_f1's: the confidence detections are taken at (0.25, or lower "
+            "where the original finds fewer boxes than images there)"
+        }
+    )
     size_reduction_percent = fields.Float()
     speed_improvement_percent = fields.Float()
     speedup = fields.Float()

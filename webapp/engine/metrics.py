@@ -50,7 +50,8 @@ TASKS: dict[str, Task] = {
             "Object detection",
             "Boxes from a YOLO-style head or from boxes, scores and classes outputs, kept above "
             "0.25 confidence and after per-class NMS: F1 at IoU 0.5 against the original "
-            "model's detections.",
+            "model's detections. Where the original finds fewer than one box per image at 0.25, "
+            "its most confident boxes (one per image) set the confidence instead.",
         ),
         Task(
             CTC,
@@ -71,6 +72,9 @@ DETECTION_F1 = "detection_f1"
 SEQUENCE_EXACT_MATCH = "sequence_exact_match"
 
 CONFIDENCE = 0.25
+# Below this a detector's boxes are noise: an original that finds nothing above it cannot
+# judge a candidate.
+MIN_CONFIDENCE = 0.01
 NMS_IOU = 0.45
 MATCH_IOU = 0.5
 # Per image, before NMS: a broken head that scores every anchor high still costs little.
@@ -173,9 +177,11 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def _select(boxes: np.ndarray, confidence: np.ndarray, classes: np.ndarray) -> Detections:
-    """Confident, finite detections after per-class NMS, the most confident first."""
-    keep = (confidence >= CONFIDENCE) & np.isfinite(boxes).all(axis=1)
+def _select(boxes: np.ndarray, confidence: np.ndarray, classes: np.ndarray, floor: float) -> Detections:
+    """Finite detections at `floor` confidence or more after per-class NMS, the most
+    confident first. NMS is greedy from the top, so the detections at a higher floor are
+    exactly these cut at it."""
+    keep = (confidence >= floor) & np.isfinite(boxes).all(axis=1)
     boxes, confidence, classes = boxes[keep], confidence[keep], classes[keep]
     order = np.argsort(-confidence, kind="stable")[:MAX_CANDIDATES]
     boxes, confidence, classes = boxes[order], confidence[order], classes[order]
@@ -199,8 +205,8 @@ def _corners(boxes: np.ndarray) -> np.ndarray:
     )
 
 
-def detections(outputs: list[np.ndarray], head: DetectionHead) -> list[Detections]:
-    """Each sample's detections, decoded from `head`."""
+def detections(outputs: list[np.ndarray], head: DetectionHead, floor: float = CONFIDENCE) -> list[Detections]:
+    """Each sample's detections at `floor` confidence or more, decoded from `head`."""
     found = []
     if head.kind == YOLO:
         predictions = outputs[head.outputs[0]]
@@ -210,7 +216,7 @@ def detections(outputs: list[np.ndarray], head: DetectionHead) -> list[Detection
             classes = class_scores.argmax(axis=1)
             confidence = class_scores[np.arange(len(rows)), classes]
             boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
-            found.append(_select(boxes, confidence, classes))
+            found.append(_select(boxes, confidence, classes, floor))
         return found
     boxes, scores, classes = (outputs[i] for i in head.outputs[:3])
     counts = outputs[head.outputs[3]].reshape(-1) if len(head.outputs) == 4 else None
@@ -221,9 +227,25 @@ def detections(outputs: list[np.ndarray], head: DetectionHead) -> list[Detection
                 _corners(boxes[sample, :valid].astype(np.float64)),
                 scores[sample, :valid].astype(np.float64),
                 np.rint(classes[sample, :valid]).astype(np.int64),
+                floor,
             )
         )
     return found
+
+
+def _above(found: list[Detections], floor: float) -> list[Detections]:
+    return [(boxes[c >= floor], c[c >= floor], classes[c >= floor]) for boxes, c, classes in found]
+
+
+def reference_confidence(found: list[Detections]) -> float:
+    """The confidence the original's detections are taken at, from its detections at
+    MIN_CONFIDENCE: CONFIDENCE, unless the original finds fewer boxes there than there are
+    images. A candidate that found nothing would then agree on nearly every image, so the
+    original's most confident boxes, one per image, set a lower confidence."""
+    confidences = np.sort(np.concatenate([c for _, c, _ in found]))[::-1]
+    if np.count_nonzero(confidences >= CONFIDENCE) >= len(found) or not len(confidences):
+        return CONFIDENCE
+    return float(confidences[min(len(found), len(confidences)) - 1])
 
 
 def _f1(candidate: Detections, reference: Detections) -> float:
@@ -248,17 +270,43 @@ def _f1(candidate: Detections, reference: Detections) -> float:
 
 
 def detection_f1(outputs: list[np.ndarray], reference: list[np.ndarray]) -> tuple[float, str, list[dict]]:
-    """Mean per-image F1 of the candidate's detections against the original's."""
+    """Mean per-image F1 of the candidate's detections against the original's, both taken at
+    reference_confidence. Raises TaskMismatch when the original detects nothing at all:
+    every candidate would then agree, however broken."""
     head = detection_head(reference)
-    found = {"output": head.outputs[0], "kind": DETECTION_F1}
+    original = detections(reference, head, MIN_CONFIDENCE)
+    floor = reference_confidence(original)
+    expected = _above(original, floor)
+    # How many boxes the figure rests on, and at what confidence: the report says both.
+    found = {
+        "output": head.outputs[0],
+        "kind": DETECTION_F1,
+        "reference_detections": sum(len(r[0]) for r in expected),
+        "confidence": round(floor, 6),
+    }
+    if not found["reference_detections"]:
+        raise TaskMismatch(
+            f"The original model detects nothing in the evaluation data, not even at "
+            f"{MIN_CONFIDENCE:g} confidence, so detection F1 could not tell a broken candidate "
+            "from a good one. Upload evaluation data that shows the objects it detects, or "
+            "choose another task metric."
+        )
     if len(outputs) != len(reference) or any(outputs[i].shape != reference[i].shape for i in head.outputs):
-        return 0.0, DETECTION_F1, [{**found, "value": 0.0, "reference_detections": 0}]
-    expected = detections(reference, head)
-    seen = detections(outputs, head)
+        return 0.0, DETECTION_F1, [{**found, "value": 0.0}]
+    seen = detections(outputs, head, floor)
     value = round(float(np.mean([_f1(c, r) for c, r in zip(seen, expected, strict=True)])), 6)
-    # How many boxes the figure rests on: 1.0 over images where nothing is found says little.
-    count = sum(len(r[0]) for r in expected)
-    return value, DETECTION_F1, [{**found, "value": value, "reference_detections": count}]
+    return value, DETECTION_F1, [{**found, "value": value}]
+
+
+def detection_basis(compared: list[dict]) -> dict:
+    """What a detection figure rests on (from detection_f1's details), for the report."""
+    for entry in compared:
+        if entry.get("kind") == DETECTION_F1 and "reference_detections" in entry:
+            return {
+                "reference_detections": entry["reference_detections"],
+                "detection_confidence": entry["confidence"],
+            }
+    return {}
 
 
 def samples_first(output: np.ndarray, batch: int) -> np.ndarray:

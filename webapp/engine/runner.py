@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import formats, loading, search, timing
+from . import formats, loading, metrics, search, timing
 from .datasets import EvalData, generate, load_npz
 from .errors import Cancelled, TechniqueFailed, TimeLimitExceeded
 from .evaluation import Measurement, first_batch, measure
@@ -342,6 +342,7 @@ class _Session:
             "speedup_high": round(final.high, 3),
             "accuracy_retention_percent": round(retained, 2),
             "criteria_met": met,
+            **metrics.detection_basis(baseline.outputs),
             **self._conversion(baseline),
         }
 

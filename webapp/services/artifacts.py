@@ -38,13 +38,16 @@ OPTIONAL_COUNTS = (
     "latency_batch_size",
     "latency_rounds",
     "converted_size_bytes",
+    "reference_detections",  # metrics.detection_basis
 )
-# A PyTorch upload's ONNX export, on its own (the engine's runner._conversion).
 OPTIONAL_NUMBERS = (
+    # A PyTorch upload's ONNX export, on its own (the engine's runner._conversion).
     "converted_latency_ms",
     "converted_latency_low_ms",
     "converted_latency_high_ms",
     "converted_accuracy_retention_percent",
+    # What detection F1 rests on (metrics.detection_basis).
+    "detection_confidence",
 )
 WORDS = ("accuracy_kind", "evaluation_inputs")
 MAX_STEPS_BYTES = 1 << 20

@@ -139,7 +139,9 @@ def test_npz_array_inflating_past_its_size_is_refused_when_loaded(tmp_path):
     x = np.zeros((2 * screening.CHUNK // 16, 4), dtype=np.float32)
     honest = hostile.npz(tmp_path / "eval.npz", x=x, y=np.zeros(len(x), dtype=np.int64))
     bomb = hostile.zip_understating(honest, tmp_path / "bomb.npz", "x.npy", 1024)
-    assert datasets.input_shape(bomb) == [len(x), 4]
+    assert [s.as_dict() for s in datasets.input_specs(bomb)] == [
+        {"name": "x", "shape": [None, 4], "dtype": "float32"}
+    ]
     message = _refused_within(BOUND, DatasetRejected, lambda: datasets.load_npz(bomb, INPUTS))
     assert message.startswith("The evaluation data is corrupt: 'x.npy' unpacks to more than the "), message
     assert datasets.load_npz(honest, INPUTS).count == len(x)

@@ -50,8 +50,7 @@ def analyse(
         screening.check_zip(path, max_unpacked_bytes)
     specs = _given_specs(input_shape)
     if specs is None and eval_path is not None and model_format == formats.TORCHSCRIPT:
-        shape = datasets.input_shape(eval_path, max_unpacked_bytes)
-        specs = [InputSpec(DEFAULT_INPUT_NAME, [None, *shape[1:]])]
+        specs = datasets.input_specs(eval_path, max_unpacked_bytes)
     model = loading.load(path, model_format, threads, specs, max_unpacked_bytes=max_unpacked_bytes)
     if model_format == formats.ONNX and specs:
         # The file's own names win; the user's shape fills dimensions it leaves open.

@@ -63,6 +63,12 @@ class EvalData:
         """The first `count` samples, without labels."""
         return EvalData(self.take(0, count), None, self.source, dict(self.axes))
 
+    def select(self, names: list[str]) -> EvalData:
+        """The same data for these inputs only."""
+        return EvalData(
+            {n: self.inputs[n] for n in names}, self.labels, self.source, {n: self.axis(n) for n in names}
+        )
+
     def renamed(self, names: list[str]) -> EvalData:
         """The same data for inputs renamed in order (an exporter may rename them)."""
         old = list(self.inputs)
@@ -74,12 +80,21 @@ class EvalData:
         )
 
 
-def input_shape(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> list[int]:
-    """The shape of 'x', from its header alone."""
-    shapes = screening.check_npz(path, MEMBERS, max_bytes)
-    if "x" not in shapes:
-        raise DatasetRejected("The evaluation .npz needs an array named 'x' (the inputs).")
-    return list(shapes["x"])
+def input_specs(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> list[InputSpec]:
+    """Inputs as the .npz's headers show them, for a model that records none (TorchScript):
+    one per array but 'y' and 'sample_axes', its first dimension left open to count
+    samples, its numbers float32, int64 or bool by kind. A 0-d array is a number fed whole."""
+    specs = []
+    for name, (shape, dtype) in screening.npz_headers(path, MEMBERS, max_bytes).items():
+        if name in ("y", AXES):
+            continue
+        kind = "bool" if dtype.kind == "b" else "int64" if dtype.kind in "iu" else "float32"
+        specs.append(InputSpec(name, [None, *shape[1:]] if shape else [], kind))
+    if not specs:
+        raise DatasetRejected(
+            "The evaluation .npz holds no inputs: name them 'x', or after the model's inputs."
+        )
+    return specs
 
 
 def _read(path: Path, names: set[str]) -> dict[str, np.ndarray]:
@@ -104,17 +119,17 @@ def _read(path: Path, names: set[str]) -> dict[str, np.ndarray]:
 def _members_for_inputs(members: set[str], specs: list[InputSpec]) -> dict[str, str]:
     """Which array of the .npz feeds each model input: {input name: array name}."""
     names = [spec.name for spec in specs]
-    if len(specs) == 1 and "x" in members and names[0] not in members:
-        found = {names[0]: "x"}
-    else:
-        missing = [name for name in names if name not in members]
-        if missing:
-            wanted = "'x' or " + repr(names[0]) if len(names) == 1 else ", ".join(repr(n) for n in names)
-            raise DatasetRejected(
-                f"The evaluation .npz needs one array per model input ({wanted}); "
-                f"missing: {', '.join(repr(m) for m in missing)}."
-            )
-        found = {name: name for name in names}
+    found = {name: name for name in names if name in members}
+    missing = [name for name in names if name not in members]
+    # 'x' feeds the one input no array is named after (the model's only input, say).
+    if len(missing) == 1 and "x" in members and "x" not in names:
+        found[missing.pop()] = "x"
+    if missing:
+        wanted = "'x' or " + repr(names[0]) if len(names) == 1 else ", ".join(repr(n) for n in names)
+        raise DatasetRejected(
+            f"The evaluation .npz needs one array per model input ({wanted}); "
+            f"missing: {', '.join(repr(m) for m in missing)}."
+        )
     extra = sorted(members - set(found.values()) - {"y", AXES})
     if extra:
         raise DatasetRejected(

@@ -67,6 +67,7 @@ class LoadedModel:
     torch_module: torch.jit.ScriptModule | torch.export.ExportedProgram | None = field(
         default=None, repr=False
     )
+    scalars: frozenset[str] = frozenset()  # inputs a TorchScript forward() takes as numbers
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.runner(feeds)
@@ -159,12 +160,18 @@ def _fixed(size) -> int | None:
     return size if isinstance(size, int) and size > 0 else None
 
 
-def _torch_runner(module, specs: list[InputSpec]):
+def _torch_runner(module, specs: list[InputSpec], scalars: frozenset[str] = frozenset()):
+    """`scalars`: the inputs forward() takes as Python numbers (int, float, bool)."""
     import torch
 
     def run(feeds):
         with torch.inference_mode():
-            args = [torch.from_numpy(np.ascontiguousarray(feeds[s.name])) for s in specs]
+            args = [
+                feeds[s.name].item()
+                if s.name in scalars
+                else torch.from_numpy(np.ascontiguousarray(feeds[s.name]))
+                for s in specs
+            ]
             out = module(*args)
         if isinstance(out, dict):
             out = list(out.values())
@@ -183,15 +190,13 @@ def _load_torchscript(
     screening.check_torchscript(path, max_unpacked_bytes)
     torch.set_num_threads(threads)
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch 2.13 marks TorchScript deprecated
+            module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # TorchScript raises RuntimeError and friends
         raise ModelRejected(f"The TorchScript file cannot be loaded: {public_message(exc)}") from exc
     module.eval()
-    if not specs:
-        raise ModelRejected(
-            "TorchScript files do not record their input shapes: send "
-            "input_shape (for example [1, 64]) or evaluation data."
-        )
+    specs, scalars = _script_inputs(module, specs or [])
     params = sum(p.numel() for p in module.parameters())
     ops = collections.Counter(
         node.kind().split("::", 1)[1]
@@ -204,9 +209,56 @@ def _load_torchscript(
         [],
         int(params),
         dict(ops),
-        _torch_runner(module, specs),
+        _torch_runner(module, specs, scalars),
         torch_module=module,
+        scalars=scalars,
     )
+
+
+# forward()'s number arguments, as the 0-d arrays that feed them (and that ONNX Runtime
+# takes once the exporter has made them inputs): TorchScript's float is a double.
+SCALAR_DTYPES = {"int": "int64", "float": "float64", "bool": "bool"}
+# What an input is called before the model's own names are known: input_shape given as one
+# list (analysis.DEFAULT_INPUT_NAME), and an .npz's single array.
+UNNAMED_INPUTS = ("input", "x")
+
+
+def _script_inputs(module, given: list[InputSpec]) -> tuple[list[InputSpec], frozenset[str]]:
+    """forward()'s inputs, in its order: tensors shaped as `given` says, numbers as 0-d
+    arrays of their type (defaults included: the exporter needs every argument). `given`
+    names them, except that one spec named as UNNAMED_INPUTS shapes the one tensor argument
+    named by none."""
+    arguments = [a for a in module.forward.schema.arguments if a.name != "self"]
+    for argument in arguments:
+        if str(argument.type) != "Tensor" and str(argument.type) not in SCALAR_DTYPES:
+            raise ModelRejected(
+                f"forward() takes {argument.name!r} as {argument.type}; Optideck feeds tensors "
+                "and int, float or bool numbers."
+            )
+    names = {a.name for a in arguments}
+    by_name = {spec.name: spec for spec in given if spec.name in names}
+    strays = [spec for spec in given if spec.name not in names]
+    unshaped = [a.name for a in arguments if str(a.type) == "Tensor" and a.name not in by_name]
+    if len(strays) == 1 and strays[0].name in UNNAMED_INPUTS and len(unshaped) == 1:
+        by_name[unshaped[0]], strays, unshaped = strays[0], [], []
+    if strays:
+        raise ModelRejected(
+            f"The inputs given name {', '.join(repr(s.name) for s in strays)}, which forward() does "
+            f"not take; it takes {', '.join(repr(a.name) for a in arguments) or 'nothing'}."
+        )
+    if unshaped:
+        raise ModelRejected(
+            "TorchScript files do not record their input shapes: send input_shape (for example "
+            "[1, 64], or {name: shape} for several inputs) or evaluation data with an array for "
+            f"{', '.join(repr(n) for n in unshaped)}."
+        )
+    specs = [
+        InputSpec(a.name, list(by_name[a.name].shape), by_name[a.name].dtype)
+        if str(a.type) == "Tensor"
+        else InputSpec(a.name, [], SCALAR_DTYPES[str(a.type)])
+        for a in arguments
+    ]
+    return specs, frozenset(a.name for a in arguments if str(a.type) in SCALAR_DTYPES)
 
 
 def _load_exported_program(

@@ -105,10 +105,12 @@ class _Session:
         )
         if job.model_format == formats.ONNX:
             original.inputs = specs
+        # A TorchScript model names its inputs after forward()'s arguments, whatever an
+        # older analysis stored.
         data = (
-            load_npz(Path(job.eval_data_path), specs, job.max_unpacked_bytes)
+            load_npz(Path(job.eval_data_path), original.inputs, job.max_unpacked_bytes)
             if job.eval_data_path
-            else generate(specs)
+            else generate(original.inputs)
         )
         self.check()
         self.progress(5, "baseline")
@@ -176,12 +178,11 @@ class _Session:
         self._event("step_started", "export_onnx", "Exporting to ONNX", {})
         target = self.work / "exported.onnx"
         self.phase("transform")
-        info = to_onnx(original, target)
+        info = to_onnx(original, target, data.take(0, 1))
         self.check()
         exported = loading.run_onnx(target, self.threads)
         self.phase("inference")
-        # The exporter may rename inputs; the data follows them by position.
-        data = data.renamed([spec.name for spec in exported.inputs])
+        data = _exported_data(data, [spec.name for spec in exported.inputs])
         measurement, _ = measure(
             target,
             exported,
@@ -357,6 +358,20 @@ class _Session:
             "converted_latency_high_ms": c.latency_high_ms,
             "converted_accuracy_retention_percent": round(retention(baseline, c), 2),
         }
+
+
+def _exported_data(data: EvalData, names: list[str]) -> EvalData:
+    """The data for an ONNX export's inputs: by name where it kept the names (TorchScript's
+    exporter does, and drops an input that is never read), else by position (torch.export's
+    may rename them)."""
+    if set(names) <= set(data.inputs):
+        return data.select(names)
+    if len(names) != len(data.inputs):
+        raise TechniqueFailed(
+            f"The ONNX export takes {len(names)} inputs where the model takes {len(data.inputs)}; "
+            "the session stops here."
+        )
+    return data.renamed(names)
 
 
 def warm_up() -> None:

@@ -736,6 +736,11 @@ def check_npz(path: Path, members: set[str] | re.Pattern[str], max_bytes: int) -
     """Every member of an evaluation .npz is one we use (named in `members`, or matching it),
     holds plain numbers and fits the limit, judged from the zip directory and the .npy
     headers before any array is read. Returns {name: shape}."""
+    return {name: shape for name, (shape, _) in npz_headers(path, members, max_bytes).items()}
+
+
+def npz_headers(path: Path, members: set[str] | re.Pattern[str], max_bytes: int) -> dict[str, tuple]:
+    """check_npz's checks; returns {name: (shape, dtype)}."""
     shapes = {}
     total = 0
     try:
@@ -769,7 +774,7 @@ def check_npz(path: Path, members: set[str] | re.Pattern[str], max_bytes: int) -
                 raise DatasetRejected(
                     f"The evaluation arrays hold more than the limit of {max_bytes:,} bytes."
                 )
-            shapes[name] = shape
+            shapes[name] = (shape, dtype)
     except DatasetRejected:
         raise
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:

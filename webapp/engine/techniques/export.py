@@ -8,6 +8,8 @@ import logging
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from .. import formats
 from ..errors import TechniqueFailed, public_message
 from ..loading import LoadedModel
@@ -28,13 +30,17 @@ def _quiet():
             logging.disable(previous)
 
 
-def to_onnx(model: LoadedModel, dst: Path) -> dict:
+def to_onnx(model: LoadedModel, dst: Path, feeds: dict[str, np.ndarray]) -> dict:
+    """`feeds`: one sample of every input; the numbers a TorchScript forward() takes are
+    exported with their values (the exporter makes them 0-d inputs; an unused one it drops)."""
     import torch
 
     specs = model.inputs
     batch = 1 if specs[0].fixed_batch is None else specs[0].fixed_batch
     examples = tuple(
-        torch.zeros([batch] + [d or 1 for d in spec.shape[1:]], dtype=getattr(torch, spec.dtype))
+        feeds[spec.name].item()
+        if spec.name in model.scalars
+        else torch.zeros([batch] + [d or 1 for d in spec.shape[1:]], dtype=getattr(torch, spec.dtype))
         for spec in specs
     )
     dynamic = {spec.name: {0: "batch"} for spec in specs if spec.shape and spec.shape[0] is None}

@@ -174,3 +174,72 @@ def test_a_search_out_of_budget_chooses_among_what_it_measured(tmp_path):
     assert len(candidates) <= 2 < len(full.results["candidates"])
     assert candidates[outcome.results["chosen"]]["kept"]
     assert any(e[0] == "search_stopped" for e in events)
+
+
+def _outlier_mlp(folder: Path) -> tuple[Path, Path]:
+    """x [16] -> 64 -> 64 -> 10 whose first layer makes one channel 500x the others (x's
+    last feature is a constant 1): int8 activations shared by that channel lose the rest,
+    so every int8 configuration falls below the floor and the fallback runs. Labels are
+    the float model's own classes."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    w1 = rng.normal(0, 0.3, (16, 64)).astype(np.float32)
+    w1[15], w1[15, 0] = 0.0, 500.0
+    w2 = rng.normal(0, 0.3, (64, 64)).astype(np.float32)
+    w2[0] = 0.0
+    w3 = rng.normal(0, 0.3, (64, 10)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["m1"], name="fc1"),
+            helper.make_node("MatMul", ["m1", "w2"], ["h2"], name="fc2"),
+            helper.make_node("Relu", ["h2"], ["r2"], name="relu2"),
+            helper.make_node("MatMul", ["r2", "w3"], ["y"], name="fc3"),
+        ],
+        "outlier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
+        [numpy_helper.from_array(w, n) for w, n in ((w1, "w1"), (w2, "w2"), (w3, "w3"))],
+    )
+    model = folder / "outlier.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    x = rng.standard_normal((128, 16)).astype(np.float32)
+    x[:, 15] = 1.0
+    labels = ort.InferenceSession(str(model)).run(None, {"x": x})[0].argmax(axis=1)
+    np.savez(folder / "eval.npz", x=x, y=labels)
+    return model, folder / "eval.npz"
+
+
+def test_the_fallback_starts_from_the_int8_candidate_that_came_closest(tmp_path):
+    model, data = _outlier_mlp(tmp_path)
+    job = SessionJob(
+        1,
+        str(model),
+        "onnx",
+        [{"name": "x", "shape": [None, 16], "dtype": "float32"}],
+        [{"technique": "auto", "params": {}}],
+        {**CRITERIA, "enabled_techniques": ["quantization"]},
+        str(tmp_path / "work"),
+        eval_data_path=str(data),
+        latency_seconds=0.05,
+    )
+    candidates = run_session(job, lambda *a: None, lambda *a: None, lambda: False).results["candidates"]
+    static = [
+        c
+        for c in candidates[1:]
+        if c.get("latency_ms") is not None
+        and c["steps"][0]["params"].get("mode") == "int8_static"
+        and not c["steps"][0]["params"].get("exclude_nodes")
+    ]
+    assert static and all(c["accuracy_retention_percent"] < 99.0 for c in static)
+    closest = max(static, key=lambda c: (c["accuracy_retention_percent"], -c["index"]))
+    fallbacks = [c for c in candidates if c["steps"] and c["steps"][0]["params"].get("exclude_nodes")]
+    assert fallbacks, "no candidate left sensitive nodes in float"
+    for fallback in fallbacks:
+        params = dict(fallback["steps"][0]["params"])
+        assert params.pop("exclude_nodes")
+        assert params == closest["steps"][0]["params"]
+        assert fallback["configuration"].startswith(closest["configuration"] + ", ")

@@ -283,8 +283,10 @@ class Search:
         return found
 
     def _fallbacks(self, base_path: Path) -> list[search.Configuration]:
-        """int8 static of every operator with its most sensitive nodes in float, 1, 2, 4, 8
-        of them, when plain int8 static fell below the floor."""
+        """The int8 static candidate that came closest to the floor without holding it, with
+        its most sensitive nodes in float, 1, 2, 4, 8 of them. Closest, not the full graph:
+        on a detector the damage is in the head's non-Conv operators, so Conv-only int8
+        comes near and its worst convolutions are what is left to spare."""
         from .techniques.quantization import sensitive_nodes
 
         failing = [
@@ -294,19 +296,27 @@ class Search:
             and not self._holds(c)
             and len(c["steps"]) == 1
             and c["steps"][0]["params"].get("mode") == "int8_static"
-            and c["steps"][0]["params"].keys() == {"mode"}
+            and not c["steps"][0]["params"].get("exclude_nodes")
         ]
         if not failing:
             return []
+        closest = max(failing, key=lambda c: (c["accuracy_retention_percent"], -c["index"]))
+        configuration = self.tried[closest["index"]].configuration
         s = self.session
         s.phase("transform")
         try:
-            ranked = sensitive_nodes(base_path, self.data, self.baseline.latency_batch, s.work, s.check)
+            ranked = sensitive_nodes(
+                base_path,
+                self.data,
+                self.baseline.latency_batch,
+                s.work,
+                s.check,
+                configuration.steps[0]["params"].get("op_types", "all"),
+            )
         except Exception as exc:
             _, reason = failure(exc)
             s._event("step_skipped", "search", f"The per-node sensitivity pass failed: {reason}", {})
             return []
-        configuration = self.tried[failing[0]["index"]].configuration
         return [
             search.with_float_nodes(configuration, ranked[:count])
             for count in search.FALLBACK_COUNTS

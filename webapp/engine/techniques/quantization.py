@@ -154,9 +154,15 @@ SENSITIVITY_SAMPLES = 64
 
 
 def sensitive_nodes(
-    src: Path, data: EvalData, batch: int, workdir: Path, check: Callable[[], None]
+    src: Path,
+    data: EvalData,
+    batch: int,
+    workdir: Path,
+    check: Callable[[], None],
+    op_types: str = "all",
 ) -> list[str]:
-    """The Conv, MatMul and Gemm nodes int8 static (QDQ, min-max) hurts most, worst first.
+    """The Conv, MatMul and Gemm nodes int8 static (QDQ, min-max, quantizing `op_types` of
+    OP_TYPES) hurts most, worst first.
 
     Both models run on a sample with every intermediate tensor kept (ORT's qdq_loss_debug);
     each tensor's signal-to-noise ratio against the float model's tells how far int8 has
@@ -185,6 +191,7 @@ def sensitive_nodes(
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            op_types_to_quantize=_op_types({"op_types": op_types}),
             extra_options={"QDQDisableWeightAdjustForInt32Bias": True},
         )
         check()

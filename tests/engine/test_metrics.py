@@ -10,10 +10,12 @@ import pytest
 from onnx import TensorProto, helper
 
 from webapp.engine import loading
-from webapp.engine.datasets import EvalData
+from webapp.engine.datasets import BOX_CLASSES, BOXES, EvalData
 from webapp.engine.evaluation import ACCURACY, TOP1_AGREEMENT, VALUE_AGREEMENT, measure, score
 from webapp.engine.metrics import (
     DETECTION_F1,
+    LABELLED_DETECTION_F1,
+    SEQUENCE_ACCURACY,
     SEQUENCE_EXACT_MATCH,
     TASKS,
     TaskMismatch,
@@ -290,11 +292,16 @@ def _detector(path, scale: float):
     return path
 
 
-def _detection_session(tmp_path, scale: float):
+def _detection_session(tmp_path, scale: float, truth=None):
+    """`truth`: a function of the original's outputs giving the .npz's ground truth."""
     from webapp.engine.runner import SessionJob, run_session
 
     model = _detector(tmp_path / "detector.onnx", scale)
-    np.savez(tmp_path / "eval.npz", x=RNG.uniform(0, 1, (32, 16)).astype(np.float32))
+    x = RNG.uniform(0, 1, (32, 16)).astype(np.float32)
+    labels = {}
+    if truth is not None:
+        labels = truth(loading.run_onnx(model, 1).run({"x": x})[0])
+    np.savez(tmp_path / "eval.npz", x=x, **labels)
     job = SessionJob(
         session_id=1,
         model_path=str(model),
@@ -322,3 +329,124 @@ def test_a_detection_session_reports_what_its_figure_rests_on(tmp_path):
 def test_a_detection_session_on_data_the_original_sees_nothing_in_fails_plainly(tmp_path):
     with pytest.raises(TaskMismatch, match="detects nothing"):
         _detection_session(tmp_path, scale=0.0)
+
+
+def _truth_of(output: np.ndarray, slots: int = 6) -> dict[str, np.ndarray]:
+    """Ground truth that says what a YOLO head [images, 4 + classes, anchors] finds above
+    0.25: corner boxes and classes, padded to `slots` rows with class -1."""
+    boxes = np.zeros((IMAGES, slots, 4), dtype=np.float32)
+    classes = np.full((IMAGES, slots), -1, dtype=np.int64)
+    for image in range(IMAGES):
+        confident = np.flatnonzero(output[image, 4:].max(axis=0) >= 0.25)
+        for row, anchor in enumerate(confident):
+            cx, cy, w, h = output[image, :4, anchor]
+            boxes[image, row] = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+            classes[image, row] = output[image, 4:, anchor].argmax()
+    return {"y_boxes": boxes, "y_box_classes": classes}
+
+
+def test_labelled_boxes_judge_both_models_against_the_truth():
+    """With y_boxes, the original is scored too (it may miss a labelled box), and a
+    candidate is judged on the truth, not on agreeing with the original."""
+    original = yolo_output()
+    truth = _truth_of(original)
+    labelled = EvalData(UNLABELLED.inputs, None, "file", truth=truth)
+    value, kind, compared = score([original], labelled, [original], task="detection")
+    assert (value, kind) == (1.0, LABELLED_DETECTION_F1)
+    assert compared[0]["reference_detections"] == 24
+    # The truth holds a box the original never finds: the original scores below 1, and a
+    # candidate that finds the same boxes scores the same.
+    truth[BOX_CLASSES][0, 5], truth[BOXES][0, 5] = 1, [900, 900, 960, 960]
+    original_score = score([original], labelled, [original], task="detection")[0]
+    assert original_score == pytest.approx((2 * 4 / 9 + 5) / 6, abs=1e-6)
+    assert score([original.copy()], labelled, [original], task="detection")[0] == original_score
+
+
+def test_labelled_sequences_judge_the_decoding_against_the_truth():
+    tokens = [[1, 2, 3], [4, 4], [5], [2]]
+    truth = {"y_sequences": np.array([[1, 2, 3], [4, 4, 0], [5, 0, 0], [3, 0, 0]])}  # the last differs
+    labelled = EvalData({"x": np.zeros((4, 1), np.float32)}, None, "file", truth=truth)
+    value, kind, _ = score([sequences_output(tokens)], labelled, [sequences_output(tokens)], task="ctc")
+    assert (value, kind) == (0.75, SEQUENCE_ACCURACY)
+
+
+def test_retention_against_labels_is_relative_to_the_original():
+    from webapp.engine.evaluation import Measurement
+    from webapp.engine.outcomes import retention
+
+    def measured(value, kind):
+        return Measurement(1, None, 1.0, 1.0, 1.0, 1, value, kind, [])
+
+    for kind in (ACCURACY, LABELLED_DETECTION_F1, SEQUENCE_ACCURACY):
+        assert retention(measured(0.8, kind), measured(0.78, kind)) == pytest.approx(97.5)
+    assert retention(measured(1.0, DETECTION_F1), measured(0.78, DETECTION_F1)) == pytest.approx(78.0)
+
+
+@pytest.mark.parametrize(
+    ("arrays", "words"),
+    [
+        ({"y_boxes": np.zeros((6, 2, 4), np.float32)}, "come together"),
+        (
+            {"y_boxes": np.zeros((6, 2, 3), np.float32), "y_box_classes": np.zeros((6, 2), int)},
+            "[6, boxes, 4]",
+        ),
+        (
+            {"y_boxes": np.zeros((6, 2, 4), np.float32), "y_box_classes": np.zeros((6, 3), int)},
+            "one class per box",
+        ),
+        (
+            {"y_boxes": np.full((6, 2, 4), np.nan, np.float32), "y_box_classes": np.zeros((6, 2), int)},
+            "finite",
+        ),
+        ({"y_boxes": np.zeros((6, 2, 4), np.float32), "y_box_classes": np.zeros((6, 2))}, "whole numbers"),
+        ({"y_sequences": np.zeros((5, 3), int)}, "[6, length]"),
+    ],
+)
+def test_ground_truth_that_does_not_fit_is_refused_before_any_session(tmp_path, arrays, words):
+    from webapp.engine.datasets import load_npz
+    from webapp.engine.errors import DatasetRejected
+    from webapp.engine.loading import InputSpec
+
+    np.savez(tmp_path / "d.npz", x=np.zeros((IMAGES, 4), np.float32), **arrays)
+    with pytest.raises(DatasetRejected) as caught:
+        load_npz(tmp_path / "d.npz", [InputSpec("x", [None, 4])])
+    assert words in caught.value.message
+
+
+def test_ground_truth_is_read_with_the_inputs(tmp_path):
+    from webapp.engine.datasets import load_npz
+    from webapp.engine.loading import InputSpec
+
+    truth = _truth_of(yolo_output())
+    np.savez(tmp_path / "d.npz", images=np.zeros((IMAGES, 4), np.float32), **truth)
+    data = load_npz(tmp_path / "d.npz", [InputSpec("images", [None, 4])])
+    assert sorted(data.truth) == sorted([BOXES, BOX_CLASSES])
+    assert np.array_equal(data.truth[BOXES], truth[BOXES])
+
+
+def test_a_detection_session_with_labelled_boxes_is_judged_on_them(tmp_path):
+    """The truth: every box of the original's above 0.25, but one image's boxes moved far
+    off. The original scores below 1 against it; retention is relative to that score."""
+
+    def truth(output):
+        boxes, classes = [], []
+        for image in output:
+            keep = image[4:].max(axis=0) >= 0.25
+            cx, cy, w, h = image[:4, keep]
+            boxes.append(np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1))
+            classes.append(image[4:, keep].argmax(axis=0))
+        slots = max(len(b) for b in boxes)
+        y_boxes = np.zeros((len(boxes), slots, 4), np.float32)
+        y_classes = np.full((len(boxes), slots), -1, np.int64)
+        for i, (b, c) in enumerate(zip(boxes, classes, strict=True)):
+            y_boxes[i, : len(b)], y_classes[i, : len(c)] = b, c
+        y_boxes[0] += 5000.0
+        return {"y_boxes": y_boxes, "y_box_classes": y_classes}
+
+    results = _detection_session(tmp_path, scale=0.3, truth=truth).results
+    assert results["accuracy_kind"] == LABELLED_DETECTION_F1
+    assert results["accuracy_before"] < 1.0
+    assert results["reference_detections"] > 32
+    assert results["detection_confidence"] == 0.25
+    expected = 100 * results["accuracy_after"] / results["accuracy_before"]
+    assert results["accuracy_retention_percent"] == pytest.approx(expected, abs=0.01)

@@ -19,6 +19,12 @@ MAX_SAMPLES = 100_000
 # `sample_axes` (which axis of each input counts samples; -1: none, fed whole).
 MEMBERS = re.compile(r"[A-Za-z_][A-Za-z0-9_.:/-]{0,127}")
 AXES = "sample_axes"
+# Ground truth for the detection and CTC metrics (metrics.py): each sample's boxes
+# [samples, K, 4] as corners, in the model's own coordinates, with their classes
+# [samples, K] (a class below 0 pads a row), and each sample's token sequence [samples, L]
+# (0, CTC's blank, or below pads it).
+BOXES, BOX_CLASSES, SEQUENCES = "y_boxes", "y_box_classes", "y_sequences"
+TRUTH = (BOXES, BOX_CLASSES, SEQUENCES)
 DEFAULT_MAX_BYTES = screening.MAX_UNPACKED_BYTES
 
 
@@ -30,6 +36,7 @@ class EvalData:
     # Each input's sample axis; None for an input fed whole with every batch (a recurrent
     # state, a sample rate). Inputs not named count samples along axis 0.
     axes: dict[str, int | None] = field(default_factory=dict)
+    truth: dict[str, np.ndarray] = field(default_factory=dict)  # TRUTH arrays given
 
     def axis(self, name: str) -> int | None:
         return self.axes.get(name, 0)
@@ -66,7 +73,11 @@ class EvalData:
     def select(self, names: list[str]) -> EvalData:
         """The same data for these inputs only."""
         return EvalData(
-            {n: self.inputs[n] for n in names}, self.labels, self.source, {n: self.axis(n) for n in names}
+            {n: self.inputs[n] for n in names},
+            self.labels,
+            self.source,
+            {n: self.axis(n) for n in names},
+            self.truth,
         )
 
     def renamed(self, names: list[str]) -> EvalData:
@@ -77,6 +88,7 @@ class EvalData:
             self.labels,
             self.source,
             {new: self.axis(o) for new, o in zip(names, old, strict=True)},
+            self.truth,
         )
 
 
@@ -86,7 +98,7 @@ def input_specs(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> list[InputSpe
     samples, its numbers float32, int64 or bool by kind. A 0-d array is a number fed whole."""
     specs = []
     for name, (shape, dtype) in screening.npz_headers(path, MEMBERS, max_bytes).items():
-        if name in ("y", AXES):
+        if name in ("y", AXES, *TRUTH):
             continue
         kind = "bool" if dtype.kind == "b" else "int64" if dtype.kind in "iu" else "float32"
         specs.append(InputSpec(name, [None, *shape[1:]] if shape else [], kind))
@@ -130,7 +142,7 @@ def _members_for_inputs(members: set[str], specs: list[InputSpec]) -> dict[str, 
             f"The evaluation .npz needs one array per model input ({wanted}); "
             f"missing: {', '.join(repr(m) for m in missing)}."
         )
-    extra = sorted(members - set(found.values()) - {"y", AXES})
+    extra = sorted(members - set(found.values()) - {"y", AXES, *TRUTH})
     if extra:
         raise DatasetRejected(
             f"The evaluation .npz holds {', '.join(repr(e[:60]) for e in extra)}, which is not an input "
@@ -198,7 +210,35 @@ def _sample_count(
     labels = shapes.get("y")
     if labels is not None and (len(labels) != 1 or labels[0] != count):
         raise DatasetRejected(f"'y' must be one label per sample: {count} values, got shape {list(labels)}.")
+    _check_truth_shapes(shapes, count)
     return count
+
+
+def _check_truth_shapes(shapes: dict[str, tuple], count: int) -> None:
+    boxes, classes, sequences = (shapes.get(name) for name in TRUTH)
+    if (boxes is None) != (classes is None):
+        raise DatasetRejected(f"'{BOXES}' and '{BOX_CLASSES}' come together: the boxes and their classes.")
+    if boxes is not None and (len(boxes) != 3 or boxes[0] != count or boxes[2] != 4):
+        raise DatasetRejected(f"'{BOXES}' must be [{count}, boxes, 4] (corners per box), got {list(boxes)}.")
+    if boxes is not None and classes is not None and tuple(classes) != tuple(boxes[:2]):
+        raise DatasetRejected(
+            f"'{BOX_CLASSES}' must be one class per box, {list(boxes[:2])}, got {list(classes)}."
+        )
+    if sequences is not None and (len(sequences) != 2 or sequences[0] != count):
+        raise DatasetRejected(
+            f"'{SEQUENCES}' must be [{count}, length] (tokens, padded with 0), got {list(sequences)}."
+        )
+
+
+def _truth(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    truth = {name: arrays[name] for name in TRUTH if name in arrays}
+    boxes = truth.get(BOXES)
+    if boxes is not None and not (np.issubdtype(boxes.dtype, np.number) and np.isfinite(boxes).all()):
+        raise DatasetRejected(f"'{BOXES}' must hold finite numbers.")
+    for name in (BOX_CLASSES, SEQUENCES):
+        if name in truth and not np.issubdtype(truth[name].dtype, np.integer):
+            raise DatasetRejected(f"'{name}' must hold whole numbers.")
+    return truth
 
 
 def load_npz(path: Path, specs: list[InputSpec], max_bytes: int = DEFAULT_MAX_BYTES) -> EvalData:
@@ -209,7 +249,7 @@ def load_npz(path: Path, specs: list[InputSpec], max_bytes: int = DEFAULT_MAX_BY
     sources = _members_for_inputs(set(shapes), specs)
     axes = _axes(_read(path, {AXES}).get(AXES) if AXES in shapes else None, specs)
     _sample_count(shapes, sources, specs, axes)
-    arrays = _read(path, set(sources.values()) | {"y"})
+    arrays = _read(path, set(sources.values()) | {"y", *TRUTH})
     inputs = {}
     for spec in specs:
         array = arrays[sources[spec.name]]
@@ -223,7 +263,7 @@ def load_npz(path: Path, specs: list[InputSpec], max_bytes: int = DEFAULT_MAX_BY
     labels = arrays.get("y")
     if labels is not None and not np.issubdtype(labels.dtype, np.integer):
         raise DatasetRejected("'y' must hold integer class labels.")
-    return EvalData(inputs, labels, "dataset", axes)
+    return EvalData(inputs, labels, "dataset", axes, _truth(arrays))
 
 
 def generate(specs: list[InputSpec], count: int = GENERATED_SAMPLES, seed: int = 0) -> EvalData:

@@ -121,9 +121,9 @@ def score(
     if task not in TASKS:
         raise TaskMismatch(f"Unknown task metric {task!r}; known: {', '.join(TASKS)}.")
     if task == DETECTION:
-        return metrics.detection_f1(outputs, reference)
+        return metrics.detection_f1(outputs, reference, data.truth)
     if task == CTC:
-        return metrics.sequence_exact_match(outputs, reference)
+        return metrics.sequence_exact_match(outputs, reference, data.truth)
     scores = class_scores(outputs)
     if task == CLASSIFICATION:
         if scores is None:

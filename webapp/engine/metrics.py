@@ -3,8 +3,9 @@
 
 Detection and sequence metrics compare a candidate's outputs with the original model's, so
 like every agreement their baseline is 1.0 and retention is the score itself
-(runner._retention). Labels in the evaluation data are one class per sample and say
-nothing about boxes or sequences: these metrics do not read them.
+(outcomes.retention). Where the evaluation data holds ground truth for them (boxes and
+their classes, or token sequences: datasets.TRUTH), they judge against it instead, and
+retention is relative to the original's score, as for accuracy.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import datasets
 from .errors import EngineError
 
 AUTO = "auto"
@@ -51,13 +53,15 @@ TASKS: dict[str, Task] = {
             "Boxes from a YOLO-style head or from boxes, scores and classes outputs, kept above "
             "0.25 confidence and after per-class NMS: F1 at IoU 0.5 against the original "
             "model's detections. Where the original finds fewer than one box per image at 0.25, "
-            "its most confident boxes (one per image) set the confidence instead.",
+            "its most confident boxes (one per image) set the confidence instead. With y_boxes "
+            "and y_box_classes in the evaluation data: F1 against those.",
         ),
         Task(
             CTC,
             "Text recognition (CTC)",
             "Greedy CTC decoding (blank 0) of a [samples, time, classes] output: the share of "
-            "sequences decoded exactly as the original model's.",
+            "sequences decoded exactly as the original model's, or with y_sequences in the "
+            "evaluation data, exactly as those.",
         ),
         Task(
             AGREEMENT,
@@ -70,6 +74,9 @@ TASKS: dict[str, Task] = {
 
 DETECTION_F1 = "detection_f1"
 SEQUENCE_EXACT_MATCH = "sequence_exact_match"
+# The same against the evaluation data's ground truth (datasets.TRUTH).
+LABELLED_DETECTION_F1 = "labelled_detection_f1"
+SEQUENCE_ACCURACY = "sequence_accuracy"
 
 CONFIDENCE = 0.25
 # Below this a detector's boxes are noise: an original that finds nothing above it cannot
@@ -269,39 +276,61 @@ def _f1(candidate: Detections, reference: Detections) -> float:
     return 2.0 * matched / (len(boxes) + len(reference_boxes))
 
 
-def detection_f1(outputs: list[np.ndarray], reference: list[np.ndarray]) -> tuple[float, str, list[dict]]:
+def labelled_detections(boxes: np.ndarray, classes: np.ndarray) -> list[Detections]:
+    """Each sample's ground-truth boxes (rows whose class is below 0 pad)."""
+    found = []
+    for sample_boxes, sample_classes in zip(boxes, classes, strict=True):
+        real = sample_classes >= 0
+        corners = _corners(sample_boxes[real].astype(np.float64))
+        found.append((corners, np.ones(len(corners)), sample_classes[real].astype(np.int64)))
+    return found
+
+
+def detection_f1(
+    outputs: list[np.ndarray], reference: list[np.ndarray], truth: dict[str, np.ndarray] | None = None
+) -> tuple[float, str, list[dict]]:
     """Mean per-image F1 of the candidate's detections against the original's, both taken at
-    reference_confidence. Raises TaskMismatch when the original detects nothing at all:
-    every candidate would then agree, however broken."""
+    reference_confidence, or, with ground-truth boxes in `truth`, of its detections at
+    CONFIDENCE against those. Raises TaskMismatch when there is nothing to find: every
+    candidate would then agree, however broken."""
     head = detection_head(reference)
-    original = detections(reference, head, MIN_CONFIDENCE)
-    floor = reference_confidence(original)
-    expected = _above(original, floor)
+    truth = truth or {}
+    labelled = datasets.BOXES in truth
+    if labelled:
+        expected = labelled_detections(truth[datasets.BOXES], truth[datasets.BOX_CLASSES])
+        floor, kind = CONFIDENCE, LABELLED_DETECTION_F1
+    else:
+        original = detections(reference, head, MIN_CONFIDENCE)
+        floor, kind = reference_confidence(original), DETECTION_F1
+        expected = _above(original, floor)
     # How many boxes the figure rests on, and at what confidence: the report says both.
     found = {
         "output": head.outputs[0],
-        "kind": DETECTION_F1,
+        "kind": kind,
         "reference_detections": sum(len(r[0]) for r in expected),
         "confidence": round(floor, 6),
     }
     if not found["reference_detections"]:
         raise TaskMismatch(
-            f"The original model detects nothing in the evaluation data, not even at "
+            "The evaluation data's y_boxes hold no box (every class is below 0), so detection "
+            "F1 could not tell a broken candidate from a good one."
+            if labelled
+            else f"The original model detects nothing in the evaluation data, not even at "
             f"{MIN_CONFIDENCE:g} confidence, so detection F1 could not tell a broken candidate "
             "from a good one. Upload evaluation data that shows the objects it detects, or "
             "choose another task metric."
         )
     if len(outputs) != len(reference) or any(outputs[i].shape != reference[i].shape for i in head.outputs):
-        return 0.0, DETECTION_F1, [{**found, "value": 0.0}]
+        return 0.0, kind, [{**found, "value": 0.0}]
     seen = detections(outputs, head, floor)
     value = round(float(np.mean([_f1(c, r) for c, r in zip(seen, expected, strict=True)])), 6)
-    return value, DETECTION_F1, [{**found, "value": value}]
+    return value, kind, [{**found, "value": value}]
 
 
 def detection_basis(compared: list[dict]) -> dict:
     """What a detection figure rests on (from detection_f1's details), for the report."""
     for entry in compared:
-        if entry.get("kind") == DETECTION_F1 and "reference_detections" in entry:
+        if entry.get("kind") in (DETECTION_F1, LABELLED_DETECTION_F1) and "reference_detections" in entry:
             return {
                 "reference_detections": entry["reference_detections"],
                 "detection_confidence": entry["confidence"],
@@ -338,13 +367,22 @@ def ctc_decode(output: np.ndarray) -> list[tuple[int, ...]]:
 
 
 def sequence_exact_match(
-    outputs: list[np.ndarray], reference: list[np.ndarray]
+    outputs: list[np.ndarray], reference: list[np.ndarray], truth: dict[str, np.ndarray] | None = None
 ) -> tuple[float, str, list[dict]]:
-    """The share of samples whose decoded sequence is exactly the original's."""
+    """The share of samples whose decoded sequence is exactly the original's, or with
+    ground-truth sequences in `truth` (0 or below pads), exactly those."""
     index = ctc_output(reference)
-    found = {"output": index, "kind": SEQUENCE_EXACT_MATCH}
+    truth = truth or {}
+    labelled = datasets.SEQUENCES in truth
+    kind = SEQUENCE_ACCURACY if labelled else SEQUENCE_EXACT_MATCH
+    found = {"output": index, "kind": kind}
     if len(outputs) <= index or outputs[index].shape != reference[index].shape:
-        return 0.0, SEQUENCE_EXACT_MATCH, [{**found, "value": 0.0}]
-    same = [a == b for a, b in zip(ctc_decode(outputs[index]), ctc_decode(reference[index]), strict=True)]
+        return 0.0, kind, [{**found, "value": 0.0}]
+    expected = (
+        [tuple(row[row > BLANK].tolist()) for row in truth[datasets.SEQUENCES]]
+        if labelled
+        else ctc_decode(reference[index])
+    )
+    same = [a == b for a, b in zip(ctc_decode(outputs[index]), expected, strict=True)]
     value = round(float(np.mean(same)), 6)
-    return value, SEQUENCE_EXACT_MATCH, [{**found, "value": value}]
+    return value, kind, [{**found, "value": value}]

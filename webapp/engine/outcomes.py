@@ -10,7 +10,8 @@ from .errors import (
     out_of_memory,
     public_message,
 )
-from .evaluation import Measurement
+from .evaluation import ACCURACY, Measurement
+from .metrics import LABELLED_DETECTION_F1, SEQUENCE_ACCURACY
 
 
 def failure(exc: Exception) -> tuple[str, str]:
@@ -25,8 +26,12 @@ def failure(exc: Exception) -> tuple[str, str]:
     return "failed", f"{type(exc).__name__}: {public_message(exc)}"
 
 
+# Scores against the evaluation data's labels: the original's own score is the baseline.
+AGAINST_LABELS = (ACCURACY, LABELLED_DETECTION_F1, SEQUENCE_ACCURACY)
+
+
 def retention(baseline: Measurement, m: Measurement) -> float:
-    if baseline.score_kind == "accuracy":
+    if baseline.score_kind in AGAINST_LABELS:
         return 100.0 * m.score / baseline.score if baseline.score > 0 else 0.0
     # Agreement is measured against the original, which agrees with itself fully.
     return 100.0 * m.score

@@ -40,8 +40,10 @@ class ModelUploadRequestSchema(ModelUploadSchema):
     file = _File(required=True, metadata={"description": "ONNX, TorchScript or .pt2 program"})
     eval_data = _File(
         metadata={
-            "description": ".npz with x (inputs; or one array per input name), optional y (labels) "
-            "and sample_axes (each input's sample axis, -1: fed whole)"
+            "description": ".npz with x (inputs; or one array per input name), optional y (labels), "
+            "sample_axes (each input's sample axis, -1: fed whole), and ground truth for the "
+            "detection metric (y_boxes [samples, K, 4] corners with y_box_classes [samples, K], "
+            "-1 pads) or the CTC metric (y_sequences [samples, L], 0 pads)"
         }
     )
 

@@ -45,6 +45,32 @@ def test_an_unparsable_message_after_auth_is_answered_and_the_stream_stays(app, 
     ws.close()
 
 
+def test_subscribe_takes_ids_in_range_and_a_bounded_number_of_sessions(app, live):
+    """The hostile review's client subscribed to 100,000 ids (or ids of 4,000 digits): each
+    copy of the growing set slowed every other client's events."""
+    from webapp.live.scripts import MAX_ROOMS
+
+    _, token = token_for("alice")
+    ws = connect(live, token)
+    assert receive_json(ws)["event"] == "system_status"
+    for bad in (0, -5, 2**31):
+        ws.send(json.dumps({"action": "subscribe", "session_id": bad}))
+        answer = receive_json(ws)
+        assert answer["data"]["error"] == "validation_error" and "from 1 to" in answer["data"]["message"]
+    for session_id in range(1, MAX_ROOMS + 1):
+        ws.send(json.dumps({"action": "subscribe", "session_id": session_id}))
+    ws.send(json.dumps({"action": "subscribe", "session_id": MAX_ROOMS + 1}))
+    answer = receive_json(ws)
+    assert answer["event"] == "error" and f"at most {MAX_ROOMS} sessions" in answer["data"]["message"]
+    # One already followed may be sent again; after an unsubscribe there is room for another.
+    ws.send(json.dumps({"action": "subscribe", "session_id": 1}))
+    ws.send(json.dumps({"action": "unsubscribe", "session_id": 2}))
+    ws.send(json.dumps({"action": "subscribe", "session_id": MAX_ROOMS + 1}))
+    ws.send("{")
+    assert receive_json(ws)["data"]["message"] == "Messages are JSON objects."  # no refusal before it
+    ws.close()
+
+
 @pytest.mark.parametrize("since", ["1900-01-01", "9000-12-31T23:59:59-05:00", "2026-11-27T13:00:00Z"])
 def test_any_since_in_range_gives_a_snapshot(app, live, since):
     _, token = token_for("alice")

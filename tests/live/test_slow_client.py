@@ -118,3 +118,33 @@ def test_a_client_that_stops_answering_pings_is_dropped(make_app):
             time.sleep(0.1)
         assert open_now() == before
         silent.close()
+
+
+def test_a_client_that_stops_reading_mid_burst_is_dropped_without_a_server_error(make_app, caplog):
+    """The hostile review's client: it never reads, a burst fills its socket, and the
+    handler's write waited for ever holding the socket's lock, so the ping that would have
+    dropped the client was never sent. Now the write gives up after a ping interval, the
+    stream ends, and the client's going is not logged as the server's error."""
+    app = make_app(live={"ping_seconds": 1, "queue_size": 20})
+    with app.app_context(), serving(app) as address:
+        _, token = token_for("root", "admin")
+
+        def open_now():
+            return REGISTRY.get_sample_value("optideck_ws_connections_open", {"endpoint": "api"}) or 0
+
+        before = open_now()
+        stalled = StalledClient(address, token)
+        deadline = time.monotonic() + 5
+        while open_now() == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert open_now() == before + 1
+        bus = app.extensions["optideck.notifications"]
+        for number in range(300):
+            bus.publish("session_started", {"session_id": number, "padding": PADDING})
+        deadline = time.monotonic() + 15
+        while open_now() > before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert open_now() == before
+        stalled.close()
+    errors = [r for r in caplog.records if r.name == "optideck.errors"]
+    assert not errors, "a client's going was logged as the server's error"

@@ -7,7 +7,7 @@ import threading
 import gevent.socket
 import pytest
 
-from webapp.live.wire import Wire
+from webapp.live.wire import ClientStalled, Wire
 
 FRAME = b"\x81\x05hello"
 
@@ -52,14 +52,14 @@ def _read(client, count: int) -> bytes:
 @pytest.mark.parametrize("factory", [socket.socketpair, gevent.socket.socketpair], ids=["threads", "gevent"])
 def test_a_frame_is_written_whole_when_the_socket_is_free(pairs, factory):
     server, client = pairs(factory)
-    wire = Wire(server)
+    wire = Wire(server, 5.0)
     assert wire.write_now(FRAME, lambda: True) is True
     assert _read(client, len(FRAME)) == FRAME
 
 
 def test_nothing_is_written_while_the_handler_holds_the_socket_or_says_no(pairs):
     server, client = pairs()
-    wire = Wire(server)
+    wire = Wire(server, 5.0)
     assert wire.write_now(FRAME, lambda: False) is False
     held, release = threading.Event(), threading.Event()
 
@@ -85,14 +85,14 @@ def test_nothing_is_written_while_the_handler_holds_the_socket_or_says_no(pairs)
 def test_a_full_socket_is_not_waited_on(pairs, factory):
     server, client = pairs(factory)
     _fill(server)
-    wire = Wire(server)
+    wire = Wire(server, 5.0)
     assert wire.write_now(FRAME, lambda: True) is False
     assert wire.write_now(FRAME, lambda: True) is False  # nothing was left half-written
 
 
 def test_the_rest_of_a_cut_frame_goes_before_anything_else(pairs):
     server, client = pairs()
-    wire = Wire(server)
+    wire = Wire(server, 5.0)
     big = b"\x82\x7f" + (1 << 20).to_bytes(8, "big") + bytes(range(256)) * 4096
     assert wire.write_now(big, lambda: True) is None  # the kernel took only part of it
     assert wire.write_now(FRAME, lambda: True) is False  # nothing overtakes the rest
@@ -106,9 +106,52 @@ def test_the_rest_of_a_cut_frame_goes_before_anything_else(pairs):
 
 def test_the_wire_stands_in_for_the_socket(pairs):
     server, client = pairs()
-    wire = Wire(server)
+    wire = Wire(server, 5.0)
     client.sendall(b"ping")
     assert wire.recv(4) == b"ping"
     assert wire.fileno() == server.fileno()
     wire.close()
     assert server.fileno() == -1
+
+
+@pytest.mark.parametrize("factory", [socket.socketpair, gevent.socket.socketpair], ids=["threads", "gevent"])
+def test_a_write_to_a_client_that_stopped_reading_gives_up_and_frees_the_lock(pairs, factory):
+    """Before, the handler waited for ever holding the lock, and the reader thread, waiting
+    for it to send its ping, could never drop the client (the hostile review's finding)."""
+    server, client = pairs(factory)
+    _fill(server)
+    wire = Wire(server, 0.3)
+    with pytest.raises(ClientStalled):
+        wire.send(FRAME)
+    assert wire.lock.acquire(blocking=False)  # nobody holds it any more
+    wire.lock.release()
+
+
+def test_a_slow_reader_still_gets_everything_within_the_timeout(pairs):
+    server, client = pairs()
+    wire = Wire(server, 2.0)
+    big = bytes(range(256)) * 4096  # 1 MB through 4 KB buffers
+    received = []
+
+    def slow_reader():
+        data = b""
+        while len(data) < len(big):
+            data += client.recv(16384)
+        received.append(data)
+
+    reader = threading.Timer(0.5, slow_reader)  # takes nothing for half a second first
+    reader.start()
+    assert wire.send(big) == len(big)
+    reader.join(10)
+    assert received == [big]
+
+
+def test_abort_ends_the_reader_s_wait(pairs):
+    server, client = pairs()
+    wire = Wire(server, 1.0)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(wire.recv(10)))
+    reader.start()
+    wire.abort()
+    reader.join(5)
+    assert got == [b""]

@@ -3,6 +3,7 @@ of their principal, shutdown."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -13,7 +14,9 @@ from urllib.parse import urlsplit
 
 import sqlalchemy.exc
 from flask import current_app, request
+from simple_websocket import ConnectionClosed
 from wsproto.connection import ConnectionState
+from wsproto.utilities import LocalProtocolError
 
 from ..bounds import parse_datetime
 from ..extensions import db, sock
@@ -21,7 +24,7 @@ from ..services import get, metrics, optimization, policy
 from ..services.notifications import Notification
 from ..tables import ACTIVE_STATUSES, OptimizationSession, SessionStatus, User, utcnow
 from .admission import POLICY_VIOLATION, TRY_AGAIN_LATER, Refused
-from .wire import Wire
+from .wire import ClientGone, Wire
 
 log = logging.getLogger("optideck.live")
 
@@ -31,6 +34,11 @@ SERVICE_RESTART = 1012
 # A handler sleeps until an event, a client message, the client leaving or a shutdown
 # wakes it; this is only the longest it sleeps should a wake-up be missed.
 IDLE_SECONDS = 5.0
+
+# A write that fails because of the client: it left or stopped reading (ClientGone), or
+# began closing while the handler wrote (wsproto refuses to send; simple-websocket says
+# the connection is closed).
+CLIENT_GONE = (ClientGone, LocalProtocolError, ConnectionClosed)
 
 # What a session's current status looks like as an event, for snapshots.
 EVENT_FOR_STATUS = {
@@ -98,6 +106,11 @@ def live_route(path: str, endpoint: str, waits_for_auth=lambda: False):
     def decorate(handler):
         @functools.wraps(handler)
         def route(ws):
+            # Every write to the socket goes through one bounded wire from the handshake on:
+            # a stranger who floods pings and reads no pong must not hold the thread either.
+            # A client that takes nothing for a ping interval is as gone as one that misses
+            # a pong.
+            wire = ws.sock = Wire(ws.sock, float(current_app.config["OPTIDECK"]["live"]["ping_seconds"]))
             try:
                 if not origin_allowed():
                     raise Refused("origin not allowed")
@@ -112,7 +125,13 @@ def live_route(path: str, endpoint: str, waits_for_auth=lambda: False):
             except Refused as refusal:
                 metrics.CONNECTIONS_REFUSED.labels(endpoint, refusal.reason).inc()
                 log.debug("refused %s connection: %s", endpoint, refusal.reason)
-                ws.close(refusal.code, refusal.reason)
+                with contextlib.suppress(*CLIENT_GONE):
+                    ws.close(refusal.code, refusal.reason)
+            except CLIENT_GONE as gone:
+                # Not the server's failure: the client left, stalled, or its close crossed a
+                # write (simple-websocket's reader had begun closing while this thread sent).
+                log.info("%s client gone mid-write: %s", endpoint, gone or type(gone).__name__)
+                wire.abort()
 
         sock.route(path)(route)
 
@@ -193,9 +212,9 @@ class LiveStream(ABC):
 
     def __init__(self, ws, user: User, since: datetime | None):
         self.ws, self.user = ws, user
-        # Every write to the socket goes through the wire's lock, simple-websocket's too.
-        self.wire = Wire(ws.sock)
-        ws.sock = self.wire
+        # Every write to the socket goes through the wire's lock (live_route's), the reader
+        # thread's pings and closes too.
+        self.wire: Wire = ws.sock
         # Every event is filtered for every socket: by plain values, not the ORM row's.
         self.rights = policy.Rights.of(user)
         self.user_id = user.id

@@ -7,7 +7,7 @@ import time
 
 from flask import current_app, request
 
-from ..bounds import parse_json
+from ..bounds import MAX_ID, parse_json
 from ..services import session_summaries, system_status, tokens
 from ..services.notifications import Notification
 from .admission import Refused
@@ -24,6 +24,9 @@ from .connection import (
 
 # How often a socket waiting for its first message looks whether the server is stopping.
 SHUTDOWN_CHECK_SECONDS = 0.25
+# Sessions one stream may follow by name: each subscribe copies the set (the publisher
+# reads it from its thread), and unbounded, a client could make every copy costly.
+MAX_ROOMS = 1000
 
 
 def message(event: str, data: dict) -> str:
@@ -133,9 +136,17 @@ class EventStream(LiveStream):
         session_id = data.get("session_id") if isinstance(data, dict) else None
         if action not in ("subscribe", "unsubscribe"):
             return [error("validation_error", "Actions: subscribe, unsubscribe (with session_id).")]
-        if not isinstance(session_id, int) or isinstance(session_id, bool):
-            return [error("validation_error", "session_id must be a number.")]
+        if not isinstance(session_id, int) or isinstance(session_id, bool) or not 1 <= session_id <= MAX_ID:
+            return [error("validation_error", f"session_id must be a whole number from 1 to {MAX_ID}.")]
         if action == "subscribe":
+            if len(self.rooms or ()) >= MAX_ROOMS and session_id not in (self.rooms or ()):
+                return [
+                    error(
+                        "validation_error",
+                        f"A stream follows at most {MAX_ROOMS} sessions; unsubscribe from one first.",
+                    )
+                ]
+            # A new set, not one changed in place: the publisher reads it from its thread.
             self.rooms = (self.rooms or set()) | {session_id}
         else:
             self.rooms = ((self.rooms or set()) - {session_id}) or None

@@ -145,8 +145,6 @@ def test_an_original_that_finds_little_at_the_usual_confidence_is_judged_on_its_
     empty = sum(1 for image in faint if image[4:].max() < compared[0]["confidence"])
     assert detect([lost], [faint])[0] == pytest.approx(empty / IMAGES, abs=1e-6)
     assert empty < IMAGES / 2
-    # Confidences that move a little around the lowered threshold cost little.
-    assert detect([faint * 0.98], [faint])[0] >= 0.8
 
 
 def test_an_original_that_detects_nothing_at_all_cannot_judge():

@@ -182,11 +182,10 @@ def sensitive_nodes(
         source = opset_for_static(_preprocessed(src, folder), folder)
         sample = data.head(SENSITIVITY_SAMPLES)
         qdq = folder / "qdq.onnx"
-        calibration = _CalibrationReader(sample, batch, check)
         quantize_static(
             str(source),
             str(qdq),
-            calibration,
+            _CalibrationReader(sample, batch, check),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QUInt8,
@@ -195,17 +194,16 @@ def sensitive_nodes(
             extra_options={"QDQDisableWeightAdjustForInt32Bias": True},
         )
         check()
-        # Both models' tensors are held at once, over the same samples: half of what one
-        # calibration could hold, and never cut short, or the two would not match.
-        if calibration.cut_short:
-            sample = sample.head(max(batch, calibration.samples // 2))
+        # Both models' tensors are held at once, over the same samples. The int8 model's
+        # (the more of the two: its quantized tensors too) may take a quarter of the memory
+        # left, and the float model then runs on exactly the samples it took.
         found = {}
         for name, model in (("qdq", qdq), ("float", source)):
             augmented = folder / f"{name}_outputs.onnx"
             modify_model_output_intermediate_tensors(str(model), str(augmented))
-            found[name] = collect_activations(
-                str(augmented), _CalibrationReader(sample, batch, check, bounded=False)
-            )
+            reader = _CalibrationReader(sample, batch, check, share=0.25 if name == "qdq" else None)
+            found[name] = collect_activations(str(augmented), reader)
+            sample = sample.head(reader.samples)
             check()
         matches = create_activation_matching(found["qdq"], found["float"])
         ratio = {
@@ -239,9 +237,9 @@ def _machine_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def memory_guard() -> Callable[[], bool] | None:
-    """A check that says when the process has used half the memory it had left now, or None
-    where memory cannot be read.
+def memory_guard(share: float = 0.5) -> Callable[[], bool] | None:
+    """A check that says when the process has used `share` of the memory it had left now,
+    or None where memory cannot be read.
 
     ORT's calibrators keep every batch's intermediate tensors until the end (23.6 GB for
     256 samples of the PP-OCRv4 recognizer), and its own bound, CalibMaxIntermediateOutputs,
@@ -259,7 +257,7 @@ def memory_guard() -> Callable[[], bool] | None:
         which, limit = 1, _machine_memory()
     else:
         which = 0
-    mark = now[which] + max(limit - now[which], 0) // 2
+    mark = now[which] + int(max(limit - now[which], 0) * share)
 
     def exhausted() -> bool:
         reading = _memory()
@@ -270,14 +268,15 @@ def memory_guard() -> Callable[[], bool] | None:
 
 class _CalibrationReader:
     """Feeds calibration batches to quantize_static, checking for a cancel between batches
-    and, when `bounded`, stopping early (after one batch at least) when memory runs short."""
+    and, unless `share` is None, stopping early (after one batch at least) once that share
+    of the memory left at its start is used (memory_guard)."""
 
-    def __init__(self, data: EvalData, batch: int, check: Callable[[], None], bounded: bool = True):
+    def __init__(self, data: EvalData, batch: int, check: Callable[[], None], share: float | None = 0.5):
         count = min(data.count, CALIBRATION_SAMPLES)
         starts = range(0, max(count - batch, 0) + 1, batch)
         self._feeds = iter([data.take(start, start + batch) for start in starts])
         self._check = check
-        self._exhausted = memory_guard() if bounded else None
+        self._exhausted = memory_guard(share) if share is not None else None
         self._batch = batch
         self.samples = 0
         self.cut_short = False

@@ -25,3 +25,32 @@ def test_a_batch_dimension_stored_as_minus_one_or_a_name_is_left_open(tmp_path, 
     analysis = analyse(path, 1)
     assert analysis["inputs"] == [{"name": "x", "shape": [None, 4], "dtype": "float32"}]
     assert analysis["baseline_latency_ms"] > 0
+
+
+def _pooling_model(path):
+    """images [N, 3, H, W] -> global average pool: the file leaves H and W open, as
+    detectors exported for any image size do."""
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["images"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 1, 1])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("member", ["images", "x"])
+def test_dimensions_a_file_leaves_open_are_read_from_its_evaluation_data(tmp_path, member):
+    model = _pooling_model(tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", **{member: np.zeros((5, 3, 32, 48), np.float32)})
+    analysis = analyse(model, 1, eval_path=tmp_path / "d.npz", latency_seconds=0.05)
+    assert analysis["inputs"] == [{"name": "images", "shape": [None, 3, 32, 48], "dtype": "float32"}]
+    assert analysis["eval_data"] == {"samples": 5, "labels": False}
+
+
+def test_without_data_or_input_shape_open_dimensions_are_still_asked_for(tmp_path):
+    from webapp.engine.errors import ModelRejected
+
+    with pytest.raises(ModelRejected, match="send input_shape"):
+        analyse(_pooling_model(tmp_path / "m.onnx"), 1, latency_seconds=0.05)

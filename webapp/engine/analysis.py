@@ -37,6 +37,20 @@ def _given_specs(input_shape) -> list[InputSpec] | None:
     return specs
 
 
+def _shape_from_data(inputs: list[InputSpec], shapes: dict[str, tuple]) -> None:
+    """Fill the dimensions a model leaves open besides its sample axis (the first open one,
+    as datasets.default_axes takes it), an image's height and width say, from its
+    evaluation arrays' shapes: by input name, or 'x' for a single input."""
+    axes = datasets.default_axes(inputs)
+    for spec in inputs:
+        found = shapes.get(spec.name) or (shapes.get("x") if len(inputs) == 1 else None)
+        if found is None or len(found) != len(spec.shape):
+            continue  # load_npz says what is wrong with it
+        spec.shape = [
+            d if d is not None or i == axes[spec.name] else found[i] for i, d in enumerate(spec.shape)
+        ]
+
+
 def analyse(
     path: Path,
     threads: int,
@@ -56,12 +70,14 @@ def analyse(
         # The file's own names win; the user's shape fills dimensions it leaves open.
         for spec, given in zip(model.inputs, specs, strict=False):
             spec.shape = [d if d is not None else g for d, g in zip(spec.shape, given.shape, strict=False)]
+    if model_format == formats.ONNX and eval_path is not None:
+        _shape_from_data(model.inputs, screening.check_npz(eval_path, datasets.MEMBERS, max_unpacked_bytes))
     data = datasets.load_npz(eval_path, model.inputs, max_unpacked_bytes) if eval_path else None
     axes = data.axes if data else datasets.default_axes(model.inputs)
     if any(d is None and i != axes[s.name] for s in model.inputs for i, d in enumerate(s.shape)):
         raise ModelRejected(
             "The model leaves input dimensions other than the batch open; "
-            "send input_shape to fix them, e.g. [1, 3, 224, 224]."
+            "send input_shape to fix them, e.g. [1, 3, 224, 224], or evaluation data that shows them."
         )
     eval_summary = None
     if data is not None:

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import formats, loading, metrics, search, timing
+from . import formats, loading, metrics, screening, search, timing
 from .datasets import EvalData, generate, load_npz
-from .errors import Cancelled, TechniqueFailed, TimeLimitExceeded
+from .errors import Cancelled, ModelRejected, TechniqueFailed, TimeLimitExceeded
 from .evaluation import Measurement, first_batch, measure
 from .loading import InputSpec, LoadedModel
 from .outcomes import failure, reduction, retention
@@ -180,6 +180,12 @@ class _Session:
         self.phase("transform")
         info = to_onnx(original, target, data.take(0, 1))
         self.check()
+        try:
+            screening.check_output(target)
+        except ModelRejected as exc:
+            raise TechniqueFailed(
+                f"The ONNX export is not a file Optideck can deliver: {exc.message}"
+            ) from exc
         exported = loading.run_onnx(target, self.threads)
         self.phase("inference")
         data = _exported_data(data, [spec.name for spec in exported.inputs])
@@ -222,6 +228,7 @@ class _Session:
                 best_path, candidate, step["params"], data, best.latency_batch, self.check
             )
             self.check()
+            screening.check_output(candidate)
             self.progress(start + span * 0.6, name)
             model = loading.run_onnx(candidate, self.threads)
             self.phase("inference")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import formats, loading, search, timing
+from . import formats, loading, screening, search, timing
 from .evaluation import Measurement, first_batch, measure
 from .outcomes import failure, reduction, retention
 from .techniques import TECHNIQUES
@@ -165,6 +165,7 @@ class Search:
                 )
                 s.check()
                 source = out
+            screening.check_output(target)
             model = loading.run_onnx(target, s.threads)
             s.phase("inference")
             batch = s.batch_for(model)

@@ -119,3 +119,48 @@ def save_graph_optimizations(path: Path) -> bool:
         return False
     os.replace(target, path)
     return True
+
+
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    return [
+        graph
+        for attr in node.attribute
+        for graph in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
+    ]
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """What a node reads: its inputs, and what its branches and loop bodies read from the
+    graph around them (ONNX lets a subgraph name an outer tensor without declaring it)."""
+    names = set(node.input)
+    for graph in _subgraphs(node):
+        inner = {value.name for value in graph.input} | {tensor.name for tensor in graph.initializer}
+        for child in graph.node:
+            names |= _reads(child) - inner
+            inner |= set(child.output)
+    return names - {""}
+
+
+def sort_topologically(model: onnx.ModelProto) -> bool:
+    """Reorder the main graph's nodes so that each comes after everything it reads, its
+    subgraphs' outer reads included, keeping the original order where it can. ONNX Runtime's
+    quantizer leaves a node after an If branch that reads it; ORT sorts at load, but ONNX's
+    checker (and so the trusted side) refuses the file. Returns whether anything moved."""
+    nodes = list(model.graph.node)
+    produced = {output for node in nodes for output in node.output}
+    ready = {value.name for value in model.graph.input} | {t.name for t in model.graph.initializer}
+    reads = [_reads(node) & produced for node in nodes]
+    ordered: list[int] = []
+    pending = list(range(len(nodes)))
+    while pending:
+        index = next((i for i in pending if reads[i] <= ready), None)
+        if index is None:
+            return False  # a cycle, or a read of nothing: left for the checker to name
+        pending.remove(index)
+        ordered.append(index)
+        ready |= set(nodes[index].output)
+    if ordered == list(range(len(nodes))):
+        return False
+    del model.graph.node[:]
+    model.graph.node.extend(nodes[i] for i in ordered)
+    return True

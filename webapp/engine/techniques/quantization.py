@@ -19,7 +19,7 @@ import onnx
 
 from ..datasets import EvalData
 from ..errors import TechniqueFailed
-from . import OP_TYPES
+from . import OP_TYPES, onnx_graph
 
 CALIBRATION_SAMPLES = 256
 
@@ -66,6 +66,9 @@ def quantize(
             _int4(source, dst)
         else:
             raise TechniqueFailed(f"Unknown quantization mode {mode!r}.")
+    quantized = onnx.load(str(dst), load_external_data=False)
+    if onnx_graph.sort_topologically(quantized):
+        onnx.save(quantized, str(dst))
     return details
 
 

@@ -175,3 +175,18 @@ def test_what_cannot_be_undone_asks_first(operator, admin):
     assert 'data-confirm="Delete mine v1? This cannot be undone."' in page
     users = admin.client.get("/admin/users").get_data(as_text=True)
     assert f'data-confirm="Deactivate {operator.user.username}? Their browser sessions' in users
+
+
+def test_a_number_input_reads_as_one(operator):
+    """A sample rate or a gain (a TorchScript int or float argument) has no dimensions."""
+    model = gen_model(
+        operator.user,
+        "vad",
+        format="torchscript",
+        input_spec=[
+            {"name": "audio", "shape": [None, 512], "dtype": "float32"},
+            {"name": "sr", "shape": [], "dtype": "int64"},
+        ],
+    )
+    text = operator.client.get(f"/models/{model.id}").get_data(as_text=True)
+    assert "[batch, 512]" in text and "a number, fed whole" in text

@@ -26,7 +26,7 @@ def test_with_memory_to_spare_every_calibration_sample_is_used(tmp_path):
 
 
 def test_calibration_stops_at_half_the_memory_left_and_says_so(tmp_path, monkeypatch):
-    """The memory readings are the edge replaced here: a 5 GB machine, 1 GB resident at the
+    """The memory readings are the edge replaced here: 4 GB available, 1 GB resident at the
     start, and 1 GB more at every reading (one before each batch after the first)."""
     import resource
 
@@ -34,7 +34,7 @@ def test_calibration_stops_at_half_the_memory_left_and_says_so(tmp_path, monkeyp
     readings = iter(range(100))
     unlimited = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
     monkeypatch.setattr(resource, "getrlimit", lambda which: unlimited)
-    monkeypatch.setattr(quantization, "_machine_memory", lambda: 5 * gigabyte)
+    monkeypatch.setattr(quantization, "_available_memory", lambda resident: 4 * gigabyte)
     monkeypatch.setattr(quantization, "_memory", lambda: (0, gigabyte * (1 + next(readings))))
     src = tiny_onnx_model(tmp_path / "m.onnx")
     details = quantization.quantize(src, tmp_path / "q.onnx", STATIC, _data(), 8, lambda: None)
@@ -70,7 +70,7 @@ def test_the_sensitivity_pass_keeps_both_models_tensors_within_the_memory_left(t
     gigabyte = 1 << 30
     unlimited = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
     monkeypatch.setattr(resource, "getrlimit", lambda which: unlimited)
-    monkeypatch.setattr(quantization, "_machine_memory", lambda: 9 * gigabyte)
+    monkeypatch.setattr(quantization, "_available_memory", lambda resident: 8 * gigabyte)
     # Calibration leaves memory flat (it is not cut short); each reading while activations
     # are collected is 1 GB more.
     rise = iter(range(1000))
@@ -95,3 +95,10 @@ def test_the_sensitivity_pass_keeps_both_models_tensors_within_the_memory_left(t
     # the float model's takes exactly as many batches.
     assert batches["qdq_outputs.onnx"] == batches["float_outputs.onnx"]
     assert 1 <= batches["qdq_outputs.onnx"] < quantization.SENSITIVITY_SAMPLES // 8, batches
+
+
+def test_what_is_available_is_read_from_the_kernel():
+    import os
+
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert 0 < quantization._available_memory(0) <= physical

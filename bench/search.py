@@ -468,6 +468,9 @@ def _olive_child(config: dict, cap_bytes: int) -> None:
 
     from olive.workflows import run as olive_run
 
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        cap_bytes = min(cap_bytes, hard)  # a process may lower its limit, never raise it
     resource.setrlimit(resource.RLIMIT_AS, (cap_bytes, cap_bytes))
     with quiet():
         olive_run(config)

@@ -97,26 +97,33 @@ def test_a_stalled_client_neither_delays_others_nor_misses_the_state(make_app):
         stalled.close()
 
 
+def _open_streams() -> float:
+    return REGISTRY.get_sample_value("optideck_ws_connections_open", {"endpoint": "api"}) or 0
+
+
+def _settles(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+def _stalled_and_counted(address: str, token: str, before: float) -> StalledClient:
+    """A client that reads nothing, once the server counts its stream open."""
+    client = StalledClient(address, token)
+    assert _settles(lambda: _open_streams() == before + 1, 5)
+    return client
+
+
 def test_a_client_that_stops_answering_pings_is_dropped(make_app):
     """Is a connection whose client went silent (no pong) closed and forgotten?"""
     app = make_app(live={"ping_seconds": 1})
     with app.app_context(), serving(app) as address:
         _, token = token_for("root", "admin")
-
-        def open_now():
-            return REGISTRY.get_sample_value("optideck_ws_connections_open", {"endpoint": "api"}) or 0
-
-        before = open_now()
-        silent = StalledClient(address, token)
-        deadline = time.monotonic() + 5
-        while open_now() == before and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert open_now() == before + 1
+        before = _open_streams()
+        silent = _stalled_and_counted(address, token, before)
         # Two ping intervals without a pong, and the server lets go of it.
-        deadline = time.monotonic() + 10
-        while open_now() > before and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert open_now() == before
+        assert _settles(lambda: _open_streams() == before, 10)
         silent.close()
 
 
@@ -128,23 +135,12 @@ def test_a_client_that_stops_reading_mid_burst_is_dropped_without_a_server_error
     app = make_app(live={"ping_seconds": 1, "queue_size": 20})
     with app.app_context(), serving(app) as address:
         _, token = token_for("root", "admin")
-
-        def open_now():
-            return REGISTRY.get_sample_value("optideck_ws_connections_open", {"endpoint": "api"}) or 0
-
-        before = open_now()
-        stalled = StalledClient(address, token)
-        deadline = time.monotonic() + 5
-        while open_now() == before and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert open_now() == before + 1
+        before = _open_streams()
+        stalled = _stalled_and_counted(address, token, before)
         bus = app.extensions["optideck.notifications"]
         for number in range(300):
             bus.publish("session_started", {"session_id": number, "padding": PADDING})
-        deadline = time.monotonic() + 15
-        while open_now() > before and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert open_now() == before
+        assert _settles(lambda: _open_streams() == before, 15)
         stalled.close()
     errors = [r for r in caplog.records if r.name == "optideck.errors"]
     assert not errors, "a client's going was logged as the server's error"

@@ -398,6 +398,22 @@ def test_retention_against_labels_is_relative_to_the_original():
         ),
         ({"y_boxes": np.zeros((6, 2, 4), np.float32), "y_box_classes": np.zeros((6, 2))}, "whole numbers"),
         ({"y_sequences": np.zeros((5, 3), int)}, "[6, length]"),
+        ({"y_sequences": np.zeros((6, 0), int)}, "length at least 1"),
+        (
+            {"y_boxes": np.zeros((6, 0, 4), np.float32), "y_box_classes": np.zeros((6, 0), int)},
+            "at least one box a sample",
+        ),
+        ({"y_boxes": np.zeros((6, 2, 4), bool), "y_box_classes": np.zeros((6, 2), int)}, "not bool"),
+        (
+            {
+                "y_boxes": np.zeros((6, 2, 4), np.float32),
+                "y_box_classes": np.full((6, 2), 2**64 - 1, np.uint64),
+            },
+            "from -2,147,483,648 to 2,147,483,647",
+        ),
+        ({"y_sequences": np.full((6, 3), 2**40)}, "from -2,147,483,648"),
+        # 12.6M values (12 MB as int8): well inside the inputs' budget, far above the truth's own.
+        ({"y_sequences": np.ones((6, 2**21), np.int8)}, "at most 8,388,608"),
     ],
 )
 def test_ground_truth_that_does_not_fit_is_refused_before_any_session(tmp_path, arrays, words):

@@ -141,3 +141,39 @@ def test_an_argument_of_a_type_optideck_cannot_feed_is_refused_by_name(tmp_path)
     torch.jit.script(Listed()).save(str(path))
     with pytest.raises(ModelRejected, match=r"'parts' as List\[Tensor\]"):
         analysis.analyse(path, 1, input_shape=[1, 4], latency_seconds=0.05)
+
+
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [
+        (np.array(2**64 - 1, np.uint64), "sr"),  # would wrap to -1
+        (np.array(1e300), "sr"),  # no int64 holds it
+        (np.array(16000.5), "sr"),  # would lose its fraction
+        (np.array(5), "loud"),  # would become True
+    ],
+)
+def test_a_number_the_argument_cannot_hold_exactly_is_refused_by_name(mixer, tmp_path, value, name):
+    with pytest.raises(DatasetRejected, match=f"input '{name}'.*cannot take"):
+        analysis.analyse(mixer, 1, eval_path=_data(tmp_path / "d.npz", **{name: value}), latency_seconds=0.05)
+
+
+def test_a_whole_float_feeds_an_int_argument(mixer, tmp_path):
+    data = _data(tmp_path / "d.npz", sr=np.array(16000.0), loud=np.array(1))
+    assert analysis.analyse(mixer, 1, eval_path=data, latency_seconds=0.05)["eval_data"]["samples"] == 24
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"audio": [1, 16], "context": [1, 32], "sr": [1]},
+        "npz",  # sr as one value per sample
+    ],
+)
+def test_a_shape_for_a_number_argument_is_refused(mixer, tmp_path, given):
+    kwargs = (
+        {"eval_path": _data(tmp_path / "d.npz", sr=np.full(24, 16000))}
+        if given == "npz"
+        else {"input_shape": given}
+    )
+    with pytest.raises(ModelRejected, match="'sr' as int: a number has no shape"):
+        analysis.analyse(mixer, 1, latency_seconds=0.05, **kwargs)

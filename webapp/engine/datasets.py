@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,11 @@ AXES = "sample_axes"
 # (0, CTC's blank, or below pads it).
 BOXES, BOX_CLASSES, SEQUENCES = "y_boxes", "y_box_classes", "y_sequences"
 TRUTH = (BOXES, BOX_CLASSES, SEQUENCES)
+# The truth is walked sample by sample in Python, where a value costs several times its
+# bytes: it gets a budget of its own, far below the inputs' (8M values as int64).
+MAX_TRUTH_BYTES = 64 << 20
+# Class ids and tokens: a uint64 above int64 would wrap, so their range is checked.
+TRUTH_IDS = np.iinfo(np.int32)
 DEFAULT_MAX_BYTES = screening.MAX_UNPACKED_BYTES
 
 
@@ -218,27 +224,74 @@ def _check_truth_shapes(shapes: dict[str, tuple], count: int) -> None:
     boxes, classes, sequences = (shapes.get(name) for name in TRUTH)
     if (boxes is None) != (classes is None):
         raise DatasetRejected(f"'{BOXES}' and '{BOX_CLASSES}' come together: the boxes and their classes.")
-    if boxes is not None and (len(boxes) != 3 or boxes[0] != count or boxes[2] != 4):
-        raise DatasetRejected(f"'{BOXES}' must be [{count}, boxes, 4] (corners per box), got {list(boxes)}.")
+    if boxes is not None and (len(boxes) != 3 or boxes[0] != count or boxes[2] != 4 or not boxes[1]):
+        raise DatasetRejected(
+            f"'{BOXES}' must be [{count}, boxes, 4] (corners per box, at least one box a sample; "
+            f"a class below 0 pads a row), got {list(boxes)}."
+        )
     if boxes is not None and classes is not None and tuple(classes) != tuple(boxes[:2]):
         raise DatasetRejected(
             f"'{BOX_CLASSES}' must be one class per box, {list(boxes[:2])}, got {list(classes)}."
         )
-    if sequences is not None and (len(sequences) != 2 or sequences[0] != count):
+    if sequences is not None and (len(sequences) != 2 or sequences[0] != count or not sequences[1]):
         raise DatasetRejected(
-            f"'{SEQUENCES}' must be [{count}, length] (tokens, padded with 0), got {list(sequences)}."
+            f"'{SEQUENCES}' must be [{count}, length] (tokens, padded with 0; length at least 1), "
+            f"got {list(sequences)}."
+        )
+    values = sum(math.prod(shapes[name]) for name in TRUTH if name in shapes)
+    if values * 8 > MAX_TRUTH_BYTES:
+        raise DatasetRejected(
+            f"The ground truth ({', '.join(repr(n) for n in TRUTH if n in shapes)}) holds {values:,} "
+            f"values; it may hold at most {MAX_TRUTH_BYTES // 8:,}."
         )
 
 
 def _truth(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     truth = {name: arrays[name] for name in TRUTH if name in arrays}
     boxes = truth.get(BOXES)
-    if boxes is not None and not (np.issubdtype(boxes.dtype, np.number) and np.isfinite(boxes).all()):
-        raise DatasetRejected(f"'{BOXES}' must hold finite numbers.")
+    if boxes is not None:
+        if boxes.dtype == np.bool_ or not np.issubdtype(boxes.dtype, np.number):
+            raise DatasetRejected(f"'{BOXES}' must hold numbers (box corners), not {boxes.dtype}.")
+        if not np.isfinite(boxes).all():
+            raise DatasetRejected(f"'{BOXES}' must hold finite numbers.")
     for name in (BOX_CLASSES, SEQUENCES):
-        if name in truth and not np.issubdtype(truth[name].dtype, np.integer):
+        if name not in truth:
+            continue
+        ids = truth[name]
+        if not np.issubdtype(ids.dtype, np.integer):
             raise DatasetRejected(f"'{name}' must hold whole numbers.")
+        if ids.size and not (TRUTH_IDS.min <= ids.min() and ids.max() <= TRUTH_IDS.max):
+            raise DatasetRejected(
+                f"'{name}' must hold whole numbers from {TRUTH_IDS.min:,} to {TRUTH_IDS.max:,}."
+            )
+        truth[name] = ids.astype(np.int64)
     return truth
+
+
+def _exactly(array: np.ndarray, spec: InputSpec, shown: str) -> np.ndarray:
+    """`array` as the input's type, refused where a value would change on the way: a
+    uint64 above int64 would wrap, 1e300 has no int64, 5 is no bool."""
+    target = np.dtype(spec.dtype)
+    if target.kind not in "iub" or array.dtype == target or not array.size:
+        return array.astype(target, copy=False)
+    if not _fits(array, target):
+        raise DatasetRejected(
+            f"{shown} holds values that the model's input {spec.name!r} ({target}) cannot take "
+            f"exactly (from {array.min().item()} to {array.max().item()})."
+        )
+    return array.astype(target)
+
+
+def _fits(array: np.ndarray, target: np.dtype) -> bool:
+    if target.kind == "b":
+        return bool(np.isin(array, (0, 1)).all())
+    info = np.iinfo(target)
+    low, high = array.min(), array.max()
+    if array.dtype.kind != "f":
+        return bool(info.min <= low and high <= info.max)
+    whole = bool(np.isfinite(array).all() and (array == np.floor(array)).all())
+    # The float above info.max is the first one out of range (2**63 for int64).
+    return whole and bool(info.min <= low and high < float(info.max) + 1)
 
 
 def load_npz(path: Path, specs: list[InputSpec], max_bytes: int = DEFAULT_MAX_BYTES) -> EvalData:
@@ -254,9 +307,9 @@ def load_npz(path: Path, specs: list[InputSpec], max_bytes: int = DEFAULT_MAX_BY
     for spec in specs:
         array = arrays[sources[spec.name]]
         shown = repr(sources[spec.name])
-        if not np.issubdtype(array.dtype, np.number) and array.dtype != np.bool_:
+        if array.dtype.kind not in "biuf":  # complex too: its imaginary part would be dropped
             raise DatasetRejected(f"{shown} must be numeric, not {array.dtype}.")
-        array = array.astype(spec.dtype, copy=False)
+        array = _exactly(array, spec, shown)
         if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
             raise DatasetRejected(f"{shown} contains NaN or infinite values.")
         inputs[spec.name] = array

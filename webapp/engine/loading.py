@@ -246,6 +246,16 @@ def _script_inputs(module, given: list[InputSpec]) -> tuple[list[InputSpec], fro
             f"The inputs given name {', '.join(repr(s.name) for s in strays)}, which forward() does "
             f"not take; it takes {', '.join(repr(a.name) for a in arguments) or 'nothing'}."
         )
+    shaped_numbers = [
+        a for a in arguments if str(a.type) in SCALAR_DTYPES and a.name in by_name and by_name[a.name].shape
+    ]
+    if shaped_numbers:
+        raise ModelRejected(
+            "forward() takes "
+            + ", ".join(f"{a.name!r} as {a.type}" for a in shaped_numbers)
+            + ": a number has no shape. Give it as a 0-d array in the evaluation .npz, and no "
+            "shape in input_shape."
+        )
     if unshaped:
         raise ModelRejected(
             "TorchScript files do not record their input shapes: send input_shape (for example "

@@ -59,44 +59,6 @@ def test_the_guard_reads_the_address_space_against_its_limit(monkeypatch):
     assert exhausted()
 
 
-def test_the_sensitivity_pass_keeps_both_models_tensors_within_the_memory_left(tmp_path, monkeypatch):
-    """It holds every intermediate tensor of the int8 and the float model at once (the
-    PP-OCRv4 recognizer's took the benchmark past 24 GB): the int8 model's may take a
-    quarter of the memory left, and the float model runs on exactly the samples it took."""
-    import resource
-
-    from onnxruntime.quantization import qdq_loss_debug
-
-    gigabyte = 1 << 30
-    unlimited = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
-    monkeypatch.setattr(resource, "getrlimit", lambda which: unlimited)
-    monkeypatch.setattr(quantization, "_available_memory", lambda resident: 8 * gigabyte)
-    # Calibration leaves memory flat (it is not cut short); each reading while activations
-    # are collected is 1 GB more.
-    rise = iter(range(1000))
-    collecting = [False]
-    monkeypatch.setattr(
-        quantization, "_memory", lambda: (0, gigabyte * (1 + (next(rise) if collecting[0] else 0)))
-    )
-    batches = {}
-    real = qdq_loss_debug.collect_activations
-
-    def counting(model, reader, *args, **kwargs):
-        collecting[0] = True
-        found = real(model, reader, *args, **kwargs)
-        batches[model.rsplit("/", 1)[-1]] = len(next(iter(found.values())))
-        return found
-
-    monkeypatch.setattr(qdq_loss_debug, "collect_activations", counting)
-    src = tiny_onnx_model(tmp_path / "m.onnx")
-    ranked = quantization.sensitive_nodes(src, _data(), 8, tmp_path, lambda: None)
-    assert isinstance(ranked, list)
-    # The int8 model's collection stops at its quarter of the 8 GB left (a 2 GB rise), and
-    # the float model's takes exactly as many batches.
-    assert batches["qdq_outputs.onnx"] == batches["float_outputs.onnx"]
-    assert 1 <= batches["qdq_outputs.onnx"] < quantization.SENSITIVITY_SAMPLES // 8, batches
-
-
 def test_what_is_available_is_read_from_the_kernel():
     import os
 

@@ -471,6 +471,12 @@ class SessionEventDataSchema(Schema):
     configurations = fields.List(
         fields.String(), metadata={"description": "search_planned: the configurations to try, in words"}
     )
+    float_nodes = fields.Integer(
+        metadata={"description": "search_probe: how many nodes the fallback's measurement left in float"}
+    )
+    accuracy_retention_percent = fields.Float(
+        metadata={"description": "search_probe: the accuracy retention it measured (not timed)"}
+    )
     measurement = fields.Nested(MeasurementSchema)
     inputs = fields.String(metadata={"description": "Where the evaluation inputs came from"})
     technique = fields.String()

@@ -3,20 +3,21 @@ measured against it, then the trade-off front and the chosen candidate.
 
 Candidates are built from the original (its ONNX export for PyTorch uploads), never from
 one another, so a candidate's figures say what its configuration alone does; the second
-round combines the first round's winners, and the accuracy-aware fallback retries int8
-static with the most sensitive nodes left in float.
+round combines the first round's winners, and the accuracy-aware fallback retries the int8
+static candidate that came closest to the floor with the nodes it must leave in float
+(fallback.py).
 """
 
 from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import formats, loading, screening, search, timing
-from .evaluation import Measurement, first_batch, measure
+from . import fallback, formats, loading, screening, search, timing
+from .evaluation import Measurement, first_batch, measure, predict, score
 from .outcomes import failure, reduction, retention
 from .techniques import TECHNIQUES
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from .runner import SessionOutcome, _Session
 
 CANDIDATE_NAME = "candidate-{index}.onnx"
+PROBE_NAME = "fallback-probe.onnx"  # the fallback's measurements, each replacing the last
 # Time held back from the session's limit for the report and the trusted side's checks.
 RESERVE_S = 30.0
 
@@ -78,12 +80,7 @@ class Search:
         if not stopped:
             stopped = self._explore(self._second_round(), expected=len(self.candidates) + 4)
         if not stopped:
-            # The first count of nodes in float that holds the floor is the answer.
-            for configuration in self._fallbacks(base_path):
-                if self._explore([configuration], expected=len(self.candidates) + 2):
-                    break
-                if self._holds(self.candidates[-1]):
-                    break
+            self._explore(self._fallbacks(base_path), expected=len(self.candidates) + 1)
         chosen, why = search.front(self.candidates, s.criteria)
         s.progress(96, "report")
         for candidate in self.candidates:
@@ -285,10 +282,10 @@ class Search:
 
     def _fallbacks(self, base_path: Path) -> list[search.Configuration]:
         """The int8 static candidate that came closest to the floor without holding it, with
-        its most sensitive nodes in float, 1, 2, 4, 8 of them. Closest, not the full graph:
-        on a detector the damage is in the head's non-Conv operators, so Conv-only int8
-        comes near and its worst convolutions are what is left to spare."""
-        from .techniques.quantization import sensitive_nodes
+        the nodes fallback.float_nodes finds it must leave in float. Closest, not the full
+        graph: on a detector the damage is mostly in the non-Conv operators, so Conv-only
+        int8 comes near and a few convolutions are what is left to spare."""
+        from .techniques.quantization import quantized_nodes  # onnx: the worker's, see run()
 
         failing = [
             c
@@ -305,21 +302,51 @@ class Search:
         configuration = self.tried[closest["index"]].configuration
         s = self.session
         s.phase("transform")
+        floor = float(s.criteria.get("min_accuracy_retention_percent", 99.0))
         try:
-            ranked = sensitive_nodes(
-                base_path,
-                self.data,
-                self.baseline.latency_batch,
-                s.work,
-                s.check,
-                configuration.steps[0]["params"].get("op_types", "all"),
+            nodes = quantized_nodes(base_path, s.work, configuration.steps[0]["params"])
+            found = fallback.float_nodes(
+                nodes, lambda float_nodes: self._retention_with(configuration, float_nodes), floor
             )
         except Exception as exc:
             _, reason = failure(exc)
-            s._event("step_skipped", "search", f"The per-node sensitivity pass failed: {reason}", {})
+            s._event("step_skipped", "search", f"The accuracy-aware fallback failed: {reason}", {})
             return []
-        return [
-            search.with_float_nodes(configuration, ranked[:count])
-            for count in search.FALLBACK_COUNTS
-            if count <= len(ranked)
-        ]
+        finally:
+            (s.work / PROBE_NAME).unlink(missing_ok=True)
+        if found is None:
+            s._event(
+                "step_skipped",
+                "search",
+                f"The accuracy-aware fallback found no nodes of #{closest['index']} to leave in float "
+                f"that hold {floor:g} % in the time left.",
+                {},
+            )
+            return []
+        return [search.with_float_nodes(configuration, found)]
+
+    def _retention_with(self, configuration: search.Configuration, nodes: list[str]) -> float | None:
+        """The accuracy retention of `configuration` with `nodes` in float, measured on the
+        evaluation data but not timed (the fallback's probe); None once the time is up."""
+        s = self.session
+        s.check()
+        if time.time() > self.ends:
+            return None
+        probe = search.with_float_nodes(configuration, nodes)
+        target = s.work / PROBE_NAME
+        step = probe.steps[0]
+        TECHNIQUES[step["technique"]].apply(
+            self.base_path, target, step["params"], self.data, self.baseline.latency_batch, s.check
+        )
+        model = loading.run_onnx(target, s.threads)
+        s.phase("inference")
+        outputs = predict(model, self.data, s.batch_for(model), s.check, s.job.task)
+        value, kind, _ = score(outputs, self.data, self.reference, s.job.task)
+        kept = round(retention(self.baseline, replace(self.baseline, score=value, score_kind=kind)), 2)
+        s._event(
+            "search_probe",
+            "search",
+            f"{probe.words}: accuracy retention {kept:.2f} % (not timed)",
+            {"float_nodes": len(nodes), "accuracy_retention_percent": kept},
+        )
+        return kept

@@ -48,6 +48,7 @@ EVENT_KINDS = {
     "step_skipped",
     "step_rolled_back",
     "search_planned",
+    "search_probe",
     "search_stopped",
 }
 MAX_EVENTS = 500

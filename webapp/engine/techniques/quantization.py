@@ -9,7 +9,6 @@ modules that TorchScript and torch.export programs no longer have.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -153,77 +152,18 @@ def _int4(source: Path, dst: Path) -> None:
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
 
 
-SENSITIVITY_SAMPLES = 64
-
-
-def sensitive_nodes(
-    src: Path,
-    data: EvalData,
-    batch: int,
-    workdir: Path,
-    check: Callable[[], None],
-    op_types: str = "all",
-) -> list[str]:
-    """The Conv, MatMul and Gemm nodes int8 static (QDQ, min-max, quantizing `op_types` of
-    OP_TYPES) hurts most, worst first.
-
-    Both models run on a sample with every intermediate tensor kept (ORT's qdq_loss_debug);
-    each tensor's signal-to-noise ratio against the float model's tells how far int8 has
-    drifted by then, and a node's sensitivity is how much of that ratio it loses between
-    its input and its output.
-    """
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.qdq_loss_debug import (
-        collect_activations,
-        compute_signal_to_quantization_noice_ratio,
-        create_activation_matching,
-        modify_model_output_intermediate_tensors,
-    )
+def quantized_nodes(src: Path, workdir: Path, params: dict) -> list[str]:
+    """The names of the nodes int8 static with `params` quantizes, in graph order, as its
+    quantizer sees them (after the same pre-processing): what the fallback may leave in
+    float through `exclude_nodes`."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         folder = Path(tmp)
         source = opset_for_static(_preprocessed(src, folder), folder)
-        sample = data.head(SENSITIVITY_SAMPLES)
-        qdq = folder / "qdq.onnx"
-        quantize_static(
-            str(source),
-            str(qdq),
-            _CalibrationReader(sample, batch, check),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=_op_types({"op_types": op_types}),
-            extra_options={"QDQDisableWeightAdjustForInt32Bias": True},
-        )
-        check()
-        # Both models' tensors are held at once, over the same samples. The int8 model's
-        # (the more of the two: its quantized tensors too) may take a quarter of the memory
-        # left, and the float model then runs on exactly the samples it took.
-        found = {}
-        for name, model in (("qdq", qdq), ("float", source)):
-            augmented = folder / f"{name}_outputs.onnx"
-            modify_model_output_intermediate_tensors(str(model), str(augmented))
-            reader = _CalibrationReader(sample, batch, check, share=0.25 if name == "qdq" else None)
-            found[name] = collect_activations(str(augmented), reader)
-            sample = sample.head(reader.samples)
-            check()
-        matches = create_activation_matching(found["qdq"], found["float"])
-        ratio = {
-            tensor: compute_signal_to_quantization_noice_ratio(match["float"], match["post_qdq"])
-            for tensor, match in matches.items()
-            if match.get("float") is not None
-        }
-        nodes = onnx.load(str(source)).graph.node
-    lost = []
-    for node in nodes:
-        if node.op_type not in ("Conv", "MatMul", "Gemm") or not node.name or node.output[0] not in ratio:
-            continue
-        before = ratio.get(node.input[0], math.inf)  # a graph input is exact: no noise yet
-        drop = min(before, 1e6) - ratio[node.output[0]]
-        if math.isfinite(drop):
-            lost.append((-drop, node.name))
-    return [name for _, name in sorted(lost)]
+        nodes = onnx.load(str(source), load_external_data=False).graph.node
+    wanted = _op_types(params) or (QLinearOpsRegistry if params.get("format") == "qoperator" else QDQRegistry)
+    return [node.name for node in nodes if node.op_type in wanted and node.name]
 
 
 def _memory() -> tuple[int, int] | None:
@@ -249,8 +189,8 @@ def _available_memory(resident: int) -> int:
     return max(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") - resident, 0)
 
 
-def memory_guard(share: float = 0.5) -> Callable[[], bool] | None:
-    """A check that says when the process has used `share` of the memory it had left now,
+def memory_guard() -> Callable[[], bool] | None:
+    """A check that says when the process has used half the memory it had left now,
     or None where memory cannot be read.
 
     ORT's calibrators keep every batch's intermediate tensors until the end (23.6 GB for
@@ -271,7 +211,7 @@ def memory_guard(share: float = 0.5) -> Callable[[], bool] | None:
         which, left = 1, _available_memory(now[1])
     else:
         which, left = 0, max(limit - now[0], 0)
-    mark = now[which] + int(left * share)
+    mark = now[which] + left // 2
 
     def exhausted() -> bool:
         reading = _memory()
@@ -282,15 +222,15 @@ def memory_guard(share: float = 0.5) -> Callable[[], bool] | None:
 
 class _CalibrationReader:
     """Feeds calibration batches to quantize_static, checking for a cancel between batches
-    and, unless `share` is None, stopping early (after one batch at least) once that share
-    of the memory left at its start is used (memory_guard)."""
+    and stopping early (after one batch at least) once half the memory left at its start is
+    used (memory_guard)."""
 
-    def __init__(self, data: EvalData, batch: int, check: Callable[[], None], share: float | None = 0.5):
+    def __init__(self, data: EvalData, batch: int, check: Callable[[], None]):
         count = min(data.count, CALIBRATION_SAMPLES)
         starts = range(0, max(count - batch, 0) + 1, batch)
         self._feeds = iter([data.take(start, start + batch) for start in starts])
         self._check = check
-        self._exhausted = memory_guard(share) if share is not None else None
+        self._exhausted = memory_guard()
         self._batch = batch
         self.samples = 0
         self.cut_short = False
@@ -304,6 +244,3 @@ class _CalibrationReader:
         if feeds is not None:
             self.samples += self._batch
         return feeds
-
-    def __iter__(self):  # qdq_loss_debug iterates where quantize_static calls get_next
-        return iter(self.get_next, None)

@@ -110,11 +110,20 @@ def test_running_out_of_time_still_ends_the_session(techniques, tmp_path):
         _run(tmp_path, "copy", "over", "copy")
 
 
-def test_running_out_of_memory_still_ends_the_session(techniques, tmp_path):
-    """The sandbox's memory limit is the session's, not a step's: the worker reports it as
-    resource_limit."""
-    with pytest.raises(RuntimeError, match="Failed to allocate"):
-        _run(tmp_path, "copy", "oom", "copy")
+def test_a_step_that_runs_out_of_memory_is_rolled_back_and_the_session_goes_on(techniques, tmp_path):
+    """An allocation refused at the sandbox's cap costs its step: the kept steps before it
+    are not lost (a search's candidates, say: tests/engine/test_search.py)."""
+    outcome, _ = _run(tmp_path, "copy", "oom", "copy")
+    assert [step["outcome"] for step in outcome.steps] == ["kept", "failed", "kept"]
+    assert outcome.steps[1]["reason"].startswith("Out of memory: this step needed more than the sandbox")
+    assert "Failed to allocate" in outcome.steps[1]["reason"]
+
+
+def test_running_out_of_memory_outside_a_step_fails_as_resource_limit():
+    from webapp.engine.worker import _failure
+
+    kind, message = _failure(MemoryError(), {"memory_mb": 2048})
+    assert kind == "resource_limit" and "2048 MB" in message
 
 
 def test_a_long_library_error_keeps_its_cause():

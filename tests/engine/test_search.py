@@ -176,6 +176,23 @@ def test_a_search_out_of_budget_chooses_among_what_it_measured(tmp_path):
     assert any(e[0] == "search_stopped" for e in events)
 
 
+def test_a_candidate_that_runs_out_of_memory_costs_only_itself(tmp_path, monkeypatch):
+    """The allocation failure is the edge replaced here: fp16's converter is refused memory,
+    as it would be at the sandbox's cap."""
+    from onnxconverter_common import float16
+
+    def refused(*args, **kwargs):
+        raise MemoryError("std::bad_alloc")
+
+    monkeypatch.setattr(float16, "convert_float_to_float16", refused)
+    outcome, _ = _search(tmp_path)
+    candidates = outcome.results["candidates"]
+    fp16 = next(c for c in candidates if c["configuration"] == "fp16 weights")
+    assert fp16["outcome"] == "failed" and fp16["reason"].startswith("Out of memory")
+    assert fp16["index"] < len(candidates) - 1, "the search went on after it"
+    assert sum(c.get("latency_ms") is not None for c in candidates) > 3
+
+
 def _outlier_mlp(folder: Path) -> tuple[Path, Path]:
     """x [16] -> 64 -> 64 -> 10 whose first layer makes one channel 500x the others (x's
     last feature is a constant 1): int8 activations shared by that channel lose the rest,

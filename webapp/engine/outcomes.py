@@ -19,8 +19,15 @@ def failure(exc: Exception) -> tuple[str, str]:
     re-raises one that ends the session."""
     if isinstance(exc, TechniqueFailed):
         return "skipped", exc.message
-    if isinstance(exc, (Cancelled, TimeLimitExceeded, ResourceLimit)) or out_of_memory(exc):
-        raise exc  # the session's end (out of memory: the worker reports resource_limit)
+    if isinstance(exc, (Cancelled, TimeLimitExceeded, ResourceLimit)):
+        raise exc  # the session's end
+    if out_of_memory(exc):
+        # An allocation refused at the sandbox's cap: what the step held is freed as its
+        # frames unwind, so the session goes on (a search keeps the candidates it measured).
+        return "failed", (
+            "Out of memory: this step needed more than the sandbox allows (sandbox.memory_mb). "
+            f"{public_message(exc)}"
+        )
     # A library that crashes on this model (an opset it cannot handle, a graph its converter
     # breaks) costs the step; the session goes on from the last kept model.
     return "failed", f"{type(exc).__name__}: {public_message(exc)}"

@@ -179,7 +179,7 @@ def test_a_search_out_of_budget_chooses_among_what_it_measured(tmp_path):
 def test_a_candidate_that_runs_out_of_memory_costs_only_itself(tmp_path, monkeypatch):
     """The allocation failure is the edge replaced here: fp16's converter is refused memory,
     as it would be at the sandbox's cap."""
-    from onnxconverter_common import float16
+    from onnxruntime.transformers import float16
 
     def refused(*args, **kwargs):
         raise MemoryError("std::bad_alloc")

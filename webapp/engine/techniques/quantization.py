@@ -57,9 +57,12 @@ def quantize(
                 )
             details |= _static(source, dst, params, opset_for_static(source, Path(tmp)), data, batch, check)
         elif mode == "fp16":
-            from onnxconverter_common import float16
+            # ONNX Runtime's own converter: onnxconverter-common's left YOLOv8's Cast nodes
+            # casting to float32 where their outputs became float16, which ORT refuses to load.
+            # Its graph is put in order below, with every quantized one.
+            from onnxruntime.transformers.float16 import convert_float_to_float16
 
-            model = float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+            model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
             onnx.save(model, str(dst))
         elif mode == "int4_weights":
             _int4(source, dst)

@@ -28,66 +28,80 @@ def float_nodes(nodes: list[str], retention: Retention, floor: float) -> list[st
     """The nodes of `nodes` to leave in float for `retention` to reach `floor`, in graph
     order, or None when no set measured holds it but all of them (the float model). With
     time running out, the smallest set that held so far."""
-    measured: dict[tuple[str, ...], float | None] = {}
-
-    def holds(runs: list[list[str]]) -> bool | None:
-        key = tuple(node for run in runs for node in run)
-        if key not in measured:
-            measured[key] = retention(list(key))
-        found = measured[key]
-        return None if found is None else found >= floor
-
     if not nodes:
         return None
+    probe = _Probe(nodes, retention, floor)
     size = -(-len(nodes) // BLOCKS)
     blocks = [nodes[start : start + size] for start in range(0, len(nodes), size)]
-    chosen: list[list[str]] = []
+    try:
+        chosen = _runs_that_hold(blocks, probe)
+        if chosen is not None:
+            _halve(chosen, probe)
+    except _OutOfTime:
+        pass
+    # Each step moves only to a set that held, so the last that held is the smallest.
+    if probe.held is None or len(probe.held) == len(nodes):
+        return None
+    return [node for node in nodes if node in probe.held]
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+class _Probe:
+    """Whether the floor holds with some runs of nodes in float, each set measured once."""
+
+    def __init__(self, nodes: list[str], retention: Retention, floor: float):
+        self.nodes, self.retention, self.floor = nodes, retention, floor
+        self.measured: dict[frozenset[str], float] = {}
+        self.held: frozenset[str] | None = None
+
+    def __call__(self, runs: list[list[str]]) -> bool:
+        key = frozenset(node for run in runs for node in run)
+        if key not in self.measured:
+            found = self.retention([node for node in self.nodes if node in key])
+            if found is None:
+                raise _OutOfTime
+            self.measured[key] = found
+        if self.measured[key] < self.floor:
+            return False
+        self.held = key
+        return True
+
+    def recovered(self, run: list[str]) -> float:
+        return self.measured[frozenset(run)]
+
+
+def _runs_that_hold(blocks: list[list[str]], probe: _Probe) -> list[list[str]] | None:
     for block in blocks:
-        verdict = holds([block])
-        if verdict is None:
-            return None
-        if verdict:  # one run is enough: halving finds how little of it
-            chosen = [block]
+        if probe([block]):
+            return [block]  # one run is enough: halving finds how little of it
+    chosen: list[list[str]] = []
+    for block in sorted(blocks, key=probe.recovered, reverse=True):
+        chosen.append(block)
+        if probe(chosen):
             break
     else:
-        ranked = sorted(blocks, key=lambda block: measured[tuple(block)] or 0.0, reverse=True)
-        for block in ranked:
-            chosen.append(block)
-            verdict = holds(chosen)
-            if verdict is None:
-                return None
-            if verdict:
-                break
-        else:
-            return None
-        # A run added early may have been needed only until a later one came: drop each
-        # one the floor holds without, the least recovering first.
-        for run in sorted(chosen[:-1], key=lambda run: measured[tuple(run)] or 0.0):
-            trial = [other for other in chosen if other is not run]
-            verdict = holds(trial)
-            if verdict is None:
-                return _joined(chosen, nodes)
-            if verdict:
-                chosen = trial
-    # Halve each chosen run while the floor holds with one of its halves alone.
+        return None
+    # A run added early may have been needed only until a later one came: drop each one
+    # the floor holds without, the least recovering first.
+    for run in sorted(chosen[:-1], key=probe.recovered):
+        trial = [other for other in chosen if other is not run]
+        if probe(trial):
+            chosen = trial
+    return chosen
+
+
+def _halve(chosen: list[list[str]], probe: _Probe) -> None:
+    """Halve each run while the floor holds with one of its halves alone."""
     index = 0
     while index < len(chosen):
         run = chosen[index]
-        halves = [run[: len(run) // 2], run[len(run) // 2 :]] if len(run) > 1 else []
-        for half in halves:
+        for half in [run[: len(run) // 2], run[len(run) // 2 :]] if len(run) > 1 else []:
             trial = chosen[:index] + [half] + chosen[index + 1 :]
-            verdict = holds(trial)
-            if verdict is None:
-                return _joined(chosen, nodes)
-            if verdict:
+            if probe(trial):
                 chosen = trial
                 break
         else:
             index += 1
-    return _joined(chosen, nodes)
-
-
-def _joined(runs: list[list[str]], nodes: list[str]) -> list[str] | None:
-    """The runs' nodes in graph order; None when that is every node: the float model."""
-    chosen = {node for run in runs for node in run}
-    return None if len(chosen) == len(nodes) else [node for node in nodes if node in chosen]

@@ -165,7 +165,8 @@ def quantized_nodes(src: Path, workdir: Path, params: dict) -> list[str]:
         folder = Path(tmp)
         source = opset_for_static(_preprocessed(src, folder), folder)
         nodes = onnx.load(str(source), load_external_data=False).graph.node
-    wanted = _op_types(params) or (QLinearOpsRegistry if params.get("format") == "qoperator" else QDQRegistry)
+    # Without a list, quantize_static takes both registries' operators, in either format.
+    wanted = _op_types(params) or {*QLinearOpsRegistry, *QDQRegistry}
     return [node.name for node in nodes if node.op_type in wanted and node.name]
 
 

@@ -54,3 +54,34 @@ def test_without_data_or_input_shape_open_dimensions_are_still_asked_for(tmp_pat
 
     with pytest.raises(ModelRejected, match="send input_shape"):
         analyse(_pooling_model(tmp_path / "m.onnx"), 1, latency_seconds=0.05)
+
+
+def _ids(last):
+    """256 samples of 8192 ids, over two of the slices the check takes; the last is `last`."""
+    ids = np.arange(1 << 21, dtype=np.float64)
+    ids[-1] = last
+    return ids.reshape(256, 8192)
+
+
+@pytest.mark.parametrize(
+    ("stored", "refused"),
+    [
+        (_ids(7.0), False),
+        (_ids(0.5), True),  # in the second slice
+        (np.array([[3], [2**63 + 5]], dtype=np.uint64), True),
+        (np.array([[-(2**63)], [2**63 - 1]], dtype=np.int64), False),
+    ],
+)
+def test_integer_inputs_take_only_values_they_hold_exactly(tmp_path, stored, refused):
+    from webapp.engine.datasets import load_npz
+    from webapp.engine.errors import DatasetRejected
+    from webapp.engine.loading import InputSpec
+
+    np.savez(tmp_path / "d.npz", ids=stored)
+    spec = [InputSpec("ids", [None, stored.shape[1]], "int64")]
+    if refused:
+        with pytest.raises(DatasetRejected, match="input 'ids' \\(int64\\) cannot take exactly"):
+            load_npz(tmp_path / "d.npz", spec)
+    else:
+        loaded = load_npz(tmp_path / "d.npz", spec).inputs["ids"]
+        assert loaded.dtype == np.int64 and np.array_equal(loaded, stored.astype(np.int64))

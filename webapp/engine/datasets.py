@@ -31,6 +31,7 @@ TRUTH = (BOXES, BOX_CLASSES, SEQUENCES)
 MAX_TRUTH_BYTES = 64 << 20
 # Class ids and tokens: a uint64 above int64 would wrap, so their range is checked.
 TRUTH_IDS = np.iinfo(np.int32)
+FIT_SLICE = 1 << 20  # values checked at a time against an input's type
 DEFAULT_MAX_BYTES = screening.MAX_UNPACKED_BYTES
 
 
@@ -283,13 +284,23 @@ def _exactly(array: np.ndarray, spec: InputSpec, shown: str) -> np.ndarray:
 
 
 def _fits(array: np.ndarray, target: np.dtype) -> bool:
+    """Whether every value of `array` is one of `target`'s, judged a slice at a time: the
+    array may be most of the evaluation data's memory, and a check on it whole would
+    double that."""
+    flat = array.reshape(-1)
+    return all(
+        _slice_fits(flat[start : start + FIT_SLICE], target) for start in range(0, flat.size, FIT_SLICE)
+    )
+
+
+def _slice_fits(values: np.ndarray, target: np.dtype) -> bool:
     if target.kind == "b":
-        return bool(np.isin(array, (0, 1)).all())
+        return bool(((values == 0) | (values == 1)).all())
     info = np.iinfo(target)
-    low, high = array.min(), array.max()
-    if array.dtype.kind != "f":
+    low, high = values.min(), values.max()
+    if values.dtype.kind != "f":
         return bool(info.min <= low and high <= info.max)
-    whole = bool(np.isfinite(array).all() and (array == np.floor(array)).all())
+    whole = bool(np.isfinite(values).all() and (values == np.floor(values)).all())
     # The float above info.max is the first one out of range (2**63 for int64).
     return whole and bool(info.min <= low and high < float(info.max) + 1)
 

@@ -243,8 +243,8 @@ def test_the_fallback_measures_which_nodes_of_the_closest_int8_candidate_to_leav
         eval_data_path=str(data),
         latency_seconds=0.05,
     )
-    events = []
-    outcome = run_session(job, lambda *a: None, lambda *a: events.append(a), lambda: False)
+    events, progress = [], []
+    outcome = run_session(job, lambda *a: progress.append(a), lambda *a: events.append(a), lambda: False)
     candidates = outcome.results["candidates"]
     static = [
         c
@@ -266,3 +266,35 @@ def test_the_fallback_measures_which_nodes_of_the_closest_int8_candidate_to_leav
     assert fallbacks[0]["accuracy_retention_percent"] >= 99.0
     probes = [e for e in events if e[0] == "search_probe"]
     assert probes and all("(not timed)" in e[2] for e in probes)
+    # Each measurement is a step of its own for the executor's step timeout.
+    steps = [step for _, step in progress if step.startswith("search fallback, measurement ")]
+    assert len(set(steps)) == len(probes)
+
+
+def test_no_fallback_runs_when_an_int8_static_candidate_holds_the_floor(tmp_path):
+    model, data = _outlier_mlp(tmp_path)
+    job = SessionJob(
+        1,
+        str(model),
+        "onnx",
+        [{"name": "x", "shape": [None, 16], "dtype": "float32"}],
+        [{"technique": "auto", "params": {}}],
+        # int8 static keeps about 62 % of the accuracy here: that holds a 50 % floor.
+        {**CRITERIA, "enabled_techniques": ["quantization"], "min_accuracy_retention_percent": 50.0},
+        str(tmp_path / "work"),
+        eval_data_path=str(data),
+        latency_seconds=0.05,
+    )
+    events = []
+    candidates = run_session(job, lambda *a: None, lambda *a: events.append(a), lambda: False).results[
+        "candidates"
+    ]
+    assert any(
+        c["steps"]
+        and c["steps"][0]["params"].get("mode") == "int8_static"
+        and c["accuracy_retention_percent"] >= 50
+        for c in candidates
+        if c.get("latency_ms") is not None
+    )
+    assert not [e for e in events if e[0] == "search_probe"]
+    assert not [c for c in candidates if c["steps"] and c["steps"][0]["params"].get("exclude_nodes")]

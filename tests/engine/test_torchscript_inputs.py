@@ -177,3 +177,12 @@ def test_a_shape_for_a_number_argument_is_refused(mixer, tmp_path, given):
     )
     with pytest.raises(ModelRejected, match="'sr' as int: a number has no shape"):
         analysis.analyse(mixer, 1, latency_seconds=0.05, **kwargs)
+
+
+def test_an_exported_program_input_of_a_type_numpy_lacks_is_refused_by_name(tmp_path):
+    """bfloat16 has no numpy type to feed it from: refused at analysis, not a crash."""
+    path = tmp_path / "bf16.pt2"
+    module = torch.nn.Linear(4, 2).to(torch.bfloat16).eval()
+    torch.export.save(torch.export.export(module, (torch.zeros(1, 4, dtype=torch.bfloat16),)), str(path))
+    with pytest.raises(ModelRejected, match="Input 'input' is bfloat16; Optideck feeds bool, float16"):
+        analysis.analyse(path, 1, latency_seconds=0.05)

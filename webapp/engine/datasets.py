@@ -73,10 +73,6 @@ class EvalData:
             feeds[name] = np.ascontiguousarray(part)
         return feeds
 
-    def head(self, count: int) -> EvalData:
-        """The first `count` samples, without labels."""
-        return EvalData(self.take(0, count), None, self.source, dict(self.axes))
-
     def select(self, names: list[str]) -> EvalData:
         """The same data for these inputs only."""
         return EvalData(
@@ -270,39 +266,40 @@ def _truth(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _exactly(array: np.ndarray, spec: InputSpec, shown: str) -> np.ndarray:
-    """`array` as the input's type, refused where a value would change on the way: a
-    uint64 above int64 would wrap, 1e300 has no int64, 5 is no bool."""
+    """`array` as the input's type, refused where a value would change on the way to an
+    integer or bool input: a uint64 above int64 would wrap, 1e300 has no int64, 5 is no
+    bool. (Float inputs take values as the nearest float, as any float model does.)"""
     target = np.dtype(spec.dtype)
     if target.kind not in "iub" or array.dtype == target or not array.size:
         return array.astype(target, copy=False)
-    if not _fits(array, target):
-        raise DatasetRejected(
-            f"{shown} holds values that the model's input {spec.name!r} ({target}) cannot take "
-            f"exactly (from {array.min().item()} to {array.max().item()})."
-        )
+    # A slice at a time: the array may be most of the evaluation data's memory.
+    flat = array.ravel(order="K")
+    for start in range(0, flat.size, FIT_SLICE):
+        misfit = _misfit(flat[start : start + FIT_SLICE], target)
+        if misfit is not None:
+            raise DatasetRejected(
+                f"{shown} holds {misfit}, which the model's input {spec.name!r} ({target}) cannot "
+                "take exactly."
+            )
     return array.astype(target)
 
 
-def _fits(array: np.ndarray, target: np.dtype) -> bool:
-    """Whether every value of `array` is one of `target`'s, judged a slice at a time: the
-    array may be most of the evaluation data's memory, and a check on it whole would
-    double that."""
-    flat = array.reshape(-1)
-    return all(
-        _slice_fits(flat[start : start + FIT_SLICE], target) for start in range(0, flat.size, FIT_SLICE)
-    )
-
-
-def _slice_fits(values: np.ndarray, target: np.dtype) -> bool:
+def _misfit(values: np.ndarray, target: np.dtype):
+    """The first of `values` that `target` cannot hold exactly, or None."""
     if target.kind == "b":
-        return bool(((values == 0) | (values == 1)).all())
-    info = np.iinfo(target)
-    low, high = values.min(), values.max()
-    if values.dtype.kind != "f":
-        return bool(info.min <= low and high <= info.max)
-    whole = bool(np.isfinite(values).all() and (values == np.floor(values)).all())
-    # The float above info.max is the first one out of range (2**63 for int64).
-    return whole and bool(info.min <= low and high < float(info.max) + 1)
+        fits = (values == 0) | (values == 1)
+    elif values.dtype.kind != "f":
+        info = np.iinfo(target)
+        fits = (values >= info.min) & (values <= info.max)
+    else:
+        info = np.iinfo(target)
+        # The float above info.max is the first one out of range (2**63 for int64); NaN
+        # and the infinities fail every comparison.
+        with np.errstate(invalid="ignore"):
+            fits = (values == np.floor(values)) & (values >= info.min) & (values < float(info.max) + 1)
+    if fits.all():
+        return None
+    return values[np.argmin(fits)].item()
 
 
 def load_npz(path: Path, specs: list[InputSpec], max_bytes: int = DEFAULT_MAX_BYTES) -> EvalData:

@@ -317,6 +317,10 @@ def _exported_inputs(program) -> list[InputSpec]:
         value = node.meta.get("val")
         if not isinstance(value, torch.Tensor):
             raise ModelRejected(f"Input {node.name!r} is not a tensor; Optideck feeds tensors only.")
+        dtype = str(value.dtype).removeprefix("torch.")
+        if dtype not in ONNX_DTYPES.values():
+            fed = ", ".join(sorted(set(ONNX_DTYPES.values())))
+            raise ModelRejected(f"Input {node.name!r} is {dtype}; Optideck feeds {fed}.")
         shape: list[int | None] = [int(d) if isinstance(d, int) else None for d in value.shape]
-        specs.append(InputSpec(node.name, shape, str(value.dtype).removeprefix("torch.")))
+        specs.append(InputSpec(node.name, shape, dtype))
     return specs

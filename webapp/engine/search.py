@@ -48,8 +48,6 @@ CHANNEL_SHARES = (0.1, 0.25)
 # Files a search hands back (the chosen one and the best of the front): each is checked
 # on the trusted side before it is stored.
 MAX_KEPT = 16
-# How many nodes the accuracy-aware fallback leaves in float, tried in turn.
-FALLBACK_COUNTS = (1, 2, 4, 8)
 
 
 @dataclass
@@ -108,7 +106,7 @@ def _describe(step: dict) -> str:
             parts.append(f"{CALIBRATIONS[params.get('calibration', 'minmax')]} calibration")
         if params.get("exclude_nodes"):
             count = len(params["exclude_nodes"])
-            parts.append(f"{count} sensitive node{'s' if count > 1 else ''} in float")
+            parts.append(f"{count} node{'s' if count > 1 else ''} left in float")
         return ", ".join(parts)
     if technique == "compression":
         if "rank" in params:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from . import fallback, formats, loading, screening, search, timing
 from .evaluation import Measurement, first_batch, measure, predict, score
 from .outcomes import failure, reduction, retention
-from .techniques import TECHNIQUES
+from .techniques import MAX_FLOAT_NODES, TECHNIQUES
 
 if TYPE_CHECKING:
     from .runner import SessionOutcome, _Session
@@ -48,6 +48,8 @@ class Search:
         self.baseline, self.data, self.reference = baseline, data, reference
         self.candidates: list[dict] = []
         self.tried: dict[int, _Tried] = {}
+        self.probes = 0  # the fallback's measurements so far
+        self.probes_end = float("inf")
 
     def run(self, base_path: Path, base: Measurement, params: dict) -> SessionOutcome:
         from .runner import ARTIFACT_NAME, SessionOutcome
@@ -287,22 +289,24 @@ class Search:
         int8 comes near and a few convolutions are what is left to spare."""
         from .techniques.quantization import quantized_nodes  # onnx: the worker's, see run()
 
-        failing = [
+        static = [
             c
             for c in self.candidates
             if c.get("latency_ms") is not None
-            and not self._holds(c)
             and len(c["steps"]) == 1
             and c["steps"][0]["params"].get("mode") == "int8_static"
             and not c["steps"][0]["params"].get("exclude_nodes")
         ]
-        if not failing:
+        if not static or any(self._holds(c) for c in static):
             return []
-        closest = max(failing, key=lambda c: (c["accuracy_retention_percent"], -c["index"]))
+        closest = max(static, key=lambda c: (c["accuracy_retention_percent"], -c["index"]))
         configuration = self.tried[closest["index"]].configuration
         s = self.session
         s.phase("transform")
         floor = float(s.criteria.get("min_accuracy_retention_percent", 99.0))
+        # Probing stops while the candidate it leads to can still be measured in time: it
+        # should cost about what the closest candidate did.
+        self.probes_end = self.ends - closest["seconds"]
         try:
             nodes = quantized_nodes(base_path, s.work, configuration.steps[0]["params"])
             found = fallback.float_nodes(
@@ -323,6 +327,15 @@ class Search:
                 {},
             )
             return []
+        if len(found) > MAX_FLOAT_NODES:
+            s._event(
+                "step_skipped",
+                "search",
+                f"The accuracy-aware fallback needs {len(found)} nodes of #{closest['index']} in float "
+                f"to hold {floor:g} %; a candidate may leave at most {MAX_FLOAT_NODES}.",
+                {},
+            )
+            return []
         return [search.with_float_nodes(configuration, found)]
 
     def _retention_with(self, configuration: search.Configuration, nodes: list[str]) -> float | None:
@@ -330,14 +343,21 @@ class Search:
         evaluation data but not timed (the fallback's probe); None once the time is up."""
         s = self.session
         s.check()
-        if time.time() > self.ends:
+        if time.time() > self.probes_end:
             return None
+        self.probes += 1
+        # A step of its own for the executor's watchdog: together the probes may take far
+        # longer than one step may.
+        done = len(self.candidates) - 1
+        s.progress(25 + 70 * done / (done + 1), f"search fallback, measurement {self.probes}")
         probe = search.with_float_nodes(configuration, nodes)
         target = s.work / PROBE_NAME
         step = probe.steps[0]
+        s.phase("transform")
         TECHNIQUES[step["technique"]].apply(
             self.base_path, target, step["params"], self.data, self.baseline.latency_batch, s.check
         )
+        screening.check_output(target)
         model = loading.run_onnx(target, s.threads)
         s.phase("inference")
         outputs = predict(model, self.data, s.batch_for(model), s.check, s.job.task)

@@ -41,6 +41,10 @@ CALIBRATIONS = {"minmax": "min-max", "entropy": "entropy", "percentile": "percen
 QUANT_FORMATS = {"qdq": "QDQ", "qoperator": "QOperator"}
 
 
+# How many nodes one int8 step may leave in float (exclude_nodes).
+MAX_FLOAT_NODES = 256
+
+
 class QuantizationParams(Schema):
     mode = fields.String(
         load_default="int8_dynamic",
@@ -73,10 +77,11 @@ class QuantizationParams(Schema):
         validate=validate.OneOf(tuple(QUANT_FORMATS), labels=tuple(QUANT_FORMATS.values())),
         metadata={"label": "format", "description": "how int8 static writes the graph", "form": False},
     )
-    # Nodes left in float: what the search's accuracy-aware fallback finds most sensitive.
+    # Nodes left in float: those the search's accuracy-aware fallback (fallback.py) finds
+    # int8 must spare for the task metric to hold.
     exclude_nodes = fields.List(
         fields.String(validate=validate.Length(min=1, max=256)),
-        validate=validate.Length(max=256),
+        validate=validate.Length(max=MAX_FLOAT_NODES),
         metadata={
             "label": "nodes kept in float",
             "description": "node names int8 leaves alone",

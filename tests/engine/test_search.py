@@ -230,32 +230,45 @@ def _outlier_mlp(folder: Path) -> tuple[Path, Path]:
     return model, folder / "eval.npz"
 
 
-def test_the_fallback_measures_which_nodes_of_the_closest_int8_candidate_to_leave_in_float(tmp_path):
-    model, data = _outlier_mlp(tmp_path)
+def _outlier_search(folder: Path, floor: float = 99.0) -> tuple:
+    """A quantization-only search of _outlier_mlp: (outcome, events, progress)."""
+    model, data = _outlier_mlp(folder)
     job = SessionJob(
         1,
         str(model),
         "onnx",
         [{"name": "x", "shape": [None, 16], "dtype": "float32"}],
         [{"technique": "auto", "params": {}}],
-        {**CRITERIA, "enabled_techniques": ["quantization"]},
-        str(tmp_path / "work"),
+        {**CRITERIA, "enabled_techniques": ["quantization"], "min_accuracy_retention_percent": floor},
+        str(folder / "work"),
         eval_data_path=str(data),
         latency_seconds=0.05,
     )
     events, progress = [], []
     outcome = run_session(job, lambda *a: progress.append(a), lambda *a: events.append(a), lambda: False)
+    return outcome, events, progress
+
+
+def _static(candidate: dict) -> bool:
+    return (
+        candidate.get("latency_ms") is not None
+        and bool(candidate["steps"])
+        and candidate["steps"][0]["params"].get("mode") == "int8_static"
+        and not candidate["steps"][0]["params"].get("exclude_nodes")
+    )
+
+
+def _fallbacks(candidates: list[dict]) -> list[dict]:
+    return [c for c in candidates if c["steps"] and c["steps"][0]["params"].get("exclude_nodes")]
+
+
+def test_the_fallback_measures_which_nodes_of_the_closest_int8_candidate_to_leave_in_float(tmp_path):
+    outcome, events, progress = _outlier_search(tmp_path)
     candidates = outcome.results["candidates"]
-    static = [
-        c
-        for c in candidates[1:]
-        if c.get("latency_ms") is not None
-        and c["steps"][0]["params"].get("mode") == "int8_static"
-        and not c["steps"][0]["params"].get("exclude_nodes")
-    ]
+    static = [c for c in candidates if _static(c)]
     assert static and all(c["accuracy_retention_percent"] < 99.0 for c in static)
     closest = max(static, key=lambda c: (c["accuracy_retention_percent"], -c["index"]))
-    fallbacks = [c for c in candidates if c["steps"] and c["steps"][0]["params"].get("exclude_nodes")]
+    fallbacks = _fallbacks(candidates)
     assert len(fallbacks) == 1, "the fallback's measurements make one candidate"
     params = dict(fallbacks[0]["steps"][0]["params"])
     # fc1 makes the outlier channel and fc2 reads it: with both in float int8 holds, and
@@ -272,29 +285,9 @@ def test_the_fallback_measures_which_nodes_of_the_closest_int8_candidate_to_leav
 
 
 def test_no_fallback_runs_when_an_int8_static_candidate_holds_the_floor(tmp_path):
-    model, data = _outlier_mlp(tmp_path)
-    job = SessionJob(
-        1,
-        str(model),
-        "onnx",
-        [{"name": "x", "shape": [None, 16], "dtype": "float32"}],
-        [{"technique": "auto", "params": {}}],
-        # int8 static keeps about 62 % of the accuracy here: that holds a 50 % floor.
-        {**CRITERIA, "enabled_techniques": ["quantization"], "min_accuracy_retention_percent": 50.0},
-        str(tmp_path / "work"),
-        eval_data_path=str(data),
-        latency_seconds=0.05,
-    )
-    events = []
-    candidates = run_session(job, lambda *a: None, lambda *a: events.append(a), lambda: False).results[
-        "candidates"
-    ]
-    assert any(
-        c["steps"]
-        and c["steps"][0]["params"].get("mode") == "int8_static"
-        and c["accuracy_retention_percent"] >= 50
-        for c in candidates
-        if c.get("latency_ms") is not None
-    )
+    # int8 static keeps about 62 % of the accuracy here: that holds a 50 % floor.
+    outcome, events, _ = _outlier_search(tmp_path, floor=50.0)
+    candidates = outcome.results["candidates"]
+    assert any(_static(c) and c["accuracy_retention_percent"] >= 50 for c in candidates)
     assert not [e for e in events if e[0] == "search_probe"]
-    assert not [c for c in candidates if c["steps"] and c["steps"][0]["params"].get("exclude_nodes")]
+    assert not _fallbacks(candidates)

@@ -93,7 +93,7 @@ def _plot(items: list[dict], key: str, label: str, unit: str, floor: float, poin
             for item in items
         ],
         "floor_y": y(floor),
-        "floor_text": f"floor {floor:g} %",
+        "floor_text": f"{floor:g} % floor",
         "x_ticks": [(x(v), f"{v:.3g}{unit}") for v in (x_low, (x_low + x_high) / 2, x_high)],
         "y_ticks": [(y(v), f"{v:.4g} %") for v in (y_low + 0.5, y_high - 0.5)],
     }

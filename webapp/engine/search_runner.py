@@ -50,6 +50,7 @@ class Search:
         self.tried: dict[int, _Tried] = {}
         self.probes = 0  # the fallback's measurements so far
         self.probes_end = float("inf")
+        self.probes_cut = False  # whether time ended the fallback's measurements
 
     def run(self, base_path: Path, base: Measurement, params: dict) -> SessionOutcome:
         from .runner import ARTIFACT_NAME, SessionOutcome
@@ -327,6 +328,14 @@ class Search:
                 {},
             )
             return []
+        if self.probes_cut:
+            s._event(
+                "search_probe",
+                "search",
+                f"No time left for more measurements: the smallest set that held, {len(found)} "
+                f"node{'s' if len(found) > 1 else ''} in float, is measured as a candidate.",
+                {"float_nodes": len(found)},
+            )
         if len(found) > MAX_FLOAT_NODES:
             s._event(
                 "step_skipped",
@@ -344,6 +353,7 @@ class Search:
         s = self.session
         s.check()
         if time.time() > self.probes_end:
+            self.probes_cut = True
             return None
         self.probes += 1
         # A step of its own for the executor's watchdog: together the probes may take far

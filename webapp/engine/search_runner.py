@@ -152,21 +152,8 @@ class Search:
         target = s.work / candidate_name(index)
         s._event("step_started", f"candidate {index}", configuration.words, {"steps": configuration.steps})
         started = time.monotonic()
-        source = self.base_path
-        made: list[Path] = []
         try:
-            s.phase("transform")
-            for number, step in enumerate(configuration.steps):
-                last = number == len(configuration.steps) - 1
-                out = target if last else s.work / f"candidate-{index}-{number}.onnx"
-                made.append(out)
-                TECHNIQUES[step["technique"]].apply(
-                    source, out, step["params"], self.data, self.baseline.latency_batch, s.check
-                )
-                s.check()
-                source = out
-            screening.check_output(target)
-            model = loading.run_onnx(target, s.threads)
+            model = self._build(configuration, target)
             s.phase("inference")
             batch = s.batch_for(model)
             comparison = timing.compare(
@@ -190,8 +177,7 @@ class Search:
             )
         except Exception as exc:
             outcome, reason = failure(exc)
-            for path in made:
-                path.unlink(missing_ok=True)
+            target.unlink(missing_ok=True)
             self.candidates.append(
                 {
                     "index": index,
@@ -204,9 +190,6 @@ class Search:
             )
             s._event("step_rolled_back", f"candidate {index}", f"{configuration.words}: {reason}", {})
             return
-        finally:
-            for path in made[:-1]:
-                path.unlink(missing_ok=True)
         record = self._record(configuration, measurement, comparison)
         record["seconds"] = round(time.monotonic() - started, 1)
         best = max(
@@ -220,6 +203,27 @@ class Search:
             f"best so far #{best['index']} {best['configuration']}",
             {"candidate": record},
         )
+
+    def _build(self, configuration: search.Configuration, target: Path) -> loading.LoadedModel:
+        """`configuration`'s steps applied to the original into `target`, checked as the
+        trusted side will check it, and loaded; the files between steps are removed."""
+        s = self.session
+        s.phase("transform")
+        steps = configuration.steps
+        between = [s.work / f"{target.stem}-{number}.onnx" for number in range(len(steps) - 1)]
+        source = self.base_path
+        try:
+            for step, out in zip(steps, [*between, target], strict=True):
+                TECHNIQUES[step["technique"]].apply(
+                    source, out, step["params"], self.data, self.baseline.latency_batch, s.check
+                )
+                s.check()
+                source = out
+        finally:
+            for path in between:
+                path.unlink(missing_ok=True)
+        screening.check_output(target)
+        return loading.run_onnx(target, s.threads)
 
     def _record(
         self,
@@ -361,14 +365,7 @@ class Search:
         done = len(self.candidates) - 1
         s.progress(25 + 70 * done / (done + 1), f"search fallback, measurement {self.probes}")
         probe = search.with_float_nodes(configuration, nodes)
-        target = s.work / PROBE_NAME
-        step = probe.steps[0]
-        s.phase("transform")
-        TECHNIQUES[step["technique"]].apply(
-            self.base_path, target, step["params"], self.data, self.baseline.latency_batch, s.check
-        )
-        screening.check_output(target)
-        model = loading.run_onnx(target, s.threads)
+        model = self._build(probe, s.work / PROBE_NAME)
         s.phase("inference")
         outputs = predict(model, self.data, s.batch_for(model), s.check, s.job.task)
         value, kind, _ = score(outputs, self.data, self.reference, s.job.task)

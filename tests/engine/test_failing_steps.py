@@ -133,3 +133,35 @@ def test_a_long_library_error_keeps_its_cause():
     message = public_message(RuntimeError(text))
     assert len(message) <= MESSAGE_LIMIT
     assert message.startswith("Exporting failed in m.pt:") and message.endswith("Caused by: int argument n")
+
+
+def test_a_model_that_fails_on_its_data_at_the_sessions_batch_is_the_models_fault(tmp_path):
+    """Uploads are analysed one sample at a time; this model reshapes every batch to one
+    sample, so it runs there and fails at the session's batch of 4. ONNX Runtime's refusal
+    is the model's, reported as such, not as the server's internal error."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from webapp.engine.errors import ModelRejected
+
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "one"], ["y"])],
+        "one_sample",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.array([1, 4], np.int64), "one")],
+    )
+    model = tmp_path / "one.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    job = SessionJob(
+        1,
+        str(model),
+        "onnx",
+        [{"name": "x", "shape": [None, 4], "dtype": "float32"}],
+        [{"technique": "quantization", "params": {"mode": "fp16"}}],
+        CRITERIA,
+        str(tmp_path / "work"),
+        latency_seconds=0.05,
+    )
+    with pytest.raises(ModelRejected, match="fails on its evaluation data at batch 4"):
+        run_session(job, lambda *a: None, lambda *a: None, lambda: False)

@@ -186,3 +186,15 @@ def test_an_exported_program_input_of_a_type_numpy_lacks_is_refused_by_name(tmp_
     torch.export.save(torch.export.export(module, (torch.zeros(1, 4, dtype=torch.bfloat16),)), str(path))
     with pytest.raises(ModelRejected, match="Input 'input' is bfloat16; Optideck feeds bool, float16"):
         analysis.analyse(path, 1, latency_seconds=0.05)
+
+
+class OddSelf(torch.nn.Module):
+    def forward(s, x: torch.Tensor):  # noqa: N805 - the module's own name is its author's choice
+        return x * 2
+
+
+def test_the_module_argument_is_skipped_whatever_it_is_called(tmp_path):
+    path = tmp_path / "odd.pt"
+    torch.jit.script(OddSelf()).save(str(path))
+    found = analysis.analyse(path, 1, input_shape=[1, 4], latency_seconds=0.05)
+    assert found["inputs"] == [{"name": "x", "shape": [None, 4], "dtype": "float32"}]

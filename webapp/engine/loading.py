@@ -228,7 +228,8 @@ def _script_inputs(module, given: list[InputSpec]) -> tuple[list[InputSpec], fro
     arrays of their type (defaults included: the exporter needs every argument). `given`
     names them, except that one spec named as UNNAMED_INPUTS shapes the one tensor argument
     named by none."""
-    arguments = [a for a in module.forward.schema.arguments if a.name != "self"]
+    # The first is the module itself, whatever forward() calls it.
+    arguments = list(module.forward.schema.arguments)[1:]
     for argument in arguments:
         if str(argument.type) != "Tensor" and str(argument.type) not in SCALAR_DTYPES:
             raise ModelRejected(

@@ -10,7 +10,15 @@ from pathlib import Path
 
 from . import formats, loading, metrics, screening, search, timing
 from .datasets import EvalData, generate, load_npz
-from .errors import Cancelled, ModelRejected, TechniqueFailed, TimeLimitExceeded
+from .errors import (
+    Cancelled,
+    EngineError,
+    ModelRejected,
+    TechniqueFailed,
+    TimeLimitExceeded,
+    out_of_memory,
+    public_message,
+)
 from .evaluation import Measurement, first_batch, measure
 from .loading import InputSpec, LoadedModel
 from .outcomes import failure, reduction, retention
@@ -115,17 +123,30 @@ class _Session:
         self.check()
         self.progress(5, "baseline")
         self.phase("inference")
-        baseline, reference = measure(
-            Path(job.model_path),
-            original,
-            data,
-            self.batch_for(original),
-            None,
-            self.check,
-            self.compressed,
-            budget_s=job.latency_seconds,
-            task=self.job.task,
-        )
+        batch = self.batch_for(original)
+        try:
+            baseline, reference = measure(
+                Path(job.model_path),
+                original,
+                data,
+                batch,
+                None,
+                self.check,
+                self.compressed,
+                budget_s=job.latency_seconds,
+                task=self.job.task,
+            )
+        except (EngineError, Cancelled):
+            raise
+        except Exception as exc:
+            if out_of_memory(exc):
+                raise  # the worker reports resource_limit
+            # The upload was analysed one sample at a time: a model that fails on its own
+            # data at the session's batch (a tensor past ONNX Runtime's 4 GB, say) is the
+            # model's fault, not the server's.
+            raise ModelRejected(
+                f"The model fails on its evaluation data at batch {batch}: {public_message(exc)}"
+            ) from exc
         self._event(
             "baseline",
             "baseline",
